@@ -1,1 +1,28 @@
-//! The Proxmox VE HTTP boundary.
+//! The Proxmox VE HTTP boundary: an API-token client ([`PveClient`]), tolerant response
+//! types, the task id grammar ([`Upid`]) and the errors callers branch on ([`PveError`]).
+//!
+//! Knows nothing of MQTT or Home Assistant. How the real API behaves, and therefore why
+//! these types are as lenient as they are, is `reference/pve-api.md`.
+//!
+//! Layout:
+//! - `client`: requests, endpoint failover, connection-reuse retries;
+//! - `tls`: certificate trust (web roots + `ca_file`, fingerprint pin, or none);
+//! - `types` + `de`: response types and the lenient readers for Proxmox's JSON;
+//! - `error`: [`PveError`] and how an HTTP error answer becomes one;
+//! - `upid`: [`Upid`].
+mod client;
+mod de;
+mod error;
+mod tls;
+mod types;
+mod upid;
+
+pub use client::PveClient;
+pub use error::PveError;
+pub use types::{
+    exitstatus_is_success, split_tags, BootInfo, ClusterStatusKind, ClusterStatusRow, CpuInfo,
+    CurrentKernel, FilesystemUsage, GuestKind, GuestStatus, HaStatus, Ksm, MemoryUsage, NodeStatus,
+    Permissions, Resource, ResourceKind, StorageItem, TaskListEntry, TaskLog, TaskLogLine,
+    TaskState, TaskStatus, UnknownGuestKind, Verification, Version, VzdumpStarted,
+};
+pub use upid::{Upid, UpidParseError};
