@@ -3,8 +3,28 @@
 //! Module map (one module per boundary):
 //! - [`config`]: the TOML + environment configuration (SPEC §2), validated once.
 //! - [`pve`]: the Proxmox VE HTTP boundary (client, tolerant types, errors). Knows nothing of MQTT.
-//! - [`sim`]: the built-in Proxmox VE simulator (`pve2mqtt sim`), feature `sim`.
+//! - [`model`]: pure: `/cluster/resources` + slow-lane details → the state of every object.
+//! - [`ha`]: pure: Home Assistant vocabulary (topics, discovery payloads).
+//! - [`mqtt`]: the MQTT boundary (options, the one event-loop task). Knows nothing of Proxmox.
+//! - [`publisher`]: the one task that publishes; owns what the broker has been told.
+//! - [`poller`]: per cluster, the fast lane (one request per poll) and the slow lane.
+//! - [`app`]: wiring and ordered shutdown.
+//! - [`sim`], [`demo`]: the built-in Proxmox simulator and the one-command demo.
+//!
+//! Path A (state): poller → `model::build_view` → publisher → `ha::discovery` / state
+//! JSON → MQTT, publishing only what changed.
+pub mod app;
+pub mod check;
 pub mod config;
+#[cfg(all(feature = "demo", any()))]
+pub mod demo;
+pub mod ha;
+pub mod logging;
+pub mod model;
+pub mod mqtt;
+pub mod poller;
+pub mod publisher;
 pub mod pve;
+pub mod signal;
 #[cfg(feature = "sim")]
 pub mod sim;

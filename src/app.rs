@@ -1,0 +1,214 @@
+//! Wiring only: builds the Proxmox clients and the MQTT link, starts the tasks, and runs
+//! the ordered shutdown. The only file that knows every task.
+//!
+//! Tasks: one MQTT event loop (the only caller of `poll()`), one publisher (the only
+//! code that publishes), one poller per cluster (each with its slow lane). Shutdown is
+//! passed in as a future so tests can stop the bridge exactly like a signal does.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::AsyncClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ProxmoxConfig};
+use crate::ha::discovery::DiscoveryContext;
+use crate::ha::topics::Topics;
+use crate::mqtt;
+use crate::poller::ClusterPoller;
+use crate::publisher::{PublishStats, Publisher, PublisherMsg};
+use crate::pve::{ClusterStatusKind, PveClient, PveError, ResourceKind};
+
+/// An error the user must fix before the bridge can run (bad config, rejected token):
+/// `main` exits with code 2 for it, 1 for anything else.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FatalConfigError(pub String);
+
+/// Handles the caller keeps while the bridge runs (the demo prints from them).
+#[derive(Clone, Default)]
+pub struct BridgeHandles {
+    pub stats: Arc<PublishStats>,
+}
+
+/// Runs the bridge until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, shutdown, BridgeHandles::default()).await
+}
+
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    handles: BridgeHandles,
+) -> anyhow::Result<()> {
+    let topics = Topics::new(
+        &config.mqtt.base_topic,
+        &config.homeassistant.discovery_prefix,
+    );
+
+    // Proxmox first: a token Proxmox rejects is a configuration error, reported at once
+    // with exit code 2, not retried forever.
+    let mut clients = Vec::new();
+    for cluster in &config.clusters {
+        let client =
+            PveClient::new(cluster).map_err(|e| FatalConfigError(format!("proxmox: {e}")))?;
+        match client.version().await {
+            Ok(v) => info!(url = %client.current_url(), version = v.version.as_deref().unwrap_or("?"), "Proxmox reachable"),
+            Err(err @ PveError::Unauthorized { .. }) => {
+                return Err(FatalConfigError(format!(
+                    "Proxmox rejected the API token {}: {err}",
+                    cluster.token.id()
+                ))
+                .into())
+            }
+            Err(err) => {
+                warn!(url = %client.current_url(), error = %err, "Proxmox not reachable yet; will keep trying")
+            }
+        }
+        clients.push((cluster.clone(), client));
+    }
+
+    let options =
+        mqtt::options(&config.mqtt, &topics).map_err(|e| FatalConfigError(format!("{e:#}")))?;
+    let (mqtt_client, eventloop) = AsyncClient::new(options, 4096);
+    let (publisher_tx, publisher_rx) = mpsc::channel::<PublisherMsg>(16 * 1024);
+
+    let mut subscriptions = topics.retained_inventory_filters();
+    if config.homeassistant.discovery {
+        subscriptions.push(topics.ha_status());
+    }
+    let hard_stop = CancellationToken::new();
+    let link_tx = publisher_tx.clone();
+    let event_loop = tokio::spawn(mqtt::run_event_loop(
+        eventloop,
+        mqtt_client.clone(),
+        subscriptions,
+        move |event| {
+            if let Err(err) = link_tx.try_send(PublisherMsg::Link(event)) {
+                warn!(error = %err, "MQTT event dropped: the publisher is overloaded");
+            }
+        },
+        hard_stop.clone(),
+    ));
+    info!(broker = %config.mqtt.url, base = %config.mqtt.base_topic, "connecting to MQTT");
+
+    let stop = CancellationToken::new();
+    let discovery = config.homeassistant.discovery.then(|| DiscoveryContext {
+        topics: topics.clone(),
+        bridge_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    let publisher = Publisher::new(
+        mqtt_client,
+        topics.clone(),
+        discovery,
+        handles.stats.clone(),
+        None,
+    );
+    let publisher_task = tokio::spawn(publisher.run(publisher_rx, stop.clone()));
+
+    let mut pollers = Vec::new();
+    for (cluster_cfg, client) in clients {
+        let (_refresh_tx, refresh_rx) = mpsc::channel(1);
+        let poll = config.poll.clone();
+        let publisher = publisher_tx.clone();
+        let stop = stop.clone();
+        pollers.push(tokio::spawn(async move {
+            let Some(id) = resolve_cluster_id(&cluster_cfg, &client, &stop).await else {
+                return;
+            };
+            info!(cluster = %id, "polling cluster");
+            let poller = ClusterPoller {
+                id,
+                console_url: client.current_url(),
+                client,
+                interval: poll.interval,
+                slow_interval: poll.slow_interval,
+                publisher,
+                refresh: refresh_rx,
+            };
+            poller.run(stop).await;
+        }));
+    }
+    drop(publisher_tx);
+
+    shutdown.await;
+    info!("shutting down");
+    stop.cancel();
+    for poller in pollers {
+        let _ = poller.await;
+    }
+    let _ = publisher_task.await;
+    // The publisher queued `offline` and a clean disconnect; give the event loop a
+    // moment to send them, then stop it even if the broker is away.
+    let hard_stop_guard = hard_stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        hard_stop_guard.cancel();
+    });
+    event_loop.await.context("MQTT event loop")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// The cluster id used in topics: the configured `name`, else the cluster's name, else
+/// (standalone host) the node's name. Retries until Proxmox answers or shutdown.
+async fn resolve_cluster_id(
+    cfg: &ProxmoxConfig,
+    client: &PveClient,
+    stop: &CancellationToken,
+) -> Option<String> {
+    if let Some(name) = &cfg.name {
+        return Some(name.clone());
+    }
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match ask_cluster_id(client).await {
+            Ok(id) => return Some(crate::ha::topics::discovery_id(&id)),
+            Err(err) => {
+                warn!(error = %err, "cannot learn the cluster name yet (set proxmox.name to skip this)")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn ask_cluster_id(client: &PveClient) -> anyhow::Result<String> {
+    match client.cluster_status().await {
+        Ok(rows) => {
+            if let Some(name) = rows
+                .iter()
+                .find(|r| r.kind == ClusterStatusKind::Cluster)
+                .and_then(|r| r.name.clone())
+            {
+                return Ok(name);
+            }
+            if let Some(name) = rows
+                .iter()
+                .find(|r| r.kind == ClusterStatusKind::Node)
+                .and_then(|r| r.name.clone())
+            {
+                return Ok(name);
+            }
+        }
+        Err(err) => warn!(error = %err, "GET /cluster/status failed; trying /cluster/resources"),
+    }
+    let rows = client.cluster_resources().await?;
+    let nodes: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.kind == ResourceKind::Node)
+        .filter_map(|r| r.node.as_deref())
+        .collect();
+    match nodes.as_slice() {
+        [single] => Ok(single.to_string()),
+        [] => anyhow::bail!("the token sees no node (missing Sys.Audit?)"),
+        _ => anyhow::bail!("several nodes but no cluster name visible: set proxmox.name"),
+    }
+}

@@ -1,0 +1,180 @@
+//! `pve2mqtt check`: validates the config (already done by the caller), reaches every
+//! Proxmox endpoint and the broker, and prints a short report a user can paste into a
+//! bug report. Secrets are never printed. Any failure ends it with a one-line reason.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rumqttc::{AsyncClient, Event, Incoming};
+
+use crate::app::FatalConfigError;
+use crate::config::Config;
+use crate::pve::{Permissions, PveClient, PveError};
+
+/// A privilege the bridge uses, where it must hold, and what needs it.
+struct Need {
+    path: &'static str,
+    privilege: &'static str,
+    purpose: &'static str,
+}
+
+const READ_NEEDS: &[Need] = &[
+    Need {
+        path: "/",
+        privilege: "Sys.Audit",
+        purpose: "cluster and node status",
+    },
+    Need {
+        path: "/vms",
+        privilege: "VM.Audit",
+        purpose: "guest state",
+    },
+    Need {
+        path: "/storage",
+        privilege: "Datastore.Audit",
+        purpose: "storage state and backups",
+    },
+];
+const CONTROL_NEEDS: &[Need] = &[Need {
+    path: "/vms",
+    privilege: "VM.PowerMgmt",
+    purpose: "start/stop/… commands",
+}];
+const BACKUP_NEEDS: &[Need] = &[
+    Need {
+        path: "/vms",
+        privilege: "VM.Backup",
+        purpose: "backups",
+    },
+    Need {
+        path: "/storage",
+        privilege: "Datastore.AllocateSpace",
+        purpose: "writing backups",
+    },
+];
+
+fn missing<'a>(perms: &Permissions, needs: &'a [Need]) -> Vec<&'a Need> {
+    needs
+        .iter()
+        .filter(|n| !perms.has(n.path, n.privilege))
+        .collect()
+}
+
+fn describe(needs: &[&Need]) -> String {
+    needs
+        .iter()
+        .map(|n| format!("{} on {} ({})", n.privilege, n.path, n.purpose))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    println!("pve2mqtt {} check", env!("CARGO_PKG_VERSION"));
+    println!("config: ok");
+    for line in config.redacted_summary().lines() {
+        println!("  {line}");
+    }
+    let mut failures = Vec::new();
+    for (i, cluster) in config.clusters.iter().enumerate() {
+        let label = cluster
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("proxmox[{i}]"));
+        let client =
+            PveClient::new(cluster).map_err(|e| FatalConfigError(format!("{label}: {e}")))?;
+        let version = match client.version().await {
+            Ok(v) => v,
+            Err(err @ PveError::Unauthorized { .. }) => {
+                return Err(FatalConfigError(format!(
+                    "{label}: Proxmox rejected the API token {}: {err}",
+                    cluster.token.id()
+                ))
+                .into())
+            }
+            Err(err) => {
+                println!(
+                    "proxmox {label}: UNREACHABLE at {}: {err}",
+                    client.current_url()
+                );
+                failures.push(format!("{label}: Proxmox unreachable: {err}"));
+                continue;
+            }
+        };
+        println!(
+            "proxmox {label}: ok, {} — Proxmox VE {} (release {}), token {}",
+            client.current_url(),
+            version.version.as_deref().unwrap_or("?"),
+            version.release.as_deref().unwrap_or("?"),
+            cluster.token.id()
+        );
+        match client.permissions().await {
+            Ok(perms) => {
+                let read = missing(&perms, READ_NEEDS);
+                if read.is_empty() {
+                    println!("  read state: yes");
+                } else {
+                    println!("  read state: NO — missing {}", describe(&read));
+                    failures.push(format!("{label}: the token lacks {}", describe(&read)));
+                }
+                let control = missing(&perms, CONTROL_NEEDS);
+                let backup = missing(&perms, BACKUP_NEEDS);
+                let note = if config.commands.enabled && !config.commands.read_only {
+                    ""
+                } else {
+                    " (commands are off in the config)"
+                };
+                if control.is_empty() {
+                    println!("  power control: yes{note}");
+                } else {
+                    println!("  power control: no — missing {}{note}", describe(&control));
+                }
+                if backup.is_empty() {
+                    println!("  backups: yes{note}");
+                } else {
+                    println!("  backups: no — missing {}{note}", describe(&backup));
+                }
+            }
+            Err(err) => {
+                println!("  privileges: cannot read /access/permissions: {err}");
+                failures.push(format!(
+                    "{label}: cannot read the token's privileges: {err}"
+                ));
+            }
+        }
+    }
+    match check_broker(config).await {
+        Ok(()) => println!("mqtt: ok, connected to {}", config.mqtt.url),
+        Err(err) => {
+            println!("mqtt: FAILED to connect to {}: {err:#}", config.mqtt.url);
+            failures.push(format!("MQTT broker {}: {err:#}", config.mqtt.url));
+        }
+    }
+    if let Some(first) = failures.first() {
+        bail!("{first}");
+    }
+    println!("result: ok");
+    Ok(())
+}
+
+/// Connects with a separate client id and no Last Will, waits for the ConnAck, and
+/// disconnects: proves address, TLS and credentials without touching the bridge state.
+async fn check_broker(config: &Config) -> anyhow::Result<()> {
+    let opts =
+        crate::mqtt::base_options(&config.mqtt, &format!("{}-check", config.mqtt.client_id))?;
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let connected = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(err) => return Err(anyhow::Error::new(err)),
+            }
+        }
+    })
+    .await
+    .context("no answer within 5 s")?;
+    connected?;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! Command payloads (SPEC §4): a bare action word (`start`) or a JSON object
+//! `{"action": "shutdown", "timeout": 30, "force_stop": true, "id": "abc"}`.
+//!
+//! Pure parsing and validation: nothing here talks to Proxmox, so everything a user can
+//! get wrong is rejected, with a reason, before any POST.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::pve::GuestKind;
+
+/// Payloads larger than this are rejected unread (SPEC §4).
+pub const MAX_PAYLOAD: usize = 4 * 1024;
+
+/// The longest `id` echoed back; keeps result payloads small.
+const MAX_ID_LEN: usize = 128;
+
+/// A lifecycle action or a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Start,
+    Stop,
+    Shutdown,
+    Reboot,
+    Reset,
+    Suspend,
+    Resume,
+    /// qemu suspend to disk (`todisk=1`).
+    Hibernate,
+    Backup,
+}
+
+impl Action {
+    pub const ALL: [Action; 9] = [
+        Action::Start,
+        Action::Stop,
+        Action::Shutdown,
+        Action::Reboot,
+        Action::Reset,
+        Action::Suspend,
+        Action::Resume,
+        Action::Hibernate,
+        Action::Backup,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Shutdown => "shutdown",
+            Action::Reboot => "reboot",
+            Action::Reset => "reset",
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
+            Action::Hibernate => "hibernate",
+            Action::Backup => "backup",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == word)
+    }
+
+    /// Is this action possible for this kind of guest? (LXC has no reset and no
+    /// suspend-to-disk.)
+    pub fn valid_for(self, kind: GuestKind) -> bool {
+        !matches!((self, kind), (Action::Reset | Action::Hibernate, GuestKind::Lxc))
+    }
+
+    /// The Proxmox endpoint's last path segment (`…/status/{endpoint}`), `None` for backup.
+    pub fn endpoint(self) -> Option<&'static str> {
+        match self {
+            Action::Hibernate => Some("suspend"),
+            Action::Backup => None,
+            other => Some(other.as_str()),
+        }
+    }
+
+    /// Options this action accepts in JSON payloads.
+    fn allowed_options(self, kind: GuestKind) -> &'static [&'static str] {
+        match (self, kind) {
+            (Action::Reboot, _) => &["timeout"],
+            (Action::Shutdown, _) => &["timeout", "force_stop"],
+            (Action::Suspend, GuestKind::Qemu) => &["to_disk"],
+            (Action::Backup, _) => &["storage", "mode", "compress", "notes_template", "remove", "protected"],
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Backup options as the user gave them; unset ones come from `[backup]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackupOptions {
+    pub storage: Option<String>,
+    pub mode: Option<String>,
+    pub compress: Option<String>,
+    pub notes_template: Option<String>,
+    pub remove: Option<bool>,
+    pub protected: Option<bool>,
+}
+
+/// A parsed, well-formed command (not yet authorised: see the policy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub action: Action,
+    /// The caller's correlation id, echoed in the result.
+    pub id: Option<String>,
+    pub timeout: Option<u64>,
+    pub force_stop: Option<bool>,
+    pub to_disk: bool,
+    pub backup: BackupOptions,
+}
+
+impl Command {
+    pub fn new(action: Action) -> Command {
+        Command {
+            action,
+            id: None,
+            timeout: None,
+            force_stop: None,
+            to_disk: action == Action::Hibernate,
+            backup: BackupOptions::default(),
+        }
+    }
+
+    /// The form parameters of the lifecycle POST, booleans as `0`/`1` (Proxmox rejects
+    /// `true` in form bodies).
+    pub fn lifecycle_form(&self) -> Vec<(&'static str, String)> {
+        let mut form = Vec::new();
+        if let Some(t) = self.timeout {
+            form.push(("timeout", t.to_string()));
+        }
+        if let Some(f) = self.force_stop {
+            form.push(("forceStop", bit(f)));
+        }
+        if self.to_disk {
+            form.push(("todisk", "1".to_string()));
+        }
+        form
+    }
+}
+
+fn bit(b: bool) -> String {
+    if b { "1" } else { "0" }.to_string()
+}
+
+/// Why a payload was refused; the text goes to the result topic and the log.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection(reason.into()))
+}
+
+/// Parses a payload for a guest of `kind`. The `id` is recovered even from payloads
+/// that are otherwise rejected, so the caller can correlate the rejection.
+pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>, Rejection)> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err((None, Rejection(format!("payload too large ({} bytes, at most {MAX_PAYLOAD})", payload.len()))));
+    }
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return Err((None, Rejection("payload is not UTF-8".into())));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err((None, Rejection("empty payload".into())));
+    }
+    if !text.starts_with('{') {
+        let action = Action::parse(text).ok_or_else(|| (None, unknown_action(text)))?;
+        if !action.valid_for(kind) {
+            return Err((None, invalid_for(action, kind)));
+        }
+        return Ok(Command::new(action));
+    }
+    let object: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err((None, Rejection("JSON payload must be an object".into()))),
+        Err(e) => return Err((None, Rejection(format!("payload is not valid JSON: {e}")))),
+    };
+    let id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err((None, Rejection(format!("id must be a string of at most {MAX_ID_LEN} characters")))),
+    };
+    parse_object(&object, kind).map_err(|r| (id.clone(), r)).map(|mut c| {
+        c.id = id;
+        c
+    })
+}
+
+fn unknown_action(word: &str) -> Rejection {
+    let shown: String = word.chars().take(40).collect();
+    Rejection(format!(
+        "unknown action '{shown}' (one of: {})",
+        Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+fn invalid_for(action: Action, kind: GuestKind) -> Rejection {
+    Rejection(format!("action '{action}' is not available for {kind} guests"))
+}
+
+fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command, Rejection> {
+    let action = match object.get("action") {
+        Some(Value::String(word)) => Action::parse(word).ok_or_else(|| unknown_action(word))?,
+        Some(_) => return reject("action must be a string"),
+        None => return reject("missing \"action\""),
+    };
+    if !action.valid_for(kind) {
+        return Err(invalid_for(action, kind));
+    }
+    let allowed = action.allowed_options(kind);
+    let mut command = Command::new(action);
+    for (key, value) in object {
+        if key == "action" || key == "id" {
+            continue;
+        }
+        if !allowed.contains(&key.as_str()) {
+            return if allowed.is_empty() {
+                reject(format!("'{action}' takes no options, got '{key}'"))
+            } else {
+                reject(format!("unknown option '{key}' for '{action}' (allowed: {})", allowed.join(", ")))
+            };
+        }
+        match key.as_str() {
+            "timeout" => command.timeout = Some(positive_int(key, value, 86_400)?),
+            "force_stop" => command.force_stop = Some(boolean(key, value)?),
+            "to_disk" => command.to_disk = boolean(key, value)?,
+            "storage" => command.backup.storage = Some(storage_id(value)?),
+            "mode" => command.backup.mode = Some(one_of(key, value, &["snapshot", "suspend", "stop"])?),
+            "compress" => command.backup.compress = Some(one_of(key, value, &["0", "1", "gzip", "lzo", "zstd"])?),
+            "notes_template" => command.backup.notes_template = Some(notes(value)?),
+            "remove" => command.backup.remove = Some(boolean(key, value)?),
+            "protected" => command.backup.protected = Some(boolean(key, value)?),
+            _ => return reject(format!("unknown option '{key}'")),
+        }
+    }
+    Ok(command)
+}
+
+fn positive_int(key: &str, value: &Value, max: u64) -> Result<u64, Rejection> {
+    match value.as_u64() {
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        _ => reject(format!("'{key}' must be a whole number of seconds from 1 to {max}")),
+    }
+}
+
+fn boolean(key: &str, value: &Value) -> Result<bool, Rejection> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+        Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
+        _ => reject(format!("'{key}' must be true or false")),
+    }
+}
+
+fn one_of(key: &str, value: &Value, options: &[&str]) -> Result<String, Rejection> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    if options.contains(&text.as_str()) {
+        Ok(text)
+    } else {
+        reject(format!("'{key}' must be one of: {}", options.join(", ")))
+    }
+}
+
+/// Proxmox storage ids: `[a-z][a-z0-9\-_.]*`.
+fn storage_id(value: &Value) -> Result<String, Rejection> {
+    match value.as_str() {
+        Some(s)
+            if !s.is_empty()
+                && s.len() <= 64
+                && s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+        {
+            Ok(s.to_string())
+        }
+        _ => reject("'storage' must be a Proxmox storage id"),
+    }
+}
+
+fn notes(value: &Value) -> Result<String, Rejection> {
+    match value.as_str() {
+        Some(s) if s.len() <= 1024 && !s.chars().any(|c| c.is_control() && c != '\n') => Ok(s.to_string()),
+        _ => reject("'notes_template' must be text of at most 1024 characters"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use GuestKind::{Lxc, Qemu};
+
+    #[test]
+    fn bare_words_are_actions() {
+        assert_eq!(parse(b"start", Qemu).unwrap(), Command::new(Action::Start));
+        assert_eq!(parse(b" shutdown\n", Lxc).unwrap().action, Action::Shutdown);
+        let hibernate = parse(b"hibernate", Qemu).unwrap();
+        assert!(hibernate.to_disk);
+        assert_eq!(hibernate.lifecycle_form(), vec![("todisk", "1".to_string())]);
+        assert_eq!(hibernate.action.endpoint(), Some("suspend"));
+    }
+
+    #[test]
+    fn json_options_become_proxmox_form_fields_with_0_1_booleans() {
+        let c = parse(br#"{"action":"shutdown","timeout":30,"force_stop":true,"id":"abc"}"#, Qemu).unwrap();
+        assert_eq!(c.id.as_deref(), Some("abc"));
+        assert_eq!(
+            c.lifecycle_form(),
+            vec![("timeout", "30".to_string()), ("forceStop", "1".to_string())]
+        );
+        let c = parse(br#"{"action":"suspend","to_disk":true}"#, Qemu).unwrap();
+        assert_eq!(c.lifecycle_form(), vec![("todisk", "1".to_string())]);
+        let c = parse(br#"{"action":"backup","storage":"nfs-backup","mode":"stop","compress":"zstd","remove":false,"protected":1,"notes_template":"{{guestname}}"}"#, Lxc).unwrap();
+        assert_eq!(c.backup.storage.as_deref(), Some("nfs-backup"));
+        assert_eq!(c.backup.remove, Some(false));
+        assert_eq!(c.backup.protected, Some(true));
+    }
+
+    #[test]
+    fn actions_that_a_container_does_not_have_are_rejected() {
+        assert!(parse(b"reset", Lxc).is_err());
+        assert!(parse(b"hibernate", Lxc).is_err());
+        assert!(parse(br#"{"action":"suspend","to_disk":true}"#, Lxc).is_err());
+        assert!(parse(b"reset", Qemu).is_ok());
+    }
+
+    #[test]
+    fn malformed_payloads_are_rejected_with_a_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b"explode", "unknown action"),
+            (b"{not json", "not valid JSON"),
+            (b"[1,2]", "must be an object"),
+            (br#"{"timeout":3}"#, "missing"),
+            (br#"{"action":5}"#, "must be a string"),
+            (br#"{"action":"start","timeout":30}"#, "takes no options"),
+            (br#"{"action":"shutdown","timeout":-1}"#, "whole number"),
+            (br#"{"action":"shutdown","timeout":"30"}"#, "whole number"),
+            (br#"{"action":"shutdown","force_stop":"yes"}"#, "true or false"),
+            (br#"{"action":"backup","mode":"fast"}"#, "one of"),
+            (br#"{"action":"backup","storage":"../etc"}"#, "storage id"),
+            (br#"{"action":"reboot","colour":"red"}"#, "unknown option"),
+            (&[0xff, 0xfe], "UTF-8"),
+        ];
+        for (payload, reason) in cases {
+            let (_, rejection) = parse(payload, Qemu).expect_err(&String::from_utf8_lossy(payload));
+            assert!(rejection.0.contains(reason), "{:?}: {}", String::from_utf8_lossy(payload), rejection.0);
+        }
+        let big = vec![b' '; MAX_PAYLOAD + 1];
+        assert!(parse(&big, Qemu).unwrap_err().1 .0.contains("too large"));
+    }
+
+    #[test]
+    fn the_id_survives_a_rejection() {
+        let (id, _) = parse(br#"{"action":"fly","id":"req-7"}"#, Qemu).unwrap_err();
+        assert_eq!(id.as_deref(), Some("req-7"));
+    }
+}

@@ -1,0 +1,322 @@
+//! Every MQTT topic the bridge uses is built (and parsed back) here, and nowhere else,
+//! so the topic table in the README and the code cannot drift apart.
+//!
+//! Ids that come from Proxmox (node names, storage ids) are passed through
+//! [`topic_segment`] so that a hostile or odd name (`/`, `#`, `+`, control characters)
+//! can never change the shape of a topic; Home Assistant discovery ids go through the
+//! stricter [`discovery_id`] (`[a-zA-Z0-9_-]`, HA's own rule).
+
+use std::fmt;
+
+use crate::pve::GuestKind;
+
+/// One object the bridge publishes about, inside one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectRef {
+    /// The cluster itself (quorum, counts).
+    Cluster,
+    Node(String),
+    Guest(GuestKind, u32),
+    /// (node, storage id): Proxmox reports storages per node.
+    Storage(String, String),
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectRef::Cluster => f.write_str("cluster"),
+            ObjectRef::Node(n) => write!(f, "node {n}"),
+            ObjectRef::Guest(k, v) => write!(f, "{k} {v}"),
+            ObjectRef::Storage(n, s) => write!(f, "storage {s} on {n}"),
+        }
+    }
+}
+
+/// Makes a Proxmox id safe as one MQTT topic level: `/`, `+`, `#`, NUL and control
+/// characters become `_`; an empty id becomes `_`. Proxmox's own naming rules already
+/// exclude these, so real ids pass unchanged.
+pub fn topic_segment(id: &str) -> String {
+    if id.is_empty() {
+        return "_".to_string();
+    }
+    id.chars()
+        .map(|c| match c {
+            '/' | '+' | '#' => '_',
+            c if c.is_control() => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// Makes an id safe for Home Assistant discovery object ids and unique ids:
+/// everything outside `[a-zA-Z0-9_-]` becomes `_` (HA drops discovery topics with
+/// other characters as "illegal discovery topic").
+pub fn discovery_id(id: &str) -> String {
+    if id.is_empty() {
+        return "_".to_string();
+    }
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The topic builder: `{base}` and the discovery prefix, fixed for the bridge's life.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    base: String,
+    discovery_prefix: String,
+}
+
+impl Topics {
+    pub fn new(base: &str, discovery_prefix: &str) -> Self {
+        Topics {
+            base: base.to_string(),
+            discovery_prefix: discovery_prefix.to_string(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `{base}/bridge/state`: `online`/`offline`, retained, the Last Will.
+    pub fn bridge_state(&self) -> String {
+        format!("{}/bridge/state", self.base)
+    }
+
+    /// `{base}/bridge/info`: retained JSON about the bridge and its clusters.
+    pub fn bridge_info(&self) -> String {
+        format!("{}/bridge/info", self.base)
+    }
+
+    /// `{base}/bridge/request/{name}` for scripts.
+    pub fn bridge_request_filter(&self) -> String {
+        format!("{}/bridge/request/+", self.base)
+    }
+
+    pub fn bridge_response(&self, name: &str) -> String {
+        format!("{}/bridge/response/{}", self.base, topic_segment(name))
+    }
+
+    /// The retained JSON state of an object.
+    pub fn state(&self, cluster: &str, object: &ObjectRef) -> String {
+        let c = topic_segment(cluster);
+        match object {
+            ObjectRef::Cluster => format!("{}/{c}/cluster", self.base),
+            ObjectRef::Node(node) => format!("{}/{c}/node/{}", self.base, topic_segment(node)),
+            ObjectRef::Guest(kind, vmid) => format!("{}/{c}/{}/{vmid}", self.base, kind.as_str()),
+            ObjectRef::Storage(node, storage) => format!(
+                "{}/{c}/storage/{}/{}",
+                self.base,
+                topic_segment(node),
+                topic_segment(storage)
+            ),
+        }
+    }
+
+    /// `…/availability` under the object's state topic.
+    pub fn availability(&self, cluster: &str, object: &ObjectRef) -> String {
+        format!("{}/availability", self.state(cluster, object))
+    }
+
+    /// `{base}/{c}/{qemu|lxc}/{vmid}/set`: commands in.
+    pub fn command(&self, cluster: &str, kind: GuestKind, vmid: u32) -> String {
+        format!("{}/set", self.state(cluster, &ObjectRef::Guest(kind, vmid)))
+    }
+
+    /// `{base}/{c}/{qemu|lxc}/{vmid}/task`: the latest command and its task.
+    pub fn task(&self, cluster: &str, kind: GuestKind, vmid: u32) -> String {
+        format!(
+            "{}/task",
+            self.state(cluster, &ObjectRef::Guest(kind, vmid))
+        )
+    }
+
+    /// Home Assistant's birth/will topic.
+    pub fn ha_status(&self) -> String {
+        format!("{}/status", self.discovery_prefix)
+    }
+
+    /// The stable device id of an object, also the prefix of its entities' unique ids
+    /// (`pve2mqtt_{c}_{vmid}`, `pve2mqtt_{c}_node_{node}`, …; SPEC §5).
+    pub fn device_id(cluster: &str, object: &ObjectRef) -> String {
+        let c = discovery_id(cluster);
+        match object {
+            ObjectRef::Cluster => format!("pve2mqtt_{c}_cluster"),
+            ObjectRef::Node(node) => format!("pve2mqtt_{c}_node_{}", discovery_id(node)),
+            ObjectRef::Guest(_, vmid) => format!("pve2mqtt_{c}_{vmid}"),
+            ObjectRef::Storage(node, storage) => format!(
+                "pve2mqtt_{c}_storage_{}_{}",
+                discovery_id(node),
+                discovery_id(storage)
+            ),
+        }
+    }
+
+    /// Device-based discovery topic: `{prefix}/device/{device id}/config`.
+    pub fn discovery(&self, cluster: &str, object: &ObjectRef) -> String {
+        format!(
+            "{}/device/{}/config",
+            self.discovery_prefix,
+            Self::device_id(cluster, object)
+        )
+    }
+
+    /// Filters for the retained availability topics of earlier runs: at connect time the
+    /// broker hands them back, and objects that vanished while the bridge was down are
+    /// found and cleaned up from them.
+    pub fn retained_inventory_filters(&self) -> Vec<String> {
+        vec![
+            format!("{}/+/+/+/availability", self.base),
+            format!("{}/+/storage/+/+/availability", self.base),
+            format!("{}/+/cluster/availability", self.base),
+        ]
+    }
+
+    /// Parses an availability topic back into (cluster, object): the inverse of
+    /// [`Topics::availability`].
+    pub fn parse_availability(&self, topic: &str) -> Option<(String, ObjectRef)> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let rest = rest.strip_suffix("/availability")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let object = match parts.as_slice() {
+            [_, "cluster"] => ObjectRef::Cluster,
+            [_, "node", node] => ObjectRef::Node(node.to_string()),
+            [_, "storage", node, storage] => {
+                ObjectRef::Storage(node.to_string(), storage.to_string())
+            }
+            [_, kind, vmid] => {
+                let kind: GuestKind = kind.parse().ok()?;
+                ObjectRef::Guest(kind, vmid.parse().ok()?)
+            }
+            _ => return None,
+        };
+        Some((parts[0].to_string(), object))
+    }
+
+    /// Filter for command topics of every cluster.
+    pub fn command_filter(&self) -> String {
+        format!("{}/+/+/+/set", self.base)
+    }
+
+    /// Parses a command topic into (cluster, kind, vmid); `None` for anything else.
+    pub fn parse_command(&self, topic: &str) -> Option<(String, GuestKind, u32)> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let rest = rest.strip_suffix("/set")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [cluster, kind, vmid] => {
+                let kind: GuestKind = kind.parse().ok()?;
+                let vmid: u32 = vmid.parse().ok()?;
+                Some((cluster.to_string(), kind, vmid))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> Topics {
+        Topics::new("pve2mqtt", "homeassistant")
+    }
+
+    #[test]
+    fn state_topics_follow_the_spec_table() {
+        let t = topics();
+        assert_eq!(
+            t.state("home", &ObjectRef::Node("pve".into())),
+            "pve2mqtt/home/node/pve"
+        );
+        assert_eq!(
+            t.state("home", &ObjectRef::Guest(GuestKind::Qemu, 100)),
+            "pve2mqtt/home/qemu/100"
+        );
+        assert_eq!(
+            t.availability("home", &ObjectRef::Guest(GuestKind::Lxc, 101)),
+            "pve2mqtt/home/lxc/101/availability"
+        );
+        assert_eq!(
+            t.state(
+                "home",
+                &ObjectRef::Storage("pve".into(), "local-lvm".into())
+            ),
+            "pve2mqtt/home/storage/pve/local-lvm"
+        );
+        assert_eq!(
+            t.command("home", GuestKind::Qemu, 100),
+            "pve2mqtt/home/qemu/100/set"
+        );
+        assert_eq!(
+            t.task("home", GuestKind::Lxc, 101),
+            "pve2mqtt/home/lxc/101/task"
+        );
+    }
+
+    #[test]
+    fn hostile_names_cannot_change_the_topic_shape() {
+        let t = topics();
+        let topic = t.state("c", &ObjectRef::Storage("n/#".into(), "a+b/c".into()));
+        assert_eq!(topic, "pve2mqtt/c/storage/n__/a_b_c");
+        assert_eq!(topic_segment(""), "_");
+        assert_eq!(topic_segment("nas\u{0}\n"), "nas__");
+        // dots and unicode are legal in topics and kept
+        assert_eq!(topic_segment("nfs.backup-ü"), "nfs.backup-ü");
+    }
+
+    #[test]
+    fn discovery_ids_only_use_ha_characters() {
+        assert_eq!(discovery_id("nfs.backup/ü#"), "nfs_backup___");
+        let topic = topics().discovery(
+            "my.cluster",
+            &ObjectRef::Storage("pve".into(), "nfs.b".into()),
+        );
+        assert_eq!(
+            topic,
+            "homeassistant/device/pve2mqtt_my_cluster_storage_pve_nfs_b/config"
+        );
+    }
+
+    #[test]
+    fn availability_topics_parse_back_to_their_object() {
+        let t = topics();
+        for object in [
+            ObjectRef::Cluster,
+            ObjectRef::Node("pve1".into()),
+            ObjectRef::Guest(GuestKind::Qemu, 100),
+            ObjectRef::Guest(GuestKind::Lxc, 101),
+            ObjectRef::Storage("pve1".into(), "local".into()),
+        ] {
+            let topic = t.availability("home", &object);
+            assert_eq!(
+                t.parse_availability(&topic),
+                Some(("home".to_string(), object))
+            );
+        }
+        assert_eq!(
+            t.parse_availability("pve2mqtt/home/qemu/abc/availability"),
+            None
+        );
+        assert_eq!(t.parse_availability("other/home/node/x/availability"), None);
+    }
+
+    #[test]
+    fn command_topics_parse_back() {
+        let t = topics();
+        assert_eq!(
+            t.parse_command("pve2mqtt/home/lxc/101/set"),
+            Some(("home".to_string(), GuestKind::Lxc, 101))
+        );
+        assert_eq!(t.parse_command("pve2mqtt/home/node/pve/set"), None);
+        assert_eq!(t.parse_command("pve2mqtt/home/qemu/x/set"), None);
+        assert_eq!(t.parse_command("pve2mqtt/home/qemu/100/task"), None);
+    }
+}

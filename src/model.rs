@@ -1,0 +1,593 @@
+//! The domain model: what one poll says about one cluster, in plain units, with the
+//! derived figures users want (percentages, rates, last backup). Pure: no I/O.
+//!
+//! [`build_view`] turns the fast lane's `/cluster/resources` rows plus the slow lane's
+//! cached details into a [`ClusterView`]. The structs here serialise directly into the
+//! retained JSON state payloads of SPEC §3, so what HA and scripts read is exactly what
+//! this module computes, and the rounding that keeps idle objects from republishing
+//! lives in one place.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::ha::topics::ObjectRef;
+use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
+
+/// One cluster as of one successful fast poll.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterView {
+    /// Cluster id used in topics and unique ids.
+    pub id: String,
+    pub cluster: ClusterState,
+    pub nodes: BTreeMap<String, NodeState>,
+    pub guests: BTreeMap<u32, GuestState>,
+    /// Keyed by (node, storage id).
+    pub storages: BTreeMap<(String, String), StorageState>,
+    /// The Proxmox web UI, for Home Assistant's "visit device" link.
+    pub console_url: String,
+}
+
+impl ClusterView {
+    /// Is the object's node reachable? Drives the object's availability topic.
+    pub fn is_available(&self, object: &ObjectRef) -> bool {
+        let node_online = |node: &str| self.nodes.get(node).is_some_and(|n| n.status == "online");
+        match object {
+            ObjectRef::Cluster => true,
+            ObjectRef::Node(node) => node_online(node),
+            ObjectRef::Guest(_, vmid) => {
+                self.guests.get(vmid).is_some_and(|g| node_online(&g.node))
+            }
+            ObjectRef::Storage(node, storage) => {
+                self.storages.contains_key(&(node.clone(), storage.clone())) && node_online(node)
+            }
+        }
+    }
+
+    /// Every object in the view, cluster first.
+    pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
+        std::iter::once(ObjectRef::Cluster)
+            .chain(self.nodes.keys().map(|n| ObjectRef::Node(n.clone())))
+            .chain(
+                self.guests
+                    .values()
+                    .map(|g| ObjectRef::Guest(g.kind, g.vmid)),
+            )
+            .chain(
+                self.storages
+                    .keys()
+                    .map(|(n, s)| ObjectRef::Storage(n.clone(), s.clone())),
+            )
+    }
+}
+
+/// `{base}/{c}/cluster`: quorum and counts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ClusterState {
+    pub id: String,
+    /// Proxmox's cluster name; `null` on a standalone host.
+    pub name: Option<String>,
+    /// `null` until the slow lane has read `/cluster/status`; a standalone host is quorate.
+    pub quorate: Option<bool>,
+    pub nodes: usize,
+    pub nodes_online: usize,
+    pub guests: usize,
+    pub guests_running: usize,
+    pub pve_version: Option<String>,
+}
+
+/// `{base}/{c}/node/{node}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeState {
+    pub node: String,
+    /// `online`, `offline` or `unknown`, as Proxmox says.
+    pub status: String,
+    /// Percent of all the node's CPUs.
+    pub cpu: Option<f64>,
+    pub cpus: Option<u64>,
+    pub loadavg: Option<[f64; 3]>,
+    pub mem: Option<u64>,
+    pub maxmem: Option<u64>,
+    pub mem_percent: Option<f64>,
+    pub swap_used: Option<u64>,
+    pub swap_total: Option<u64>,
+    pub rootfs_used: Option<u64>,
+    pub rootfs_total: Option<u64>,
+    pub rootfs_percent: Option<f64>,
+    pub uptime: Option<u64>,
+    pub pve_version: Option<String>,
+    pub kernel: Option<String>,
+    pub cpu_model: Option<String>,
+}
+
+/// `{base}/{c}/{qemu|lxc}/{vmid}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GuestState {
+    pub vmid: u32,
+    #[serde(rename = "type")]
+    pub kind: GuestKind,
+    pub name: Option<String>,
+    pub node: String,
+    /// running, stopped, paused, suspended or unknown.
+    pub status: String,
+    pub template: bool,
+    /// Percent of the guest's own CPUs.
+    pub cpu: Option<f64>,
+    pub cpus: Option<u64>,
+    pub mem: Option<u64>,
+    pub maxmem: Option<u64>,
+    pub mem_percent: Option<f64>,
+    pub disk: Option<u64>,
+    pub maxdisk: Option<u64>,
+    pub netin: Option<u64>,
+    pub netout: Option<u64>,
+    pub diskread: Option<u64>,
+    pub diskwrite: Option<u64>,
+    /// Bytes per second over the last two samples that differed; `null` after a counter
+    /// reset (guest restart) or before a second sample exists.
+    pub netin_rate: Option<f64>,
+    pub netout_rate: Option<f64>,
+    pub diskread_rate: Option<f64>,
+    pub diskwrite_rate: Option<f64>,
+    pub uptime: Option<u64>,
+    pub tags: Vec<String>,
+    pub lock: Option<String>,
+    pub hastate: Option<String>,
+    pub pool: Option<String>,
+    /// Unix time of the newest backup found in storage content.
+    pub last_backup: Option<u64>,
+}
+
+/// `{base}/{c}/storage/{node}/{storage}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StorageState {
+    pub storage: String,
+    pub node: String,
+    /// `available` or `unknown`, as Proxmox says.
+    pub status: String,
+    pub active: bool,
+    #[serde(rename = "type")]
+    pub plugin_type: Option<String>,
+    pub content: Vec<String>,
+    pub shared: bool,
+    pub used: Option<u64>,
+    pub total: Option<u64>,
+    pub avail: Option<u64>,
+    pub used_percent: Option<f64>,
+}
+
+/// What the slow lane learned; merged into every view until it is read again.
+#[derive(Clone, Debug, Default)]
+pub struct SlowData {
+    /// Cluster name from `/cluster/status` (None = standalone or not read yet).
+    pub cluster_name: Option<String>,
+    pub quorate: Option<bool>,
+    pub pve_version: Option<String>,
+    pub node_status: HashMap<String, NodeStatus>,
+    /// vmid -> ctime of the newest backup.
+    pub last_backup: HashMap<u32, u64>,
+}
+
+/// The previous counter samples of each guest, kept by the poller between polls so
+/// rates can be computed from deltas.
+#[derive(Clone, Debug, Default)]
+pub struct RateMemory {
+    samples: HashMap<u32, CounterSample>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct CounterSample {
+    /// The counters netin, netout, diskread, diskwrite.
+    counters: [Option<u64>; 4],
+    /// Poll time (seconds) when these counters were first seen.
+    at: f64,
+    /// Rates computed when these counters arrived; kept while the counters stay the same
+    /// (Proxmox refreshes them only every ~10 s, so a faster poll sees repeats).
+    rates: [Option<f64>; 4],
+}
+
+impl RateMemory {
+    /// Rates for a guest's new counters at time `now`, updating the memory.
+    fn rates(&mut self, vmid: u32, counters: [Option<u64>; 4], now: f64) -> [Option<f64>; 4] {
+        let rates = match self.samples.get(&vmid) {
+            Some(prev) if prev.counters == counters => return prev.rates,
+            Some(prev) if now > prev.at => {
+                let dt = now - prev.at;
+                let mut rates = [None; 4];
+                for i in 0..4 {
+                    rates[i] = match (prev.counters[i], counters[i]) {
+                        // A counter that went down was reset (guest restarted): no honest rate.
+                        (Some(a), Some(b)) if b >= a => Some(round_rate((b - a) as f64 / dt)),
+                        _ => None,
+                    };
+                }
+                rates
+            }
+            _ => [None; 4],
+        };
+        self.samples.insert(
+            vmid,
+            CounterSample {
+                counters,
+                at: now,
+                rates,
+            },
+        );
+        rates
+    }
+
+    /// Forget guests that no longer exist, so the memory does not grow forever.
+    fn retain(&mut self, alive: impl Fn(u32) -> bool) {
+        self.samples.retain(|vmid, _| alive(*vmid));
+    }
+}
+
+/// Percent with one decimal: precise enough for a dashboard, coarse enough that an idle
+/// guest does not republish on every poll.
+pub fn round_percent(value: f64) -> f64 {
+    (value * 10.0).round() / 10.0
+}
+
+/// Rates keep two significant digits (and whole bytes below 100 B/s): rates jitter on
+/// every sample, and a dashboard needs no more.
+pub fn round_rate(value: f64) -> f64 {
+    if !value.is_finite() || value <= 0.0 {
+        return 0.0;
+    }
+    if value < 100.0 {
+        return value.round();
+    }
+    let magnitude = 10f64.powi(value.log10().floor() as i32 - 1);
+    (value / magnitude).round() * magnitude
+}
+
+fn percent(part: Option<u64>, whole: Option<u64>) -> Option<f64> {
+    match (part, whole) {
+        (Some(p), Some(w)) if w > 0 => Some(round_percent(p as f64 * 100.0 / w as f64)),
+        _ => None,
+    }
+}
+
+/// Builds the view of one cluster from one `/cluster/resources` answer.
+///
+/// `now` is the poll time in seconds (any monotonic origin); `rates` carries counter
+/// samples between polls.
+pub fn build_view(
+    id: &str,
+    console_url: &str,
+    resources: &[Resource],
+    slow: &SlowData,
+    rates: &mut RateMemory,
+    now: f64,
+) -> ClusterView {
+    let mut view = ClusterView {
+        id: id.to_string(),
+        console_url: console_url.to_string(),
+        ..ClusterView::default()
+    };
+    for row in resources {
+        match row.kind {
+            ResourceKind::Node => {
+                if let Some(node) = node_state(row, slow) {
+                    view.nodes.insert(node.node.clone(), node);
+                }
+            }
+            ResourceKind::Qemu | ResourceKind::Lxc => {
+                if let Some(guest) = guest_state(row, slow, rates, now) {
+                    view.guests.insert(guest.vmid, guest);
+                }
+            }
+            ResourceKind::Storage => {
+                if let Some(storage) = storage_state(row) {
+                    view.storages
+                        .insert((storage.node.clone(), storage.storage.clone()), storage);
+                }
+            }
+            // pools, SDN zones, PVE 9 network rows and anything newer: not published (yet).
+            _ => {}
+        }
+    }
+    rates.retain(|vmid| view.guests.contains_key(&vmid));
+    let pve_version = slow.pve_version.clone();
+    view.cluster = ClusterState {
+        id: id.to_string(),
+        name: slow.cluster_name.clone(),
+        quorate: slow.quorate,
+        nodes: view.nodes.len(),
+        nodes_online: view.nodes.values().filter(|n| n.status == "online").count(),
+        guests: view.guests.len(),
+        guests_running: view
+            .guests
+            .values()
+            .filter(|g| g.status == "running")
+            .count(),
+        pve_version,
+    };
+    view
+}
+
+fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
+    let name = row.node.clone()?;
+    let status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
+    let details = slow.node_status.get(&name);
+    let mem = row.mem.or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.used)));
+    let maxmem = row.maxmem.or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.total)));
+    let rootfs_used = details.and_then(|d| d.rootfs.as_ref().and_then(|m| m.used)).or(row.disk);
+    let rootfs_total = details.and_then(|d| d.rootfs.as_ref().and_then(|m| m.total)).or(row.maxdisk);
+    let online = status == "online";
+    Some(NodeState {
+        cpu: online
+            .then(|| row.cpu.map(|c| round_percent(c * 100.0)))
+            .flatten(),
+        cpus: row
+            .maxcpu
+            .map(|c| c as u64)
+            .or_else(|| details.and_then(|d| d.cpuinfo.as_ref().and_then(|m| m.cpus))),
+        loadavg: details
+            .and_then(|d| d.loadavg)
+            .map(|l| l.map(|x| (x * 100.0).round() / 100.0)),
+        mem_percent: percent(mem, maxmem),
+        mem,
+        maxmem,
+        swap_used: details.and_then(|d| d.swap.as_ref().and_then(|m| m.used)),
+        swap_total: details.and_then(|d| d.swap.as_ref().and_then(|m| m.total)),
+        rootfs_percent: percent(rootfs_used, rootfs_total),
+        rootfs_used,
+        rootfs_total,
+        uptime: row.uptime,
+        pve_version: details.and_then(|d| d.pveversion.clone()),
+        kernel: details.and_then(|d| d.kversion.clone()),
+        cpu_model: details.and_then(|d| d.cpuinfo.as_ref().and_then(|c| c.model.clone())),
+        status,
+        node: name,
+    })
+}
+
+fn guest_state(
+    row: &Resource,
+    slow: &SlowData,
+    rates: &mut RateMemory,
+    now: f64,
+) -> Option<GuestState> {
+    let vmid = row.vmid?;
+    let node = row.node.clone()?;
+    let kind = match row.kind {
+        ResourceKind::Qemu => GuestKind::Qemu,
+        ResourceKind::Lxc => GuestKind::Lxc,
+        _ => return None,
+    };
+    let mut status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
+    // Hibernated (suspended to disk) VMs are `stopped` with lock `suspended`.
+    if row.lock.as_deref() == Some("suspended") && status == "stopped" {
+        status = "suspended".to_string();
+    }
+    let running = status == "running";
+    let counters = [row.netin, row.netout, row.diskread, row.diskwrite];
+    let [netin_rate, netout_rate, diskread_rate, diskwrite_rate] = if running {
+        rates.rates(vmid, counters, now)
+    } else {
+        rates.retain(|v| v != vmid);
+        if status == "stopped" {
+            [Some(0.0); 4]
+        } else {
+            [None; 4]
+        }
+    };
+    Some(GuestState {
+        vmid,
+        kind,
+        name: row.name.clone(),
+        node,
+        template: row.template,
+        cpu: row.cpu.map(|c| round_percent(c * 100.0)),
+        cpus: row.maxcpu.map(|c| c as u64),
+        mem_percent: percent(row.mem, row.maxmem),
+        mem: row.mem,
+        maxmem: row.maxmem,
+        disk: row.disk,
+        maxdisk: row.maxdisk,
+        netin: row.netin,
+        netout: row.netout,
+        diskread: row.diskread,
+        diskwrite: row.diskwrite,
+        netin_rate,
+        netout_rate,
+        diskread_rate,
+        diskwrite_rate,
+        uptime: row.uptime,
+        tags: row.tags(),
+        lock: row.lock.clone(),
+        hastate: row.hastate.clone(),
+        pool: row.pool.clone(),
+        last_backup: slow.last_backup.get(&vmid).copied(),
+        status,
+    })
+}
+
+fn storage_state(row: &Resource) -> Option<StorageState> {
+    let node = row.node.clone()?;
+    let storage = row.storage.clone()?;
+    let status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
+    let used = row.disk;
+    let total = row.maxdisk;
+    let avail = match (used, total) {
+        (Some(u), Some(t)) => Some(t.saturating_sub(u)),
+        _ => None,
+    };
+    Some(StorageState {
+        active: status == "available",
+        plugin_type: row.plugintype.clone(),
+        content: row
+            .content
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        shared: row.shared,
+        used_percent: percent(used, total),
+        used,
+        total,
+        avail,
+        status,
+        node,
+        storage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(json: &str) -> Vec<Resource> {
+        let envelope: serde_json::Value = serde_json::from_str(json).unwrap();
+        serde_json::from_value(envelope["data"].clone()).unwrap()
+    }
+
+    const ONE_NODE: &str =
+        include_str!("../tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json");
+    const FOUR_NODES: &str =
+        include_str!("../tests/fixtures/pve/cluster_resources.4node-qemu-node-storage.json");
+
+    #[test]
+    fn a_recorded_cluster_becomes_nodes_guests_and_storages() {
+        let rows = resources(ONE_NODE);
+        let view = build_view(
+            "home",
+            "https://pve:8006",
+            &rows,
+            &SlowData::default(),
+            &mut RateMemory::default(),
+            0.0,
+        );
+        assert_eq!(view.nodes.len(), 1);
+        assert_eq!(view.guests.len(), 3);
+        assert_eq!(view.storages.len(), 3, "sdn rows are not storages");
+        let jellyfin = &view.guests[&100];
+        assert_eq!(jellyfin.kind, GuestKind::Lxc);
+        assert_eq!(jellyfin.name.as_deref(), Some("Jellyfin"));
+        assert_eq!(jellyfin.cpu, Some(5.4), "0.0544 of the CPUs = 5.4 %");
+        assert_eq!(jellyfin.mem_percent, Some(41.8), "5389254656 / 12884901888");
+        assert_eq!(jellyfin.cpus, Some(8));
+        let ubuntu = &view.guests[&101];
+        assert_eq!(ubuntu.status, "stopped");
+        assert_eq!(
+            ubuntu.netin_rate,
+            Some(0.0),
+            "a stopped guest moves nothing"
+        );
+        let dsm = &view.storages[&("pve".to_string(), "DSM".to_string())];
+        assert!(dsm.shared && dsm.active);
+        assert_eq!(dsm.avail, Some(9909187887104 - 1250082226176));
+        assert_eq!(dsm.used_percent, Some(12.6));
+        assert_eq!(dsm.content.len(), 6);
+        assert_eq!(view.cluster.guests_running, 2);
+        assert_eq!(view.cluster.nodes_online, 1);
+    }
+
+    #[test]
+    fn four_node_fixture_counts_and_template_flag() {
+        let rows = resources(FOUR_NODES);
+        let view = build_view(
+            "c",
+            "",
+            &rows,
+            &SlowData::default(),
+            &mut RateMemory::default(),
+            0.0,
+        );
+        assert_eq!(view.nodes.len(), 4);
+        assert!(view.guests[&101].template, "template: 1 is a boolean");
+        assert!(!view.guests[&100].template);
+        assert_eq!(view.guests[&100].node, "node2");
+    }
+
+    fn guest_row(netin: u64, status: &str) -> Resource {
+        serde_json::from_value(serde_json::json!({
+            "id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": status,
+            "netin": netin, "netout": 0, "diskread": 0, "diskwrite": 0, "cpu": 0.01, "maxcpu": 2,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rates_come_from_counter_deltas_and_survive_resets() {
+        let slow = SlowData::default();
+        let mut mem = RateMemory::default();
+        let rate = |mem: &mut RateMemory, netin, t| {
+            build_view("c", "", &[guest_row(netin, "running")], &slow, mem, t).guests[&100]
+                .netin_rate
+        };
+        assert_eq!(
+            rate(&mut mem, 1_000, 0.0),
+            None,
+            "no rate from a single sample"
+        );
+        assert_eq!(rate(&mut mem, 21_000, 10.0), Some(2_000.0));
+        // Proxmox refreshes counters every ~10 s: a repeat keeps the last rate.
+        assert_eq!(rate(&mut mem, 21_000, 12.0), Some(2_000.0));
+        // A restarted guest's counter starts again from 0: no negative or huge rate.
+        assert_eq!(rate(&mut mem, 500, 20.0), None);
+        assert_eq!(rate(&mut mem, 1_500, 30.0), Some(100.0));
+    }
+
+    #[test]
+    fn rounding_keeps_idle_jitter_from_changing_the_payload() {
+        assert_eq!(round_percent(3.04159), 3.0);
+        assert_eq!(round_percent(3.1449), 3.1);
+        assert_eq!(round_rate(12_345.0), 12_000.0);
+        assert_eq!(round_rate(12_449.0), 12_000.0);
+        assert_eq!(round_rate(987.0), 990.0);
+        assert_eq!(round_rate(42.4), 42.0);
+        assert_eq!(round_rate(-1.0), 0.0);
+        assert_eq!(round_rate(f64::NAN), 0.0);
+    }
+
+    #[test]
+    fn objects_on_an_offline_node_are_unavailable() {
+        let rows: Vec<Resource> = serde_json::from_value(serde_json::json!([
+            {"id": "node/a", "type": "node", "node": "a", "status": "online"},
+            {"id": "node/b", "type": "node", "node": "b", "status": "offline"},
+            {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "a", "status": "running"},
+            {"id": "qemu/101", "type": "qemu", "vmid": 101, "node": "b", "status": "unknown"},
+            {"id": "storage/b/local", "type": "storage", "node": "b", "storage": "local", "status": "unknown"}
+        ]))
+        .unwrap();
+        let view = build_view(
+            "c",
+            "",
+            &rows,
+            &SlowData::default(),
+            &mut RateMemory::default(),
+            0.0,
+        );
+        assert!(view.is_available(&ObjectRef::Guest(GuestKind::Qemu, 100)));
+        assert!(!view.is_available(&ObjectRef::Guest(GuestKind::Qemu, 101)));
+        assert!(!view.is_available(&ObjectRef::Node("b".into())));
+        assert!(!view.is_available(&ObjectRef::Storage("b".into(), "local".into())));
+        assert!(view.is_available(&ObjectRef::Cluster));
+        assert_eq!(view.guests[&101].status, "unknown");
+        assert_eq!(
+            view.guests[&101].name, None,
+            "bare rows of an offline node have no name"
+        );
+    }
+
+    #[test]
+    fn hibernated_vm_is_suspended_and_slow_lane_fills_backups() {
+        let rows: Vec<Resource> = serde_json::from_value(serde_json::json!([
+            {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "a", "status": "stopped", "lock": "suspended", "tags": "a;b"}
+        ]))
+        .unwrap();
+        let slow = SlowData {
+            last_backup: HashMap::from([(100, 1_764_679_463)]),
+            ..SlowData::default()
+        };
+        let view = build_view("c", "", &rows, &slow, &mut RateMemory::default(), 0.0);
+        let vm = &view.guests[&100];
+        assert_eq!(vm.status, "suspended");
+        assert_eq!(vm.last_backup, Some(1_764_679_463));
+        assert_eq!(vm.tags, vec!["a".to_string(), "b".to_string()]);
+    }
+}

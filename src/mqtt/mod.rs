@@ -1,0 +1,192 @@
+//! The MQTT boundary: connection options and the one task that drives rumqttc's event
+//! loop. Knows nothing about Proxmox.
+//!
+//! rumqttc does nothing unless `EventLoop::poll()` is called, reconnects with no delay
+//! (a hot loop against a dead broker), and forgets subscriptions on a clean-session
+//! reconnect. So exactly one task polls, sleeps with backoff after errors, and
+//! re-subscribes on every ConnAck; it never awaits anything but `poll()` and its
+//! backoff, and hands inbound messages on with `try_send`, so it can never deadlock
+//! against the publisher (which awaits on the client's request channel).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::MqttConfig;
+use crate::ha::topics::Topics;
+
+/// Outgoing packets larger than rumqttc's 10 KiB default would tear the connection down;
+/// device discovery payloads of a guest are a few KiB, a `bridge/info` of a big cluster
+/// more. Inbound, retained availability messages and commands are small.
+pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
+
+/// Capacity of the client's request channel: the publisher awaits when it is full, which
+/// is the natural back-pressure while the broker is slow or away.
+const REQUEST_CHANNEL_CAPACITY: usize = 4096;
+
+/// A message that arrived from the broker, as the rest of the bridge needs it.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub topic: String,
+    /// Raw bytes: may be empty or not UTF-8.
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// What the event loop reports to the rest of the bridge.
+#[derive(Clone, Debug)]
+pub enum LinkEvent {
+    /// A (re)connection was acknowledged: everything must be (re)published.
+    Connected,
+    /// The connection is gone; publishing now would only queue stale messages.
+    Disconnected,
+    Message(Inbound),
+}
+
+/// Builds the client options: Last Will `offline` on `{base}/bridge/state` (retained,
+/// QoS 1), clean session (a stale command must never be replayed from a persistent
+/// session), TLS for `mqtts://`, credentials.
+pub fn options(cfg: &MqttConfig, topics: &Topics) -> anyhow::Result<MqttOptions> {
+    let mut opts = base_options(cfg, &cfg.client_id)?;
+    opts.set_last_will(LastWill::new(
+        topics.bridge_state(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    Ok(opts)
+}
+
+/// Options without a Last Will, for short-lived connections (`check`, the demo's
+/// watcher) that must not touch the bridge state.
+pub fn base_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
+    let mut opts = MqttOptions::new(client_id, &cfg.host, cfg.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+    opts.set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
+    opts.set_inflight(200);
+    if let Some(user) = &cfg.username {
+        let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
+        opts.set_credentials(user, password);
+    }
+    if cfg.tls {
+        opts.set_transport(Transport::Tls(tls_config(cfg)?));
+    }
+    Ok(opts)
+}
+
+fn tls_config(cfg: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = &cfg.ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("mqtt.ca_file: cannot read {}", path.display()))?;
+        let mut count = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert =
+                cert.with_context(|| format!("mqtt.ca_file: bad PEM in {}", path.display()))?;
+            roots.add(cert).with_context(|| {
+                format!("mqtt.ca_file: unusable certificate in {}", path.display())
+            })?;
+            count += 1;
+        }
+        anyhow::ensure!(
+            count > 0,
+            "mqtt.ca_file: no certificate in {}",
+            path.display()
+        );
+    } else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS setup")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// Backoff after connection errors: 1 s, doubling to 30 s, reset by a ConnAck.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
+}
+
+/// Drives the event loop until the client's own Disconnect went out (clean stop) or
+/// `hard_stop` fires (the broker is unreachable at shutdown).
+///
+/// `subscriptions` are (re)subscribed on every ConnAck; `send` gets every [`LinkEvent`]
+/// and must not block (use `try_send`).
+pub async fn run_event_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    subscriptions: Vec<String>,
+    send: impl Fn(LinkEvent),
+    hard_stop: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    let mut connected = false;
+    loop {
+        let polled = tokio::select! {
+            polled = eventloop.poll() => polled,
+            _ = hard_stop.cancelled() => return,
+        };
+        match polled {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                info!(code = ?ack.code, "connected to the MQTT broker");
+                failures = 0;
+                connected = true;
+                let filters = subscriptions
+                    .iter()
+                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                if let Err(err) = client.try_subscribe_many(filters) {
+                    warn!(error = %err, "could not queue the subscriptions");
+                }
+                send(LinkEvent::Connected);
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                send(LinkEvent::Message(Inbound {
+                    topic: publish.topic,
+                    payload: publish.payload.to_vec(),
+                    retain: publish.retain,
+                }));
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                debug!("MQTT disconnect sent");
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                if connected {
+                    warn!(error = %describe(&err), "lost the MQTT connection; reconnecting");
+                    send(LinkEvent::Disconnected);
+                    connected = false;
+                } else {
+                    warn!(error = %describe(&err), retry_in = ?backoff(failures), "cannot connect to the MQTT broker");
+                }
+                let wait = backoff(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = hard_stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+fn describe(err: &ConnectionError) -> String {
+    match err {
+        ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection: {code:?}")
+        }
+        other => other.to_string(),
+    }
+}

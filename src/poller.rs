@@ -1,0 +1,271 @@
+//! The poller of one cluster: two lanes, so that a slow node can never delay the
+//! cluster-wide state.
+//!
+//! - Fast lane: one `GET /cluster/resources` per `poll.interval` gives every guest,
+//!   node and storage state at once, whatever the cluster size. A refresh request (after
+//!   a command, or from a script) runs it at once.
+//! - Slow lane: every `poll.slow_interval`, the details only per-node endpoints have
+//!   (node status, backups in storage content, version, cluster status), one request at
+//!   a time and spread over the interval, skipping nodes that are offline (their proxied
+//!   requests hang up to 30 s before a 595). Its results are merged into the next views.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::model::{build_view, RateMemory, SlowData};
+use crate::publisher::PublisherMsg;
+use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
+
+/// Everything one cluster's poller needs.
+pub struct ClusterPoller {
+    pub id: String,
+    pub client: PveClient,
+    pub console_url: String,
+    pub interval: Duration,
+    pub slow_interval: Duration,
+    pub publisher: mpsc::Sender<PublisherMsg>,
+    /// Poll now (coalescing: a full channel means a poll is already due).
+    pub refresh: mpsc::Receiver<()>,
+}
+
+/// Backoff while Proxmox keeps failing: the interval doubles up to 8x (max 2 min), so a
+/// down host is not hammered, and the first success restores the normal pace.
+fn backoff_interval(base: Duration, failures: u32) -> Duration {
+    (base * 2u32.pow(failures.min(3))).min(Duration::from_secs(120).max(base))
+}
+
+impl ClusterPoller {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (slow_tx, mut slow_rx) = watch::channel(Arc::new(SlowData::default()));
+        let (resources_tx, resources_rx) = watch::channel(Arc::new(Vec::<Resource>::new()));
+        let slow_lane = tokio::spawn(slow_lane(
+            self.client.clone(),
+            self.slow_interval,
+            resources_rx,
+            slow_tx,
+            shutdown.clone(),
+        ));
+
+        let started = Instant::now();
+        let mut rates = RateMemory::default();
+        let mut failures: u32 = 0;
+        let mut last_resources: Option<Arc<Vec<Resource>>> = None;
+        let mut next_poll = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(next_poll) => {}
+                Some(()) = self.refresh.recv() => { debug!(cluster = %self.id, "refresh requested"); }
+                Ok(()) = slow_rx.changed() => {
+                    // New slow-lane details: rebuild from the last answer, no extra request.
+                    if let Some(resources) = &last_resources {
+                        let slow = slow_rx.borrow_and_update().clone();
+                        let view = build_view(&self.id, &self.console_url, resources, &slow, &mut rates, started.elapsed().as_secs_f64());
+                        if self.publisher.send(PublisherMsg::View(Arc::new(view))).await.is_err() { break; }
+                    }
+                    continue;
+                }
+            }
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                polled = self.client.cluster_resources() => polled,
+            };
+            match polled {
+                Ok(resources) => {
+                    if failures > 0 {
+                        info!(cluster = %self.id, "Proxmox answers again");
+                    }
+                    failures = 0;
+                    let resources = Arc::new(resources);
+                    let _ = resources_tx.send(resources.clone());
+                    let slow = slow_rx.borrow_and_update().clone();
+                    let view = build_view(
+                        &self.id,
+                        &self.console_url,
+                        &resources,
+                        &slow,
+                        &mut rates,
+                        started.elapsed().as_secs_f64(),
+                    );
+                    last_resources = Some(resources);
+                    if self
+                        .publisher
+                        .send(PublisherMsg::View(Arc::new(view)))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    next_poll = tokio::time::Instant::now() + self.interval;
+                }
+                Err(err) => {
+                    if failures == 0 {
+                        warn!(cluster = %self.id, error = %err, "polling Proxmox failed");
+                    } else {
+                        debug!(cluster = %self.id, error = %err, failures, "polling Proxmox still fails");
+                    }
+                    failures = failures.saturating_add(1);
+                    let msg = PublisherMsg::Unreachable {
+                        cluster: self.id.clone(),
+                        reason: err.to_string(),
+                    };
+                    if self.publisher.send(msg).await.is_err() {
+                        break;
+                    }
+                    next_poll =
+                        tokio::time::Instant::now() + backoff_interval(self.interval, failures);
+                }
+            }
+        }
+        slow_lane.abort();
+    }
+}
+
+/// The slow lane of one cluster (see the module docs).
+async fn slow_lane(
+    client: PveClient,
+    interval: Duration,
+    mut resources: watch::Receiver<Arc<Vec<Resource>>>,
+    out: watch::Sender<Arc<SlowData>>,
+    shutdown: CancellationToken,
+) {
+    // Wait for the fast lane's first answer: it says which nodes and storages exist.
+    loop {
+        if !resources.borrow_and_update().is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = resources.changed() => if changed.is_err() { return },
+        }
+    }
+    let mut data = SlowData::default();
+    loop {
+        let round_start = tokio::time::Instant::now();
+        let rows = resources.borrow_and_update().clone();
+        let requests = plan(&rows);
+        // Spread the requests over half the interval: never a burst of N at once.
+        let spacing = (interval / (2 * requests.len().max(1) as u32)).min(Duration::from_secs(2));
+        let mut backups: HashMap<u32, u64> = HashMap::new();
+        let mut backups_complete = true;
+        for (i, request) in requests.iter().enumerate() {
+            if i > 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(spacing) => {}
+                }
+            }
+            let done = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                done = run_request(&client, request, &mut data, &mut backups) => done,
+            };
+            if let Err(err) = done {
+                debug!(?request, error = %err, "slow-lane request failed");
+                if matches!(request, SlowRequest::StorageContent { .. }) {
+                    backups_complete = false;
+                }
+            }
+        }
+        // Keep older backup times for storages we could not read this round.
+        if backups_complete {
+            data.last_backup = backups;
+        } else {
+            for (vmid, ctime) in backups {
+                let entry = data.last_backup.entry(vmid).or_insert(ctime);
+                *entry = (*entry).max(ctime);
+            }
+        }
+        let _ = out.send(Arc::new(data.clone()));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(round_start + interval) => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+enum SlowRequest {
+    Version,
+    ClusterStatus,
+    NodeStatus(String),
+    StorageContent { node: String, storage: String },
+}
+
+/// Which slow-lane requests one round makes: version, cluster status, each online
+/// node's status, and the content of each backup storage (a shared storage once).
+fn plan(rows: &[Resource]) -> Vec<SlowRequest> {
+    let online: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.kind == ResourceKind::Node && r.status.as_deref() == Some("online"))
+        .filter_map(|r| r.node.as_deref())
+        .collect();
+    let mut requests = vec![SlowRequest::Version, SlowRequest::ClusterStatus];
+    requests.extend(
+        online
+            .iter()
+            .map(|n| SlowRequest::NodeStatus(n.to_string())),
+    );
+    let mut shared_done = std::collections::HashSet::new();
+    for row in rows.iter().filter(|r| r.kind == ResourceKind::Storage) {
+        let (Some(node), Some(storage)) = (row.node.as_deref(), row.storage.as_deref()) else {
+            continue;
+        };
+        let holds_backups = row
+            .content
+            .as_deref()
+            .is_some_and(|c| c.split(',').any(|x| x == "backup"));
+        if !holds_backups || row.status.as_deref() != Some("available") || !online.contains(&node) {
+            continue;
+        }
+        if row.shared && !shared_done.insert(storage.to_string()) {
+            continue;
+        }
+        requests.push(SlowRequest::StorageContent {
+            node: node.to_string(),
+            storage: storage.to_string(),
+        });
+    }
+    requests
+}
+
+async fn run_request(
+    client: &PveClient,
+    request: &SlowRequest,
+    data: &mut SlowData,
+    backups: &mut HashMap<u32, u64>,
+) -> Result<(), PveError> {
+    match request {
+        SlowRequest::Version => {
+            data.pve_version = client.version().await?.version;
+        }
+        SlowRequest::ClusterStatus => {
+            let rows = client.cluster_status().await?;
+            let cluster = rows.iter().find(|r| r.kind == ClusterStatusKind::Cluster);
+            data.cluster_name = cluster.and_then(|r| r.name.clone());
+            // A standalone host has no cluster row and is always quorate.
+            data.quorate = Some(cluster.and_then(|r| r.quorate).unwrap_or(true));
+        }
+        SlowRequest::NodeStatus(node) => {
+            let status = client.node_status(node).await?;
+            data.node_status.insert(node.clone(), status);
+        }
+        SlowRequest::StorageContent { node, storage } => {
+            for item in client
+                .storage_content(node, storage, Some("backup"))
+                .await?
+            {
+                if let (Some(vmid), Some(ctime)) = (item.vmid, item.ctime) {
+                    let entry = backups.entry(vmid).or_insert(ctime);
+                    *entry = (*entry).max(ctime);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! The one place that publishes. It owns what has been told to the broker (per object:
+//! state payload, availability, discovery inputs), so it can publish only what changed,
+//! republish everything after a reconnect or Home Assistant's birth message, and clean
+//! up objects that vanished — including those that vanished while the bridge was down,
+//! found from the retained availability topics the broker hands back at connect.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use rumqttc::{AsyncClient, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::ha::discovery::{device_config, device_info, DeviceInfo, DiscoveryContext};
+use crate::ha::topics::{ObjectRef, Topics};
+use crate::model::ClusterView;
+use crate::mqtt::{Inbound, LinkEvent};
+
+/// What other tasks ask the publisher to do.
+#[derive(Debug)]
+pub enum PublisherMsg {
+    /// A successful poll of one cluster.
+    View(Arc<ClusterView>),
+    /// Proxmox could not be reached: every object of this cluster is `offline`.
+    Unreachable { cluster: String, reason: String },
+    /// From the MQTT event loop.
+    Link(LinkEvent),
+    /// A message that is not object state (command results, responses).
+    Raw {
+        topic: String,
+        payload: String,
+        retain: bool,
+    },
+}
+
+/// Counters of what was published, for the demo's running summary and the benchmark.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    pub messages: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub discovery: std::sync::atomic::AtomicU64,
+    pub states: std::sync::atomic::AtomicU64,
+}
+
+/// What the broker holds for one object.
+#[derive(Debug, Default)]
+struct ObjectRecord {
+    state: String,
+    available: bool,
+    /// The inputs and payload of the discovery message last sent.
+    discovery: Option<(DeviceInfo, String)>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterRecord {
+    reachable: bool,
+    polled: bool,
+    name: Option<String>,
+    pve_version: Option<String>,
+    nodes: usize,
+    guests: usize,
+    objects: BTreeMap<ObjectRef, ObjectRecord>,
+}
+
+#[derive(Serialize, PartialEq)]
+struct BridgeInfo<'a> {
+    version: &'a str,
+    clusters: Vec<ClusterInfo<'a>>,
+}
+
+#[derive(Serialize, PartialEq)]
+struct ClusterInfo<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    reachable: bool,
+    pve_version: Option<&'a str>,
+    nodes: usize,
+    guests: usize,
+}
+
+pub struct Publisher {
+    client: AsyncClient,
+    topics: Topics,
+    discovery: Option<DiscoveryContext>,
+    connected: bool,
+    clusters: BTreeMap<String, ClusterRecord>,
+    /// Objects seen in retained availability topics but not (yet) in a view.
+    leftovers: HashSet<(String, ObjectRef)>,
+    /// Non-state retained messages (command results) to republish after a reconnect.
+    raw_retained: HashMap<String, String>,
+    bridge_info: String,
+    stats: Arc<PublishStats>,
+    /// Inbound messages that are not for the publisher (commands), passed on.
+    forward: Option<mpsc::Sender<Inbound>>,
+}
+
+impl Publisher {
+    pub fn new(
+        client: AsyncClient,
+        topics: Topics,
+        discovery: Option<DiscoveryContext>,
+        stats: Arc<PublishStats>,
+        forward: Option<mpsc::Sender<Inbound>>,
+    ) -> Self {
+        Publisher {
+            client,
+            topics,
+            discovery,
+            connected: false,
+            clusters: BTreeMap::new(),
+            leftovers: HashSet::new(),
+            raw_retained: HashMap::new(),
+            bridge_info: String::new(),
+            stats,
+            forward,
+        }
+    }
+
+    /// Runs until `shutdown`, then publishes `offline` on the bridge state (the Last Will
+    /// only fires on an unclean disconnect) and disconnects cleanly.
+    pub async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<PublisherMsg>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                msg = inbox.recv() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+            };
+            // A publish can wait on a full request channel while the broker is slow;
+            // shutdown must still get through.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = self.handle(msg) => {}
+            }
+        }
+        if self.connected {
+            let topic = self.topics.bridge_state();
+            if let Err(err) = self
+                .client
+                .try_publish(&topic, QoS::AtLeastOnce, true, "offline")
+            {
+                warn!(error = %err, "could not queue the offline state");
+            }
+        }
+        if let Err(err) = self.client.try_disconnect() {
+            debug!(error = %err, "could not queue the MQTT disconnect");
+        }
+    }
+
+    async fn handle(&mut self, msg: PublisherMsg) {
+        match msg {
+            PublisherMsg::View(view) => self.apply_view(&view).await,
+            PublisherMsg::Unreachable { cluster, reason } => {
+                self.apply_unreachable(&cluster, &reason).await
+            }
+            PublisherMsg::Link(LinkEvent::Connected) => {
+                self.connected = true;
+                self.republish_all().await;
+            }
+            PublisherMsg::Link(LinkEvent::Disconnected) => self.connected = false,
+            PublisherMsg::Link(LinkEvent::Message(msg)) => self.inbound(msg).await,
+            PublisherMsg::Raw {
+                topic,
+                payload,
+                retain,
+            } => {
+                if retain {
+                    self.raw_retained.insert(topic.clone(), payload.clone());
+                }
+                self.publish(&topic, payload, retain).await;
+            }
+        }
+    }
+
+    async fn inbound(&mut self, msg: Inbound) {
+        if msg.topic == self.topics.ha_status() {
+            if msg.payload == b"online" {
+                info!("Home Assistant came online: republishing discovery and states");
+                self.republish_all().await;
+            }
+            return;
+        }
+        if let Some((cluster, object)) = self.topics.parse_availability(&msg.topic) {
+            // Only the broker's retained copies (sent at subscribe time) tell us about
+            // earlier runs; live echoes of our own publishes are not retained.
+            if msg.retain && !msg.payload.is_empty() {
+                let known = self
+                    .clusters
+                    .get(&cluster)
+                    .is_some_and(|c| c.objects.contains_key(&object));
+                if !known {
+                    self.leftovers.insert((cluster.clone(), object));
+                    self.clean_leftovers(&cluster).await;
+                }
+            }
+            return;
+        }
+        if let Some(forward) = &self.forward {
+            if let Err(err) = forward.try_send(msg) {
+                warn!(error = %err, "inbound message dropped: command queue full");
+            }
+        }
+    }
+
+    async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        if !self.connected {
+            return;
+        }
+        let payload = payload.into();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.messages.fetch_add(1, Relaxed);
+        self.stats
+            .bytes
+            .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
+        if let Err(err) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+        {
+            warn!(topic, error = %err, "publish failed");
+        }
+    }
+
+    async fn apply_view(&mut self, view: &ClusterView) {
+        let c = view.id.clone();
+        let mut record = self.clusters.remove(&c).unwrap_or_default();
+        if !record.reachable && record.polled {
+            info!(cluster = %c, "Proxmox reachable again");
+        }
+        record.reachable = true;
+        record.polled = true;
+        record.name = view.cluster.name.clone();
+        record.pve_version = view.cluster.pve_version.clone();
+        record.nodes = view.nodes.len();
+        record.guests = view.guests.len();
+
+        let mut seen = HashSet::new();
+        for object in view.objects() {
+            let state = match state_json(view, &object) {
+                Some(s) => s,
+                None => continue,
+            };
+            let available = view.is_available(&object);
+            let entry = record.objects.entry(object.clone()).or_default();
+            let is_new = entry.state.is_empty();
+            if is_new {
+                debug!(cluster = %c, %object, "new object");
+            }
+            if let Some(ctx) = &self.discovery {
+                let info = device_info(view, &object);
+                let stale = match (&entry.discovery, &info) {
+                    (Some((old, _)), Some(new)) => old != new,
+                    (None, Some(_)) => true,
+                    _ => false,
+                };
+                if stale {
+                    if let (Some(info), Some(payload)) = (info, device_config(ctx, view, &object)) {
+                        entry.discovery = Some((info, payload.clone()));
+                        self.stats
+                            .discovery
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let topic = self.topics.discovery(&c, &object);
+                        Self::send(
+                            &self.client,
+                            &self.stats,
+                            self.connected,
+                            &topic,
+                            payload.into_bytes(),
+                            true,
+                        )
+                        .await;
+                    }
+                }
+            }
+            if entry.state != state {
+                entry.state = state.clone();
+                self.stats
+                    .states
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let topic = self.topics.state(&c, &object);
+                Self::send(
+                    &self.client,
+                    &self.stats,
+                    self.connected,
+                    &topic,
+                    state.into_bytes(),
+                    true,
+                )
+                .await;
+            }
+            if is_new || entry.available != available {
+                entry.available = available;
+                let topic = self.topics.availability(&c, &object);
+                Self::send(
+                    &self.client,
+                    &self.stats,
+                    self.connected,
+                    &topic,
+                    availability(available),
+                    true,
+                )
+                .await;
+            }
+            seen.insert(object);
+        }
+        let gone: Vec<ObjectRef> = record
+            .objects
+            .keys()
+            .filter(|o| !seen.contains(*o))
+            .cloned()
+            .collect();
+        for object in gone {
+            info!(cluster = %c, %object, "object vanished: removing it");
+            record.objects.remove(&object);
+            self.remove_object(&c, &object).await;
+        }
+        self.clusters.insert(c.clone(), record);
+        self.clean_leftovers(&c).await;
+        self.publish_bridge_info(false).await;
+    }
+
+    /// Publishing helper usable while `self` is partly borrowed.
+    async fn send(
+        client: &AsyncClient,
+        stats: &PublishStats,
+        connected: bool,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) {
+        if !connected {
+            return;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.messages.fetch_add(1, Relaxed);
+        stats
+            .bytes
+            .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
+        if let Err(err) = client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+        {
+            warn!(topic, error = %err, "publish failed");
+        }
+    }
+
+    /// An object that is gone for good: tell subscribers it is offline, then clear every
+    /// retained topic it had so nothing stale is left on the broker or in HA.
+    async fn remove_object(&mut self, cluster: &str, object: &ObjectRef) {
+        let availability_topic = self.topics.availability(cluster, object);
+        self.publish(&availability_topic, "offline", true).await;
+        let mut clear = vec![
+            self.topics.discovery(cluster, object),
+            self.topics.state(cluster, object),
+            availability_topic,
+        ];
+        if let ObjectRef::Guest(kind, vmid) = object {
+            clear.push(self.topics.task(cluster, *kind, *vmid));
+        }
+        for topic in clear {
+            self.raw_retained.remove(&topic);
+            self.publish(&topic, Vec::new(), true).await;
+        }
+    }
+
+    /// Clears objects known only from retained topics of an earlier run once a poll of
+    /// their cluster shows they no longer exist.
+    async fn clean_leftovers(&mut self, cluster: &str) {
+        let Some(record) = self.clusters.get(cluster) else {
+            return;
+        };
+        if !record.polled {
+            return;
+        }
+        let stale: Vec<(String, ObjectRef)> = self
+            .leftovers
+            .iter()
+            .filter(|(c, o)| c == cluster && !record.objects.contains_key(o))
+            .cloned()
+            .collect();
+        self.leftovers.retain(|(c, _)| c != cluster);
+        for (c, object) in stale {
+            info!(cluster = %c, %object, "object from an earlier run no longer exists: removing it");
+            self.remove_object(&c, &object).await;
+        }
+    }
+
+    async fn apply_unreachable(&mut self, cluster: &str, reason: &str) {
+        let record = self.clusters.entry(cluster.to_string()).or_default();
+        let was_reachable = record.reachable || !record.polled;
+        record.reachable = false;
+        if was_reachable {
+            warn!(
+                cluster,
+                reason, "Proxmox unreachable: marking its objects offline"
+            );
+        }
+        let mut topics = Vec::new();
+        for (object, entry) in record.objects.iter_mut() {
+            if entry.available {
+                entry.available = false;
+                topics.push(self.topics.availability(cluster, object));
+            }
+        }
+        for topic in topics {
+            self.publish(&topic, "offline", true).await;
+        }
+        self.publish_bridge_info(false).await;
+    }
+
+    /// After a (re)connect or HA's birth: the broker or HA may have lost everything.
+    async fn republish_all(&mut self) {
+        let state_topic = self.topics.bridge_state();
+        self.publish(&state_topic, "online", true).await;
+        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        for (c, record) in &self.clusters {
+            for (object, entry) in &record.objects {
+                if let Some((_, payload)) = &entry.discovery {
+                    out.push((
+                        self.topics.discovery(c, object),
+                        payload.clone().into_bytes(),
+                    ));
+                }
+                out.push((
+                    self.topics.state(c, object),
+                    entry.state.clone().into_bytes(),
+                ));
+                out.push((
+                    self.topics.availability(c, object),
+                    availability(entry.available && record.reachable),
+                ));
+            }
+        }
+        for (topic, payload) in self.raw_retained.clone() {
+            out.push((topic, payload.into_bytes()));
+        }
+        for (topic, payload) in out {
+            self.publish(&topic, payload, true).await;
+        }
+        self.publish_bridge_info(true).await;
+    }
+
+    async fn publish_bridge_info(&mut self, force: bool) {
+        let info = BridgeInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            clusters: self
+                .clusters
+                .iter()
+                .map(|(id, r)| ClusterInfo {
+                    id,
+                    name: r.name.as_deref(),
+                    reachable: r.reachable,
+                    pve_version: r.pve_version.as_deref(),
+                    nodes: r.nodes,
+                    guests: r.guests,
+                })
+                .collect(),
+        };
+        let payload = serde_json::to_string(&info).unwrap_or_default();
+        if force || payload != self.bridge_info {
+            self.bridge_info = payload.clone();
+            let topic = self.topics.bridge_info();
+            self.publish(&topic, payload, true).await;
+        }
+    }
+}
+
+fn availability(online: bool) -> Vec<u8> {
+    if online {
+        b"online".to_vec()
+    } else {
+        b"offline".to_vec()
+    }
+}
+
+/// The retained JSON state of one object (SPEC §3).
+pub fn state_json(view: &ClusterView, object: &ObjectRef) -> Option<String> {
+    let json = match object {
+        ObjectRef::Cluster => serde_json::to_string(&view.cluster),
+        ObjectRef::Node(n) => serde_json::to_string(view.nodes.get(n)?),
+        ObjectRef::Guest(_, vmid) => serde_json::to_string(view.guests.get(vmid)?),
+        ObjectRef::Storage(n, s) => {
+            serde_json::to_string(view.storages.get(&(n.clone(), s.clone()))?)
+        }
+    };
+    json.ok()
+}

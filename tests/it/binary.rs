@@ -1,0 +1,171 @@
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pve2mqtt");
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the bridge did not exit in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_bridge_process_leaves_bridge_state_offline() {
+    // Given the real binary running against the simulator and a broker
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let path = cfg.write();
+    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pve2mqtt");
+    probe
+        .wait_topic("pve2mqtt/bridge/state", 20 * SECS, |m| m.text() == "online")
+        .await;
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            !m.payload.is_empty()
+        })
+        .await;
+
+    // When it is killed without a chance to clean up
+    signal(&child, "KILL");
+    wait_exit(&mut child, 10 * SECS);
+
+    // Then the broker publishes its Last Will, and keeps it for later subscribers
+    probe
+        .wait_topic("pve2mqtt/bridge/state", 20 * SECS, |m| {
+            m.text() == "offline"
+        })
+        .await;
+    let late = Probe::connect(broker.port, &["pve2mqtt/bridge/state"]).await;
+    let state = late
+        .wait_topic("pve2mqtt/bridge/state", 5 * SECS, |_| true)
+        .await;
+    assert_eq!(state.text(), "offline");
+    assert!(state.retain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_publishes_offline_and_exits_zero() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let path = cfg.write();
+    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pve2mqtt");
+    probe
+        .wait_topic("pve2mqtt/bridge/state", 20 * SECS, |m| m.text() == "online")
+        .await;
+
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, 15 * SECS);
+
+    assert_eq!(status.code(), Some(0), "clean stop exits 0");
+    let offline = probe
+        .wait_topic("pve2mqtt/bridge/state", 5 * SECS, |m| m.text() == "offline")
+        .await;
+    // The bridge said it itself (a clean disconnect suppresses the Last Will).
+    assert_eq!(offline.text(), "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_proxmox_and_broker_and_exits_zero() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let path = cfg.write();
+    let output = tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("result: ok"), "{stdout}");
+    assert!(stdout.contains("Proxmox VE"), "{stdout}");
+    assert!(stdout.contains("read state: yes"), "{stdout}");
+    // The token secret is never printed.
+    let secret = pve2mqtt::sim::DEFAULT_TOKEN.split('=').nth(1).unwrap();
+    assert!(!stdout.contains(secret) && !stderr.contains(secret));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_with_a_wrong_token_exits_2_with_one_line_reason() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let wrong = cfg.toml.replace(
+        pve2mqtt::sim::DEFAULT_TOKEN,
+        "root@pam!pve2mqtt=11111111-2222-3333-4444-555555555555",
+    );
+    let path = cfg.dir.path().join("wrong.toml");
+    std::fs::write(&path, wrong).unwrap();
+    for command in ["check", "run"] {
+        let output = tokio::process::Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .await
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains("401"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("11111111-2222"), "secret leaked: {stderr}");
+    }
+}
+
+#[test]
+fn an_unknown_config_key_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[proxmox]\nurl = \"https://127.0.0.1:8006\"\ntoken = \"a@pve!b=c\"\n[mqtt]\npasword = \"x\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mqtt.pasword"), "{stderr}");
+}

@@ -1,0 +1,11 @@
+//! The integration tests: one binary, real processes and sockets throughout — a real
+//! Mosquitto per test, the simulator over HTTPS, the bridge in-process or as the real
+//! binary. Assertions are on what an MQTT subscriber (Home Assistant, a script) actually
+//! receives, and on the requests the simulator saw.
+
+/// The real binary: Last Will on SIGKILL, clean SIGTERM, `check`, config errors.
+mod binary;
+/// Discovery and state: what Home Assistant and scripts see after a poll.
+mod state;
+/// Broker, simulator, probe and bridge helpers.
+mod support;

@@ -1,0 +1,261 @@
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::support::*;
+
+const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
+
+/// The seed world: standalone node `pve` (so the cluster id is `pve`), VM 100, CT 101,
+/// storages `local` and `local-lvm`.
+const SEED_DEVICES: &[&str] = &[
+    "homeassistant/device/pve2mqtt_pve_cluster/config",
+    "homeassistant/device/pve2mqtt_pve_node_pve/config",
+    "homeassistant/device/pve2mqtt_pve_100/config",
+    "homeassistant/device/pve2mqtt_pve_101/config",
+    "homeassistant/device/pve2mqtt_pve_storage_pve_local/config",
+    "homeassistant/device/pve2mqtt_pve_storage_pve_local-lvm/config",
+];
+
+async fn wait_for_seed_discovery(probe: &Probe) {
+    for topic in SEED_DEVICES {
+        probe
+            .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_announces_every_seed_object_retained_with_distinct_unique_ids() {
+    // Given a broker, the simulator's seed world and a running bridge
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    wait_for_seed_discovery(&probe).await;
+
+    // When a client connects afterwards (like Home Assistant after a restart)
+    let late = Probe::connect(broker.port, &["homeassistant/#"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Then it gets exactly the seed devices, retained, each valid for HA
+    let configs: Vec<Msg> = late
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/config"))
+        .collect();
+    let topics: HashSet<&str> = configs.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(topics, SEED_DEVICES.iter().copied().collect::<HashSet<_>>());
+    let mut unique_ids = HashSet::new();
+    for m in &configs {
+        assert!(m.retain, "{} is not retained", m.topic);
+        let object_id = m.topic.split('/').nth(2).unwrap();
+        assert!(
+            object_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "illegal discovery object id {object_id}"
+        );
+        let payload = m.json();
+        assert_eq!(payload["dev"]["ids"][0], object_id, "device id = object id");
+        assert!(payload["dev"]["name"].is_string());
+        assert_eq!(payload["o"]["name"], "pve2mqtt");
+        assert_eq!(payload["avty_mode"], "all");
+        assert_eq!(payload["avty"][0]["t"], "pve2mqtt/bridge/state");
+        let components = payload["cmps"].as_object().expect("cmps");
+        assert!(!components.is_empty());
+        for (key, component) in components {
+            let uid = component["uniq_id"].as_str().expect("uniq_id");
+            assert_eq!(uid, format!("{object_id}_{key}"));
+            assert!(
+                unique_ids.insert(uid.to_string()),
+                "duplicate unique_id {uid}"
+            );
+            assert!(component["p"].is_string());
+        }
+    }
+    // VM and container are linked to their node, the node to the cluster.
+    let vm = late
+        .latest("homeassistant/device/pve2mqtt_pve_100/config")
+        .unwrap()
+        .json();
+    assert_eq!(vm["dev"]["via_device"], "pve2mqtt_pve_node_pve");
+    assert_eq!(vm["dev"]["name"], "home-assistant");
+    let node = late
+        .latest("homeassistant/device/pve2mqtt_pve_node_pve/config")
+        .unwrap()
+        .json();
+    assert_eq!(node["dev"]["via_device"], "pve2mqtt_pve_cluster");
+    // A VM has no "disk used" (Proxmox reports 0 without the agent); a container has.
+    assert!(vm["cmps"].get("disk_used").is_none());
+    let ct = late
+        .latest("homeassistant/device/pve2mqtt_pve_101/config")
+        .unwrap()
+        .json();
+    assert!(ct["cmps"].get("disk_used").is_some());
+
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_states_match_what_proxmox_reports() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    for topic in [
+        "pve2mqtt/pve/qemu/100",
+        "pve2mqtt/pve/lxc/101",
+        "pve2mqtt/pve/node/pve",
+    ] {
+        probe
+            .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
+            .await;
+    }
+    // Slow lane fills in node details and backups within a round.
+    probe
+        .wait_topic("pve2mqtt/pve/node/pve", 20 * SECS, |m| {
+            m.json()["pve_version"].is_string()
+        })
+        .await;
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            m.json()["last_backup"].is_u64()
+        })
+        .await;
+
+    // What Proxmox itself says, asked over its real API.
+    let resources = pve_get(&sim, "/cluster/resources").await;
+    let late = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = late.last_by_topic();
+
+    for row in resources.as_array().unwrap() {
+        match row["type"].as_str().unwrap() {
+            kind @ ("qemu" | "lxc") => {
+                let vmid = row["vmid"].as_u64().unwrap();
+                let msg = seen
+                    .get(&format!("pve2mqtt/pve/{kind}/{vmid}"))
+                    .expect("guest state");
+                assert!(msg.retain);
+                let state = msg.json();
+                assert_eq!(state["vmid"], vmid);
+                assert_eq!(state["type"], kind);
+                assert_eq!(state["name"], row["name"]);
+                assert_eq!(state["node"], row["node"]);
+                assert_eq!(state["status"], row["status"]);
+                assert_eq!(state["maxmem"], row["maxmem"]);
+                assert_eq!(state["maxdisk"], row["maxdisk"]);
+                assert!(state["tags"].is_array());
+                let mem_percent = state["mem_percent"].as_f64().unwrap();
+                assert!((0.0..=100.0).contains(&mem_percent));
+                let availability = seen
+                    .get(&format!("pve2mqtt/pve/{kind}/{vmid}/availability"))
+                    .expect("availability");
+                assert_eq!(availability.text(), "online");
+                assert!(availability.retain);
+            }
+            "node" => {
+                let node = row["node"].as_str().unwrap();
+                let state = seen
+                    .get(&format!("pve2mqtt/pve/node/{node}"))
+                    .expect("node state")
+                    .json();
+                assert_eq!(state["status"], row["status"]);
+                assert_eq!(state["maxmem"], row["maxmem"]);
+                assert_eq!(state["loadavg"].as_array().map(|a| a.len()), Some(3));
+                assert!(state["kernel"].is_string());
+            }
+            "storage" => {
+                let (node, storage) = (
+                    row["node"].as_str().unwrap(),
+                    row["storage"].as_str().unwrap(),
+                );
+                let state = seen
+                    .get(&format!("pve2mqtt/pve/storage/{node}/{storage}"))
+                    .expect("storage state")
+                    .json();
+                assert_eq!(state["total"], row["maxdisk"]);
+                assert_eq!(state["type"], row["plugintype"]);
+                assert_eq!(state["active"], row["status"] == "available");
+            }
+            _ => {}
+        }
+    }
+    // The VM's newest backup in storage content is its last_backup.
+    let content = pve_get(&sim, "/nodes/pve/storage/local/content?content=backup").await;
+    let newest = content
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["vmid"] == 100)
+        .filter_map(|i| i["ctime"].as_u64())
+        .max()
+        .expect("the seed world has backups of VM 100");
+    let vm = seen.get("pve2mqtt/pve/qemu/100").unwrap().json();
+    assert_eq!(vm["last_backup"], newest);
+    let info = seen
+        .get("pve2mqtt/bridge/info")
+        .expect("bridge info")
+        .json();
+    assert_eq!(info["clusters"][0]["id"], "pve");
+    assert_eq!(info["clusters"][0]["guests"], 2);
+    assert_eq!(seen.get("pve2mqtt/bridge/state").unwrap().text(), "online");
+
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_birth_makes_the_bridge_republish_discovery_and_states() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    wait_for_seed_discovery(&probe).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // When Home Assistant (re)starts and sends its birth message
+    probe.clear();
+    probe.publish("homeassistant/status", "online", false).await;
+
+    // Then every discovery config and state comes again
+    for topic in SEED_DEVICES {
+        probe
+            .wait_topic(topic, 10 * SECS, |m| !m.payload.is_empty())
+            .await;
+    }
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100/availability", 10 * SECS, |m| {
+            m.text() == "online"
+        })
+        .await;
+    probe
+        .wait_topic("pve2mqtt/bridge/state", 10 * SECS, |m| m.text() == "online")
+        .await;
+
+    bridge.stop().await.unwrap();
+}
+
+/// GET a Proxmox API path on the simulator with the default token.
+pub async fn pve_get(sim: &pve2mqtt::sim::SimHandle, path: &str) -> serde_json::Value {
+    let ca = reqwest::Certificate::from_pem(sim.ca_pem().unwrap().as_bytes()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let body: serde_json::Value = http
+        .get(format!("{}/api2/json{path}", sim.base_url()))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken={}", pve2mqtt::sim::DEFAULT_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["data"].clone()
+}
