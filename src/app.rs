@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::command::{ClusterHandle, CommandHandler, Registry};
 use crate::config::{Config, ProxmoxConfig};
 use crate::ha::discovery::DiscoveryContext;
 use crate::ha::topics::Topics;
@@ -57,7 +58,9 @@ pub async fn run_with(
         let client =
             PveClient::new(cluster).map_err(|e| FatalConfigError(format!("proxmox: {e}")))?;
         match client.version().await {
-            Ok(v) => info!(url = %client.current_url(), version = v.version.as_deref().unwrap_or("?"), "Proxmox reachable"),
+            Ok(v) => {
+                info!(url = %client.current_url(), version = v.version.as_deref().unwrap_or("?"), "Proxmox reachable")
+            }
             Err(err @ PveError::Unauthorized { .. }) => {
                 return Err(FatalConfigError(format!(
                     "Proxmox rejected the API token {}: {err}",
@@ -81,6 +84,10 @@ pub async fn run_with(
     if config.homeassistant.discovery {
         subscriptions.push(topics.ha_status());
     }
+    // Commands are always subscribed: when they are off, every one gets a `rejected`
+    // answer saying so, instead of silence.
+    subscriptions.push(topics.command_filter());
+    subscriptions.push(topics.bridge_request_filter());
     let hard_stop = CancellationToken::new();
     let link_tx = publisher_tx.clone();
     let event_loop = tokio::spawn(mqtt::run_event_loop(
@@ -100,27 +107,48 @@ pub async fn run_with(
     let discovery = config.homeassistant.discovery.then(|| DiscoveryContext {
         topics: topics.clone(),
         bridge_version: env!("CARGO_PKG_VERSION").to_string(),
+        commands: config.commands.clone(),
     });
+    let (command_tx, command_rx) = mpsc::channel(1024);
     let publisher = Publisher::new(
         mqtt_client,
         topics.clone(),
         discovery,
         handles.stats.clone(),
-        None,
+        Some(command_tx),
     );
     let publisher_task = tokio::spawn(publisher.run(publisher_rx, stop.clone()));
+    let registry: Registry = Default::default();
+    let handler = CommandHandler::new(
+        topics.clone(),
+        config.commands.clone(),
+        config.backup.clone(),
+        registry.clone(),
+        publisher_tx.clone(),
+    );
+    let handler_task = tokio::spawn(handler.run(command_rx, stop.clone()));
 
     let mut pollers = Vec::new();
     for (cluster_cfg, client) in clients {
-        let (_refresh_tx, refresh_rx) = mpsc::channel(1);
+        let (refresh_tx, refresh_rx) = mpsc::channel(16);
+        let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         let poll = config.poll.clone();
         let publisher = publisher_tx.clone();
         let stop = stop.clone();
+        let registry = registry.clone();
         pollers.push(tokio::spawn(async move {
             let Some(id) = resolve_cluster_id(&cluster_cfg, &client, &stop).await else {
                 return;
             };
             info!(cluster = %id, "polling cluster");
+            registry.write().unwrap_or_else(|e| e.into_inner()).insert(
+                id.clone(),
+                ClusterHandle {
+                    client: client.clone(),
+                    view: views_rx,
+                    refresh: refresh_tx,
+                },
+            );
             let poller = ClusterPoller {
                 id,
                 console_url: client.current_url(),
@@ -129,6 +157,7 @@ pub async fn run_with(
                 slow_interval: poll.slow_interval,
                 publisher,
                 refresh: refresh_rx,
+                views: views_tx,
             };
             poller.run(stop).await;
         }));
@@ -141,6 +170,7 @@ pub async fn run_with(
     for poller in pollers {
         let _ = poller.await;
     }
+    let _ = handler_task.await;
     let _ = publisher_task.await;
     // The publisher queued `offline` and a clean disconnect; give the event loop a
     // moment to send them, then stop it even if the broker is away.

@@ -8,13 +8,17 @@
 //! - [`mqtt`]: the MQTT boundary (options, the one event-loop task). Knows nothing of Proxmox.
 //! - [`publisher`]: the one task that publishes; owns what the broker has been told.
 //! - [`poller`]: per cluster, the fast lane (one request per poll) and the slow lane.
+//! - [`command`]: MQTT commands → Proxmox POSTs, each task followed to its end.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`sim`], [`demo`]: the built-in Proxmox simulator and the one-command demo.
 //!
 //! Path A (state): poller → `model::build_view` → publisher → `ha::discovery` / state
 //! JSON → MQTT, publishing only what changed.
+//! Path B (commands): MQTT event loop → publisher (forwards) → `command::handler`
+//! (parse, policy, busy) → POST → follow the task → poller refresh → `…/task` result.
 pub mod app;
 pub mod check;
+pub mod command;
 pub mod config;
 #[cfg(all(feature = "demo", any()))]
 pub mod demo;

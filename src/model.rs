@@ -310,10 +310,18 @@ fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
     let name = row.node.clone()?;
     let status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
     let details = slow.node_status.get(&name);
-    let mem = row.mem.or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.used)));
-    let maxmem = row.maxmem.or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.total)));
-    let rootfs_used = details.and_then(|d| d.rootfs.as_ref().and_then(|m| m.used)).or(row.disk);
-    let rootfs_total = details.and_then(|d| d.rootfs.as_ref().and_then(|m| m.total)).or(row.maxdisk);
+    let mem = row
+        .mem
+        .or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.used)));
+    let maxmem = row
+        .maxmem
+        .or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.total)));
+    let rootfs_used = details
+        .and_then(|d| d.rootfs.as_ref().and_then(|m| m.used))
+        .or(row.disk);
+    let rootfs_total = details
+        .and_then(|d| d.rootfs.as_ref().and_then(|m| m.total))
+        .or(row.maxdisk);
     let online = status == "online";
     Some(NodeState {
         cpu: online

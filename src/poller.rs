@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::model::{build_view, RateMemory, SlowData};
+use crate::command::Refresh;
+use crate::model::{build_view, ClusterView, RateMemory, SlowData};
 use crate::publisher::PublisherMsg;
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
 
@@ -29,9 +30,15 @@ pub struct ClusterPoller {
     pub interval: Duration,
     pub slow_interval: Duration,
     pub publisher: mpsc::Sender<PublisherMsg>,
-    /// Poll now (coalescing: a full channel means a poll is already due).
-    pub refresh: mpsc::Receiver<()>,
+    /// Poll now (after a command, or a script's refresh request).
+    pub refresh: mpsc::Receiver<Refresh>,
+    /// Every view also goes here, for the command handler's validation.
+    pub views: watch::Sender<Option<Arc<ClusterView>>>,
 }
+
+/// How long a status read from `status/current` after a task overrides the cluster-wide
+/// list, which can lag ~10 s behind on a real Proxmox.
+const OVERRIDE_TTL: Duration = Duration::from_secs(20);
 
 /// Backoff while Proxmox keeps failing: the interval doubles up to 8x (max 2 min), so a
 /// down host is not hammered, and the first success restores the normal pace.
@@ -43,13 +50,16 @@ impl ClusterPoller {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (slow_tx, mut slow_rx) = watch::channel(Arc::new(SlowData::default()));
         let (resources_tx, resources_rx) = watch::channel(Arc::new(Vec::<Resource>::new()));
+        let reread = Arc::new(tokio::sync::Notify::new());
         let slow_lane = tokio::spawn(slow_lane(
             self.client.clone(),
             self.slow_interval,
             resources_rx,
             slow_tx,
+            reread.clone(),
             shutdown.clone(),
         ));
+        let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
 
         let started = Instant::now();
         let mut rates = RateMemory::default();
@@ -61,13 +71,22 @@ impl ClusterPoller {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(next_poll) => {}
-                Some(()) = self.refresh.recv() => { debug!(cluster = %self.id, "refresh requested"); }
+                Some(refresh) = self.refresh.recv() => {
+                    debug!(cluster = %self.id, ?refresh, "refresh requested");
+                    if let Some((vmid, status)) = refresh.status_override {
+                        overrides.insert(vmid, (status, Instant::now() + OVERRIDE_TTL));
+                    }
+                    if refresh.reread_backups {
+                        reread.notify_one();
+                    }
+                }
                 Ok(()) = slow_rx.changed() => {
                     // New slow-lane details: rebuild from the last answer, no extra request.
                     if let Some(resources) = &last_resources {
                         let slow = slow_rx.borrow_and_update().clone();
-                        let view = build_view(&self.id, &self.console_url, resources, &slow, &mut rates, started.elapsed().as_secs_f64());
-                        if self.publisher.send(PublisherMsg::View(Arc::new(view))).await.is_err() { break; }
+                        let mut view = build_view(&self.id, &self.console_url, resources, &slow, &mut rates, started.elapsed().as_secs_f64());
+                        apply_overrides(&mut view, &mut overrides);
+                        if !self.emit(view).await { break; }
                     }
                     continue;
                 }
@@ -125,6 +144,34 @@ impl ClusterPoller {
         }
         slow_lane.abort();
     }
+
+    /// Hands a view to the publisher and the command handler; false once the publisher is gone.
+    async fn emit(&self, view: ClusterView) -> bool {
+        let view = Arc::new(view);
+        let _ = self.views.send(Some(view.clone()));
+        self.publisher.send(PublisherMsg::View(view)).await.is_ok()
+    }
+}
+
+/// Applies fresh per-guest statuses read after a task, until they expire or the
+/// cluster-wide list agrees.
+fn apply_overrides(view: &mut ClusterView, overrides: &mut HashMap<u32, (String, Instant)>) {
+    let now = Instant::now();
+    overrides.retain(|vmid, (status, until)| {
+        let Some(guest) = view.guests.get_mut(vmid) else {
+            return false;
+        };
+        if *until < now || guest.status == *status {
+            return false;
+        }
+        guest.status = status.clone();
+        true
+    });
+    view.cluster.guests_running = view
+        .guests
+        .values()
+        .filter(|g| g.status == "running")
+        .count();
 }
 
 /// The slow lane of one cluster (see the module docs).
@@ -133,6 +180,7 @@ async fn slow_lane(
     interval: Duration,
     mut resources: watch::Receiver<Arc<Vec<Resource>>>,
     out: watch::Sender<Arc<SlowData>>,
+    reread: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     // Wait for the fast lane's first answer: it says which nodes and storages exist.
@@ -146,12 +194,20 @@ async fn slow_lane(
         }
     }
     let mut data = SlowData::default();
+    let mut only_backups = false;
+    let mut round_start = tokio::time::Instant::now();
     loop {
-        let round_start = tokio::time::Instant::now();
         let rows = resources.borrow_and_update().clone();
-        let requests = plan(&rows);
+        let mut requests = plan(&rows);
+        if only_backups {
+            requests.retain(|r| matches!(r, SlowRequest::StorageContent { .. }));
+        }
         // Spread the requests over half the interval: never a burst of N at once.
-        let spacing = (interval / (2 * requests.len().max(1) as u32)).min(Duration::from_secs(2));
+        let spacing = if only_backups {
+            Duration::from_millis(100)
+        } else {
+            (interval / (2 * requests.len().max(1) as u32)).min(Duration::from_secs(2))
+        };
         let mut backups: HashMap<u32, u64> = HashMap::new();
         let mut backups_complete = true;
         for (i, request) in requests.iter().enumerate() {
@@ -184,7 +240,13 @@ async fn slow_lane(
         let _ = out.send(Arc::new(data.clone()));
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(round_start + interval) => {}
+            _ = tokio::time::sleep_until(round_start + interval) => {
+                only_backups = false;
+                round_start = tokio::time::Instant::now();
+            }
+            // A backup just finished: read the backup storages now so `last_backup`
+            // follows at once; the regular round keeps its schedule.
+            _ = reread.notified() => only_backups = true,
         }
     }
 }

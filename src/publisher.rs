@@ -173,7 +173,9 @@ impl Publisher {
                 payload,
                 retain,
             } => {
-                if retain {
+                if retain && payload.is_empty() {
+                    self.raw_retained.remove(&topic);
+                } else if retain {
                     self.raw_retained.insert(topic.clone(), payload.clone());
                 }
                 self.publish(&topic, payload, retain).await;
@@ -256,7 +258,7 @@ impl Publisher {
                 debug!(cluster = %c, %object, "new object");
             }
             if let Some(ctx) = &self.discovery {
-                let info = device_info(view, &object);
+                let info = device_info(ctx, view, &object);
                 let stale = match (&entry.discovery, &info) {
                     (Some((old, _)), Some(new)) => old != new,
                     (None, Some(_)) => true,

@@ -65,7 +65,10 @@ impl Action {
     /// Is this action possible for this kind of guest? (LXC has no reset and no
     /// suspend-to-disk.)
     pub fn valid_for(self, kind: GuestKind) -> bool {
-        !matches!((self, kind), (Action::Reset | Action::Hibernate, GuestKind::Lxc))
+        !matches!(
+            (self, kind),
+            (Action::Reset | Action::Hibernate, GuestKind::Lxc)
+        )
     }
 
     /// The Proxmox endpoint's last path segment (`…/status/{endpoint}`), `None` for backup.
@@ -83,7 +86,14 @@ impl Action {
             (Action::Reboot, _) => &["timeout"],
             (Action::Shutdown, _) => &["timeout", "force_stop"],
             (Action::Suspend, GuestKind::Qemu) => &["to_disk"],
-            (Action::Backup, _) => &["storage", "mode", "compress", "notes_template", "remove", "protected"],
+            (Action::Backup, _) => &[
+                "storage",
+                "mode",
+                "compress",
+                "notes_template",
+                "remove",
+                "protected",
+            ],
             _ => &[],
         }
     }
@@ -164,7 +174,13 @@ fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
 /// that are otherwise rejected, so the caller can correlate the rejection.
 pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>, Rejection)> {
     if payload.len() > MAX_PAYLOAD {
-        return Err((None, Rejection(format!("payload too large ({} bytes, at most {MAX_PAYLOAD})", payload.len()))));
+        return Err((
+            None,
+            Rejection(format!(
+                "payload too large ({} bytes, at most {MAX_PAYLOAD})",
+                payload.len()
+            )),
+        ));
     }
     let Ok(text) = std::str::from_utf8(payload) else {
         return Err((None, Rejection("payload is not UTF-8".into())));
@@ -173,7 +189,7 @@ pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>
     if text.is_empty() {
         return Err((None, Rejection("empty payload".into())));
     }
-    if !text.starts_with('{') {
+    if !text.starts_with('{') && !text.starts_with('[') {
         let action = Action::parse(text).ok_or_else(|| (None, unknown_action(text)))?;
         if !action.valid_for(kind) {
             return Err((None, invalid_for(action, kind)));
@@ -189,24 +205,39 @@ pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => return Err((None, Rejection(format!("id must be a string of at most {MAX_ID_LEN} characters")))),
+        Some(_) => {
+            return Err((
+                None,
+                Rejection(format!(
+                    "id must be a string of at most {MAX_ID_LEN} characters"
+                )),
+            ))
+        }
     };
-    parse_object(&object, kind).map_err(|r| (id.clone(), r)).map(|mut c| {
-        c.id = id;
-        c
-    })
+    parse_object(&object, kind)
+        .map_err(|r| (id.clone(), r))
+        .map(|mut c| {
+            c.id = id;
+            c
+        })
 }
 
 fn unknown_action(word: &str) -> Rejection {
     let shown: String = word.chars().take(40).collect();
     Rejection(format!(
         "unknown action '{shown}' (one of: {})",
-        Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+        Action::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     ))
 }
 
 fn invalid_for(action: Action, kind: GuestKind) -> Rejection {
-    Rejection(format!("action '{action}' is not available for {kind} guests"))
+    Rejection(format!(
+        "action '{action}' is not available for {kind} guests"
+    ))
 }
 
 fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command, Rejection> {
@@ -228,7 +259,10 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
             return if allowed.is_empty() {
                 reject(format!("'{action}' takes no options, got '{key}'"))
             } else {
-                reject(format!("unknown option '{key}' for '{action}' (allowed: {})", allowed.join(", ")))
+                reject(format!(
+                    "unknown option '{key}' for '{action}' (allowed: {})",
+                    allowed.join(", ")
+                ))
             };
         }
         match key.as_str() {
@@ -236,8 +270,13 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
             "force_stop" => command.force_stop = Some(boolean(key, value)?),
             "to_disk" => command.to_disk = boolean(key, value)?,
             "storage" => command.backup.storage = Some(storage_id(value)?),
-            "mode" => command.backup.mode = Some(one_of(key, value, &["snapshot", "suspend", "stop"])?),
-            "compress" => command.backup.compress = Some(one_of(key, value, &["0", "1", "gzip", "lzo", "zstd"])?),
+            "mode" => {
+                command.backup.mode = Some(one_of(key, value, &["snapshot", "suspend", "stop"])?)
+            }
+            "compress" => {
+                command.backup.compress =
+                    Some(one_of(key, value, &["0", "1", "gzip", "lzo", "zstd"])?)
+            }
             "notes_template" => command.backup.notes_template = Some(notes(value)?),
             "remove" => command.backup.remove = Some(boolean(key, value)?),
             "protected" => command.backup.protected = Some(boolean(key, value)?),
@@ -250,7 +289,9 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
 fn positive_int(key: &str, value: &Value, max: u64) -> Result<u64, Rejection> {
     match value.as_u64() {
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        _ => reject(format!("'{key}' must be a whole number of seconds from 1 to {max}")),
+        _ => reject(format!(
+            "'{key}' must be a whole number of seconds from 1 to {max}"
+        )),
     }
 }
 
@@ -283,7 +324,8 @@ fn storage_id(value: &Value) -> Result<String, Rejection> {
             if !s.is_empty()
                 && s.len() <= 64
                 && s.starts_with(|c: char| c.is_ascii_alphabetic())
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
         {
             Ok(s.to_string())
         }
@@ -293,7 +335,9 @@ fn storage_id(value: &Value) -> Result<String, Rejection> {
 
 fn notes(value: &Value) -> Result<String, Rejection> {
     match value.as_str() {
-        Some(s) if s.len() <= 1024 && !s.chars().any(|c| c.is_control() && c != '\n') => Ok(s.to_string()),
+        Some(s) if s.len() <= 1024 && !s.chars().any(|c| c.is_control() && c != '\n') => {
+            Ok(s.to_string())
+        }
         _ => reject("'notes_template' must be text of at most 1024 characters"),
     }
 }
@@ -309,17 +353,27 @@ mod tests {
         assert_eq!(parse(b" shutdown\n", Lxc).unwrap().action, Action::Shutdown);
         let hibernate = parse(b"hibernate", Qemu).unwrap();
         assert!(hibernate.to_disk);
-        assert_eq!(hibernate.lifecycle_form(), vec![("todisk", "1".to_string())]);
+        assert_eq!(
+            hibernate.lifecycle_form(),
+            vec![("todisk", "1".to_string())]
+        );
         assert_eq!(hibernate.action.endpoint(), Some("suspend"));
     }
 
     #[test]
     fn json_options_become_proxmox_form_fields_with_0_1_booleans() {
-        let c = parse(br#"{"action":"shutdown","timeout":30,"force_stop":true,"id":"abc"}"#, Qemu).unwrap();
+        let c = parse(
+            br#"{"action":"shutdown","timeout":30,"force_stop":true,"id":"abc"}"#,
+            Qemu,
+        )
+        .unwrap();
         assert_eq!(c.id.as_deref(), Some("abc"));
         assert_eq!(
             c.lifecycle_form(),
-            vec![("timeout", "30".to_string()), ("forceStop", "1".to_string())]
+            vec![
+                ("timeout", "30".to_string()),
+                ("forceStop", "1".to_string())
+            ]
         );
         let c = parse(br#"{"action":"suspend","to_disk":true}"#, Qemu).unwrap();
         assert_eq!(c.lifecycle_form(), vec![("todisk", "1".to_string())]);
@@ -349,7 +403,10 @@ mod tests {
             (br#"{"action":"start","timeout":30}"#, "takes no options"),
             (br#"{"action":"shutdown","timeout":-1}"#, "whole number"),
             (br#"{"action":"shutdown","timeout":"30"}"#, "whole number"),
-            (br#"{"action":"shutdown","force_stop":"yes"}"#, "true or false"),
+            (
+                br#"{"action":"shutdown","force_stop":"yes"}"#,
+                "true or false",
+            ),
             (br#"{"action":"backup","mode":"fast"}"#, "one of"),
             (br#"{"action":"backup","storage":"../etc"}"#, "storage id"),
             (br#"{"action":"reboot","colour":"red"}"#, "unknown option"),
@@ -357,7 +414,12 @@ mod tests {
         ];
         for (payload, reason) in cases {
             let (_, rejection) = parse(payload, Qemu).expect_err(&String::from_utf8_lossy(payload));
-            assert!(rejection.0.contains(reason), "{:?}: {}", String::from_utf8_lossy(payload), rejection.0);
+            assert!(
+                rejection.0.contains(reason),
+                "{:?}: {}",
+                String::from_utf8_lossy(payload),
+                rejection.0
+            );
         }
         let big = vec![b' '; MAX_PAYLOAD + 1];
         assert!(parse(&big, Qemu).unwrap_err().1 .0.contains("too large"));

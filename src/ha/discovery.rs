@@ -12,6 +12,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::topics::{ObjectRef, Topics};
+use crate::command::parse::Action;
+use crate::command::policy;
+use crate::config::CommandsConfig;
 use crate::model::ClusterView;
 use crate::pve::GuestKind;
 
@@ -28,6 +31,9 @@ pub struct DeviceInfo {
     pub via_device: Option<String>,
     pub sw_version: Option<String>,
     pub configuration_url: Option<String>,
+    /// Guests: announce the power switch, buttons and last-command sensor (commands are
+    /// possible and the `[commands]` policy admits this guest).
+    pub controls: bool,
 }
 
 /// What kind of entities to announce, from the config.
@@ -35,10 +41,16 @@ pub struct DeviceInfo {
 pub struct DiscoveryContext {
     pub topics: Topics,
     pub bridge_version: String,
+    /// Decides which guests get control entities.
+    pub commands: CommandsConfig,
 }
 
 /// The device block inputs of an object, or `None` if the object is not in the view.
-pub fn device_info(view: &ClusterView, object: &ObjectRef) -> Option<DeviceInfo> {
+pub fn device_info(
+    ctx: &DiscoveryContext,
+    view: &ClusterView,
+    object: &ObjectRef,
+) -> Option<DeviceInfo> {
     let c = &view.id;
     let console = |fragment: &str| {
         if view.console_url.is_empty() {
@@ -54,6 +66,7 @@ pub fn device_info(view: &ClusterView, object: &ObjectRef) -> Option<DeviceInfo>
             via_device: None,
             sw_version: view.cluster.pve_version.clone(),
             configuration_url: (!view.console_url.is_empty()).then(|| view.console_url.clone()),
+            controls: false,
         },
         ObjectRef::Node(node) => {
             let state = view.nodes.get(node)?;
@@ -63,6 +76,7 @@ pub fn device_info(view: &ClusterView, object: &ObjectRef) -> Option<DeviceInfo>
                 via_device: Some(Topics::device_id(c, &ObjectRef::Cluster)),
                 sw_version: state.pve_version.clone(),
                 configuration_url: console(&format!("node%2F{node}")),
+                controls: false,
             }
         }
         ObjectRef::Guest(kind, vmid) => {
@@ -79,6 +93,9 @@ pub fn device_info(view: &ClusterView, object: &ObjectRef) -> Option<DeviceInfo>
                 via_device: Some(Topics::device_id(c, &ObjectRef::Node(guest.node.clone()))),
                 sw_version: None,
                 configuration_url: console(&format!("{}%2F{vmid}", kind.as_str())),
+                controls: policy::commands_possible(&ctx.commands)
+                    && policy::allowed(&ctx.commands, guest)
+                    && !guest.template,
             }
         }
         ObjectRef::Storage(node, storage) => {
@@ -92,6 +109,7 @@ pub fn device_info(view: &ClusterView, object: &ObjectRef) -> Option<DeviceInfo>
                 via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
                 sw_version: None,
                 configuration_url: console(&format!("storage%2F{node}%2F{storage}")),
+                controls: false,
             }
         }
     };
@@ -120,6 +138,23 @@ struct Component {
     ic: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     en: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmd_t: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pl_prs: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pl_on: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pl_off: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stat_on: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stat_off: Option<&'static str>,
+    /// Overrides the device-level state topic (the last-command sensor reads `…/task`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stat_t: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_attr_t: Option<String>,
     /// QoS is not a shared device option in HA, so it is set per component.
     qos: u8,
 }
@@ -384,7 +419,8 @@ pub fn device_config(
     view: &ClusterView,
     object: &ObjectRef,
 ) -> Option<String> {
-    let info = device_info(view, object)?;
+    let info = device_info(ctx, view, object)?;
+    let controls = info.controls;
     let c = &view.id;
     let device_id = Topics::device_id(c, object);
     let specs = match object {
@@ -408,12 +444,16 @@ pub fn device_config(
             ic: spec.icon,
             en: (!spec.enabled).then_some(false),
             qos: 1,
+            ..Component::default()
         };
         // Serialising our own plain struct cannot fail.
         components.insert(
             spec.key.to_string(),
             serde_json::to_value(component).unwrap_or(Value::Null),
         );
+    }
+    if let ObjectRef::Guest(kind, vmid) = object {
+        control_components(ctx, c, *kind, *vmid, &device_id, controls, &mut components);
     }
     let mut device = Map::new();
     device.insert("ids".into(), Value::from(vec![device_id.clone()]));
@@ -444,6 +484,114 @@ pub fn device_config(
     Some(payload.to_string())
 }
 
+/// Buttons that act at once or lose state are disabled by default: a user enables them
+/// deliberately in Home Assistant.
+fn enabled_by_default(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Start | Action::Shutdown | Action::Reboot | Action::Backup
+    )
+}
+
+/// The power switch, one button per action valid for the guest's type, and the
+/// last-command sensor. Without control (policy), each is sent as `{"p": platform}`,
+/// which is how device discovery removes a component that may have been announced by
+/// an earlier run with another policy.
+fn control_components(
+    ctx: &DiscoveryContext,
+    c: &str,
+    kind: GuestKind,
+    vmid: u32,
+    device_id: &str,
+    controls: bool,
+    components: &mut Map<String, Value>,
+) {
+    let command_topic = ctx.topics.command(c, kind, vmid);
+    let task_topic = ctx.topics.task(c, kind, vmid);
+    let mut entries: Vec<(String, Component)> = Vec::new();
+    entries.push((
+        "power".into(),
+        Component {
+            p: "switch",
+            name: "Power",
+            val_tpl: Some("{{ 'ON' if value_json.status == 'running' else 'OFF' }}"),
+            cmd_t: Some(command_topic.clone()),
+            pl_on: Some("start"),
+            pl_off: Some("shutdown"),
+            stat_on: Some("ON"),
+            stat_off: Some("OFF"),
+            ic: Some("mdi:power"),
+            ..Component::default()
+        },
+    ));
+    for action in Action::ALL.into_iter().filter(|a| a.valid_for(kind)) {
+        entries.push((
+            action.as_str().to_string(),
+            Component {
+                p: "button",
+                name: button_name(action),
+                cmd_t: Some(command_topic.clone()),
+                pl_prs: Some(action.as_str()),
+                dev_cla: (action == Action::Reboot).then_some("restart"),
+                ic: Some(button_icon(action)),
+                en: (!enabled_by_default(action)).then_some(false),
+                ..Component::default()
+            },
+        ));
+    }
+    entries.push((
+        "last_command".into(),
+        Component {
+            p: "sensor",
+            name: "Last command",
+            val_tpl: Some("{{ value_json.state }}"),
+            stat_t: Some(task_topic.clone()),
+            json_attr_t: Some(task_topic),
+            ent_cat: Some("diagnostic"),
+            ic: Some("mdi:console"),
+            ..Component::default()
+        },
+    ));
+    for (key, mut component) in entries {
+        let value = if controls {
+            component.uniq_id = format!("{device_id}_{key}");
+            component.qos = 1;
+            serde_json::to_value(component).unwrap_or(Value::Null)
+        } else {
+            serde_json::json!({ "p": component.p })
+        };
+        components.insert(key, value);
+    }
+}
+
+fn button_name(action: Action) -> &'static str {
+    match action {
+        Action::Start => "Start",
+        Action::Stop => "Stop",
+        Action::Shutdown => "Shutdown",
+        Action::Reboot => "Reboot",
+        Action::Reset => "Reset",
+        Action::Suspend => "Suspend",
+        Action::Resume => "Resume",
+        Action::Hibernate => "Hibernate",
+        Action::Backup => "Backup",
+    }
+}
+
+fn button_icon(action: Action) -> &'static str {
+    match action {
+        Action::Start => "mdi:play",
+        Action::Stop => "mdi:stop",
+        Action::Shutdown => "mdi:power",
+        Action::Reboot => "mdi:restart",
+        Action::Reset => "mdi:restart-alert",
+        Action::Suspend => "mdi:pause",
+        Action::Resume => "mdi:play-pause",
+        Action::Hibernate => "mdi:sleep",
+        Action::Backup => "mdi:backup-restore",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,6 +620,11 @@ mod tests {
         DiscoveryContext {
             topics: Topics::new("pve2mqtt", "homeassistant"),
             bridge_version: "0.1.0".into(),
+            commands: CommandsConfig {
+                enabled: true,
+                read_only: false,
+                allow: vec![],
+            },
         }
     }
 
@@ -492,7 +645,9 @@ mod tests {
                     Some("data_size") => assert_eq!(unit, Some("B"), "{key}"),
                     Some("data_rate") => assert_eq!(unit, Some("B/s"), "{key}"),
                     Some("duration") => assert_eq!(unit, Some("s"), "{key}"),
-                    Some("timestamp") | Some("running") => assert_eq!(unit, None, "{key}"),
+                    Some("timestamp") | Some("running") | Some("restart") => {
+                        assert_eq!(unit, None, "{key}")
+                    }
                     Some(other) => panic!("unexpected device class {other} on {key}"),
                     None => {}
                 }
@@ -504,7 +659,10 @@ mod tests {
                 }
                 assert_ne!(c["ent_cat"], "config", "{key}");
                 assert!(
-                    matches!(c["p"].as_str(), Some("sensor" | "binary_sensor")),
+                    matches!(
+                        c["p"].as_str(),
+                        Some("sensor" | "binary_sensor" | "button" | "switch")
+                    ),
                     "{key}"
                 );
                 assert_eq!(c["qos"], 1);
@@ -535,9 +693,9 @@ mod tests {
     fn device_info_changes_on_rename_and_migration_but_ids_do_not() {
         let mut v = view();
         let object = ObjectRef::Guest(GuestKind::Qemu, 100);
-        let before = device_info(&v, &object).unwrap();
+        let before = device_info(&ctx(), &v, &object).unwrap();
         v.guests.get_mut(&100).unwrap().node = "pve2".into();
-        let migrated = device_info(&v, &object).unwrap();
+        let migrated = device_info(&ctx(), &v, &object).unwrap();
         assert_ne!(before, migrated);
         assert_eq!(
             migrated.via_device.as_deref(),
@@ -548,11 +706,57 @@ mod tests {
     }
 
     #[test]
+    fn control_entities_follow_the_guest_type_and_the_policy() {
+        let vm = payload(&ObjectRef::Guest(GuestKind::Qemu, 100));
+        let cmps = vm["cmps"].as_object().unwrap();
+        for action in [
+            "start",
+            "stop",
+            "shutdown",
+            "reboot",
+            "reset",
+            "suspend",
+            "resume",
+            "hibernate",
+            "backup",
+        ] {
+            assert_eq!(cmps[action]["p"], "button", "{action}");
+            assert_eq!(cmps[action]["pl_prs"], action);
+            assert_eq!(cmps[action]["cmd_t"], "pve2mqtt/home/qemu/100/set");
+        }
+        assert_eq!(cmps["power"]["p"], "switch");
+        assert_eq!(cmps["power"]["pl_on"], "start");
+        assert_eq!(cmps["power"]["pl_off"], "shutdown");
+        assert!(
+            cmps["power"].get("opt").is_none(),
+            "state comes from the guest, not optimistic"
+        );
+        assert_eq!(
+            cmps["last_command"]["stat_t"],
+            "pve2mqtt/home/qemu/100/task"
+        );
+        let ct = payload(&ObjectRef::Guest(GuestKind::Lxc, 101));
+        assert!(ct["cmps"].get("reset").is_none() && ct["cmps"].get("hibernate").is_none());
+        assert_eq!(ct["cmps"]["backup"]["p"], "button");
+
+        // read-only: every control component is reduced to its platform (= removed in HA)
+        let mut read_only = ctx();
+        read_only.commands.read_only = true;
+        let p: Value = serde_json::from_str(
+            &device_config(&read_only, &view(), &ObjectRef::Guest(GuestKind::Qemu, 100)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p["cmps"]["start"], serde_json::json!({"p": "button"}));
+        assert_eq!(p["cmps"]["power"], serde_json::json!({"p": "switch"}));
+        assert_eq!(p["cmps"]["cpu"]["p"], "sensor", "sensors stay");
+    }
+
+    #[test]
     fn a_guest_without_name_gets_a_readable_device_name() {
         let mut v = view();
         v.guests.get_mut(&101).unwrap().name = None;
         assert_eq!(
-            device_info(&v, &ObjectRef::Guest(GuestKind::Lxc, 101))
+            device_info(&ctx(), &v, &ObjectRef::Guest(GuestKind::Lxc, 101))
                 .unwrap()
                 .name,
             "CT 101"

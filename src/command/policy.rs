@@ -1,0 +1,126 @@
+//! The command policy (`[commands]`), enforced here and nowhere else.
+
+use crate::config::{AllowRule, CommandsConfig};
+use crate::model::GuestState;
+
+use super::parse::Rejection;
+
+/// May a command reach Proxmox for this guest? `read_only` and `enabled = false` refuse
+/// everything; a non-empty `allow` list admits a guest by vmid, tag or pool.
+pub fn authorize(policy: &CommandsConfig, guest: &GuestState) -> Result<(), Rejection> {
+    if !policy.enabled {
+        return Err(Rejection(
+            "commands are disabled ([commands] enabled = false)".into(),
+        ));
+    }
+    if policy.read_only {
+        return Err(Rejection(
+            "the bridge is read-only ([commands] read_only = true)".into(),
+        ));
+    }
+    if allowed(policy, guest) {
+        Ok(())
+    } else {
+        Err(Rejection(format!(
+            "guest {} is not in [commands] allow",
+            guest.vmid
+        )))
+    }
+}
+
+/// The allow list alone (used to decide which guests get control entities in HA).
+pub fn allowed(policy: &CommandsConfig, guest: &GuestState) -> bool {
+    policy.allow.is_empty()
+        || policy.allow.iter().any(|rule| match rule {
+            AllowRule::Vmid(vmid) => *vmid == guest.vmid,
+            AllowRule::Tag(tag) => guest.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)),
+            AllowRule::Pool(pool) => guest.pool.as_deref() == Some(pool.as_str()),
+        })
+}
+
+/// Does this config let any command through at all?
+pub fn commands_possible(policy: &CommandsConfig) -> bool {
+    policy.enabled && !policy.read_only
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pve::GuestKind;
+
+    fn guest(vmid: u32, tags: &[&str], pool: Option<&str>) -> GuestState {
+        GuestState {
+            vmid,
+            kind: GuestKind::Qemu,
+            name: None,
+            node: "pve".into(),
+            status: "running".into(),
+            template: false,
+            cpu: None,
+            cpus: None,
+            mem: None,
+            maxmem: None,
+            mem_percent: None,
+            disk: None,
+            maxdisk: None,
+            netin: None,
+            netout: None,
+            diskread: None,
+            diskwrite: None,
+            netin_rate: None,
+            netout_rate: None,
+            diskread_rate: None,
+            diskwrite_rate: None,
+            uptime: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            lock: None,
+            hastate: None,
+            pool: pool.map(str::to_string),
+            last_backup: None,
+        }
+    }
+
+    fn policy(enabled: bool, read_only: bool, allow: Vec<AllowRule>) -> CommandsConfig {
+        CommandsConfig {
+            enabled,
+            read_only,
+            allow,
+        }
+    }
+
+    #[test]
+    fn empty_allow_list_admits_every_guest() {
+        assert!(authorize(&policy(true, false, vec![]), &guest(100, &[], None)).is_ok());
+    }
+
+    #[test]
+    fn read_only_and_disabled_refuse_everything() {
+        let g = guest(100, &[], None);
+        assert!(authorize(&policy(true, true, vec![]), &g)
+            .unwrap_err()
+            .0
+            .contains("read-only"));
+        assert!(authorize(&policy(false, false, vec![]), &g)
+            .unwrap_err()
+            .0
+            .contains("disabled"));
+    }
+
+    #[test]
+    fn allow_by_vmid_tag_or_pool() {
+        let p = policy(
+            true,
+            false,
+            vec![
+                AllowRule::Vmid(100),
+                AllowRule::Tag("ha-control".into()),
+                AllowRule::Pool("home".into()),
+            ],
+        );
+        assert!(authorize(&p, &guest(100, &[], None)).is_ok());
+        assert!(authorize(&p, &guest(101, &["HA-Control"], None)).is_ok());
+        assert!(authorize(&p, &guest(102, &[], Some("home"))).is_ok());
+        let refused = authorize(&p, &guest(103, &["other"], Some("lab"))).unwrap_err();
+        assert!(refused.0.contains("not in [commands] allow"));
+    }
+}
