@@ -20,7 +20,7 @@ pub mod app;
 pub mod check;
 pub mod command;
 pub mod config;
-#[cfg(all(feature = "demo", any()))]
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod ha;
 pub mod logging;

@@ -36,7 +36,7 @@ enum Command {
     #[cfg(feature = "sim")]
     Sim(pve2mqtt::sim::SimArgs),
     /// Simulator + embedded MQTT broker + bridge in one process.
-    #[cfg(all(feature = "demo", any()))]
+    #[cfg(feature = "demo")]
     Demo(pve2mqtt::demo::DemoArgs),
 }
 
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
             Command::Sim(args) => {
                 pve2mqtt::sim::run(args.into_options(), pve2mqtt::signal::shutdown()).await
             }
-            #[cfg(all(feature = "demo", any()))]
+            #[cfg(feature = "demo")]
             Command::Demo(args) => pve2mqtt::demo::run(args, pve2mqtt::signal::shutdown()).await,
         }
     });

@@ -104,7 +104,7 @@ impl ClusterPoller {
                     let resources = Arc::new(resources);
                     let _ = resources_tx.send(resources.clone());
                     let slow = slow_rx.borrow_and_update().clone();
-                    let view = build_view(
+                    let mut view = build_view(
                         &self.id,
                         &self.console_url,
                         &resources,
@@ -112,13 +112,9 @@ impl ClusterPoller {
                         &mut rates,
                         started.elapsed().as_secs_f64(),
                     );
+                    apply_overrides(&mut view, &mut overrides);
                     last_resources = Some(resources);
-                    if self
-                        .publisher
-                        .send(PublisherMsg::View(Arc::new(view)))
-                        .await
-                        .is_err()
-                    {
+                    if !self.emit(view).await {
                         break;
                     }
                     next_poll = tokio::time::Instant::now() + self.interval;

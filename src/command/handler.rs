@@ -116,11 +116,17 @@ impl CommandHandler {
 
     async fn handle(&mut self, msg: Inbound, shutdown: &CancellationToken) {
         if let Some((cluster, kind, vmid)) = self.topics.parse_command(&msg.topic) {
+            // An empty message is how MQTT clears a retained one (the bridge itself does
+            // so below); it is never a command.
+            if msg.payload.is_empty() {
+                return;
+            }
             if msg.retain {
-                if msg.payload.is_empty() {
-                    return;
-                }
-                self.reject(&cluster, kind, vmid, None, "retained command ignored: publish commands without the retain flag (a retained command would replay at every reconnect)".into(), None)
+                let (id, action) = match parse(&msg.payload, kind) {
+                    Ok(c) => (c.id, Some(c.action)),
+                    Err((id, _)) => (id, None),
+                };
+                self.reject(&cluster, kind, vmid, id, "retained command ignored: publish commands without the retain flag (a retained command would replay at every reconnect)".into(), action)
                     .await;
                 // Clear it on the broker so it is not delivered again at every reconnect.
                 self.send(PublisherMsg::Raw {

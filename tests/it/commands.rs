@@ -40,12 +40,19 @@ fn task_states(probe: &Probe, topic: &str, id: &str) -> Vec<Value> {
 async fn wait_final(probe: &Probe, topic: &str, id: &str) -> Value {
     let id = id.to_string();
     probe
-        .wait_for(&format!("final result of {id} on {topic}"), 20 * SECS, |m| {
-            m.topic == topic
-                && serde_json::from_slice::<Value>(&m.payload)
-                    .map(|v| v["id"] == id.as_str() && matches!(v["state"].as_str(), Some("ok" | "failed" | "rejected")))
-                    .unwrap_or(false)
-        })
+        .wait_for(
+            &format!("final result of {id} on {topic}"),
+            20 * SECS,
+            |m| {
+                m.topic == topic
+                    && serde_json::from_slice::<Value>(&m.payload)
+                        .map(|v| {
+                            v["id"] == id.as_str()
+                                && matches!(v["state"].as_str(), Some("ok" | "failed" | "rejected"))
+                        })
+                        .unwrap_or(false)
+            },
+        )
         .await
         .json()
 }
@@ -65,17 +72,36 @@ async fn world(extra: &str) -> World {
     let probe = Probe::connect(broker.port, ALL).await;
     let cfg = TestConfig::new(&sim, broker.port, extra);
     let bridge = Bridge::start(cfg.config());
-    probe.wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| !m.payload.is_empty()).await;
-    probe.wait_topic("pve2mqtt/pve/lxc/101", 20 * SECS, |m| !m.payload.is_empty()).await;
-    World { broker, sim, probe, bridge, _cfg: cfg }
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            !m.payload.is_empty()
+        })
+        .await;
+    probe
+        .wait_topic("pve2mqtt/pve/lxc/101", 20 * SECS, |m| !m.payload.is_empty())
+        .await;
+    World {
+        broker,
+        sim,
+        probe,
+        bridge,
+        _cfg: cfg,
+    }
 }
 
 /// Sends one command and returns (final task report, the POSTs it caused).
 async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Vec<Value>) {
-    let id = payload["id"].as_str().expect("test payloads carry an id").to_string();
+    let id = payload["id"]
+        .as_str()
+        .expect("test payloads carry an id")
+        .to_string();
     let since = last_seq(&w.sim).await;
     w.probe
-        .publish(&format!("pve2mqtt/pve/{kind}/{vmid}/set"), &payload.to_string(), false)
+        .publish(
+            &format!("pve2mqtt/pve/{kind}/{vmid}/set"),
+            &payload.to_string(),
+            false,
+        )
         .await;
     let result = wait_final(&w.probe, &format!("pve2mqtt/pve/{kind}/{vmid}/task"), &id).await;
     (result, posts(&w.sim, since).await)
@@ -86,7 +112,11 @@ fn assert_sequence(probe: &Probe, topic: &str, id: &str, last: &str) {
         .iter()
         .map(|v| v["state"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(states.first().map(String::as_str), Some("accepted"), "{states:?}");
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("accepted"),
+        "{states:?}"
+    );
     assert!(states.iter().any(|s| s == "running"), "{states:?}");
     assert_eq!(states.last().map(String::as_str), Some(last), "{states:?}");
 }
@@ -96,32 +126,130 @@ async fn every_action_reaches_proxmox_as_the_right_post_and_ends_ok() {
     let w = world("").await;
     // (kind, vmid, payload, expected path, expected form)
     let cases: Vec<(&str, u32, Value, &str, Value)> = vec![
-        ("qemu", 100, json!({"action": "reboot", "timeout": 40, "id": "q1"}), "/nodes/pve/qemu/100/status/reboot", json!({"timeout": "40"})),
-        ("qemu", 100, json!({"action": "suspend", "id": "q2"}), "/nodes/pve/qemu/100/status/suspend", json!({})),
-        ("qemu", 100, json!({"action": "resume", "id": "q3"}), "/nodes/pve/qemu/100/status/resume", json!({})),
-        ("qemu", 100, json!({"action": "reset", "id": "q4"}), "/nodes/pve/qemu/100/status/reset", json!({})),
-        ("qemu", 100, json!({"action": "shutdown", "timeout": 30, "force_stop": true, "id": "q5"}), "/nodes/pve/qemu/100/status/shutdown", json!({"timeout": "30", "forceStop": "1"})),
-        ("qemu", 100, json!({"action": "start", "id": "q6"}), "/nodes/pve/qemu/100/status/start", json!({})),
-        ("qemu", 100, json!({"action": "stop", "id": "q7"}), "/nodes/pve/qemu/100/status/stop", json!({})),
-        ("qemu", 100, json!({"action": "start", "id": "q8"}), "/nodes/pve/qemu/100/status/start", json!({})),
-        ("qemu", 100, json!({"action": "hibernate", "id": "q9"}), "/nodes/pve/qemu/100/status/suspend", json!({"todisk": "1"})),
-        ("lxc", 101, json!({"action": "reboot", "id": "c1"}), "/nodes/pve/lxc/101/status/reboot", json!({})),
-        ("lxc", 101, json!({"action": "suspend", "id": "c2"}), "/nodes/pve/lxc/101/status/suspend", json!({})),
-        ("lxc", 101, json!({"action": "resume", "id": "c3"}), "/nodes/pve/lxc/101/status/resume", json!({})),
-        ("lxc", 101, json!({"action": "shutdown", "timeout": 20, "id": "c4"}), "/nodes/pve/lxc/101/status/shutdown", json!({"timeout": "20"})),
-        ("lxc", 101, json!({"action": "start", "id": "c5"}), "/nodes/pve/lxc/101/status/start", json!({})),
-        ("lxc", 101, json!({"action": "stop", "id": "c6"}), "/nodes/pve/lxc/101/status/stop", json!({})),
+        (
+            "qemu",
+            100,
+            json!({"action": "reboot", "timeout": 40, "id": "q1"}),
+            "/nodes/pve/qemu/100/status/reboot",
+            json!({"timeout": "40"}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "suspend", "id": "q2"}),
+            "/nodes/pve/qemu/100/status/suspend",
+            json!({}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "resume", "id": "q3"}),
+            "/nodes/pve/qemu/100/status/resume",
+            json!({}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "reset", "id": "q4"}),
+            "/nodes/pve/qemu/100/status/reset",
+            json!({}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "shutdown", "timeout": 30, "force_stop": true, "id": "q5"}),
+            "/nodes/pve/qemu/100/status/shutdown",
+            json!({"timeout": "30", "forceStop": "1"}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "start", "id": "q6"}),
+            "/nodes/pve/qemu/100/status/start",
+            json!({}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "stop", "id": "q7"}),
+            "/nodes/pve/qemu/100/status/stop",
+            json!({}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "start", "id": "q8"}),
+            "/nodes/pve/qemu/100/status/start",
+            json!({}),
+        ),
+        (
+            "qemu",
+            100,
+            json!({"action": "hibernate", "id": "q9"}),
+            "/nodes/pve/qemu/100/status/suspend",
+            json!({"todisk": "1"}),
+        ),
+        (
+            "lxc",
+            101,
+            json!({"action": "reboot", "id": "c1"}),
+            "/nodes/pve/lxc/101/status/reboot",
+            json!({}),
+        ),
+        (
+            "lxc",
+            101,
+            json!({"action": "suspend", "id": "c2"}),
+            "/nodes/pve/lxc/101/status/suspend",
+            json!({}),
+        ),
+        (
+            "lxc",
+            101,
+            json!({"action": "resume", "id": "c3"}),
+            "/nodes/pve/lxc/101/status/resume",
+            json!({}),
+        ),
+        (
+            "lxc",
+            101,
+            json!({"action": "shutdown", "timeout": 20, "id": "c4"}),
+            "/nodes/pve/lxc/101/status/shutdown",
+            json!({"timeout": "20"}),
+        ),
+        (
+            "lxc",
+            101,
+            json!({"action": "start", "id": "c5"}),
+            "/nodes/pve/lxc/101/status/start",
+            json!({}),
+        ),
+        (
+            "lxc",
+            101,
+            json!({"action": "stop", "id": "c6"}),
+            "/nodes/pve/lxc/101/status/stop",
+            json!({}),
+        ),
     ];
     for (kind, vmid, payload, path, form) in cases {
         let id = payload["id"].as_str().unwrap().to_string();
         let (result, posts) = command(&w, kind, vmid, payload.clone()).await;
         assert_eq!(result["state"], "ok", "{payload}: {result}");
         assert_eq!(result["exitstatus"], "OK", "{payload}");
-        assert!(result["upid"].as_str().unwrap().starts_with("UPID:pve:"), "{result}");
+        assert!(
+            result["upid"].as_str().unwrap().starts_with("UPID:pve:"),
+            "{result}"
+        );
         assert_eq!(posts.len(), 1, "{payload}: exactly one POST, got {posts:?}");
         assert_eq!(posts[0]["path"], path, "{payload}");
         assert_eq!(posts[0]["form"], form, "{payload}");
-        assert_sequence(&w.probe, &format!("pve2mqtt/pve/{kind}/{vmid}/task"), &id, "ok");
+        assert_sequence(
+            &w.probe,
+            &format!("pve2mqtt/pve/{kind}/{vmid}/task"),
+            &id,
+            "ok",
+        );
     }
     w.bridge.stop().await.unwrap();
     drop(w.broker);
@@ -139,7 +267,13 @@ async fn failures_carry_proxmox_text_whether_in_the_task_or_synchronous() {
     // Starting a running container: an immediate HTTP 500, no task at all.
     let (ct, posts) = command(&w, "lxc", 101, json!({"action": "start", "id": "f2"})).await;
     assert_eq!(ct["state"], "failed", "{ct}");
-    assert!(ct["error"].as_str().unwrap().contains("CT 101 already running"), "{ct}");
+    assert!(
+        ct["error"]
+            .as_str()
+            .unwrap()
+            .contains("CT 101 already running"),
+        "{ct}"
+    );
     assert!(ct["upid"].is_null());
     assert_eq!(posts.len(), 1);
     w.bridge.stop().await.unwrap();
@@ -150,21 +284,40 @@ async fn a_403_is_reported_as_a_permission_failure() {
     let broker = Mosquitto::start();
     let sim = start_sim(sim_options()).await;
     let token = "audit@pve!ro=99999999-8888-7777-6666-555555555555";
-    sim_send(&sim, "POST", "/_sim/tokens", json!({
-        "token": token,
-        "privileges": {"/": ["Sys.Audit", "VM.Audit", "Datastore.Audit"]},
-    }))
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/tokens",
+        json!({
+            "token": token,
+            "privileges": {"/": ["Sys.Audit", "VM.Audit", "Datastore.Audit"]},
+        }),
+    )
     .await;
     let probe = Probe::connect(broker.port, ALL).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
     let toml = cfg.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
-    let bridge = Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
-    probe.wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| !m.payload.is_empty()).await;
-    probe.publish("pve2mqtt/pve/qemu/100/set", r#"{"action":"shutdown","id":"p1"}"#, false).await;
+    let bridge =
+        Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            !m.payload.is_empty()
+        })
+        .await;
+    probe
+        .publish(
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"shutdown","id":"p1"}"#,
+            false,
+        )
+        .await;
     let result = wait_final(&probe, "pve2mqtt/pve/qemu/100/task", "p1").await;
     assert_eq!(result["state"], "failed");
     let error = result["error"].as_str().unwrap();
-    assert!(error.contains("403") && error.contains("Permission check failed (/vms/100, VM.PowerMgmt)"), "{error}");
+    assert!(
+        error.contains("403") && error.contains("Permission check failed (/vms/100, VM.PowerMgmt)"),
+        "{error}"
+    );
     bridge.stop().await.unwrap();
 }
 
@@ -173,12 +326,20 @@ async fn backup_sends_the_vzdump_form_reports_progress_and_updates_last_backup()
     let w = world("").await;
     let before = w
         .probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| m.json()["last_backup"].is_u64())
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            m.json()["last_backup"].is_u64()
+        })
         .await
         .json()["last_backup"]
         .as_u64()
         .unwrap();
-    sim_send(&w.sim, "POST", "/_sim/config", json!({"task_duration_ms": 1500})).await;
+    sim_send(
+        &w.sim,
+        "POST",
+        "/_sim/config",
+        json!({"task_duration_ms": 1500}),
+    )
+    .await;
     let (result, posts) = command(
         &w,
         "qemu",
@@ -202,18 +363,29 @@ async fn backup_sends_the_vzdump_form_reports_progress_and_updates_last_backup()
         .filter(|v| v["state"] == "running")
         .filter_map(|v| v["progress"].as_u64())
         .collect();
-    assert!(progress.iter().any(|p| *p > 0 && *p < 100), "progress seen: {progress:?}");
+    assert!(
+        progress.iter().any(|p| *p > 0 && *p < 100),
+        "progress seen: {progress:?}"
+    );
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     // The new backup shows up as last_backup, as in Proxmox's storage content.
     let after = w
         .probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 10 * SECS, |m| m.json()["last_backup"].as_u64() > Some(before))
+        .wait_topic("pve2mqtt/pve/qemu/100", 10 * SECS, |m| {
+            m.json()["last_backup"].as_u64() > Some(before)
+        })
         .await
         .json()["last_backup"]
         .as_u64()
         .unwrap();
     let content = pve_get(&w.sim, "/nodes/pve/storage/local/content?content=backup").await;
-    let newest = content.as_array().unwrap().iter().filter(|i| i["vmid"] == 100).filter_map(|i| i["ctime"].as_u64()).max();
+    let newest = content
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["vmid"] == 100)
+        .filter_map(|i| i["ctime"].as_u64())
+        .max();
     assert_eq!(Some(after), newest);
     w.bridge.stop().await.unwrap();
 }
@@ -223,24 +395,45 @@ async fn the_new_state_is_published_right_after_the_task_without_waiting_for_a_p
     // A poll interval far longer than the test: only the post-task refresh can publish.
     let w = world("").await;
     let cfg_slow = TestConfig::new(&w.sim, w.broker.port, "");
-    let toml = cfg_slow.toml.replace("interval = \"1s\"", "interval = \"300s\"").replace("slow_interval = \"2s\"", "slow_interval = \"300s\"");
+    let toml = cfg_slow
+        .toml
+        .replace("interval = \"1s\"", "interval = \"300s\"")
+        .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"");
     w.bridge.stop().await.unwrap();
-    let bridge = Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
+    let bridge =
+        Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
     w.probe.clear();
-    w.probe.wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| m.json()["status"] == "running").await;
-    w.probe.publish("pve2mqtt/pve/qemu/100/set", r#"{"action":"shutdown","id":"s1"}"#, false).await;
+    w.probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            m.json()["status"] == "running"
+        })
+        .await;
+    w.probe
+        .publish(
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"shutdown","id":"s1"}"#,
+            false,
+        )
+        .await;
     let ok = w
         .probe
         .wait_for("shutdown ok", 20 * SECS, |m| {
-            m.topic == "pve2mqtt/pve/qemu/100/task" && m.text().contains("\"s1\"") && m.text().contains("\"ok\"")
+            m.topic == "pve2mqtt/pve/qemu/100/task"
+                && m.text().contains("\"s1\"")
+                && m.text().contains("\"ok\"")
         })
         .await;
     let stopped = w
         .probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 5 * SECS, |m| m.json()["status"] == "stopped")
+        .wait_topic("pve2mqtt/pve/qemu/100", 5 * SECS, |m| {
+            m.json()["status"] == "stopped"
+        })
         .await;
     let lag = stopped.at.max(ok.at) - ok.at.min(stopped.at);
-    assert!(lag < Duration::from_secs(5), "state followed the task end within {lag:?}");
+    assert!(
+        lag < Duration::from_secs(5),
+        "state followed the task end within {lag:?}"
+    );
     bridge.stop().await.unwrap();
 }
 
@@ -248,39 +441,104 @@ async fn the_new_state_is_published_right_after_the_task_without_waiting_for_a_p
 async fn invalid_commands_are_rejected_with_a_reason_and_never_reach_proxmox() {
     let w = world("[commands]\nallow = [\"100\", \"tag:ha\"]\n").await;
     // Make the next VM task hang, so a second command finds the guest busy.
-    sim_send(&w.sim, "POST", "/_sim/tasks/next", json!({"vmid": 100, "action": "reboot", "outcome": "hang"})).await;
+    sim_send(
+        &w.sim,
+        "POST",
+        "/_sim/tasks/next",
+        json!({"vmid": 100, "action": "reboot", "outcome": "hang"}),
+    )
+    .await;
     let since = last_seq(&w.sim).await;
-    w.probe.publish("pve2mqtt/pve/qemu/100/set", r#"{"action":"reboot","id":"hang"}"#, false).await;
     w.probe
-        .wait_for("reboot running", 10 * SECS, |m| m.topic == "pve2mqtt/pve/qemu/100/task" && m.text().contains("\"running\""))
+        .publish(
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"reboot","id":"hang"}"#,
+            false,
+        )
+        .await;
+    w.probe
+        .wait_for("reboot running", 10 * SECS, |m| {
+            m.topic == "pve2mqtt/pve/qemu/100/task" && m.text().contains("\"running\"")
+        })
         .await;
     let cases: Vec<(&str, String, &str)> = vec![
-        ("pve2mqtt/pve/qemu/100/set", r#"{"action":"stop","id":"r1"}"#.into(), "busy"),
-        ("pve2mqtt/pve/qemu/999/set", r#"{"action":"start","id":"r2"}"#.into(), "unknown guest"),
-        ("pve2mqtt/pve/lxc/100/set", r#"{"action":"start","id":"r3"}"#.into(), "unknown guest"),
-        ("pve2mqtt/pve/lxc/101/set", r#"{"action":"reset","id":"r4"}"#.into(), "not available for lxc"),
-        ("pve2mqtt/pve/lxc/101/set", r#"{"action":"start","id":"r5"}"#.into(), "not in [commands] allow"),
-        ("pve2mqtt/pve/qemu/100/set", r#"{"action":"fly","id":"r6"}"#.into(), "unknown action"),
-        ("pve2mqtt/pve/qemu/100/set", r#"{"action":"shutdown","timeout":"soon","id":"r7"}"#.into(), "whole number"),
-        ("pve2mqtt/pve/qemu/100/set", format!(r#"{{"action":"start","id":"r8","pad":"{}"}}"#, "x".repeat(5000)), "too large"),
+        (
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"stop","id":"r1"}"#.into(),
+            "busy",
+        ),
+        (
+            "pve2mqtt/pve/qemu/999/set",
+            r#"{"action":"start","id":"r2"}"#.into(),
+            "unknown guest",
+        ),
+        (
+            "pve2mqtt/pve/lxc/100/set",
+            r#"{"action":"start","id":"r3"}"#.into(),
+            "unknown guest",
+        ),
+        (
+            "pve2mqtt/pve/lxc/101/set",
+            r#"{"action":"reset","id":"r4"}"#.into(),
+            "not available for lxc",
+        ),
+        (
+            "pve2mqtt/pve/lxc/101/set",
+            r#"{"action":"start","id":"r5"}"#.into(),
+            "not in [commands] allow",
+        ),
+        (
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"fly","id":"r6"}"#.into(),
+            "unknown action",
+        ),
+        (
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"shutdown","timeout":"soon","id":"r7"}"#.into(),
+            "whole number",
+        ),
+        (
+            "pve2mqtt/pve/qemu/100/set",
+            format!(
+                r#"{{"action":"start","id":"r8","pad":"{}"}}"#,
+                "x".repeat(5000)
+            ),
+            "too large",
+        ),
     ];
     for (topic, payload, reason) in &cases {
         w.probe.publish(topic, payload, false).await;
         let task_topic = topic.replace("/set", "/task");
-        let id = if payload.len() > 4096 { None } else { serde_json::from_str::<Value>(payload).ok().and_then(|v| v["id"].as_str().map(str::to_string)) };
+        let id = if payload.len() > 4096 {
+            None
+        } else {
+            serde_json::from_str::<Value>(payload)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+        };
         w.probe
             .wait_for(&format!("rejection '{reason}'"), 10 * SECS, |m| {
                 m.topic == task_topic
                     && serde_json::from_slice::<Value>(&m.payload)
-                        .map(|v| v["state"] == "rejected" && v["error"].as_str().unwrap_or("").contains(reason)
-                            && id.as_ref().is_none_or(|id| v["id"] == id.as_str()))
+                        .map(|v| {
+                            v["state"] == "rejected"
+                                && v["error"].as_str().unwrap_or("").contains(reason)
+                                && id.as_ref().is_none_or(|id| v["id"] == id.as_str())
+                        })
                         .unwrap_or(false)
             })
             .await;
     }
     let posts = posts(&w.sim, since).await;
-    assert_eq!(posts.len(), 1, "only the hanging reboot was posted: {posts:?}");
-    assert!(posts[0]["path"].as_str().unwrap().ends_with("/status/reboot"));
+    assert_eq!(
+        posts.len(),
+        1,
+        "only the hanging reboot was posted: {posts:?}"
+    );
+    assert!(posts[0]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/status/reboot"));
     w.bridge.stop().await.unwrap();
 }
 
@@ -300,7 +558,13 @@ async fn a_retained_command_published_before_the_bridge_starts_is_never_executed
     let sim = start_sim(sim_options()).await;
     let probe = Probe::connect(broker.port, ALL).await;
     // Given a retained "stop" waiting on the broker
-    probe.publish("pve2mqtt/pve/qemu/100/set", r#"{"action":"stop","id":"old"}"#, true).await;
+    probe
+        .publish(
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"stop","id":"old"}"#,
+            true,
+        )
+        .await;
     let since = last_seq(&sim).await;
     // When the bridge starts
     let cfg = TestConfig::new(&sim, broker.port, "");
@@ -311,19 +575,32 @@ async fn a_retained_command_published_before_the_bridge_starts_is_never_executed
     assert!(result["error"].as_str().unwrap().contains("retain"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(posts(&sim, since).await.is_empty());
-    let vm = probe.wait_topic("pve2mqtt/pve/qemu/100", 10 * SECS, |m| !m.payload.is_empty()).await;
+    let vm = probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 10 * SECS, |m| {
+            !m.payload.is_empty()
+        })
+        .await;
     assert_eq!(vm.json()["status"], "running");
     // and the retained command is gone from the broker
     let late = Probe::connect(broker.port, &["pve2mqtt/pve/qemu/100/set"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(late.messages().iter().all(|m| m.payload.is_empty()), "{:?}", late.messages());
+    assert!(
+        late.messages().iter().all(|m| m.payload.is_empty()),
+        "{:?}",
+        late.messages()
+    );
     bridge.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node() {
     let broker = Mosquitto::start();
-    let sim = start_sim(SimOptions { nodes: Some(2), guests: Some(6), ..sim_options() }).await;
+    let sim = start_sim(SimOptions {
+        nodes: Some(2),
+        guests: Some(6),
+        ..sim_options()
+    })
+    .await;
     let probe = Probe::connect(broker.port, ALL).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
     let bridge = Bridge::start(cfg.config());
@@ -333,15 +610,38 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
         .unwrap()
         .iter()
         .filter(|r| r["type"] == "qemu" || r["type"] == "lxc")
-        .map(|r| (r["vmid"].as_u64().unwrap(), r["node"].as_str().unwrap().to_string(), r["type"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["vmid"].as_u64().unwrap(),
+                r["node"].as_str().unwrap().to_string(),
+                r["type"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let cluster = "simcluster";
     for (vmid, _, kind) in &guests {
-        probe.wait_topic(&format!("pve2mqtt/{cluster}/{kind}/{vmid}"), 20 * SECS, |m| !m.payload.is_empty()).await;
+        probe
+            .wait_topic(
+                &format!("pve2mqtt/{cluster}/{kind}/{vmid}"),
+                20 * SECS,
+                |m| !m.payload.is_empty(),
+            )
+            .await;
     }
     // refresh
-    probe.publish("pve2mqtt/bridge/request/refresh", r#"{"transaction":"t-1"}"#, false).await;
-    let r = probe.wait_for("refresh response", 10 * SECS, |m| m.topic == "pve2mqtt/bridge/response/refresh").await.json();
+    probe
+        .publish(
+            "pve2mqtt/bridge/request/refresh",
+            r#"{"transaction":"t-1"}"#,
+            false,
+        )
+        .await;
+    let r = probe
+        .wait_for("refresh response", 10 * SECS, |m| {
+            m.topic == "pve2mqtt/bridge/response/refresh"
+        })
+        .await
+        .json();
     assert_eq!(r["status"], "ok");
     assert_eq!(r["transaction"], "t-1");
     // backup of one guest per node, one vzdump per node
@@ -351,17 +651,32 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
     probe
         .publish(
             "pve2mqtt/bridge/request/backup",
-            &json!({"transaction": 7, "vmids": [on_pve1.0, on_pve2.0], "storage": "nfs-backup"}).to_string(),
+            &json!({"transaction": 7, "vmids": [on_pve1.0, on_pve2.0], "storage": "nfs-backup"})
+                .to_string(),
             false,
         )
         .await;
     for _ in 0..2 {
-        probe.wait_for("backup responses", 30 * SECS, |m| m.topic == "pve2mqtt/bridge/response/backup").await;
+        probe
+            .wait_for("backup responses", 30 * SECS, |m| {
+                m.topic == "pve2mqtt/bridge/response/backup"
+            })
+            .await;
     }
-    let responses: Vec<Value> = probe.messages().iter().filter(|m| m.topic == "pve2mqtt/bridge/response/backup").map(|m| m.json()).collect();
+    let responses: Vec<Value> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "pve2mqtt/bridge/response/backup")
+        .map(|m| m.json())
+        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let responses = if responses.len() < 2 {
-        probe.messages().iter().filter(|m| m.topic == "pve2mqtt/bridge/response/backup").map(|m| m.json()).collect()
+        probe
+            .messages()
+            .iter()
+            .filter(|m| m.topic == "pve2mqtt/bridge/response/backup")
+            .map(|m| m.json())
+            .collect()
     } else {
         responses
     };
@@ -372,7 +687,10 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
     }
     let vzdumps: Vec<Value> = posts(&sim, since).await;
     assert_eq!(vzdumps.len(), 2, "{vzdumps:?}");
-    let mut paths: Vec<String> = vzdumps.iter().map(|p| p["path"].as_str().unwrap().to_string()).collect();
+    let mut paths: Vec<String> = vzdumps
+        .iter()
+        .map(|p| p["path"].as_str().unwrap().to_string())
+        .collect();
     paths.sort();
     assert_eq!(paths, vec!["/nodes/pve1/vzdump", "/nodes/pve2/vzdump"]);
     for p in &vzdumps {
@@ -386,7 +704,12 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
             false,
         )
         .await;
-    let r = probe.wait_for("command response", 10 * SECS, |m| m.topic == "pve2mqtt/bridge/response/command").await.json();
+    let r = probe
+        .wait_for("command response", 10 * SECS, |m| {
+            m.topic == "pve2mqtt/bridge/response/command"
+        })
+        .await
+        .json();
     assert_eq!(r["transaction"], "c-9");
     if on_pve1.2 == "qemu" {
         assert_eq!(r["status"], "ok", "{r}");
@@ -400,18 +723,47 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
 async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
     // A long poll interval: the bridge still thinks the guest is on its old node.
     let broker = Mosquitto::start();
-    let sim = start_sim(SimOptions { nodes: Some(2), guests: Some(4), ..sim_options() }).await;
+    let sim = start_sim(SimOptions {
+        nodes: Some(2),
+        guests: Some(4),
+        ..sim_options()
+    })
+    .await;
     let probe = Probe::connect(broker.port, ALL).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace("interval = \"1s\"", "interval = \"300s\"");
-    let bridge = Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
+    let toml = cfg
+        .toml
+        .replace("interval = \"1s\"", "interval = \"300s\"")
+        .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"");
+    let bridge =
+        Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
     let resources = pve_get(&sim, "/cluster/resources").await;
-    let guest = resources.as_array().unwrap().iter().find(|r| r["type"] == "qemu" && r["node"] == "pve1").unwrap().clone();
+    let guest = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "qemu" && r["node"] == "pve1")
+        .unwrap()
+        .clone();
     let vmid = guest["vmid"].as_u64().unwrap();
     let topic = format!("pve2mqtt/simcluster/qemu/{vmid}");
-    probe.wait_topic(&topic, 20 * SECS, |m| !m.payload.is_empty()).await;
-    sim_send(&sim, "POST", &format!("/_sim/guests/{vmid}/migrate"), json!({"target": "pve2"})).await;
-    probe.publish(&format!("{topic}/set"), r#"{"action":"backup","id":"mv"}"#, false).await;
+    probe
+        .wait_topic(&topic, 20 * SECS, |m| !m.payload.is_empty())
+        .await;
+    sim_send(
+        &sim,
+        "POST",
+        &format!("/_sim/guests/{vmid}/migrate"),
+        json!({"target": "pve2"}),
+    )
+    .await;
+    probe
+        .publish(
+            &format!("{topic}/set"),
+            r#"{"action":"backup","id":"mv"}"#,
+            false,
+        )
+        .await;
     let result = wait_final(&probe, &format!("{topic}/task"), "mv").await;
     assert_eq!(result["state"], "failed", "{result}");
     assert!(result["error"].as_str().unwrap().contains("OK"), "{result}");

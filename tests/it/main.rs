@@ -3,10 +3,10 @@
 //! binary. Assertions are on what an MQTT subscriber (Home Assistant, a script) actually
 //! receives, and on the requests the simulator saw.
 
-/// Commands: POSTs, task following, rejections, bridge requests.
-mod commands;
 /// The real binary: Last Will on SIGKILL, clean SIGTERM, `check`, config errors.
 mod binary;
+/// Commands: POSTs, task following, rejections, bridge requests.
+mod commands;
 /// Discovery and state: what Home Assistant and scripts see after a poll.
 mod state;
 /// Broker, simulator, probe and bridge helpers.

@@ -215,6 +215,15 @@ impl Probe {
         map
     }
 
+    /// The retained copy per topic, as the broker handed it over at subscribe time.
+    pub fn retained_by_topic(&self) -> HashMap<String, Msg> {
+        let mut map = HashMap::new();
+        for m in self.log.lock().unwrap().iter().filter(|m| m.retain) {
+            map.entry(m.topic.clone()).or_insert_with(|| m.clone());
+        }
+        map
+    }
+
     /// Waits until a received message satisfies `pred`; panics with what was received.
     pub async fn wait_for(
         &self,
