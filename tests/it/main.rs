@@ -7,6 +7,8 @@
 mod binary;
 /// Commands: POSTs, task following, rejections, bridge requests.
 mod commands;
+/// Faults survived: broker restarts.
+mod faults;
 /// Discovery and state: what Home Assistant and scripts see after a poll.
 mod state;
 /// Broker, simulator, probe and bridge helpers.

@@ -258,3 +258,290 @@ pub async fn pve_get(sim: &pve2mqtt::sim::SimHandle, path: &str) -> serde_json::
         .unwrap();
     body["data"].clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_guest_appears_and_a_removed_one_is_cleared_everywhere() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    wait_for_seed_discovery(&probe).await;
+
+    // When a container is created in Proxmox
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/guests",
+        serde_json::json!({
+            "vmid": 102, "type": "lxc", "node": "pve", "name": "zigbee", "status": "running"
+        }),
+    )
+    .await;
+    // Then it gets discovery, state and availability
+    let config = probe
+        .wait_topic(
+            "homeassistant/device/pve2mqtt_pve_102/config",
+            10 * SECS,
+            |m| !m.payload.is_empty(),
+        )
+        .await;
+    assert_eq!(config.json()["dev"]["name"], "zigbee");
+    let state = probe
+        .wait_topic("pve2mqtt/pve/lxc/102", 10 * SECS, |m| !m.payload.is_empty())
+        .await;
+    assert_eq!(state.json()["status"], "running");
+    probe
+        .wait_topic("pve2mqtt/pve/lxc/102/availability", 10 * SECS, |m| {
+            m.text() == "online"
+        })
+        .await;
+
+    // When the container 101 is destroyed
+    sim_send(&sim, "DELETE", "/_sim/guests/101", serde_json::json!({})).await;
+    // Then its availability goes offline and every retained topic it had is cleared
+    probe
+        .wait_for("101 offline", 10 * SECS, |m| {
+            m.topic == "pve2mqtt/pve/lxc/101/availability" && m.text() == "offline"
+        })
+        .await;
+    probe
+        .wait_topic(
+            "homeassistant/device/pve2mqtt_pve_101/config",
+            10 * SECS,
+            |m| m.payload.is_empty(),
+        )
+        .await;
+    probe
+        .wait_topic("pve2mqtt/pve/lxc/101", 10 * SECS, |m| m.payload.is_empty())
+        .await;
+    let late = Probe::connect(broker.port, ALL).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leftovers: Vec<String> = late
+        .messages()
+        .iter()
+        .filter(|m| m.topic.contains("101"))
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "retained leftovers of 101: {leftovers:?}"
+    );
+    assert_eq!(
+        late.retained_by_topic()["pve2mqtt/bridge/info"].json()["clusters"][0]["guests"],
+        2
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_that_vanished_while_the_bridge_was_down_are_cleaned_up_at_start() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    wait_for_seed_discovery(&probe).await;
+    bridge.stop().await.unwrap();
+
+    // While the bridge is down, container 101 is destroyed
+    sim_send(&sim, "DELETE", "/_sim/guests/101", serde_json::json!({})).await;
+    probe.clear();
+    let bridge = Bridge::start(cfg.config());
+
+    // The next run finds its retained leftovers and clears them
+    probe
+        .wait_topic(
+            "homeassistant/device/pve2mqtt_pve_101/config",
+            15 * SECS,
+            |m| m.payload.is_empty(),
+        )
+        .await;
+    probe
+        .wait_topic("pve2mqtt/pve/lxc/101/availability", 15 * SECS, |m| {
+            m.payload.is_empty()
+        })
+        .await;
+    probe
+        .wait_topic("pve2mqtt/pve/lxc/101", 15 * SECS, |m| m.payload.is_empty())
+        .await;
+    // and keeps what still exists
+    let late = Probe::connect(broker.port, ALL).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retained = late.retained_by_topic();
+    assert!(retained.contains_key("homeassistant/device/pve2mqtt_pve_100/config"));
+    assert!(
+        !retained.keys().any(|t| t.contains("101")),
+        "{:?}",
+        retained.keys().collect::<Vec<_>>()
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_node_takes_its_objects_offline_while_the_other_node_keeps_updating() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(SimOptions {
+        nodes: Some(2),
+        guests: Some(6),
+        ..sim_options()
+    })
+    .await;
+    // Live figures, so the healthy node's guests visibly keep updating.
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/config",
+        serde_json::json!({"stats_interval_ms": 0}),
+    )
+    .await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    let resources = pve_get(&sim, "/cluster/resources").await;
+    let guests: Vec<(String, u64, String)> = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "qemu" || r["type"] == "lxc")
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap().to_string(),
+                r["vmid"].as_u64().unwrap(),
+                r["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (kind, vmid, _) in &guests {
+        probe
+            .wait_topic(
+                &format!("pve2mqtt/simcluster/{kind}/{vmid}/availability"),
+                20 * SECS,
+                |m| m.text() == "online",
+            )
+            .await;
+    }
+
+    // When node pve2 goes down
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/nodes/pve2",
+        serde_json::json!({"online": false}),
+    )
+    .await;
+
+    // Then pve2, its guests and its storages are offline
+    probe
+        .wait_topic(
+            "pve2mqtt/simcluster/node/pve2/availability",
+            10 * SECS,
+            |m| m.text() == "offline",
+        )
+        .await;
+    let offline_at = std::time::Instant::now();
+    for (kind, vmid, node) in &guests {
+        let topic = format!("pve2mqtt/simcluster/{kind}/{vmid}/availability");
+        let expected = if node == "pve2" { "offline" } else { "online" };
+        probe
+            .wait_topic(&topic, 10 * SECS, |m| m.text() == expected)
+            .await;
+    }
+    probe
+        .wait_topic(
+            "pve2mqtt/simcluster/storage/pve2/local/availability",
+            10 * SECS,
+            |m| m.text() == "offline",
+        )
+        .await;
+    let vm_on_pve2 = guests.iter().find(|g| g.2 == "pve2").unwrap();
+    probe
+        .wait_topic(
+            &format!("pve2mqtt/simcluster/{}/{}", vm_on_pve2.0, vm_on_pve2.1),
+            10 * SECS,
+            |m| m.json()["status"] == "unknown",
+        )
+        .await;
+    // and pve1's running guests keep getting fresh states, on time.
+    let running_on_pve1 = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["node"] == "pve1"
+                && r["status"] == "running"
+                && (r["type"] == "qemu" || r["type"] == "lxc")
+        })
+        .expect("a running guest on pve1");
+    let topic = format!(
+        "pve2mqtt/simcluster/{}/{}",
+        running_on_pve1["type"].as_str().unwrap(),
+        running_on_pve1["vmid"]
+    );
+    let before = probe.latest(&topic).unwrap().at;
+    let fresh = probe
+        .wait_for("a fresh state from pve1", 10 * SECS, |m| {
+            m.topic == topic && m.at > before.max(offline_at)
+        })
+        .await;
+    assert!(fresh.at.duration_since(offline_at) < Duration::from_secs(5));
+    assert_eq!(
+        probe
+            .latest("pve2mqtt/simcluster/node/pve1/availability")
+            .unwrap()
+            .text(),
+        "online"
+    );
+    bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_world_publishes_nothing_on_later_polls() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    // Proxmox's cluster-wide figures do not move in this test (the real ones refresh
+    // every 10 s; here never), and the slow lane runs once.
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/config",
+        serde_json::json!({"stats_interval_ms": 3_600_000}),
+    )
+    .await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let toml = cfg
+        .toml
+        .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"");
+    let bridge =
+        Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
+    wait_for_seed_discovery(&probe).await;
+    probe
+        .wait_topic("pve2mqtt/pve/node/pve", 20 * SECS, |m| {
+            m.json()["pve_version"].is_string()
+        })
+        .await;
+    // The second poll gives the first rates; let it pass.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let polls_before = poll_count(&sim).await;
+    probe.clear();
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let polls = poll_count(&sim).await - polls_before;
+    assert!(polls >= 3, "the bridge kept polling ({polls} polls)");
+    let published: Vec<String> = probe.messages().iter().map(|m| m.topic.clone()).collect();
+    assert!(
+        published.is_empty(),
+        "{polls} idle polls published: {published:?}"
+    );
+    bridge.stop().await.unwrap();
+}
+
+async fn poll_count(sim: &pve2mqtt::sim::SimHandle) -> u64 {
+    sim_get(sim, "/_sim/counters").await["GET /cluster/resources"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+use pve2mqtt::sim::SimOptions;

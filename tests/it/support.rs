@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,10 +60,6 @@ impl Mosquitto {
         };
         broker.spawn();
         broker
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     fn spawn(&mut self) {
@@ -204,15 +200,6 @@ impl Probe {
             .rev()
             .find(|m| m.topic == topic)
             .cloned()
-    }
-
-    /// Newest payload per topic (what a subscriber's view of the broker is now).
-    pub fn last_by_topic(&self) -> HashMap<String, Msg> {
-        let mut map = HashMap::new();
-        for m in self.log.lock().unwrap().iter() {
-            map.insert(m.topic.clone(), m.clone());
-        }
-        map
     }
 
     /// The retained copy per topic, as the broker handed it over at subscribe time.
