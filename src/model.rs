@@ -241,6 +241,14 @@ pub fn round_rate(value: f64) -> f64 {
     (value / magnitude).round() * magnitude
 }
 
+/// `pve-manager/9.1.2/9d436f37a0ac4172` (node status) → `9.1.2`, as users say it.
+fn short_pve_version(full: &str) -> String {
+    full.strip_prefix("pve-manager/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or(full)
+        .to_string()
+}
+
 fn percent(part: Option<u64>, whole: Option<u64>) -> Option<f64> {
     match (part, whole) {
         (Some(p), Some(w)) if w > 0 => Some(round_percent(p as f64 * 100.0 / w as f64)),
@@ -343,7 +351,7 @@ fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
         rootfs_used,
         rootfs_total,
         uptime: row.uptime,
-        pve_version: details.and_then(|d| d.pveversion.clone()),
+        pve_version: details.and_then(|d| d.pveversion.as_deref()).map(short_pve_version),
         kernel: details.and_then(|d| d.kversion.clone()),
         cpu_model: details.and_then(|d| d.cpuinfo.as_ref().and_then(|c| c.model.clone())),
         status,
@@ -538,6 +546,12 @@ mod tests {
         // A restarted guest's counter starts again from 0: no negative or huge rate.
         assert_eq!(rate(&mut mem, 500, 20.0), None);
         assert_eq!(rate(&mut mem, 1_500, 30.0), Some(100.0));
+    }
+
+    #[test]
+    fn node_versions_read_like_users_say_them() {
+        assert_eq!(short_pve_version("pve-manager/9.1.2/9d436f37a0ac4172"), "9.1.2");
+        assert_eq!(short_pve_version("9.1.2"), "9.1.2");
     }
 
     #[test]
