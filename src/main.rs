@@ -24,12 +24,13 @@ enum Command {
     /// Run the bridge.
     Run {
         /// TOML config file; may be left out when every required key is in the environment.
-        #[arg(long, short)]
+        #[arg(long, short, env = "PVE2MQTT_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Validate the config, reach Proxmox and the broker, print a report.
     Check {
-        #[arg(long, short)]
+        /// TOML config file, as for `run`.
+        #[arg(long, short, env = "PVE2MQTT_CONFIG")]
         config: Option<PathBuf>,
     },
     /// The built-in Proxmox VE simulator.

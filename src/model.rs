@@ -351,7 +351,9 @@ fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
         rootfs_used,
         rootfs_total,
         uptime: row.uptime,
-        pve_version: details.and_then(|d| d.pveversion.as_deref()).map(short_pve_version),
+        pve_version: details
+            .and_then(|d| d.pveversion.as_deref())
+            .map(short_pve_version),
         kernel: details.and_then(|d| d.kversion.clone()),
         cpu_model: details.and_then(|d| d.cpuinfo.as_ref().and_then(|c| c.model.clone())),
         status,
@@ -550,7 +552,10 @@ mod tests {
 
     #[test]
     fn node_versions_read_like_users_say_them() {
-        assert_eq!(short_pve_version("pve-manager/9.1.2/9d436f37a0ac4172"), "9.1.2");
+        assert_eq!(
+            short_pve_version("pve-manager/9.1.2/9d436f37a0ac4172"),
+            "9.1.2"
+        );
         assert_eq!(short_pve_version("9.1.2"), "9.1.2");
     }
 
