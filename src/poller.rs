@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::command::Refresh;
 use crate::model::{build_view, ClusterView, RateMemory, SlowData};
@@ -120,11 +120,12 @@ impl ClusterPoller {
                     next_poll = tokio::time::Instant::now() + self.interval;
                 }
                 Err(err) => {
-                    if failures == 0 {
-                        warn!(cluster = %self.id, error = %err, "polling Proxmox failed");
-                    } else {
-                        debug!(cluster = %self.id, error = %err, failures, "polling Proxmox still fails");
-                    }
+                    // The publisher logs the transition to offline once, with the reason;
+                    // repeating it on every poll would flood the log of a long outage.
+                    debug!(cluster = %self.id, error = %err, failures, "polling Proxmox failed");
+                    // Until Proxmox answers again, no view may be rebuilt from the old answer:
+                    // it would mark everything reachable again.
+                    last_resources = None;
                     failures = failures.saturating_add(1);
                     let msg = PublisherMsg::Unreachable {
                         cluster: self.id.clone(),
