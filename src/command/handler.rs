@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::parse::{parse, Action, Command, Rejection};
 use super::policy::authorize;
+use super::ratelimit::RateLimiter;
 use super::report::{unix_now, BackupLog, Phase, TaskReport};
 use crate::config::{BackupConfig, CommandsConfig};
 use crate::ha::topics::Topics;
@@ -69,6 +70,9 @@ pub struct CommandHandler {
     done_tx: mpsc::UnboundedSender<Vec<(String, u32)>>,
     done_rx: mpsc::UnboundedReceiver<Vec<(String, u32)>>,
     runners: TaskTracker,
+    limiter: RateLimiter,
+    /// When the last "rate limited" warning was logged (one per 10 s at most).
+    last_limit_log: Option<std::time::Instant>,
 }
 
 impl CommandHandler {
@@ -90,6 +94,8 @@ impl CommandHandler {
             done_tx,
             done_rx,
             runners: TaskTracker::new(),
+            limiter: RateLimiter::new(std::time::Instant::now()),
+            last_limit_log: None,
         }
     }
 
@@ -119,6 +125,14 @@ impl CommandHandler {
             // An empty message is how MQTT clears a retained one (the bridge itself does
             // so below); it is never a command.
             if msg.payload.is_empty() {
+                return;
+            }
+            if let Err(reason) = self
+                .limiter
+                .check(&cluster, vmid, std::time::Instant::now())
+            {
+                self.rate_limited(&cluster, kind, vmid, &msg.payload, reason)
+                    .await;
                 return;
             }
             if msg.retain {
@@ -154,6 +168,39 @@ impl CommandHandler {
         {
             self.request(&name, &msg.payload, shutdown).await;
         }
+    }
+
+    /// A command over the rate limit: rejected like any other, but logged at most once
+    /// per 10 s so a flood cannot flood the log too.
+    async fn rate_limited(
+        &mut self,
+        cluster: &str,
+        kind: GuestKind,
+        vmid: u32,
+        payload: &[u8],
+        reason: String,
+    ) {
+        let now = std::time::Instant::now();
+        if self
+            .last_limit_log
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            warn!(cluster, vmid, reason = %reason, "commands rate limited");
+            self.last_limit_log = Some(now);
+        }
+        let id = parse(payload, kind)
+            .map(|c| c.id)
+            .unwrap_or_else(|(id, _)| id);
+        let mut report = TaskReport::new(id, "unknown", unix_now());
+        report.state = Phase::Rejected;
+        report.error = Some(reason);
+        report.finished = Some(report.requested);
+        self.send(PublisherMsg::Raw {
+            topic: self.topics.task(cluster, kind, vmid),
+            payload: report.to_json(),
+            retain: true,
+        })
+        .await;
     }
 
     async fn send(&self, msg: PublisherMsg) {
@@ -351,6 +398,12 @@ impl CommandHandler {
                         .await;
                 };
                 let vmid = vmid as u32;
+                if let Err(reason) = self
+                    .limiter
+                    .check(&cluster, vmid, std::time::Instant::now())
+                {
+                    return self.respond(name, transaction, Err(reason)).await;
+                }
                 let kind = match self.lookup(&cluster, None, vmid) {
                     Ok((_, guest)) => guest.kind,
                     Err(e) => return self.respond(name, transaction, Err(e.0)).await,

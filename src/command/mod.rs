@@ -8,6 +8,7 @@
 pub mod handler;
 pub mod parse;
 pub mod policy;
+pub mod ratelimit;
 pub mod report;
 
 pub use handler::{ClusterHandle, CommandHandler, Refresh, Registry};

@@ -771,3 +771,41 @@ async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
 }
 
 use pve2mqtt::sim::SimOptions;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_commands_is_rate_limited_and_never_floods_proxmox() {
+    let w = world("").await;
+    let since = last_seq(&w.sim).await;
+    // 30 commands for one guest at once: the first is accepted, the others find it busy
+    // until the per-guest burst (10) is used up, then they are rate limited.
+    for i in 0..30 {
+        w.probe
+            .publish(
+                "pve2mqtt/pve/lxc/101/set",
+                &format!(r#"{{"action":"reboot","id":"flood-{i}"}}"#),
+                false,
+            )
+            .await;
+    }
+    let last = wait_final(&w.probe, "pve2mqtt/pve/lxc/101/task", "flood-29").await;
+    assert_eq!(last["state"], "rejected");
+    assert!(
+        last["error"].as_str().unwrap().contains("rate limited"),
+        "{last}"
+    );
+    let first = wait_final(&w.probe, "pve2mqtt/pve/lxc/101/task", "flood-0").await;
+    assert_eq!(first["state"], "ok", "{first}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posts = posts(&w.sim, since).await;
+    assert_eq!(posts.len(), 1, "one reboot reached Proxmox: {posts:?}");
+    // Every command got exactly one final answer.
+    for i in 0..30 {
+        let id = format!("flood-{i}");
+        let finals = task_states(&w.probe, "pve2mqtt/pve/lxc/101/task", &id)
+            .into_iter()
+            .filter(|v| matches!(v["state"].as_str(), Some("ok" | "failed" | "rejected")))
+            .count();
+        assert_eq!(finals, 1, "{id} got {finals} final results");
+    }
+    w.bridge.stop().await.unwrap();
+}
