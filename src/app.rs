@@ -87,6 +87,7 @@ pub async fn run_with(
     // Commands are always subscribed: when they are off, every one gets a `rejected`
     // answer saying so, instead of silence.
     subscriptions.push(topics.command_filter());
+    subscriptions.push(topics.task_filter());
     subscriptions.push(topics.bridge_request_filter());
     let hard_stop = CancellationToken::new();
     let link_tx = publisher_tx.clone();
@@ -126,7 +127,9 @@ pub async fn run_with(
         registry.clone(),
         publisher_tx.clone(),
     );
-    let handler_task = tokio::spawn(handler.run(command_rx, stop.clone()));
+    // Commands stop first, so their runners can still report through the publisher.
+    let stop_commands = CancellationToken::new();
+    let handler_task = tokio::spawn(handler.run(command_rx, stop_commands.clone()));
 
     let mut pollers = Vec::new();
     for (cluster_cfg, client) in clients {
@@ -166,11 +169,12 @@ pub async fn run_with(
 
     shutdown.await;
     info!("shutting down");
+    stop_commands.cancel();
+    let _ = handler_task.await;
     stop.cancel();
     for poller in pollers {
         let _ = poller.await;
     }
-    let _ = handler_task.await;
     let _ = publisher_task.await;
     // The publisher queued `offline` and a clean disconnect; give the event loop a
     // moment to send them, then stop it even if the broker is away.

@@ -142,6 +142,14 @@ impl Publisher {
                 _ = self.handle(msg) => {}
             }
         }
+        // Results the command side sent just before the stop (tasks still running are
+        // reported as such, so the next run can pick them up) go out before `offline`.
+        while let Ok(msg) = inbox.try_recv() {
+            if let PublisherMsg::Raw { .. } = msg {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), self.handle(msg)).await;
+            }
+        }
         if self.connected {
             let topic = self.topics.bridge_state();
             if let Err(err) = self
@@ -173,6 +181,17 @@ impl Publisher {
                 payload,
                 retain,
             } => {
+                // A result for a guest that vanished meanwhile (deleted while its task
+                // ran) still reaches live subscribers, but is not left retained.
+                let vanished = self
+                    .topics
+                    .parse_task(&topic)
+                    .is_some_and(|(c, kind, vmid)| {
+                        self.clusters.get(&c).is_some_and(|r| {
+                            r.polled && !r.objects.contains_key(&ObjectRef::Guest(kind, vmid))
+                        })
+                    });
+                let retain = retain && !vanished;
                 if retain && payload.is_empty() {
                     self.raw_retained.remove(&topic);
                 } else if retain {

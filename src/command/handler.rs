@@ -73,6 +73,8 @@ pub struct CommandHandler {
     limiter: RateLimiter,
     /// When the last "rate limited" warning was logged (one per 10 s at most).
     last_limit_log: Option<std::time::Instant>,
+    /// Retained `accepted`/`running` reports of an earlier run, waiting for their cluster.
+    pending_resumes: Vec<(String, GuestKind, u32, TaskReport)>,
 }
 
 impl CommandHandler {
@@ -96,14 +98,17 @@ impl CommandHandler {
             runners: TaskTracker::new(),
             limiter: RateLimiter::new(std::time::Instant::now()),
             last_limit_log: None,
+            pending_resumes: Vec::new(),
         }
     }
 
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = tick.tick(), if !self.pending_resumes.is_empty() => self.try_resumes(&shutdown),
                 Some(done) = self.done_rx.recv() => {
                     for key in done {
                         self.busy.remove(&key);
@@ -161,12 +166,77 @@ impl CommandHandler {
             };
             self.submit(&cluster, kind, vmid, command, None, shutdown)
                 .await;
+        } else if let Some((cluster, kind, vmid)) = self.topics.parse_task(&msg.topic) {
+            // Only the broker's retained copy (at connect) can be an earlier run's task.
+            if msg.retain {
+                if let Ok(report) = serde_json::from_slice::<TaskReport>(&msg.payload) {
+                    if matches!(report.state, Phase::Accepted | Phase::Running) {
+                        self.pending_resumes.push((cluster, kind, vmid, report));
+                        self.try_resumes(shutdown);
+                    }
+                }
+            }
         } else if let Some(name) = msg
             .topic
             .strip_prefix(&format!("{}/bridge/request/", self.topics.base()))
             .map(str::to_string)
         {
             self.request(&name, &msg.payload, shutdown).await;
+        }
+    }
+
+    /// Picks up tasks an earlier run was following, once their cluster is known (the
+    /// retained reports arrive at connect, usually before the first poll).
+    fn try_resumes(&mut self, shutdown: &CancellationToken) {
+        let pending = std::mem::take(&mut self.pending_resumes);
+        for (cluster, kind, vmid, mut report) in pending {
+            if self.busy.contains(&(cluster.clone(), vmid)) {
+                continue; // this run is following it already
+            }
+            let Some(handle) = self
+                .registry
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&cluster)
+                .cloned()
+            else {
+                if report.requested + 24 * 3600 > unix_now() {
+                    self.pending_resumes.push((cluster, kind, vmid, report));
+                }
+                continue;
+            };
+            let upid = report.upid.as_deref().and_then(|u| u.parse::<Upid>().ok());
+            let action = Action::parse(&report.action);
+            let (Some(upid), Some(action)) = (upid, action) else {
+                // Accepted but never started (no UPID): nothing ran in Proxmox.
+                report.state = Phase::Failed;
+                report.error =
+                    Some("the bridge stopped before this command reached Proxmox".into());
+                report.finished = Some(unix_now());
+                let topic = self.topics.task(&cluster, kind, vmid);
+                let publisher = self.publisher.clone();
+                tokio::spawn(async move {
+                    let _ = publisher
+                        .send(PublisherMsg::Raw {
+                            topic,
+                            payload: report.to_json(),
+                            retain: true,
+                        })
+                        .await;
+                });
+                continue;
+            };
+            info!(cluster = %cluster, vmid, upid = %upid, "following a task an earlier run started");
+            self.busy.insert((cluster.clone(), vmid));
+            let job = Job {
+                node: upid.node.clone(),
+                cluster,
+                command: Command::new(action),
+                targets: vec![Target { kind, vmid, report }],
+                reply: None,
+                resume: Some(upid),
+            };
+            self.spawn(handle, job, shutdown);
         }
     }
 
@@ -307,6 +377,7 @@ impl CommandHandler {
             command,
             targets: vec![Target { kind, vmid, report }],
             reply,
+            resume: None,
         };
         self.spawn(handle, job, shutdown);
         None
@@ -529,6 +600,7 @@ impl CommandHandler {
                 targets,
                 // One response per node job; each carries its node and guests.
                 reply: Some(reply.clone()),
+                resume: None,
             };
             self.spawn(handle.clone(), job, shutdown);
         }
@@ -572,6 +644,8 @@ struct Job {
     command: Command,
     targets: Vec<Target>,
     reply: Option<Reply>,
+    /// A task an earlier run started and did not see end: follow it, POST nothing.
+    resume: Option<Upid>,
 }
 
 struct RunnerCtx {
@@ -582,6 +656,9 @@ struct RunnerCtx {
     done: mpsc::UnboundedSender<Vec<(String, u32)>>,
     shutdown: CancellationToken,
 }
+
+/// The runner's marker for "shutdown while following".
+const STOPPED: &str = "the bridge stopped while following the task";
 
 /// How long a task is followed before the bridge gives up on it.
 fn deadline(action: Action) -> Duration {
@@ -616,6 +693,17 @@ impl RunnerCtx {
         info!(cluster = %job.cluster, node = %job.node, action = %job.command.action,
               vmids = ?job.targets.iter().map(|t| t.vmid).collect::<Vec<_>>(), "command accepted");
         let outcome = self.execute(&mut job).await;
+        if matches!(&outcome, Err(e) if e == STOPPED) {
+            // The task goes on in Proxmox. Its retained report stays `running` with the
+            // UPID, and the next run of the bridge picks it up and reports its end.
+            for t in &job.targets {
+                info!(cluster = %job.cluster, vmid = t.vmid, upid = t.report.upid.as_deref().unwrap_or(""),
+                      "bridge stopping: the task's end will be reported after the restart");
+                self.publish(&job.cluster, t).await;
+            }
+            let _ = self.done.send(keys);
+            return;
+        }
         if let Err(error) = outcome {
             for t in &mut job.targets {
                 if !t.report.state.is_final() {
@@ -668,7 +756,9 @@ impl RunnerCtx {
     async fn execute(&self, job: &mut Job) -> Result<(), String> {
         let client = &self.handle.client;
         let action = job.command.action;
-        let upid = if action == Action::Backup {
+        let upid = if let Some(upid) = job.resume.clone() {
+            upid
+        } else if action == Action::Backup {
             let form = self.vzdump_form(job);
             match client.vzdump(&job.node, &form).await.map_err(|e| user_error(&e))? {
                 VzdumpStarted::Task(upid) => upid,
@@ -777,7 +867,7 @@ impl RunnerCtx {
                 Duration::from_secs(2)
             };
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Err("the bridge stopped while the task was running; see the Proxmox task log".into()),
+                _ = self.shutdown.cancelled() => return Err(STOPPED.into()),
                 _ = tokio::time::sleep(wait) => {}
             }
             if tokio::time::Instant::now() > give_up {

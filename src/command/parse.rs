@@ -58,7 +58,8 @@ impl Action {
         }
     }
 
-    fn parse(word: &str) -> Option<Action> {
+    /// The action named `word` (`start`, `backup`, …).
+    pub fn parse(word: &str) -> Option<Action> {
         Action::ALL.into_iter().find(|a| a.as_str() == word)
     }
 

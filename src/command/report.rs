@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 /// Where a command is in its life (SPEC §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Accepted,
@@ -23,7 +23,7 @@ impl Phase {
 }
 
 /// The retained JSON on `{base}/{c}/{kind}/{vmid}/task`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct TaskReport {
     pub id: Option<String>,
     pub action: String,

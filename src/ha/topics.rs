@@ -200,6 +200,25 @@ impl Topics {
         Some((parts[0].to_string(), object))
     }
 
+    /// Filter for every guest's task topic: at connect time the broker hands back the
+    /// retained ones, and tasks a previous run was still following are picked up again.
+    pub fn task_filter(&self) -> String {
+        format!("{}/+/+/+/task", self.base)
+    }
+
+    /// Parses a task topic into (cluster, kind, vmid).
+    pub fn parse_task(&self, topic: &str) -> Option<(String, GuestKind, u32)> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let rest = rest.strip_suffix("/task")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [cluster, kind, vmid] => {
+                Some((cluster.to_string(), kind.parse().ok()?, vmid.parse().ok()?))
+            }
+            _ => None,
+        }
+    }
+
     /// Filter for command topics of every cluster.
     pub fn command_filter(&self) -> String {
         format!("{}/+/+/+/set", self.base)
@@ -318,5 +337,10 @@ mod tests {
         assert_eq!(t.parse_command("pve2mqtt/home/node/pve/set"), None);
         assert_eq!(t.parse_command("pve2mqtt/home/qemu/x/set"), None);
         assert_eq!(t.parse_command("pve2mqtt/home/qemu/100/task"), None);
+        assert_eq!(
+            t.parse_task("pve2mqtt/home/qemu/100/task"),
+            Some(("home".to_string(), GuestKind::Qemu, 100))
+        );
+        assert_eq!(t.parse_task("pve2mqtt/home/qemu/100/set"), None);
     }
 }

@@ -196,3 +196,217 @@ async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once(
     assert!(lines[0].contains("Authentication failed"), "{}", lines[0]);
     assert_eq!(out.status.code(), Some(0), "it never exits on its own");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_restart() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/config",
+        serde_json::json!({"task_duration_ms": 4000}),
+    )
+    .await;
+    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let path = cfg.write();
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_pve2mqtt"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            !m.payload.is_empty()
+        })
+        .await;
+    probe
+        .publish(
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"reboot","id":"long"}"#,
+            false,
+        )
+        .await;
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100/task", 10 * SECS, |m| {
+            m.text().contains("\"running\"")
+        })
+        .await;
+
+    // SIGTERM while Proxmox is still rebooting the VM
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    probe
+        .wait_topic("pve2mqtt/bridge/state", 5 * SECS, |m| m.text() == "offline")
+        .await;
+    let late = Probe::connect(broker.port, &["pve2mqtt/pve/qemu/100/task"]).await;
+    let retained = late
+        .wait_topic("pve2mqtt/pve/qemu/100/task", 5 * SECS, |m| m.retain)
+        .await;
+    assert_eq!(
+        retained.json()["state"],
+        "running",
+        "the in-flight task is reported as still running"
+    );
+    assert!(retained.json()["upid"].is_string());
+
+    // The next run picks the task up and reports its end, once, without a second POST
+    let mut child = spawn();
+    let done = probe
+        .wait_for("the resumed task's end", 20 * SECS, |m| {
+            m.topic == "pve2mqtt/pve/qemu/100/task"
+                && m.text().contains("\"long\"")
+                && m.text().contains("\"ok\"")
+        })
+        .await;
+    assert_eq!(done.json()["exitstatus"], "OK");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let finals = probe
+        .messages()
+        .iter()
+        .filter(|m| {
+            m.topic == "pve2mqtt/pve/qemu/100/task"
+                && m.text().contains("\"long\"")
+                && m.text().contains("\"ok\"")
+        })
+        .count();
+    assert_eq!(finals, 1);
+    let requests = sim_get(&sim, "/_sim/requests?since=0").await;
+    let reboots = requests
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == "/nodes/pve/qemu/100/status/reboot")
+        .count();
+    assert_eq!(reboots, 1);
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(pve2mqtt::sim::SimOptions {
+        nodes: Some(2),
+        guests: Some(6),
+        ..sim_options()
+    })
+    .await;
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/config",
+        serde_json::json!({"task_duration_ms": 1500}),
+    )
+    .await;
+    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    let resources = crate::state::pve_get(&sim, "/cluster/resources").await;
+    let running: Vec<(String, u64)> = resources
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["node"] == "pve1"
+                && r["status"] == "running"
+                && (r["type"] == "qemu" || r["type"] == "lxc")
+        })
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap().to_string(),
+                r["vmid"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(running.len() >= 2, "{running:?}");
+    let (moving, deleted) = (&running[0], &running[1]);
+    for (kind, vmid) in [moving, deleted] {
+        probe
+            .wait_topic(
+                &format!("pve2mqtt/simcluster/{kind}/{vmid}"),
+                20 * SECS,
+                |m| !m.payload.is_empty(),
+            )
+            .await;
+        probe
+            .publish(
+                &format!("pve2mqtt/simcluster/{kind}/{vmid}/set"),
+                &format!(r#"{{"action":"reboot","id":"r{vmid}"}}"#),
+                false,
+            )
+            .await;
+    }
+    for (kind, vmid) in [moving, deleted] {
+        probe
+            .wait_topic(
+                &format!("pve2mqtt/simcluster/{kind}/{vmid}/task"),
+                10 * SECS,
+                |m| m.text().contains("\"running\""),
+            )
+            .await;
+    }
+    // While both reboots run: one guest migrates, the other is destroyed.
+    sim_send(
+        &sim,
+        "POST",
+        &format!("/_sim/guests/{}/migrate", moving.1),
+        serde_json::json!({"target": "pve2"}),
+    )
+    .await;
+    sim_send(
+        &sim,
+        "DELETE",
+        &format!("/_sim/guests/{}", deleted.1),
+        serde_json::json!({}),
+    )
+    .await;
+
+    for (kind, vmid) in [moving, deleted] {
+        let topic = format!("pve2mqtt/simcluster/{kind}/{vmid}/task");
+        let id = format!("\"r{vmid}\"");
+        probe
+            .wait_for("a final result", 20 * SECS, |m| {
+                m.topic == topic
+                    && m.text().contains(&id)
+                    && (m.text().contains("\"ok\"") || m.text().contains("\"failed\""))
+            })
+            .await;
+    }
+    // The migrated guest is shown on its new node
+    probe
+        .wait_topic(
+            &format!("pve2mqtt/simcluster/{}/{}", moving.0, moving.1),
+            10 * SECS,
+            |m| m.json()["node"] == "pve2",
+        )
+        .await;
+    // and nothing of the destroyed one is left retained
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let late = Probe::connect(broker.port, &["pve2mqtt/#", "homeassistant/#"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gone = format!("/{}", deleted.1);
+    let leftovers: Vec<String> = late
+        .messages()
+        .iter()
+        .filter(|m| m.topic.contains(&gone) || m.topic.contains(&format!("_{}/", deleted.1)))
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    bridge.stop().await.unwrap();
+}
