@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 shell_scripts=(docker/healthcheck.sh addon/pve2mqtt/run.sh scripts/lint-packaging.sh)
-yaml_files=(docker/compose.yml addon/repository.yaml addon/pve2mqtt/config.yaml
+yaml_files=(docker/compose.yml repository.yaml addon/pve2mqtt/config.yaml
     addon/pve2mqtt/build.yaml addon/pve2mqtt/translations/en.yaml)
 
 # --- shell syntax ------------------------------------------------------------------------

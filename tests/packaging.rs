@@ -746,7 +746,7 @@ fn addon_version_and_build_match_the_crate_and_ci() {
 
     // The add-on's Dockerfile builds the binary exactly as CI does
     assert_ci_cargo_build("addon/pve2mqtt/Dockerfile");
-    let repository = parse_yaml(&read("addon/repository.yaml"), "repository.yaml");
+    let repository = parse_yaml(&read("repository.yaml"), "repository.yaml");
     assert!(!repository.at("name").scalar().is_empty());
 }
 
