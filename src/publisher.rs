@@ -233,22 +233,15 @@ impl Publisher {
     }
 
     async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
-        if !self.connected {
-            return;
-        }
-        let payload = payload.into();
-        use std::sync::atomic::Ordering::Relaxed;
-        self.stats.messages.fetch_add(1, Relaxed);
-        self.stats
-            .bytes
-            .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
-        if let Err(err) = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
-            warn!(topic, error = %err, "publish failed");
-        }
+        Self::send(
+            &self.client,
+            &self.stats,
+            self.connected,
+            topic,
+            payload.into(),
+            retain,
+        )
+        .await;
     }
 
     async fn apply_view(&mut self, view: &ClusterView) {

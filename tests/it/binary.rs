@@ -3,8 +3,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pve2mqtt");
-
 fn signal(child: &std::process::Child, sig: &str) {
     let status = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])

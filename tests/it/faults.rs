@@ -122,26 +122,13 @@ async fn with_several_urls_a_dead_first_endpoint_fails_over_to_the_next_and_says
     );
     let path = cfg.dir.path().join("failover.toml");
     std::fs::write(&path, toml).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pve2mqtt"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_bridge(&path, &[]);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
             !m.payload.is_empty()
         })
         .await;
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = terminate(child).await;
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("failing over"), "{logs}");
     assert!(logs.contains(&dead), "{logs}");
@@ -155,12 +142,7 @@ async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once(
     let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
     let path = cfg.write();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pve2mqtt"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_bridge(&path, &[]);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100/availability", 20 * SECS, |m| {
             m.text() == "online"
@@ -181,15 +163,7 @@ async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once(
         .await;
     // Several more failing polls (1 s interval, back-off doubling) must not repeat the log.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = terminate(child).await;
     let logs = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains("401")).collect();
     assert_eq!(lines.len(), 1, "the reason is logged once: {lines:#?}");

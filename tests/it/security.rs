@@ -1,9 +1,4 @@
-use std::process::Stdio;
-use std::time::Duration;
-
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pve2mqtt");
 
 async fn run_check(toml: &str, dir: &std::path::Path) -> (Option<i32>, String) {
     let path = dir.join(format!("check-{}.toml", free_port()));
@@ -159,14 +154,7 @@ async fn secrets_never_appear_in_logs_at_trace_level_nor_in_mqtt_payloads() {
     );
     let path = cfg.dir.path().join("secret.toml");
     std::fs::write(&path, &toml).unwrap();
-    let child = tokio::process::Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_bridge(&path, &[("RUST_LOG", "trace")]);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
             !m.payload.is_empty()
@@ -192,15 +180,7 @@ async fn secrets_never_appear_in_logs_at_trace_level_nor_in_mqtt_payloads() {
             m.topic.ends_with("/task") && m.text().contains("\"ok\"")
         })
         .await;
-    let pid = child.id().unwrap();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = terminate(child).await;
     let logs = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -435,3 +435,32 @@ fn sim_http(sim: &SimHandle) -> reqwest::Client {
 }
 
 pub const SECS: Duration = Duration::from_secs(1);
+
+/// The real binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_pve2mqtt");
+
+/// Runs `pve2mqtt run --config path` as its own process, stdout and stderr captured.
+pub fn spawn_bridge(path: &Path, envs: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(path)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pve2mqtt")
+}
+
+/// SIGTERM, then the exit status and everything it printed (at most 15 s).
+pub async fn terminate(child: tokio::process::Child) -> std::process::Output {
+    let pid = child.id().expect("still running");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("the bridge exited in time")
+        .expect("wait for the bridge")
+}
