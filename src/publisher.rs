@@ -44,13 +44,24 @@ pub struct PublishStats {
     pub states: std::sync::atomic::AtomicU64,
 }
 
-/// What the broker holds for one object.
+/// What the broker holds for one object. Payloads themselves are not kept: at 5,000
+/// guests the discovery payloads alone would be ~20 MB. A hash tells whether the state
+/// changed, and a republish renders again from the cluster's last view.
 #[derive(Debug, Default)]
 struct ObjectRecord {
-    state: String,
+    /// Hash of the state JSON last published; 0 = nothing yet.
+    state_hash: u64,
     available: bool,
-    /// The inputs and payload of the discovery message last sent.
-    discovery: Option<(DeviceInfo, String)>,
+    /// The inputs of the discovery message last sent.
+    discovery: Option<DeviceInfo>,
+}
+
+fn hash_of(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    // 0 is reserved for "nothing published yet".
+    hasher.finish().max(1)
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +73,8 @@ struct ClusterRecord {
     nodes: usize,
     guests: usize,
     objects: BTreeMap<ObjectRef, ObjectRecord>,
+    /// The view the records were last updated from (shared with the poller).
+    view: Option<Arc<ClusterView>>,
 }
 
 #[derive(Serialize, PartialEq)]
@@ -244,9 +257,11 @@ impl Publisher {
         .await;
     }
 
-    async fn apply_view(&mut self, view: &ClusterView) {
+    async fn apply_view(&mut self, shared: &Arc<ClusterView>) {
+        let view: &ClusterView = shared;
         let c = view.id.clone();
         let mut record = self.clusters.remove(&c).unwrap_or_default();
+        record.view = Some(shared.clone());
         if !record.reachable && record.polled {
             info!(cluster = %c, "Proxmox reachable again");
         }
@@ -265,20 +280,20 @@ impl Publisher {
             };
             let available = view.is_available(&object);
             let entry = record.objects.entry(object.clone()).or_default();
-            let is_new = entry.state.is_empty();
+            let is_new = entry.state_hash == 0;
             if is_new {
                 debug!(cluster = %c, %object, "new object");
             }
             if let Some(ctx) = &self.discovery {
                 let info = device_info(ctx, view, &object);
                 let stale = match (&entry.discovery, &info) {
-                    (Some((old, _)), Some(new)) => old != new,
+                    (Some(old), Some(new)) => old != new,
                     (None, Some(_)) => true,
                     _ => false,
                 };
                 if stale {
                     if let (Some(info), Some(payload)) = (info, device_config(ctx, view, &object)) {
-                        entry.discovery = Some((info, payload.clone()));
+                        entry.discovery = Some(info);
                         self.stats
                             .discovery
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -295,8 +310,9 @@ impl Publisher {
                     }
                 }
             }
-            if entry.state != state {
-                entry.state = state.clone();
+            let state_hash = hash_of(&state);
+            if entry.state_hash != state_hash {
+                entry.state_hash = state_hash;
                 self.stats
                     .states
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -435,30 +451,29 @@ impl Publisher {
     async fn republish_all(&mut self) {
         let state_topic = self.topics.bridge_state();
         self.publish(&state_topic, "online", true).await;
-        let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+        // One message at a time: building the whole batch first would hold every
+        // payload of a large cluster in memory at once.
+        let (client, stats, connected) = (&self.client, &self.stats, self.connected);
         for (c, record) in &self.clusters {
+            let Some(view) = &record.view else { continue };
             for (object, entry) in &record.objects {
-                if let Some((_, payload)) = &entry.discovery {
-                    out.push((
-                        self.topics.discovery(c, object),
-                        payload.clone().into_bytes(),
-                    ));
+                if let (Some(ctx), Some(_)) = (&self.discovery, &entry.discovery) {
+                    if let Some(payload) = device_config(ctx, view, object) {
+                        let topic = self.topics.discovery(c, object);
+                        Self::send(client, stats, connected, &topic, payload.into_bytes(), true).await;
+                    }
                 }
-                out.push((
-                    self.topics.state(c, object),
-                    entry.state.clone().into_bytes(),
-                ));
-                out.push((
-                    self.topics.availability(c, object),
-                    availability(entry.available && record.reachable),
-                ));
+                if let Some(state) = state_json(view, object) {
+                    let topic = self.topics.state(c, object);
+                    Self::send(client, stats, connected, &topic, state.into_bytes(), true).await;
+                }
+                let topic = self.topics.availability(c, object);
+                let online = availability(entry.available && record.reachable);
+                Self::send(client, stats, connected, &topic, online, true).await;
             }
         }
-        for (topic, payload) in self.raw_retained.clone() {
-            out.push((topic, payload.into_bytes()));
-        }
-        for (topic, payload) in out {
-            self.publish(&topic, payload, true).await;
+        for (topic, payload) in &self.raw_retained {
+            Self::send(client, stats, connected, topic, payload.clone().into_bytes(), true).await;
         }
         self.publish_bridge_info(true).await;
     }
