@@ -68,6 +68,8 @@ fn hash_of(text: &str) -> u64 {
 struct ClusterRecord {
     reachable: bool,
     polled: bool,
+    /// The outage was logged (once per outage, also before the first successful poll).
+    outage_logged: bool,
     name: Option<String>,
     pve_version: Option<String>,
     nodes: usize,
@@ -267,6 +269,7 @@ impl Publisher {
         }
         record.reachable = true;
         record.polled = true;
+        record.outage_logged = false;
         record.name = view.cluster.name.clone();
         record.pve_version = view.cluster.pve_version.clone();
         record.nodes = view.nodes.len();
@@ -426,9 +429,9 @@ impl Publisher {
 
     async fn apply_unreachable(&mut self, cluster: &str, reason: &str) {
         let record = self.clusters.entry(cluster.to_string()).or_default();
-        let was_reachable = record.reachable || !record.polled;
         record.reachable = false;
-        if was_reachable {
+        if !record.outage_logged {
+            record.outage_logged = true;
             warn!(
                 cluster,
                 reason, "Proxmox unreachable: marking its objects offline"
@@ -460,7 +463,8 @@ impl Publisher {
                 if let (Some(ctx), Some(_)) = (&self.discovery, &entry.discovery) {
                     if let Some(payload) = device_config(ctx, view, object) {
                         let topic = self.topics.discovery(c, object);
-                        Self::send(client, stats, connected, &topic, payload.into_bytes(), true).await;
+                        Self::send(client, stats, connected, &topic, payload.into_bytes(), true)
+                            .await;
                     }
                 }
                 if let Some(state) = state_json(view, object) {
@@ -473,7 +477,15 @@ impl Publisher {
             }
         }
         for (topic, payload) in &self.raw_retained {
-            Self::send(client, stats, connected, topic, payload.clone().into_bytes(), true).await;
+            Self::send(
+                client,
+                stats,
+                connected,
+                topic,
+                payload.clone().into_bytes(),
+                true,
+            )
+            .await;
         }
         self.publish_bridge_info(true).await;
     }

@@ -316,9 +316,12 @@ impl CommandHandler {
             .ok_or_else(|| Rejection(format!("unknown cluster '{cluster}'")))?
             .clone();
         drop(registry);
-        let view = handle.view.borrow().clone();
-        let guest = view
-            .as_ref()
+        let Some(view) = handle.view.borrow().clone() else {
+            return Err(Rejection(format!(
+                "cluster '{cluster}' not polled yet: Proxmox has not answered since the bridge started"
+            )));
+        };
+        let guest = Some(&view)
             .and_then(|v| v.guests.get(&vmid))
             .filter(|g| kind.is_none_or(|k| g.kind == k))
             .cloned()
