@@ -77,7 +77,7 @@ pub async fn run_with(
 
     let options =
         mqtt::options(&config.mqtt, &topics).map_err(|e| FatalConfigError(format!("{e:#}")))?;
-    let (mqtt_client, eventloop) = AsyncClient::new(options, 4096);
+    let (mqtt_client, eventloop) = AsyncClient::new(options, mqtt::REQUEST_CHANNEL_CAPACITY);
     let (publisher_tx, publisher_rx) = mpsc::channel::<PublisherMsg>(16 * 1024);
 
     let mut subscriptions = topics.retained_inventory_filters();

@@ -44,6 +44,24 @@ impl ClusterView {
         }
     }
 
+    /// Does `object` have the same state in both views? A plain struct comparison, so an
+    /// idle poll costs no serialisation. The state holds every input of the object's
+    /// discovery payload too (name, node, tags, pool, versions, type).
+    pub fn same_state(&self, other: &ClusterView, object: &ObjectRef) -> bool {
+        if self.console_url != other.console_url {
+            return false;
+        }
+        match object {
+            ObjectRef::Cluster => self.cluster == other.cluster,
+            ObjectRef::Node(n) => self.nodes.get(n) == other.nodes.get(n),
+            ObjectRef::Guest(_, vmid) => self.guests.get(vmid) == other.guests.get(vmid),
+            ObjectRef::Storage(n, s) => {
+                let key = (n.clone(), s.clone());
+                self.storages.get(&key) == other.storages.get(&key)
+            }
+        }
+    }
+
     /// Every object in the view, cluster first.
     pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
         std::iter::once(ObjectRef::Cluster)

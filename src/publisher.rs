@@ -54,6 +54,9 @@ struct ObjectRecord {
     available: bool,
     /// The inputs of the discovery message last sent.
     discovery: Option<DeviceInfo>,
+    /// The view generation that last contained this object (finds vanished objects
+    /// without building a set of every object on every poll).
+    seen: u64,
 }
 
 fn hash_of(text: &str) -> u64 {
@@ -77,6 +80,8 @@ struct ClusterRecord {
     objects: BTreeMap<ObjectRef, ObjectRecord>,
     /// The view the records were last updated from (shared with the poller).
     view: Option<Arc<ClusterView>>,
+    /// Counts views, for [`ObjectRecord::seen`].
+    generation: u64,
 }
 
 #[derive(Serialize, PartialEq)]
@@ -263,7 +268,9 @@ impl Publisher {
         let view: &ClusterView = shared;
         let c = view.id.clone();
         let mut record = self.clusters.remove(&c).unwrap_or_default();
-        record.view = Some(shared.clone());
+        let previous = record.view.replace(shared.clone());
+        record.generation += 1;
+        let generation = record.generation;
         if !record.reachable && record.polled {
             info!(cluster = %c, "Proxmox reachable again");
         }
@@ -275,18 +282,38 @@ impl Publisher {
         record.nodes = view.nodes.len();
         record.guests = view.guests.len();
 
-        let mut seen = HashSet::new();
         for object in view.objects() {
-            let state = match state_json(view, &object) {
-                Some(s) => s,
-                None => continue,
-            };
             let available = view.is_available(&object);
             let entry = record.objects.entry(object.clone()).or_default();
+            entry.seen = generation;
             let is_new = entry.state_hash == 0;
             if is_new {
                 debug!(cluster = %c, %object, "new object");
             }
+            // The common case on an idle poll: nothing to render, nothing to send.
+            let unchanged = !is_new
+                && previous
+                    .as_deref()
+                    .is_some_and(|p| p.same_state(view, &object));
+            if unchanged {
+                if entry.available != available {
+                    entry.available = available;
+                    let topic = self.topics.availability(&c, &object);
+                    Self::send(
+                        &self.client,
+                        &self.stats,
+                        self.connected,
+                        &topic,
+                        availability(available),
+                        true,
+                    )
+                    .await;
+                }
+                continue;
+            }
+            let Some(state) = state_json(view, &object) else {
+                continue;
+            };
             if let Some(ctx) = &self.discovery {
                 let info = device_info(ctx, view, &object);
                 let stale = match (&entry.discovery, &info) {
@@ -343,13 +370,12 @@ impl Publisher {
                 )
                 .await;
             }
-            seen.insert(object);
         }
         let gone: Vec<ObjectRef> = record
             .objects
-            .keys()
-            .filter(|o| !seen.contains(*o))
-            .cloned()
+            .iter()
+            .filter(|(_, entry)| entry.seen != generation)
+            .map(|(object, _)| object.clone())
             .collect();
         for object in gone {
             info!(cluster = %c, %object, "object vanished: removing it");

@@ -28,8 +28,10 @@ use crate::ha::topics::Topics;
 pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
 
 /// Capacity of the client's request channel: the publisher awaits when it is full, which
-/// is the natural back-pressure while the broker is slow or away.
-const REQUEST_CHANNEL_CAPACITY: usize = 4096;
+/// is the natural back-pressure while the broker is slow. Small on purpose: every queued
+/// publish holds its payload, and a discovery burst of 5,000 devices would otherwise park
+/// tens of MB here.
+pub const REQUEST_CHANNEL_CAPACITY: usize = 256;
 
 /// A message that arrived from the broker, as the rest of the bridge needs it.
 #[derive(Clone, Debug)]

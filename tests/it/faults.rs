@@ -165,7 +165,7 @@ async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once(
     tokio::time::sleep(Duration::from_secs(6)).await;
     let out = terminate(child).await;
     let logs = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("401")).collect();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("HTTP 401")).collect();
     assert_eq!(lines.len(), 1, "the reason is logged once: {lines:#?}");
     assert!(lines[0].contains("Authentication failed"), "{}", lines[0]);
     assert_eq!(out.status.code(), Some(0), "it never exits on its own");
