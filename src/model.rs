@@ -402,7 +402,8 @@ fn guest_state(
     let [netin_rate, netout_rate, diskread_rate, diskwrite_rate] = if running {
         rates.rates(vmid, counters, now)
     } else {
-        rates.retain(|v| v != vmid);
+        // One guest: a map removal, not a pass over every guest (quadratic at scale).
+        rates.samples.remove(&vmid);
         if status == "stopped" {
             [Some(0.0); 4]
         } else {
