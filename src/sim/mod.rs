@@ -344,6 +344,7 @@ fn build_state(opts: &SimOptions, fingerprint: &str) -> anyhow::Result<State> {
         proxy_offline_delay: opts.proxy_offline_delay,
         task_duration: opts.task_duration,
         stats_interval: Duration::from_secs(10),
+        stats_epoch: now,
     };
     Ok(State::new(
         world,

@@ -33,6 +33,10 @@ pub(crate) struct RuntimeConfig {
     pub task_duration: Duration,
     /// How often cluster-wide figures refresh (pvestatd broadcasts every 10 s); zero = live.
     pub stats_interval: Duration,
+    /// Unix time the stats windows count from: the simulator's start, and again each
+    /// time the interval changes, so a long interval set by a test freezes the figures
+    /// from that moment on instead of ending at the next wall-clock multiple.
+    pub stats_epoch: f64,
 }
 
 impl RuntimeConfig {
@@ -43,7 +47,8 @@ impl RuntimeConfig {
         if interval <= 0.0 {
             now
         } else {
-            (now / interval).floor() * interval
+            let since_epoch = (now - self.stats_epoch).max(0.0);
+            self.stats_epoch + (since_epoch / interval).floor() * interval
         }
     }
 
@@ -1024,6 +1029,7 @@ impl Sim {
         }
         if let Some(ms) = patch.stats_interval_ms {
             config.stats_interval = Duration::from_millis(ms);
+            config.stats_epoch = now();
         }
     }
 
@@ -1171,6 +1177,7 @@ mod tests {
                 proxy_offline_delay: Duration::ZERO,
                 task_duration: Duration::from_secs(1),
                 stats_interval: Duration::ZERO,
+                stats_epoch: 0.0,
             },
             Token {
                 full_id: "root@pam!t".into(),
@@ -1195,6 +1202,26 @@ mod tests {
             command_line: format!("vzdump {vmids:?}"),
             guests: Vec::new(),
         }
+    }
+
+    #[test]
+    fn stats_windows_count_from_the_epoch_not_from_wall_clock_multiples() {
+        let config = RuntimeConfig {
+            auth_failure_delay: Duration::ZERO,
+            proxy_offline_delay: Duration::ZERO,
+            task_duration: Duration::ZERO,
+            stats_interval: Duration::from_secs(3600),
+            stats_epoch: 7_199.0,
+        };
+        // 7200 is a wall-clock hour boundary; the window that began at 7199 goes on.
+        assert_eq!(config.stats_time(7_199.5), 7_199.0);
+        assert_eq!(config.stats_time(7_201.0), 7_199.0);
+        assert_eq!(config.stats_time(10_799.0), 10_799.0);
+        let live = RuntimeConfig {
+            stats_interval: Duration::ZERO,
+            ..config
+        };
+        assert_eq!(live.stats_time(7_201.5), 7_201.5);
     }
 
     #[test]
