@@ -17,7 +17,7 @@ mod tls;
 mod types;
 mod upid;
 
-pub use client::PveClient;
+pub use client::{decode_cluster_resources, PveClient};
 pub use error::PveError;
 pub use types::{
     exitstatus_is_success, split_tags, BootInfo, ClusterStatusKind, ClusterStatusRow, CpuInfo,
