@@ -63,8 +63,18 @@ macro_rules! open_enum {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                Ok(Self::from(text.as_str()))
+                // A visitor, so a known value (every row of every poll) allocates nothing.
+                struct Text;
+                impl<'de> serde::de::Visitor<'de> for Text {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$name, E> {
+                        Ok($name::from(text))
+                    }
+                }
+                deserializer.deserialize_str(Text)
             }
         }
     };
