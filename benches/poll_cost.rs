@@ -54,7 +54,14 @@ fn main() {
         let mut now = 0.0;
         let build = median(|| {
             now += 10.0;
-            std::hint::black_box(build_view("bench", "https://pve:8006", &rows, &slow, &mut rates, now));
+            std::hint::black_box(build_view(
+                "bench",
+                "https://pve:8006",
+                &rows,
+                &slow,
+                &mut rates,
+                now,
+            ));
         });
         let previous = build_view("bench", "https://pve:8006", &rows, &slow, &mut rates, now);
         let current = build_view("bench", "https://pve:8006", &rows, &slow, &mut rates, now);

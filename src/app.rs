@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -77,7 +76,7 @@ pub async fn run_with(
 
     let options =
         mqtt::options(&config.mqtt, &topics).map_err(|e| FatalConfigError(format!("{e:#}")))?;
-    let (mqtt_client, eventloop) = AsyncClient::new(options, mqtt::REQUEST_CHANNEL_CAPACITY);
+    let (mqtt_client, eventloop) = mqtt::client(options, mqtt::REQUEST_CHANNEL_CAPACITY);
     let (publisher_tx, publisher_rx) = mpsc::channel::<PublisherMsg>(16 * 1024);
 
     let mut subscriptions = topics.retained_inventory_filters();
