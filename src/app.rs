@@ -1,8 +1,9 @@
 //! Wiring only: builds the Proxmox clients and the MQTT link, starts the tasks, and runs
 //! the ordered shutdown. The only file that knows every task.
 //!
-//! Tasks: one MQTT event loop (the only caller of `poll()`), one publisher (the only
-//! code that publishes), one poller per cluster (each with its slow lane). Shutdown is
+//! Tasks: one MQTT event loop (the only caller of `poll()`, routing inbound messages to
+//! the publisher or the command handler), one publisher (the only code that publishes),
+//! one command handler, one poller per cluster (each with its slow lane). Shutdown is
 //! passed in as a future so tests can stop the bridge exactly like a signal does.
 
 use std::future::Future;
@@ -10,16 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::command::{ClusterHandle, CommandHandler, Registry};
 use crate::config::{Config, ProxmoxConfig};
 use crate::ha::discovery::DiscoveryContext;
-use crate::ha::topics::Topics;
-use crate::mqtt;
+use crate::ha::topics::{InboundRoute, Topics};
+use crate::mqtt::{self, LinkEvent};
 use crate::poller::ClusterPoller;
 use crate::publisher::{PublishStats, Publisher, PublisherMsg};
 use crate::pve::{ClusterStatusKind, PveClient, PveError, ResourceKind};
@@ -77,7 +77,7 @@ pub async fn run_with(
 
     let options =
         mqtt::options(&config.mqtt, &topics).map_err(|e| FatalConfigError(format!("{e:#}")))?;
-    let (mqtt_client, eventloop) = AsyncClient::new(options, mqtt::REQUEST_CHANNEL_CAPACITY);
+    let (mqtt_client, eventloop) = mqtt::client(options, mqtt::REQUEST_CHANNEL_CAPACITY);
     let (publisher_tx, publisher_rx) = mpsc::channel::<PublisherMsg>(16 * 1024);
 
     let mut subscriptions = topics.retained_inventory_filters();
@@ -90,12 +90,39 @@ pub async fn run_with(
     subscriptions.push(topics.task_filter());
     subscriptions.push(topics.bridge_request_filter());
     let hard_stop = CancellationToken::new();
+    let (command_tx, command_rx) = mpsc::channel::<mqtt::Inbound>(1024);
     let link_tx = publisher_tx.clone();
+    let route_topics = topics.clone();
+    // Inbound messages go straight to the task that acts on them: a command must not
+    // queue behind the publisher's work on a large view or a discovery burst.
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
         mqtt_client.clone(),
         subscriptions,
         move |event| {
+            let event = match event {
+                LinkEvent::Message(msg) => match route_topics.route_inbound(&msg.topic) {
+                    InboundRoute::Commands => {
+                        match command_tx.try_send(msg) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(msg)) => {
+                                warn!(topic = %msg.topic, "inbound message dropped: command queue full")
+                            }
+                            // The command handler stops first at shutdown.
+                            Err(mpsc::error::TrySendError::Closed(msg)) => {
+                                debug!(topic = %msg.topic, "inbound message dropped: shutting down")
+                            }
+                        }
+                        return;
+                    }
+                    InboundRoute::Publisher => LinkEvent::Message(msg),
+                    InboundRoute::Ignore => {
+                        debug!(topic = %msg.topic, "inbound message on a topic the bridge does not act on");
+                        return;
+                    }
+                },
+                other => other,
+            };
             if let Err(err) = link_tx.try_send(PublisherMsg::Link(event)) {
                 warn!(error = %err, "MQTT event dropped: the publisher is overloaded");
             }
@@ -110,13 +137,11 @@ pub async fn run_with(
         bridge_version: env!("CARGO_PKG_VERSION").to_string(),
         commands: config.commands.clone(),
     });
-    let (command_tx, command_rx) = mpsc::channel(1024);
     let publisher = Publisher::new(
         mqtt_client,
         topics.clone(),
         discovery,
         handles.stats.clone(),
-        Some(command_tx),
     );
     let publisher_task = tokio::spawn(publisher.run(publisher_rx, stop.clone()));
     let registry: Registry = Default::default();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rumqttc::{AsyncClient, Event, Incoming};
+use rumqttc::{Event, Incoming};
 
 use crate::app::FatalConfigError;
 use crate::config::Config;
@@ -161,7 +161,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 async fn check_broker(config: &Config) -> anyhow::Result<()> {
     let opts =
         crate::mqtt::base_options(&config.mqtt, &format!("{}-check", config.mqtt.client_id))?;
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let (client, mut eventloop) = crate::mqtt::client(opts, 10);
     let connected = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match eventloop.poll().await {

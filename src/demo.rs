@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use anyhow::Context;
-use rumqttc::{AsyncClient, Event, Incoming, QoS};
+use rumqttc::{Event, Incoming, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -173,7 +173,7 @@ async fn watch(cfg: crate::config::MqttConfig, base: String, stop: CancellationT
     let Ok(opts) = crate::mqtt::base_options(&cfg, "pve2mqtt-demo-watcher") else {
         return;
     };
-    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let (client, mut eventloop) = crate::mqtt::client(opts, 100);
     let _ = client.subscribe(format!("{base}/#"), QoS::AtMostOnce).await;
     let _ = client.subscribe("homeassistant/#", QoS::AtMostOnce).await;
     let mut counts: HashMap<&'static str, u64> = HashMap::new();

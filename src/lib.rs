@@ -14,8 +14,9 @@
 //!
 //! Path A (state): poller → `model::build_view` → publisher → `ha::discovery` / state
 //! JSON → MQTT, publishing only what changed.
-//! Path B (commands): MQTT event loop → publisher (forwards) → `command::handler`
-//! (parse, policy, busy) → POST → follow the task → poller refresh → `…/task` result.
+//! Path B (commands): MQTT event loop (routes by topic) → `command::handler` (parse,
+//! policy, busy) → POST → follow the task → poller refresh → `…/task` result through
+//! the publisher.
 pub mod app;
 pub mod check;
 pub mod command;

@@ -3,7 +3,8 @@
 //!
 //! - Fast lane: one `GET /cluster/resources` per `poll.interval` gives every guest,
 //!   node and storage state at once, whatever the cluster size. A refresh request (after
-//!   a command, or from a script) runs it at once.
+//!   a command, or from a script) runs it at once; refreshes that queued up meanwhile
+//!   share that one poll.
 //! - Slow lane: every `poll.slow_interval`, the details only per-node endpoints have
 //!   (node status, backups in storage content, version, cluster status), one request at
 //!   a time and spread over the interval, skipping nodes that are offline (their proxied
@@ -72,12 +73,24 @@ impl ClusterPoller {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(next_poll) => {}
                 Some(refresh) = self.refresh.recv() => {
-                    debug!(cluster = %self.id, ?refresh, "refresh requested");
-                    if let Some((vmid, status)) = refresh.status_override {
-                        overrides.insert(vmid, (status, Instant::now() + OVERRIDE_TTL));
+                    // Every refresh queued meanwhile is served by this one poll: in a
+                    // burst of commands, one full poll each would keep the CPU busy with
+                    // polls that all return the same cluster.
+                    let mut coalesced = 0usize;
+                    let mut next = Some(refresh);
+                    while let Some(refresh) = next {
+                        debug!(cluster = %self.id, ?refresh, "refresh requested");
+                        if let Some((vmid, status)) = refresh.status_override {
+                            overrides.insert(vmid, (status, Instant::now() + OVERRIDE_TTL));
+                        }
+                        if refresh.reread_backups {
+                            reread.notify_one();
+                        }
+                        coalesced += 1;
+                        next = self.refresh.try_recv().ok();
                     }
-                    if refresh.reread_backups {
-                        reread.notify_one();
+                    if coalesced > 1 {
+                        debug!(cluster = %self.id, coalesced, "refreshes served by one poll");
                     }
                 }
                 Ok(()) = slow_rx.changed() => {
@@ -327,4 +340,108 @@ async fn run_request(
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::sim::{self, SimOptions};
+
+    const RESOURCES: &str = "GET /cluster/resources";
+
+    /// Several commands ending while the poller is busy: their refreshes share one
+    /// `/cluster/resources` request, and the view it publishes carries every one of their
+    /// fresh statuses. Runs on the single-threaded test runtime, so all refreshes are
+    /// queued before the poller sees the first one.
+    #[tokio::test]
+    async fn refreshes_queued_together_are_served_by_one_poll() {
+        let sim = sim::start(SimOptions {
+            nodes: Some(2),
+            guests: Some(6),
+            ..SimOptions::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("pve-root-ca.pem");
+        std::fs::write(&ca, sim.ca_pem().unwrap()).unwrap();
+        let toml = format!(
+            "[proxmox]\nurl = \"{}\"\ntoken = \"{}\"\nca_file = \"{}\"\n",
+            sim.base_url(),
+            sim::DEFAULT_TOKEN,
+            ca.display()
+        );
+        let config = Config::from_toml_str(&toml, &HashMap::new()).unwrap();
+        let client = PveClient::new(&config.clusters[0]).unwrap();
+        let (publisher, mut published) = mpsc::channel(64);
+        tokio::spawn(async move { while published.recv().await.is_some() {} });
+        let (refresh, refresh_rx) = mpsc::channel(16);
+        let (views_tx, mut views) = watch::channel(None);
+        // Intervals far beyond the test: only the first poll and refreshes poll.
+        let poller = ClusterPoller {
+            id: "pve".into(),
+            console_url: client.current_url(),
+            client,
+            interval: Duration::from_secs(3600),
+            slow_interval: Duration::from_secs(3600),
+            publisher,
+            refresh: refresh_rx,
+            views: views_tx,
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(poller.run(stop.clone()));
+        let wait = Duration::from_secs(20);
+
+        let first = tokio::time::timeout(wait, views.wait_for(Option::is_some))
+            .await
+            .expect("first poll")
+            .unwrap()
+            .clone()
+            .unwrap();
+        let polls_before = sim.world().counters()[RESOURCES];
+        // A status each guest does not have, so each override shows in the view.
+        let fresh: Vec<(u32, String)> = first
+            .guests
+            .values()
+            .take(3)
+            .map(|g| {
+                let other = if g.status == "running" {
+                    "stopped"
+                } else {
+                    "running"
+                };
+                (g.vmid, other.to_string())
+            })
+            .collect();
+        assert_eq!(fresh.len(), 3);
+        for (vmid, status) in &fresh {
+            refresh
+                .try_send(Refresh {
+                    status_override: Some((*vmid, status.clone())),
+                    reread_backups: false,
+                })
+                .unwrap();
+        }
+
+        tokio::time::timeout(
+            wait,
+            views.wait_for(|view| {
+                view.as_ref().is_some_and(|v| {
+                    fresh
+                        .iter()
+                        .all(|(vmid, status)| v.guests[vmid].status == *status)
+                })
+            }),
+        )
+        .await
+        .expect("a view with every fresh status")
+        .unwrap();
+        let polls = sim.world().counters()[RESOURCES] - polls_before;
+        assert_eq!(polls, 1, "three queued refreshes took {polls} polls");
+
+        stop.cancel();
+        task.await.unwrap();
+        sim.stop().await;
+    }
 }

@@ -25,7 +25,9 @@ pub enum PublisherMsg {
     View(Arc<ClusterView>),
     /// Proxmox could not be reached: every object of this cluster is `offline`.
     Unreachable { cluster: String, reason: String },
-    /// From the MQTT event loop.
+    /// From the MQTT event loop: connection changes, and the inbound messages
+    /// [`Topics::route_inbound`] gives to the publisher (commands go to the command
+    /// handler directly).
     Link(LinkEvent),
     /// A message that is not object state (command results, responses).
     Raw {
@@ -112,8 +114,6 @@ pub struct Publisher {
     raw_retained: HashMap<String, String>,
     bridge_info: String,
     stats: Arc<PublishStats>,
-    /// Inbound messages that are not for the publisher (commands), passed on.
-    forward: Option<mpsc::Sender<Inbound>>,
 }
 
 impl Publisher {
@@ -122,7 +122,6 @@ impl Publisher {
         topics: Topics,
         discovery: Option<DiscoveryContext>,
         stats: Arc<PublishStats>,
-        forward: Option<mpsc::Sender<Inbound>>,
     ) -> Self {
         Publisher {
             client,
@@ -134,7 +133,6 @@ impl Publisher {
             raw_retained: HashMap::new(),
             bridge_info: String::new(),
             stats,
-            forward,
         }
     }
 
@@ -242,12 +240,6 @@ impl Publisher {
                     self.leftovers.insert((cluster.clone(), object));
                     self.clean_leftovers(&cluster).await;
                 }
-            }
-            return;
-        }
-        if let Some(forward) = &self.forward {
-            if let Err(err) = forward.try_send(msg) {
-                warn!(error = %err, "inbound message dropped: command queue full");
             }
         }
     }

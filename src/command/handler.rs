@@ -176,9 +176,9 @@ impl CommandHandler {
                     }
                 }
             }
-        } else if let Some(name) = msg
-            .topic
-            .strip_prefix(&format!("{}/bridge/request/", self.topics.base()))
+        } else if let Some(name) = self
+            .topics
+            .parse_bridge_request(&msg.topic)
             .map(str::to_string)
         {
             self.request(&name, &msg.payload, shutdown).await;

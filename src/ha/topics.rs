@@ -66,6 +66,19 @@ pub fn discovery_id(id: &str) -> String {
         .collect()
 }
 
+/// Which task an inbound MQTT message belongs to (see [`Topics::route_inbound`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundRoute {
+    /// Home Assistant's birth message and the retained availability topics of earlier
+    /// runs: the publisher owns what the broker was told, so it acts on them.
+    Publisher,
+    /// Commands (`…/set`), the retained `…/task` reports of tasks to pick up again, and
+    /// `bridge/request/…`: the command handler's.
+    Commands,
+    /// Nothing the bridge acts on.
+    Ignore,
+}
+
 /// The topic builder: `{base}` and the discovery prefix, fixed for the bridge's life.
 #[derive(Clone, Debug)]
 pub struct Topics {
@@ -219,6 +232,31 @@ impl Topics {
         }
     }
 
+    /// Parses `{base}/bridge/request/{name}` into the request's name (one topic level,
+    /// possibly empty: the `+` of the subscription matches an empty level too).
+    pub fn parse_bridge_request<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let name = topic
+            .strip_prefix(&self.base)?
+            .strip_prefix("/bridge/request/")?;
+        (!name.contains('/')).then_some(name)
+    }
+
+    /// Sends an inbound message to the task that acts on it, decided by its topic alone.
+    /// The MQTT event loop routes with this, so a command never waits behind the
+    /// publisher's work (a view of thousands of objects, a discovery burst).
+    pub fn route_inbound(&self, topic: &str) -> InboundRoute {
+        if topic == self.ha_status() || self.parse_availability(topic).is_some() {
+            InboundRoute::Publisher
+        } else if self.parse_command(topic).is_some()
+            || self.parse_task(topic).is_some()
+            || self.parse_bridge_request(topic).is_some()
+        {
+            InboundRoute::Commands
+        } else {
+            InboundRoute::Ignore
+        }
+    }
+
     /// Filter for command topics of every cluster.
     pub fn command_filter(&self) -> String {
         format!("{}/+/+/+/set", self.base)
@@ -342,5 +380,66 @@ mod tests {
             Some(("home".to_string(), GuestKind::Qemu, 100))
         );
         assert_eq!(t.parse_task("pve2mqtt/home/qemu/100/set"), None);
+        assert_eq!(
+            t.parse_bridge_request("pve2mqtt/bridge/request/backup"),
+            Some("backup")
+        );
+        assert_eq!(t.parse_bridge_request("pve2mqtt/bridge/request/"), Some(""));
+        assert_eq!(t.parse_bridge_request("pve2mqtt/bridge/request/a/b"), None);
+        assert_eq!(t.parse_bridge_request("pve2mqtt/bridge/response/x"), None);
+        assert_eq!(t.parse_bridge_request("other/bridge/request/x"), None);
+    }
+
+    #[test]
+    fn inbound_messages_go_to_the_task_that_acts_on_them() {
+        let t = topics();
+        for topic in [
+            "homeassistant/status",
+            "pve2mqtt/home/qemu/100/availability",
+            "pve2mqtt/home/node/pve1/availability",
+            "pve2mqtt/home/storage/pve1/local/availability",
+            "pve2mqtt/home/cluster/availability",
+        ] {
+            assert_eq!(t.route_inbound(topic), InboundRoute::Publisher, "{topic}");
+        }
+        for topic in [
+            "pve2mqtt/home/qemu/100/set",
+            "pve2mqtt/home/lxc/101/set",
+            "pve2mqtt/home/lxc/101/task",
+            "pve2mqtt/bridge/request/refresh",
+            "pve2mqtt/bridge/request/",
+            // A cluster may be called `bridge`: its guests' commands are still commands.
+            "pve2mqtt/bridge/qemu/100/set",
+        ] {
+            assert_eq!(t.route_inbound(topic), InboundRoute::Commands, "{topic}");
+        }
+        for topic in [
+            "pve2mqtt/bridge/state",
+            "pve2mqtt/bridge/response/refresh",
+            "pve2mqtt/home/qemu/100",
+            "pve2mqtt/home/node/pve1/set",
+            "pve2mqtt/home/qemu/abc/set",
+            "homeassistant/device/pve2mqtt_home_100/config",
+            "other/home/qemu/100/set",
+        ] {
+            assert_eq!(t.route_inbound(topic), InboundRoute::Ignore, "{topic}");
+        }
+        // Every filter the bridge subscribes to leads somewhere, checked on a sample
+        // topic for each (`+` replaced by a plausible level).
+        let mut filters = t.retained_inventory_filters();
+        filters.extend([
+            t.ha_status(),
+            t.command_filter(),
+            t.task_filter(),
+            t.bridge_request_filter(),
+        ]);
+        for filter in filters {
+            let sample = filter
+                .replacen('+', "home", 1)
+                .replacen('+', "qemu", 1)
+                .replacen('+', "100", 1)
+                .replace('+', "x");
+            assert_ne!(t.route_inbound(&sample), InboundRoute::Ignore, "{filter}");
+        }
     }
 }

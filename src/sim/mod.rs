@@ -359,6 +359,10 @@ fn build_state(opts: &SimOptions, fingerprint: &str) -> anyhow::Result<State> {
 }
 
 /// Binds, spawns the server and returns at once.
+///
+/// Accepted connections get `TCP_NODELAY`: otherwise Nagle's algorithm can hold the last
+/// small segment of a response until the client's delayed ACK (~40 ms on Linux), and
+/// commands measured against the simulator would pay a delay that is the simulator's.
 pub async fn start(opts: SimOptions) -> anyhow::Result<SimHandle> {
     let certs = if opts.tls {
         Some(tls::SimCerts::generate()?)
@@ -385,7 +389,11 @@ pub async fn start(opts: SimOptions) -> anyhow::Result<SimHandle> {
     let task = match &certs {
         Some(certs) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(certs.server_config()?);
-            let mut builder = axum_server::from_tcp_rustls(listener, config).handle(server.clone());
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            let mut builder = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(server.clone());
             builder
                 .http_builder()
                 .http1()
@@ -394,7 +402,9 @@ pub async fn start(opts: SimOptions) -> anyhow::Result<SimHandle> {
             tokio::spawn(builder.serve(make))
         }
         None => {
-            let mut builder = axum_server::from_tcp(listener).handle(server.clone());
+            let mut builder = axum_server::from_tcp(listener)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new())
+                .handle(server.clone());
             builder
                 .http_builder()
                 .http1()
