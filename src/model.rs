@@ -8,6 +8,7 @@
 //! lives in one place.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -21,7 +22,10 @@ pub struct ClusterView {
     pub id: String,
     pub cluster: ClusterState,
     pub nodes: BTreeMap<String, NodeState>,
-    pub guests: BTreeMap<u32, GuestState>,
+    /// Shared with the previous view where the guest did not change (most guests on most
+    /// polls): the two views alive at once cost one view of memory, and the publisher
+    /// tells unchanged guests by pointer.
+    pub guests: BTreeMap<u32, Arc<GuestState>>,
     /// Keyed by (node, storage id).
     pub storages: BTreeMap<(String, String), StorageState>,
     /// The Proxmox web UI, for Home Assistant's "visit device" link.
@@ -54,7 +58,10 @@ impl ClusterView {
         match object {
             ObjectRef::Cluster => self.cluster == other.cluster,
             ObjectRef::Node(n) => self.nodes.get(n) == other.nodes.get(n),
-            ObjectRef::Guest(_, vmid) => self.guests.get(vmid) == other.guests.get(vmid),
+            ObjectRef::Guest(_, vmid) => match (self.guests.get(vmid), other.guests.get(vmid)) {
+                (Some(mine), Some(theirs)) => Arc::ptr_eq(mine, theirs) || mine == theirs,
+                (mine, theirs) => mine.is_none() && theirs.is_none(),
+            },
             ObjectRef::Storage(n, s) => {
                 let key = (n.clone(), s.clone());
                 self.storages.get(&key) == other.storages.get(&key)
@@ -277,7 +284,8 @@ fn percent(part: Option<u64>, whole: Option<u64>) -> Option<f64> {
 /// Builds the view of one cluster from one `/cluster/resources` answer.
 ///
 /// `now` is the poll time in seconds (any monotonic origin); `rates` carries counter
-/// samples between polls.
+/// samples between polls. Guests whose state equals their state in `previous` are shared
+/// with it rather than kept twice.
 pub fn build_view(
     id: &str,
     console_url: &str,
@@ -285,6 +293,7 @@ pub fn build_view(
     slow: &SlowData,
     rates: &mut RateMemory,
     now: f64,
+    previous: Option<&ClusterView>,
 ) -> ClusterView {
     let mut view = ClusterView {
         id: id.to_string(),
@@ -300,7 +309,11 @@ pub fn build_view(
             }
             ResourceKind::Qemu | ResourceKind::Lxc => {
                 if let Some(guest) = guest_state(row, slow, rates, now) {
-                    view.guests.insert(guest.vmid, guest);
+                    let shared = match previous.and_then(|p| p.guests.get(&guest.vmid)) {
+                        Some(before) if **before == guest => before.clone(),
+                        _ => Arc::new(guest),
+                    };
+                    view.guests.insert(shared.vmid, shared);
                 }
             }
             ResourceKind::Storage => {
@@ -497,6 +510,7 @@ mod tests {
             &SlowData::default(),
             &mut RateMemory::default(),
             0.0,
+            None,
         );
         assert_eq!(view.nodes.len(), 1);
         assert_eq!(view.guests.len(), 3);
@@ -533,6 +547,7 @@ mod tests {
             &SlowData::default(),
             &mut RateMemory::default(),
             0.0,
+            None,
         );
         assert_eq!(view.nodes.len(), 4);
         assert!(view.guests[&101].template, "template: 1 is a boolean");
@@ -553,7 +568,7 @@ mod tests {
         let slow = SlowData::default();
         let mut mem = RateMemory::default();
         let rate = |mem: &mut RateMemory, netin, t| {
-            build_view("c", "", &[guest_row(netin, "running")], &slow, mem, t).guests[&100]
+            build_view("c", "", &[guest_row(netin, "running")], &slow, mem, t, None).guests[&100]
                 .netin_rate
         };
         assert_eq!(
@@ -567,6 +582,29 @@ mod tests {
         // A restarted guest's counter starts again from 0: no negative or huge rate.
         assert_eq!(rate(&mut mem, 500, 20.0), None);
         assert_eq!(rate(&mut mem, 1_500, 30.0), Some(100.0));
+    }
+
+    #[test]
+    fn unchanged_guests_are_shared_with_the_previous_view_and_changed_ones_are_not() {
+        let slow = SlowData::default();
+        let mut mem = RateMemory::default();
+        let rows = resources(ONE_NODE);
+        let first = build_view("c", "", &rows, &slow, &mut mem, 0.0, None);
+        let again = build_view("c", "", &rows, &slow, &mut mem, 10.0, Some(&first));
+        for (vmid, guest) in &again.guests {
+            assert!(
+                Arc::ptr_eq(guest, &first.guests[vmid]),
+                "guest {vmid} copied"
+            );
+            assert!(again.same_state(&first, &ObjectRef::Guest(guest.kind, *vmid)));
+        }
+        let mut moved = rows.clone();
+        let row = moved.iter_mut().find(|r| r.vmid == Some(101)).unwrap();
+        row.status = Some("running".into());
+        let changed = build_view("c", "", &moved, &slow, &mut mem, 20.0, Some(&again));
+        assert_eq!(changed.guests[&101].status, "running");
+        assert!(!changed.same_state(&again, &ObjectRef::Guest(GuestKind::Qemu, 101)));
+        assert!(Arc::ptr_eq(&changed.guests[&100], &again.guests[&100]));
     }
 
     #[test]
@@ -607,6 +645,7 @@ mod tests {
             &SlowData::default(),
             &mut RateMemory::default(),
             0.0,
+            None,
         );
         assert!(view.is_available(&ObjectRef::Guest(GuestKind::Qemu, 100)));
         assert!(!view.is_available(&ObjectRef::Guest(GuestKind::Qemu, 101)));
@@ -630,7 +669,7 @@ mod tests {
             last_backup: HashMap::from([(100, 1_764_679_463)]),
             ..SlowData::default()
         };
-        let view = build_view("c", "", &rows, &slow, &mut RateMemory::default(), 0.0);
+        let view = build_view("c", "", &rows, &slow, &mut RateMemory::default(), 0.0, None);
         let vm = &view.guests[&100];
         assert_eq!(vm.status, "suspended");
         assert_eq!(vm.last_backup, Some(1_764_679_463));

@@ -97,7 +97,8 @@ impl ClusterPoller {
                     // New slow-lane details: rebuild from the last answer, no extra request.
                     if let Some(resources) = &last_resources {
                         let slow = slow_rx.borrow_and_update().clone();
-                        let mut view = build_view(&self.id, &self.console_url, resources, &slow, &mut rates, started.elapsed().as_secs_f64());
+                        let previous = self.views.borrow().clone();
+                        let mut view = build_view(&self.id, &self.console_url, resources, &slow, &mut rates, started.elapsed().as_secs_f64(), previous.as_deref());
                         apply_overrides(&mut view, &mut overrides);
                         if !self.emit(view).await { break; }
                     }
@@ -117,6 +118,7 @@ impl ClusterPoller {
                     let resources = Arc::new(resources);
                     let _ = resources_tx.send(resources.clone());
                     let slow = slow_rx.borrow_and_update().clone();
+                    let previous = self.views.borrow().clone();
                     let mut view = build_view(
                         &self.id,
                         &self.console_url,
@@ -124,7 +126,9 @@ impl ClusterPoller {
                         &slow,
                         &mut rates,
                         started.elapsed().as_secs_f64(),
+                        previous.as_deref(),
                     );
+                    drop(previous);
                     apply_overrides(&mut view, &mut overrides);
                     last_resources = Some(resources);
                     if !self.emit(view).await {
@@ -174,7 +178,8 @@ fn apply_overrides(view: &mut ClusterView, overrides: &mut HashMap<u32, (String,
         if *until < now || guest.status == *status {
             return false;
         }
-        guest.status = status.clone();
+        // Copy on write: the guest may be shared with the previous view.
+        Arc::make_mut(guest).status = status.clone();
         true
     });
     view.cluster.guests_running = view

@@ -546,7 +546,7 @@ pub fn state_json(view: &ClusterView, object: &ObjectRef) -> Option<String> {
     let json = match object {
         ObjectRef::Cluster => serde_json::to_string(&view.cluster),
         ObjectRef::Node(n) => serde_json::to_string(view.nodes.get(n)?),
-        ObjectRef::Guest(_, vmid) => serde_json::to_string(view.guests.get(vmid)?),
+        ObjectRef::Guest(_, vmid) => serde_json::to_string(&**view.guests.get(vmid)?),
         ObjectRef::Storage(n, s) => {
             serde_json::to_string(view.storages.get(&(n.clone(), s.clone()))?)
         }

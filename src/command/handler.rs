@@ -324,7 +324,7 @@ impl CommandHandler {
         let guest = Some(&view)
             .and_then(|v| v.guests.get(&vmid))
             .filter(|g| kind.is_none_or(|k| g.kind == k))
-            .cloned()
+            .map(|g| GuestState::clone(g))
             .ok_or_else(|| Rejection(format!("unknown guest {vmid} in cluster '{cluster}'")))?;
         Ok((handle, guest))
     }
@@ -549,15 +549,19 @@ impl CommandHandler {
             .clone()
             .ok_or("cluster not polled yet")?;
         let guests: Vec<&GuestState> = match object.remove("vmids") {
-            Some(Value::String(s)) if s == "all" => {
-                view.guests.values().filter(|g| !g.template).collect()
-            }
+            Some(Value::String(s)) if s == "all" => view
+                .guests
+                .values()
+                .map(|g| &**g)
+                .filter(|g| !g.template)
+                .collect(),
             Some(Value::Array(list)) if !list.is_empty() => {
                 let mut out = Vec::new();
                 for v in list {
                     let vmid = v.as_u64().ok_or("vmids must be numbers")? as u32;
                     out.push(
-                        view.guests
+                        &**view
+                            .guests
                             .get(&vmid)
                             .ok_or(format!("unknown guest {vmid}"))?,
                     );

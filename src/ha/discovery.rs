@@ -613,6 +613,7 @@ mod tests {
             &SlowData::default(),
             &mut RateMemory::default(),
             0.0,
+            None,
         )
     }
 
@@ -694,7 +695,7 @@ mod tests {
         let mut v = view();
         let object = ObjectRef::Guest(GuestKind::Qemu, 100);
         let before = device_info(&ctx(), &v, &object).unwrap();
-        v.guests.get_mut(&100).unwrap().node = "pve2".into();
+        std::sync::Arc::make_mut(v.guests.get_mut(&100).unwrap()).node = "pve2".into();
         let migrated = device_info(&ctx(), &v, &object).unwrap();
         assert_ne!(before, migrated);
         assert_eq!(
@@ -754,7 +755,7 @@ mod tests {
     #[test]
     fn a_guest_without_name_gets_a_readable_device_name() {
         let mut v = view();
-        v.guests.get_mut(&101).unwrap().name = None;
+        std::sync::Arc::make_mut(v.guests.get_mut(&101).unwrap()).name = None;
         assert_eq!(
             device_info(&ctx(), &v, &ObjectRef::Guest(GuestKind::Lxc, 101))
                 .unwrap()
