@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::ha::topics::ObjectRef;
-use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
+use crate::pve::{tag_iter, GuestKind, NodeStatus, Resource, ResourceKind};
 
 /// One cluster as of one successful fast poll.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -308,12 +308,8 @@ pub fn build_view(
                 }
             }
             ResourceKind::Qemu | ResourceKind::Lxc => {
-                if let Some(guest) = guest_state(row, slow, rates, now) {
-                    let shared = match previous.and_then(|p| p.guests.get(&guest.vmid)) {
-                        Some(before) if **before == guest => before.clone(),
-                        _ => Arc::new(guest),
-                    };
-                    view.guests.insert(shared.vmid, shared);
+                if let Some(guest) = guest_state(row, slow, rates, now, previous) {
+                    view.guests.insert(guest.vmid, guest);
                 }
             }
             ResourceKind::Storage => {
@@ -392,27 +388,161 @@ fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
     })
 }
 
+/// A guest's state as one row says it, with every text still borrowed from the row.
+/// Most polls find it equal to the guest's previous state, which is then reused as is:
+/// an idle poll of 5,000 guests copies no string.
+struct GuestDraft<'a> {
+    vmid: u32,
+    kind: GuestKind,
+    name: Option<&'a str>,
+    node: &'a str,
+    status: &'a str,
+    template: bool,
+    cpu: Option<f64>,
+    cpus: Option<u64>,
+    mem: Option<u64>,
+    maxmem: Option<u64>,
+    mem_percent: Option<f64>,
+    disk: Option<u64>,
+    maxdisk: Option<u64>,
+    counters: [Option<u64>; 4],
+    rates: [Option<f64>; 4],
+    uptime: Option<u64>,
+    /// Proxmox's tag string (`a;b`), split only when the state is built.
+    tags: &'a str,
+    lock: Option<&'a str>,
+    hastate: Option<&'a str>,
+    pool: Option<&'a str>,
+    last_backup: Option<u64>,
+}
+
+impl GuestDraft<'_> {
+    /// Does `state` already say exactly this? Destructures every field of [`GuestState`],
+    /// so a field added there does not compile until it is compared here.
+    fn is_described_by(&self, state: &GuestState) -> bool {
+        let GuestState {
+            vmid,
+            kind,
+            name,
+            node,
+            status,
+            template,
+            cpu,
+            cpus,
+            mem,
+            maxmem,
+            mem_percent,
+            disk,
+            maxdisk,
+            netin,
+            netout,
+            diskread,
+            diskwrite,
+            netin_rate,
+            netout_rate,
+            diskread_rate,
+            diskwrite_rate,
+            uptime,
+            tags,
+            lock,
+            hastate,
+            pool,
+            last_backup,
+        } = state;
+        *vmid == self.vmid
+            && *kind == self.kind
+            && name.as_deref() == self.name
+            && node == self.node
+            && status == self.status
+            && *template == self.template
+            && *cpu == self.cpu
+            && *cpus == self.cpus
+            && *mem == self.mem
+            && *maxmem == self.maxmem
+            && *mem_percent == self.mem_percent
+            && *disk == self.disk
+            && *maxdisk == self.maxdisk
+            && [*netin, *netout, *diskread, *diskwrite] == self.counters
+            && [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate] == self.rates
+            && *uptime == self.uptime
+            && tags.iter().map(String::as_str).eq(tag_iter(self.tags))
+            && lock.as_deref() == self.lock
+            && hastate.as_deref() == self.hastate
+            && pool.as_deref() == self.pool
+            && *last_backup == self.last_backup
+    }
+
+    fn to_state(&self) -> GuestState {
+        let [netin, netout, diskread, diskwrite] = self.counters;
+        let [netin_rate, netout_rate, diskread_rate, diskwrite_rate] = self.rates;
+        GuestState {
+            vmid: self.vmid,
+            kind: self.kind,
+            name: self.name.map(str::to_owned),
+            node: self.node.to_owned(),
+            status: self.status.to_owned(),
+            template: self.template,
+            cpu: self.cpu,
+            cpus: self.cpus,
+            mem: self.mem,
+            maxmem: self.maxmem,
+            mem_percent: self.mem_percent,
+            disk: self.disk,
+            maxdisk: self.maxdisk,
+            netin,
+            netout,
+            diskread,
+            diskwrite,
+            netin_rate,
+            netout_rate,
+            diskread_rate,
+            diskwrite_rate,
+            uptime: self.uptime,
+            tags: tag_iter(self.tags).map(str::to_owned).collect(),
+            lock: self.lock.map(str::to_owned),
+            hastate: self.hastate.map(str::to_owned),
+            pool: self.pool.map(str::to_owned),
+            last_backup: self.last_backup,
+        }
+    }
+}
+
+/// The guest's state: the previous one when nothing changed, else a new one.
 fn guest_state(
     row: &Resource,
     slow: &SlowData,
     rates: &mut RateMemory,
     now: f64,
-) -> Option<GuestState> {
+    previous: Option<&ClusterView>,
+) -> Option<Arc<GuestState>> {
+    let draft = guest_draft(row, slow, rates, now)?;
+    match previous.and_then(|p| p.guests.get(&draft.vmid)) {
+        Some(before) if draft.is_described_by(before) => Some(before.clone()),
+        _ => Some(Arc::new(draft.to_state())),
+    }
+}
+
+fn guest_draft<'a>(
+    row: &'a Resource,
+    slow: &SlowData,
+    rates: &mut RateMemory,
+    now: f64,
+) -> Option<GuestDraft<'a>> {
     let vmid = row.vmid?;
-    let node = row.node.clone()?;
+    let node = row.node.as_deref()?;
     let kind = match row.kind {
         ResourceKind::Qemu => GuestKind::Qemu,
         ResourceKind::Lxc => GuestKind::Lxc,
         _ => return None,
     };
-    let mut status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
-    // Hibernated (suspended to disk) VMs are `stopped` with lock `suspended`.
-    if row.lock.as_deref() == Some("suspended") && status == "stopped" {
-        status = "suspended".to_string();
-    }
-    let running = status == "running";
+    let status = match row.status.as_deref() {
+        // Hibernated (suspended to disk) VMs are `stopped` with lock `suspended`.
+        Some("stopped") if row.lock.as_deref() == Some("suspended") => "suspended",
+        Some(status) => status,
+        None => "unknown",
+    };
     let counters = [row.netin, row.netout, row.diskread, row.diskwrite];
-    let [netin_rate, netout_rate, diskread_rate, diskwrite_rate] = if running {
+    let guest_rates = if status == "running" {
         rates.rates(vmid, counters, now)
     } else {
         // One guest: a map removal, not a pass over every guest (quadratic at scale).
@@ -423,34 +553,28 @@ fn guest_state(
             [None; 4]
         }
     };
-    Some(GuestState {
+    Some(GuestDraft {
         vmid,
         kind,
-        name: row.name.clone(),
+        name: row.name.as_deref(),
         node,
+        status,
         template: row.template,
         cpu: row.cpu.map(|c| round_percent(c * 100.0)),
         cpus: row.maxcpu.map(|c| c as u64),
-        mem_percent: percent(row.mem, row.maxmem),
         mem: row.mem,
         maxmem: row.maxmem,
+        mem_percent: percent(row.mem, row.maxmem),
         disk: row.disk,
         maxdisk: row.maxdisk,
-        netin: row.netin,
-        netout: row.netout,
-        diskread: row.diskread,
-        diskwrite: row.diskwrite,
-        netin_rate,
-        netout_rate,
-        diskread_rate,
-        diskwrite_rate,
+        counters,
+        rates: guest_rates,
         uptime: row.uptime,
-        tags: row.tags(),
-        lock: row.lock.clone(),
-        hastate: row.hastate.clone(),
-        pool: row.pool.clone(),
+        tags: row.tags_raw.as_deref().unwrap_or(""),
+        lock: row.lock.as_deref(),
+        hastate: row.hastate.as_deref(),
+        pool: row.pool.as_deref(),
         last_backup: slow.last_backup.get(&vmid).copied(),
-        status,
     })
 }
 
@@ -605,6 +729,19 @@ mod tests {
         assert_eq!(changed.guests[&101].status, "running");
         assert!(!changed.same_state(&again, &ObjectRef::Guest(GuestKind::Qemu, 101)));
         assert!(Arc::ptr_eq(&changed.guests[&100], &again.guests[&100]));
+
+        // Text and slow-lane inputs count too: new tags, a new backup.
+        let row = moved.iter_mut().find(|r| r.vmid == Some(100)).unwrap();
+        row.tags_raw = Some("media;new".into());
+        let backed_up = SlowData {
+            last_backup: HashMap::from([(102, 1_764_679_463)]),
+            ..SlowData::default()
+        };
+        let later = build_view("c", "", &moved, &backed_up, &mut mem, 30.0, Some(&changed));
+        assert_eq!(later.guests[&100].tags, vec!["media", "new"]);
+        assert_eq!(later.guests[&102].last_backup, Some(1_764_679_463));
+        assert!(!Arc::ptr_eq(&later.guests[&102], &changed.guests[&102]));
+        assert!(Arc::ptr_eq(&later.guests[&101], &changed.guests[&101]));
     }
 
     #[test]

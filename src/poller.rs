@@ -212,8 +212,9 @@ async fn slow_lane(
     let mut only_backups = false;
     let mut round_start = tokio::time::Instant::now();
     loop {
-        let rows = resources.borrow_and_update().clone();
-        let mut requests = plan(&rows);
+        // Plan from the latest answer without keeping it: holding the rows for a whole
+        // round would keep a second copy of every row alive (MBs at cluster scale).
+        let mut requests = plan(&resources.borrow_and_update());
         if only_backups {
             requests.retain(|r| matches!(r, SlowRequest::StorageContent { .. }));
         }

@@ -20,9 +20,9 @@ mod upid;
 pub use client::{decode_cluster_resources, PveClient};
 pub use error::PveError;
 pub use types::{
-    exitstatus_is_success, split_tags, BootInfo, ClusterStatusKind, ClusterStatusRow, CpuInfo,
-    CurrentKernel, FilesystemUsage, GuestKind, GuestStatus, HaStatus, Ksm, MemoryUsage, NodeStatus,
-    Permissions, Resource, ResourceKind, StorageItem, TaskListEntry, TaskLog, TaskLogLine,
-    TaskState, TaskStatus, UnknownGuestKind, Verification, Version, VzdumpStarted,
+    exitstatus_is_success, split_tags, tag_iter, BootInfo, ClusterStatusKind, ClusterStatusRow,
+    CpuInfo, CurrentKernel, FilesystemUsage, GuestKind, GuestStatus, HaStatus, Ksm, MemoryUsage,
+    NodeStatus, Permissions, Resource, ResourceKind, StorageItem, TaskListEntry, TaskLog,
+    TaskLogLine, TaskState, TaskStatus, UnknownGuestKind, Verification, Version, VzdumpStarted,
 };
 pub use upid::{Upid, UpidParseError};

@@ -173,11 +173,14 @@ pub enum VzdumpStarted {
 /// Splits a Proxmox tag string. Proxmox stores `a;b`, but older releases and hand-edited
 /// configs also use `,` or spaces, and its own parser accepts all three.
 pub fn split_tags(tags: &str) -> Vec<String> {
+    tag_iter(tags).map(str::to_owned).collect()
+}
+
+/// The tags of a Proxmox tag string, borrowed (see [`split_tags`]).
+pub fn tag_iter(tags: &str) -> impl Iterator<Item = &str> {
     tags.split([';', ',', ' '])
         .map(str::trim)
         .filter(|tag| !tag.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 /// One row of `GET /cluster/resources` (no type filter): a node, guest, storage (one row per
