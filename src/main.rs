@@ -42,7 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     pve2mqtt::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -87,21 +87,38 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Config::load(path.as_deref()).map_err(|e| FatalConfigError(e.to_string()).into())
 }
 
-/// glibc gives threads that allocate their own malloc arena (up to 8 per core), and memory
-/// freed in one arena is not reused by another. Tokio's workers take turns building the
-/// views, so free memory piled up in every arena and RSS grew well past the live heap.
-/// Two arenas are plenty for a bridge that mostly waits on I/O. `MALLOC_ARENA_MAX` in the
-/// environment still wins, for anyone tuning it.
+/// Keeps glibc's malloc from holding memory the bridge no longer uses (measured with
+/// `bench/run.py` at 10 nodes / 5,000 guests: peak RSS ~40 MB → ~26 MB, same CPU).
+///
+/// - One arena: glibc gives threads that allocate their own arena (up to 8 per core),
+///   and memory freed in one is not reused by another. Tokio's workers take turns
+///   building the views, so free memory piled up in every arena. The bridge mostly waits
+///   on I/O; small allocations stay lock-free in the per-thread cache anyway.
+/// - A fixed mmap threshold (128 KiB, glibc's initial value): by default glibc raises it
+///   to the size of each large block freed, so after the first poll the 1.6 MB answer
+///   body came from the heap, and freed heap memory under a live block stays resident.
+///   Fixed, such blocks are mapped and unmapped; the fast lane allocates one per poll.
+/// - Trim the heap top above 128 KiB (also made dynamic by default).
+///
+/// Each setting is skipped when its glibc variable (`MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`) is set, for anyone tuning it.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: runs first in main, before any other thread exists; mallopt only sets a
-        // tuning parameter of the allocator.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+fn tune_malloc() {
+    const SETTINGS: [(&str, libc::c_int, libc::c_int); 3] = [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 1),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 128 * 1024),
+        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 128 * 1024),
+    ];
+    for (variable, parameter, value) in SETTINGS {
+        if std::env::var_os(variable).is_none() {
+            // SAFETY: runs first in main, before any other thread exists; mallopt only
+            // sets a tuning parameter of the allocator.
+            unsafe {
+                libc::mallopt(parameter, value);
+            }
         }
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn tune_malloc() {}

@@ -295,20 +295,57 @@ pub fn build_view(
     now: f64,
     previous: Option<&ClusterView>,
 ) -> ClusterView {
-    let mut view = ClusterView {
-        id: id.to_string(),
-        console_url: console_url.to_string(),
-        ..ClusterView::default()
-    };
+    let mut builder = ViewBuilder::new(id, console_url, slow, rates, now, previous);
     for row in resources {
+        builder.add(row);
+    }
+    builder.finish()
+}
+
+/// [`build_view`] one row at a time, so the fast lane never holds every decoded row at
+/// once (see [`crate::pve::for_each_cluster_resource`]).
+pub struct ViewBuilder<'a> {
+    view: ClusterView,
+    slow: &'a SlowData,
+    rates: &'a mut RateMemory,
+    now: f64,
+    previous: Option<&'a ClusterView>,
+}
+
+impl<'a> ViewBuilder<'a> {
+    pub fn new(
+        id: &str,
+        console_url: &str,
+        slow: &'a SlowData,
+        rates: &'a mut RateMemory,
+        now: f64,
+        previous: Option<&'a ClusterView>,
+    ) -> Self {
+        ViewBuilder {
+            view: ClusterView {
+                id: id.to_string(),
+                console_url: console_url.to_string(),
+                ..ClusterView::default()
+            },
+            slow,
+            rates,
+            now,
+            previous,
+        }
+    }
+
+    pub fn add(&mut self, row: &Resource) {
+        let view = &mut self.view;
         match row.kind {
             ResourceKind::Node => {
-                if let Some(node) = node_state(row, slow) {
+                if let Some(node) = node_state(row, self.slow) {
                     view.nodes.insert(node.node.clone(), node);
                 }
             }
             ResourceKind::Qemu | ResourceKind::Lxc => {
-                if let Some(guest) = guest_state(row, slow, rates, now, previous) {
+                if let Some(guest) =
+                    guest_state(row, self.slow, self.rates, self.now, self.previous)
+                {
                     view.guests.insert(guest.vmid, guest);
                 }
             }
@@ -322,23 +359,31 @@ pub fn build_view(
             _ => {}
         }
     }
-    rates.retain(|vmid| view.guests.contains_key(&vmid));
-    let pve_version = slow.pve_version.clone();
-    view.cluster = ClusterState {
-        id: id.to_string(),
-        name: slow.cluster_name.clone(),
-        quorate: slow.quorate,
-        nodes: view.nodes.len(),
-        nodes_online: view.nodes.values().filter(|n| n.status == "online").count(),
-        guests: view.guests.len(),
-        guests_running: view
-            .guests
-            .values()
-            .filter(|g| g.status == "running")
-            .count(),
-        pve_version,
-    };
-    view
+
+    pub fn finish(self) -> ClusterView {
+        let ViewBuilder {
+            mut view,
+            slow,
+            rates,
+            ..
+        } = self;
+        rates.retain(|vmid| view.guests.contains_key(&vmid));
+        view.cluster = ClusterState {
+            id: view.id.clone(),
+            name: slow.cluster_name.clone(),
+            quorate: slow.quorate,
+            nodes: view.nodes.len(),
+            nodes_online: view.nodes.values().filter(|n| n.status == "online").count(),
+            guests: view.guests.len(),
+            guests_running: view
+                .guests
+                .values()
+                .filter(|g| g.status == "running")
+                .count(),
+            pve_version: slow.pve_version.clone(),
+        };
+        view
+    }
 }
 
 fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {

@@ -169,8 +169,15 @@ impl PveClient {
 
     /// `GET /cluster/resources` without a type filter: nodes, guests, storages, pools, SDN.
     pub async fn cluster_resources(&self) -> Result<Vec<Resource>, PveError> {
-        let body = self.execute(&Call::get(&["cluster", "resources"])).await?;
+        let body = self.cluster_resources_body().await?;
         decode_cluster_resources(&body)
+    }
+
+    /// `GET /cluster/resources`, undecoded: the fast lane streams its rows with
+    /// [`for_each_cluster_resource`] and keeps the body (not thousands of decoded rows)
+    /// to rebuild the view when the slow lane brings news.
+    pub async fn cluster_resources_body(&self) -> Result<Vec<u8>, PveError> {
+        self.execute(&Call::get(&["cluster", "resources"])).await
     }
 
     /// `GET /cluster/status` (needs `Sys.Audit` on `/`).
@@ -475,7 +482,8 @@ impl PveClient {
         debug!(endpoint = %endpoint.display, call = %call.label(), status = status.as_u16(), bytes = body.len(),
             "Proxmox answered");
         if status.is_success() {
-            Ok(body.to_vec())
+            // No copy when the buffer is unshared (as hyper hands it over).
+            Ok(Vec::from(body))
         } else {
             Err(error::from_response(
                 status.as_u16(),
@@ -538,6 +546,92 @@ fn parse_endpoint(raw: &str) -> Result<Endpoint, PveError> {
 /// `poll_cost` benchmark measures the real decoder.
 pub fn decode_cluster_resources(body: &[u8]) -> Result<Vec<Resource>, PveError> {
     decode_data("GET /cluster/resources", body)
+}
+
+/// Decodes a `GET /cluster/resources` answer one row at a time, handing each row to
+/// `each_row`, and returns how many rows there were. At 5,000 guests a `Vec<Resource>`
+/// is ~4 MB (more while it doubles), allocated and freed on every poll; one row at a
+/// time, the fast lane's transient memory is the body and one row.
+///
+/// On malformed input `each_row` may already have seen the rows before the fault: the
+/// caller must discard what it built. The error is the one [`decode_cluster_resources`]
+/// gives (endpoint and JSON path).
+pub fn for_each_cluster_resource(
+    body: &[u8],
+    mut each_row: impl FnMut(Resource),
+) -> Result<usize, PveError> {
+    let streamed = std::str::from_utf8(body).ok().and_then(|text| {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let rows = serde::de::DeserializeSeed::deserialize(
+            RowStream::Envelope(&mut each_row),
+            &mut deserializer,
+        )
+        .ok()?;
+        deserializer.end().ok()?;
+        Some(rows)
+    });
+    match streamed {
+        Some(rows) => Ok(rows),
+        // Decode again, the slow way, for an error that names the field. (Should that
+        // succeed where streaming failed, the rows seen are still incomplete: an error.)
+        None => Err(decode_cluster_resources(body)
+            .err()
+            .unwrap_or_else(|| PveError::Decode {
+                endpoint: "GET /cluster/resources".to_owned(),
+                message: "the answer could not be read row by row".to_owned(),
+            })),
+    }
+}
+
+/// The seed behind [`for_each_cluster_resource`]: `{"data": [row, …]}` → one call per row.
+enum RowStream<'f, F> {
+    Envelope(&'f mut F),
+    Rows(&'f mut F),
+}
+
+impl<'de, F: FnMut(Resource)> serde::de::DeserializeSeed<'de> for RowStream<'_, F> {
+    type Value = usize;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        match self {
+            RowStream::Envelope(_) => deserializer.deserialize_map(self),
+            RowStream::Rows(_) => deserializer.deserialize_seq(self),
+        }
+    }
+}
+
+impl<'de, F: FnMut(Resource)> serde::de::Visitor<'de> for RowStream<'_, F> {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            RowStream::Envelope(_) => f.write_str("an object with a `data` list"),
+            RowStream::Rows(_) => f.write_str("a list of resources"),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let (RowStream::Envelope(each_row) | RowStream::Rows(each_row)) = self;
+        let mut rows = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "data" && rows.is_none() {
+                rows = Some(map.next_value_seed(RowStream::Rows(&mut *each_row))?);
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        rows.ok_or_else(|| serde::de::Error::missing_field("data"))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let (RowStream::Envelope(each_row) | RowStream::Rows(each_row)) = self;
+        let mut rows = 0;
+        while let Some(row) = seq.next_element::<Resource>()? {
+            each_row(row);
+            rows += 1;
+        }
+        Ok(rows)
+    }
 }
 
 /// Decodes `{"data": T}`, naming the endpoint and the JSON path on failure.

@@ -17,7 +17,7 @@ mod tls;
 mod types;
 mod upid;
 
-pub use client::{decode_cluster_resources, PveClient};
+pub use client::{decode_cluster_resources, for_each_cluster_resource, PveClient};
 pub use error::PveError;
 pub use types::{
     exitstatus_is_success, split_tags, tag_iter, BootInfo, ClusterStatusKind, ClusterStatusRow,

@@ -962,3 +962,65 @@ fn the_client_and_its_futures_can_cross_tasks() {
     spawnable(client.task_status(&upid));
     spawnable(client.task_log(&upid, 0, 0));
 }
+
+/// Every recorded `/cluster/resources` answer, streamed row by row, gives exactly the
+/// rows the whole-list decoder gives, in order.
+#[test]
+fn streamed_rows_are_the_rows_of_the_whole_list() {
+    for body in [
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json"
+        )),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/pve/cluster_resources.4node-qemu-node-storage.json"
+        )),
+    ] {
+        let whole = decode_cluster_resources(body.as_bytes()).unwrap();
+        let mut streamed = Vec::new();
+        let count = for_each_cluster_resource(body.as_bytes(), |row| streamed.push(row)).unwrap();
+        assert!(!whole.is_empty());
+        assert_eq!(count, whole.len());
+        assert_eq!(streamed, whole);
+    }
+}
+
+#[test]
+fn streamed_rows_tolerate_keys_beside_data_in_any_order() {
+    let body = br#"{"total":2,"data":[{"id":"qemu/100","type":"qemu","vmid":"100","node":"pve"},{"id":"node/pve","type":"node","node":"pve"}],"success":1}"#;
+    let mut ids = Vec::new();
+    let count = for_each_cluster_resource(body, |row| ids.push(row.id)).unwrap();
+    assert_eq!(count, 2);
+    assert_eq!(ids, ["qemu/100", "node/pve"]);
+}
+
+/// A malformed answer gives the same error as the whole-list decoder (endpoint and JSON
+/// path), whether the fault is in a row, around the list, or after it.
+#[test]
+fn a_malformed_answer_streamed_names_the_endpoint_and_the_field() {
+    let bad_row = br#"{"data":[{"id":"qemu/100","type":"qemu","vmid":"100"},{"id":"qemu/101","type":"qemu","vmid":"x"}]}"#;
+    let mut seen = 0;
+    let err = for_each_cluster_resource(bad_row, |_| seen += 1).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("GET /cluster/resources"), "{text}");
+    assert!(text.contains("data[1].vmid"), "{text}");
+    assert_eq!(
+        text,
+        decode_cluster_resources(bad_row).unwrap_err().to_string()
+    );
+
+    for body in [
+        &br#"{"total":0}"#[..],
+        br#"{"data":{"id":"qemu/100"}}"#,
+        br#"{"data":[]} trailing"#,
+        b"\xff\xfe",
+    ] {
+        let err = for_each_cluster_resource(body, |_| {}).unwrap_err();
+        assert!(
+            matches!(err, PveError::Decode { .. }),
+            "{:?}: {err}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
