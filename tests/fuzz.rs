@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use pve2mqtt::command::parse::{parse, MAX_PAYLOAD};
 use pve2mqtt::ha::topics::{discovery_id, topic_segment, Topics};
 use pve2mqtt::pve::{
-    ClusterStatusRow, GuestKind, GuestStatus, NodeStatus, Resource, StorageItem, TaskStatus, Upid,
+    decode_cluster_resources, for_each_cluster_resource, ClusterStatusRow, GuestKind, GuestStatus,
+    NodeStatus, Resource, StorageItem, TaskStatus, Upid,
 };
 
 /// Arbitrary JSON, biased towards the shapes Proxmox sends (objects of scalars).
@@ -65,6 +66,21 @@ fn decode_all(bytes: &[u8]) {
     let _ = serde_json::from_slice::<GuestStatus>(bytes);
     let _ = serde_json::from_slice::<Vec<StorageItem>>(bytes);
     let _ = serde_json::from_slice::<TaskStatus>(bytes);
+    streamed_rows_agree(bytes);
+}
+
+/// The fast lane decodes `/cluster/resources` row by row; whatever the input, that gives
+/// the rows the whole-list decoder gives, or fails where it fails, with its error.
+fn streamed_rows_agree(bytes: &[u8]) {
+    let mut streamed = Vec::new();
+    let outcome = for_each_cluster_resource(bytes, |row| streamed.push(row));
+    match decode_cluster_resources(bytes) {
+        Ok(rows) => {
+            assert_eq!(outcome.ok(), Some(rows.len()));
+            assert_eq!(streamed, rows);
+        }
+        Err(err) => assert_eq!(outcome.unwrap_err().to_string(), err.to_string()),
+    }
 }
 
 proptest! {
@@ -94,6 +110,8 @@ proptest! {
         decode_all(value.to_string().as_bytes());
         let rows = serde_json::Value::Array(vec![value]);
         decode_all(rows.to_string().as_bytes());
+        let answer = serde_json::json!({ "data": rows });
+        decode_all(answer.to_string().as_bytes());
     }
 
     #[test]

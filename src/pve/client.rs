@@ -594,7 +594,8 @@ impl<'de, F: FnMut(Resource)> serde::de::DeserializeSeed<'de> for RowStream<'_, 
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
         match self {
-            RowStream::Envelope(_) => deserializer.deserialize_map(self),
+            // As serde's derive does, so both decoders accept exactly the same input.
+            RowStream::Envelope(_) => deserializer.deserialize_struct("Envelope", &["data"], self),
             RowStream::Rows(_) => deserializer.deserialize_seq(self),
         }
     }
@@ -614,7 +615,10 @@ impl<'de, F: FnMut(Resource)> serde::de::Visitor<'de> for RowStream<'_, F> {
         let (RowStream::Envelope(each_row) | RowStream::Rows(each_row)) = self;
         let mut rows = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "data" && rows.is_none() {
+            if key == "data" {
+                if rows.is_some() {
+                    return Err(serde::de::Error::duplicate_field("data"));
+                }
                 rows = Some(map.next_value_seed(RowStream::Rows(&mut *each_row))?);
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
@@ -624,7 +628,17 @@ impl<'de, F: FnMut(Resource)> serde::de::Visitor<'de> for RowStream<'_, F> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let (RowStream::Envelope(each_row) | RowStream::Rows(each_row)) = self;
+        let each_row = match self {
+            // The envelope in its sequence form, `[[row, …]]`.
+            RowStream::Envelope(each_row) => {
+                return seq
+                    .next_element_seed(RowStream::Rows(each_row))?
+                    .ok_or_else(|| {
+                        serde::de::Error::invalid_length(0, &"an object with a `data` list")
+                    });
+            }
+            RowStream::Rows(each_row) => each_row,
+        };
         let mut rows = 0;
         while let Some(row) = seq.next_element::<Resource>()? {
             each_row(row);

@@ -993,6 +993,13 @@ fn streamed_rows_tolerate_keys_beside_data_in_any_order() {
     let count = for_each_cluster_resource(body, |row| ids.push(row.id)).unwrap();
     assert_eq!(count, 2);
     assert_eq!(ids, ["qemu/100", "node/pve"]);
+
+    // serde's sequence form of the envelope, which the whole-list decoder accepts too
+    // (found by tests/fuzz.rs).
+    let seq_form = br#"[[{"id":"lxc/101","type":"lxc","vmid":101}]]"#;
+    let mut rows = Vec::new();
+    for_each_cluster_resource(seq_form, |row| rows.push(row)).unwrap();
+    assert_eq!(rows, decode_cluster_resources(seq_form).unwrap());
 }
 
 /// A malformed answer gives the same error as the whole-list decoder (endpoint and JSON
@@ -1014,6 +1021,8 @@ fn a_malformed_answer_streamed_names_the_endpoint_and_the_field() {
         &br#"{"total":0}"#[..],
         br#"{"data":{"id":"qemu/100"}}"#,
         br#"{"data":[]} trailing"#,
+        br#"{"data":[],"data":[]}"#,
+        br#"[[],[]]"#,
         b"\xff\xfe",
     ] {
         let err = for_each_cluster_resource(body, |_| {}).unwrap_err();
