@@ -20,7 +20,7 @@ use crate::config::{Config, ProxmoxConfig};
 use crate::ha::discovery::DiscoveryContext;
 use crate::ha::topics::{InboundRoute, Topics};
 use crate::mqtt::{self, LinkEvent};
-use crate::poller::ClusterPoller;
+use crate::poller::{ClusterPoller, MIN_REFRESH_SPACING};
 use crate::publisher::{PublishStats, Publisher, PublisherMsg};
 use crate::pve::{ClusterStatusKind, PveClient, PveError, ResourceKind};
 
@@ -183,6 +183,7 @@ pub async fn run_with(
                 client,
                 interval: poll.interval,
                 slow_interval: poll.slow_interval,
+                refresh_spacing: MIN_REFRESH_SPACING,
                 publisher,
                 refresh: refresh_rx,
                 views: views_tx,
