@@ -87,8 +87,9 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     Config::load(path.as_deref()).map_err(|e| FatalConfigError(e.to_string()).into())
 }
 
-/// Keeps glibc's malloc from holding memory the bridge no longer uses (measured with
-/// `bench/run.py` at 10 nodes / 5,000 guests: peak RSS ~40 MB → ~26 MB, same CPU).
+/// Keeps glibc's malloc from holding memory the bridge no longer uses (with the
+/// row-by-row decoding, `scripts/bench.sh` at 10 nodes / 5,000 guests went from a
+/// 44.9 MB to a 25.0 MB peak RSS; see `bench/RESULTS.md`).
 ///
 /// - One arena: glibc gives threads that allocate their own arena (up to 8 per core),
 ///   and memory freed in one is not reused by another. Tokio's workers take turns
