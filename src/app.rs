@@ -135,7 +135,7 @@ pub async fn run_with(
     let discovery = config.homeassistant.discovery.then(|| DiscoveryContext {
         topics: topics.clone(),
         bridge_version: env!("CARGO_PKG_VERSION").to_string(),
-        commands: config.commands.clone(),
+        controls: crate::command::policy::guest_controls(&config.commands),
     });
     let publisher = Publisher::new(
         mqtt_client,

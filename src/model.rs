@@ -8,12 +8,35 @@
 //! lives in one place.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::ha::topics::ObjectRef;
 use crate::pve::{tag_iter, GuestKind, NodeStatus, Resource, ResourceKind};
+
+/// One object the bridge publishes about, inside one cluster: what topics, discovery
+/// and the publisher's records are keyed by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectRef {
+    /// The cluster itself (quorum, counts).
+    Cluster,
+    Node(String),
+    Guest(GuestKind, u32),
+    /// (node, storage id): Proxmox reports storages per node.
+    Storage(String, String),
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectRef::Cluster => f.write_str("cluster"),
+            ObjectRef::Node(n) => write!(f, "node {n}"),
+            ObjectRef::Guest(k, v) => write!(f, "{k} {v}"),
+            ObjectRef::Storage(n, s) => write!(f, "storage {s} on {n}"),
+        }
+    }
+}
 
 /// One cluster as of one successful fast poll.
 #[derive(Clone, Debug, Default, PartialEq)]

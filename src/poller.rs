@@ -18,12 +18,22 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::command::Refresh;
 use crate::model::{ClusterView, RateMemory, SlowData, ViewBuilder};
 use crate::publisher::PublisherMsg;
 use crate::pve::{
     for_each_cluster_resource, ClusterStatusKind, PveClient, PveError, Resource, ResourceKind,
 };
+
+/// Asks a cluster's poller for an immediate fast poll (a command's task ended, or a
+/// `bridge/request/refresh`).
+#[derive(Clone, Debug, Default)]
+pub struct Refresh {
+    /// A guest's status read from `status/current` right after its task ended: the
+    /// cluster-wide list can lag ~10 s behind on a real Proxmox.
+    pub status_override: Option<(u32, String)>,
+    /// Re-read backup storage content (a backup just finished).
+    pub reread_backups: bool,
+}
 
 /// Everything one cluster's poller needs.
 pub struct ClusterPoller {

@@ -5,6 +5,7 @@
 //! found from the retained availability topics the broker hands back at connect.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use rumqttc::{AsyncClient, QoS};
@@ -13,10 +14,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::command::report::TaskReport;
 use crate::ha::discovery::{device_config, device_info, DeviceInfo, DiscoveryContext};
-use crate::ha::topics::{ObjectRef, Topics};
-use crate::model::ClusterView;
+use crate::ha::topics::Topics;
+use crate::model::{ClusterView, ObjectRef};
 use crate::mqtt::{Inbound, LinkEvent};
+use crate::pve::GuestKind;
 
 /// What other tasks ask the publisher to do.
 #[derive(Debug)]
@@ -29,12 +32,98 @@ pub enum PublisherMsg {
     /// [`Topics::route_inbound`] gives to the publisher (commands go to the command
     /// handler directly).
     Link(LinkEvent),
-    /// A message that is not object state (command results, responses).
-    Raw {
-        topic: String,
-        payload: String,
-        retain: bool,
+    /// A guest's command report, retained on its `…/task` topic.
+    Task {
+        cluster: String,
+        kind: GuestKind,
+        vmid: u32,
+        report: TaskReport,
     },
+    /// The answer to a bridge request, on `{base}/bridge/response/{name}` (not retained).
+    Response {
+        name: String,
+        body: serde_json::Value,
+    },
+    /// Clears a retained command on the guest's `…/set` topic, so the broker does not
+    /// deliver it again at every reconnect.
+    ClearCommand {
+        cluster: String,
+        kind: GuestKind,
+        vmid: u32,
+    },
+}
+
+impl PublisherMsg {
+    /// Command-side messages, still sent at shutdown (a task still running is reported
+    /// as such, so the next run can pick it up).
+    fn is_command_side(&self) -> bool {
+        matches!(
+            self,
+            PublisherMsg::Task { .. }
+                | PublisherMsg::Response { .. }
+                | PublisherMsg::ClearCommand { .. }
+        )
+    }
+}
+
+/// Where the publisher's messages go: rumqttc's [`AsyncClient`] in the bridge, a recording
+/// fake in the unit tests, so the publisher's decisions are tested without a broker.
+pub trait Outbox: Send {
+    /// Queues one QoS 1 publish; waits while the client's request queue is full.
+    fn publish(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Queues one QoS 1 publish without waiting (the `offline` state at shutdown).
+    fn try_publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String>;
+    /// Queues a clean disconnect without waiting.
+    fn try_disconnect(&mut self) -> Result<(), String>;
+}
+
+impl Outbox for AsyncClient {
+    async fn publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String> {
+        AsyncClient::publish(self, topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn try_publish(&mut self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), String> {
+        AsyncClient::try_publish(self, topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|e| e.to_string())
+    }
+
+    fn try_disconnect(&mut self) -> Result<(), String> {
+        AsyncClient::try_disconnect(self).map_err(|e| e.to_string())
+    }
+}
+
+/// The outbox with the link state and the counters: a field of its own so it can be
+/// used while the publisher's records are borrowed.
+struct Sink<O> {
+    outbox: O,
+    connected: bool,
+    stats: Arc<PublishStats>,
+}
+
+impl<O: Outbox> Sink<O> {
+    /// Publishes while connected; while not, drops the message: a reconnect republishes
+    /// everything anyway.
+    async fn send(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        if !self.connected {
+            return;
+        }
+        let payload = payload.into();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.messages.fetch_add(1, Relaxed);
+        self.stats
+            .bytes
+            .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
+        if let Err(err) = self.outbox.publish(topic, payload, retain).await {
+            warn!(topic, error = %err, "publish failed");
+        }
+    }
 }
 
 /// Counters of what was published, for the demo's running summary and the benchmark.
@@ -102,37 +191,40 @@ struct ClusterInfo<'a> {
     guests: usize,
 }
 
-pub struct Publisher {
-    client: AsyncClient,
+/// A guest's `…/task` topic, by (cluster, kind, vmid).
+type TaskKey = (String, GuestKind, u32);
+
+pub struct Publisher<O: Outbox = AsyncClient> {
+    sink: Sink<O>,
     topics: Topics,
     discovery: Option<DiscoveryContext>,
-    connected: bool,
     clusters: BTreeMap<String, ClusterRecord>,
     /// Objects seen in retained availability topics but not (yet) in a view.
     leftovers: HashSet<(String, ObjectRef)>,
-    /// Non-state retained messages (command results) to republish after a reconnect.
-    raw_retained: HashMap<String, String>,
+    /// The retained command reports, to republish after a reconnect.
+    task_reports: HashMap<TaskKey, String>,
     bridge_info: String,
-    stats: Arc<PublishStats>,
 }
 
-impl Publisher {
+impl<O: Outbox> Publisher<O> {
     pub fn new(
-        client: AsyncClient,
+        outbox: O,
         topics: Topics,
         discovery: Option<DiscoveryContext>,
         stats: Arc<PublishStats>,
     ) -> Self {
         Publisher {
-            client,
+            sink: Sink {
+                outbox,
+                connected: false,
+                stats,
+            },
             topics,
             discovery,
-            connected: false,
             clusters: BTreeMap::new(),
             leftovers: HashSet::new(),
-            raw_retained: HashMap::new(),
+            task_reports: HashMap::new(),
             bridge_info: String::new(),
-            stats,
         }
     }
 
@@ -163,21 +255,22 @@ impl Publisher {
         // Results the command side sent just before the stop (tasks still running are
         // reported as such, so the next run can pick them up) go out before `offline`.
         while let Ok(msg) = inbox.try_recv() {
-            if let PublisherMsg::Raw { .. } = msg {
+            if msg.is_command_side() {
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_secs(2), self.handle(msg)).await;
             }
         }
-        if self.connected {
+        if self.sink.connected {
             let topic = self.topics.bridge_state();
             if let Err(err) = self
-                .client
-                .try_publish(&topic, QoS::AtLeastOnce, true, "offline")
+                .sink
+                .outbox
+                .try_publish(&topic, b"offline".to_vec(), true)
             {
                 warn!(error = %err, "could not queue the offline state");
             }
         }
-        if let Err(err) = self.client.try_disconnect() {
+        if let Err(err) = self.sink.outbox.try_disconnect() {
             debug!(error = %err, "could not queue the MQTT disconnect");
         }
     }
@@ -189,35 +282,53 @@ impl Publisher {
                 self.apply_unreachable(&cluster, &reason).await
             }
             PublisherMsg::Link(LinkEvent::Connected) => {
-                self.connected = true;
+                self.sink.connected = true;
                 self.republish_all().await;
             }
-            PublisherMsg::Link(LinkEvent::Disconnected) => self.connected = false,
+            PublisherMsg::Link(LinkEvent::Disconnected) => self.sink.connected = false,
             PublisherMsg::Link(LinkEvent::Message(msg)) => self.inbound(msg).await,
-            PublisherMsg::Raw {
-                topic,
-                payload,
-                retain,
+            PublisherMsg::Task {
+                cluster,
+                kind,
+                vmid,
+                report,
+            } => self.apply_task(cluster, kind, vmid, &report).await,
+            PublisherMsg::Response { name, body } => {
+                let topic = self.topics.bridge_response(&name);
+                self.sink.send(&topic, body.to_string(), false).await;
+            }
+            PublisherMsg::ClearCommand {
+                cluster,
+                kind,
+                vmid,
             } => {
-                // A result for a guest that vanished meanwhile (deleted while its task
-                // ran) still reaches live subscribers, but is not left retained.
-                let vanished = self
-                    .topics
-                    .parse_task(&topic)
-                    .is_some_and(|(c, kind, vmid)| {
-                        self.clusters.get(&c).is_some_and(|r| {
-                            r.polled && !r.objects.contains_key(&ObjectRef::Guest(kind, vmid))
-                        })
-                    });
-                let retain = retain && !vanished;
-                if retain && payload.is_empty() {
-                    self.raw_retained.remove(&topic);
-                } else if retain {
-                    self.raw_retained.insert(topic.clone(), payload.clone());
-                }
-                self.publish(&topic, payload, retain).await;
+                let topic = self.topics.command(&cluster, kind, vmid);
+                self.sink.send(&topic, Vec::new(), true).await;
             }
         }
+    }
+
+    /// A command report: retained, and remembered for a republish, unless the guest
+    /// vanished meanwhile (deleted while its task ran): then it still reaches live
+    /// subscribers but is not left retained.
+    async fn apply_task(
+        &mut self,
+        cluster: String,
+        kind: GuestKind,
+        vmid: u32,
+        report: &TaskReport,
+    ) {
+        let vanished = self
+            .clusters
+            .get(&cluster)
+            .is_some_and(|r| r.polled && !r.objects.contains_key(&ObjectRef::Guest(kind, vmid)));
+        let topic = self.topics.task(&cluster, kind, vmid);
+        let payload = report.to_json();
+        if !vanished {
+            self.task_reports
+                .insert((cluster, kind, vmid), payload.clone());
+        }
+        self.sink.send(&topic, payload, !vanished).await;
     }
 
     async fn inbound(&mut self, msg: Inbound) {
@@ -242,18 +353,6 @@ impl Publisher {
                 }
             }
         }
-    }
-
-    async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
-        Self::send(
-            &self.client,
-            &self.stats,
-            self.connected,
-            topic,
-            payload.into(),
-            retain,
-        )
-        .await;
     }
 
     async fn apply_view(&mut self, shared: &Arc<ClusterView>) {
@@ -291,15 +390,7 @@ impl Publisher {
                 if entry.available != available {
                     entry.available = available;
                     let topic = self.topics.availability(&c, &object);
-                    Self::send(
-                        &self.client,
-                        &self.stats,
-                        self.connected,
-                        &topic,
-                        availability(available),
-                        true,
-                    )
-                    .await;
+                    self.sink.send(&topic, availability(available), true).await;
                 }
                 continue;
             }
@@ -316,51 +407,29 @@ impl Publisher {
                 if stale {
                     if let (Some(info), Some(payload)) = (info, device_config(ctx, view, &object)) {
                         entry.discovery = Some(info);
-                        self.stats
+                        self.sink
+                            .stats
                             .discovery
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let topic = self.topics.discovery(&c, &object);
-                        Self::send(
-                            &self.client,
-                            &self.stats,
-                            self.connected,
-                            &topic,
-                            payload.into_bytes(),
-                            true,
-                        )
-                        .await;
+                        self.sink.send(&topic, payload.into_bytes(), true).await;
                     }
                 }
             }
             let state_hash = hash_of(&state);
             if entry.state_hash != state_hash {
                 entry.state_hash = state_hash;
-                self.stats
+                self.sink
+                    .stats
                     .states
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let topic = self.topics.state(&c, &object);
-                Self::send(
-                    &self.client,
-                    &self.stats,
-                    self.connected,
-                    &topic,
-                    state.into_bytes(),
-                    true,
-                )
-                .await;
+                self.sink.send(&topic, state.into_bytes(), true).await;
             }
             if is_new || entry.available != available {
                 entry.available = available;
                 let topic = self.topics.availability(&c, &object);
-                Self::send(
-                    &self.client,
-                    &self.stats,
-                    self.connected,
-                    &topic,
-                    availability(available),
-                    true,
-                )
-                .await;
+                self.sink.send(&topic, availability(available), true).await;
             }
         }
         let gone: Vec<ObjectRef> = record
@@ -379,47 +448,23 @@ impl Publisher {
         self.publish_bridge_info(false).await;
     }
 
-    /// Publishing helper usable while `self` is partly borrowed.
-    async fn send(
-        client: &AsyncClient,
-        stats: &PublishStats,
-        connected: bool,
-        topic: &str,
-        payload: Vec<u8>,
-        retain: bool,
-    ) {
-        if !connected {
-            return;
-        }
-        use std::sync::atomic::Ordering::Relaxed;
-        stats.messages.fetch_add(1, Relaxed);
-        stats
-            .bytes
-            .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
-        if let Err(err) = client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
-            warn!(topic, error = %err, "publish failed");
-        }
-    }
-
     /// An object that is gone for good: tell subscribers it is offline, then clear every
     /// retained topic it had so nothing stale is left on the broker or in HA.
     async fn remove_object(&mut self, cluster: &str, object: &ObjectRef) {
         let availability_topic = self.topics.availability(cluster, object);
-        self.publish(&availability_topic, "offline", true).await;
+        self.sink.send(&availability_topic, "offline", true).await;
         let mut clear = vec![
             self.topics.discovery(cluster, object),
             self.topics.state(cluster, object),
             availability_topic,
         ];
         if let ObjectRef::Guest(kind, vmid) = object {
+            self.task_reports
+                .remove(&(cluster.to_string(), *kind, *vmid));
             clear.push(self.topics.task(cluster, *kind, *vmid));
         }
         for topic in clear {
-            self.raw_retained.remove(&topic);
-            self.publish(&topic, Vec::new(), true).await;
+            self.sink.send(&topic, Vec::new(), true).await;
         }
     }
 
@@ -463,7 +508,7 @@ impl Publisher {
             }
         }
         for topic in topics {
-            self.publish(&topic, "offline", true).await;
+            self.sink.send(&topic, "offline", true).await;
         }
         self.publish_bridge_info(false).await;
     }
@@ -471,39 +516,30 @@ impl Publisher {
     /// After a (re)connect or HA's birth: the broker or HA may have lost everything.
     async fn republish_all(&mut self) {
         let state_topic = self.topics.bridge_state();
-        self.publish(&state_topic, "online", true).await;
+        self.sink.send(&state_topic, "online", true).await;
         // One message at a time: building the whole batch first would hold every
         // payload of a large cluster in memory at once.
-        let (client, stats, connected) = (&self.client, &self.stats, self.connected);
         for (c, record) in &self.clusters {
             let Some(view) = &record.view else { continue };
             for (object, entry) in &record.objects {
                 if let (Some(ctx), Some(_)) = (&self.discovery, &entry.discovery) {
                     if let Some(payload) = device_config(ctx, view, object) {
                         let topic = self.topics.discovery(c, object);
-                        Self::send(client, stats, connected, &topic, payload.into_bytes(), true)
-                            .await;
+                        self.sink.send(&topic, payload, true).await;
                     }
                 }
                 if let Some(state) = state_json(view, object) {
                     let topic = self.topics.state(c, object);
-                    Self::send(client, stats, connected, &topic, state.into_bytes(), true).await;
+                    self.sink.send(&topic, state, true).await;
                 }
                 let topic = self.topics.availability(c, object);
                 let online = availability(entry.available && record.reachable);
-                Self::send(client, stats, connected, &topic, online, true).await;
+                self.sink.send(&topic, online, true).await;
             }
         }
-        for (topic, payload) in &self.raw_retained {
-            Self::send(
-                client,
-                stats,
-                connected,
-                topic,
-                payload.clone().into_bytes(),
-                true,
-            )
-            .await;
+        for ((cluster, kind, vmid), payload) in &self.task_reports {
+            let topic = self.topics.task(cluster, *kind, *vmid);
+            self.sink.send(&topic, payload.clone(), true).await;
         }
         self.publish_bridge_info(true).await;
     }
@@ -528,7 +564,7 @@ impl Publisher {
         if force || payload != self.bridge_info {
             self.bridge_info = payload.clone();
             let topic = self.topics.bridge_info();
-            self.publish(&topic, payload, true).await;
+            self.sink.send(&topic, payload, true).await;
         }
     }
 }

@@ -88,7 +88,7 @@ proptest! {
     fn command_parser_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         for kind in [GuestKind::Qemu, GuestKind::Lxc] {
             if let Err((_, rejection)) = parse(&bytes, kind) {
-                prop_assert!(!rejection.0.is_empty());
+                prop_assert!(!rejection.reason.is_empty());
             }
         }
     }
@@ -99,7 +99,7 @@ proptest! {
         for kind in [GuestKind::Qemu, GuestKind::Lxc] {
             match parse(text.as_bytes(), kind) {
                 Ok(command) => prop_assert!(command.action.valid_for(kind)),
-                Err((_, rejection)) => prop_assert!(!rejection.0.is_empty()),
+                Err((_, rejection)) => prop_assert!(!rejection.reason.is_empty()),
             }
         }
         prop_assert!(text.len() <= MAX_PAYLOAD || parse(text.as_bytes(), GuestKind::Qemu).is_err());

@@ -162,13 +162,48 @@ fn bit(b: bool) -> String {
     if b { "1" } else { "0" }.to_string()
 }
 
-/// Why a payload was refused; the text goes to the result topic and the log.
+/// Why a command or request was refused, before anything reached Proxmox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// The payload is malformed, or asks for something this guest cannot do.
+    Invalid,
+    /// The `[commands]` policy refuses it.
+    Policy,
+    /// No such cluster or guest, or the cluster has not been polled yet.
+    Unknown,
+    /// Another command for the guest is still running.
+    Busy,
+    /// Over the rate limit.
+    RateLimited,
+    /// It arrived retained: a retained command would replay at every reconnect.
+    Retained,
+}
+
+/// A refusal with its kind (callers branch on it: a busy or rate-limited refusal is not
+/// about the payload) and the text that goes to the result topic and the log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejection(pub String);
+#[error("{reason}")]
+pub struct Rejection {
+    pub kind: RejectionKind,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(kind: RejectionKind, reason: impl Into<String>) -> Rejection {
+        Rejection {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// A malformed payload or an impossible request.
+    pub fn invalid(reason: impl Into<String>) -> Rejection {
+        Rejection::new(RejectionKind::Invalid, reason)
+    }
+}
 
 fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
-    Err(Rejection(reason.into()))
+    Err(Rejection::invalid(reason))
 }
 
 /// Parses a payload for a guest of `kind`. The `id` is recovered even from payloads
@@ -177,18 +212,18 @@ pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>
     if payload.len() > MAX_PAYLOAD {
         return Err((
             None,
-            Rejection(format!(
+            Rejection::invalid(format!(
                 "payload too large ({} bytes, at most {MAX_PAYLOAD})",
                 payload.len()
             )),
         ));
     }
     let Ok(text) = std::str::from_utf8(payload) else {
-        return Err((None, Rejection("payload is not UTF-8".into())));
+        return Err((None, Rejection::invalid("payload is not UTF-8")));
     };
     let text = text.trim();
     if text.is_empty() {
-        return Err((None, Rejection("empty payload".into())));
+        return Err((None, Rejection::invalid("empty payload")));
     }
     if !text.starts_with('{') && !text.starts_with('[') {
         let action = Action::parse(text).ok_or_else(|| (None, unknown_action(text)))?;
@@ -199,9 +234,23 @@ pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>
     }
     let object: Map<String, Value> = match serde_json::from_str(text) {
         Ok(Value::Object(o)) => o,
-        Ok(_) => return Err((None, Rejection("JSON payload must be an object".into()))),
-        Err(e) => return Err((None, Rejection(format!("payload is not valid JSON: {e}")))),
+        Ok(_) => return Err((None, Rejection::invalid("JSON payload must be an object"))),
+        Err(e) => {
+            return Err((
+                None,
+                Rejection::invalid(format!("payload is not valid JSON: {e}")),
+            ))
+        }
     };
+    parse_fields(&object, kind)
+}
+
+/// Parses a command already read as a JSON object (`action`, `id`, options); the bridge
+/// requests hand over their remaining fields here.
+pub fn parse_fields(
+    object: &Map<String, Value>,
+    kind: GuestKind,
+) -> Result<Command, (Option<String>, Rejection)> {
     let id = match object.get("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s.clone()),
@@ -209,13 +258,13 @@ pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>
         Some(_) => {
             return Err((
                 None,
-                Rejection(format!(
+                Rejection::invalid(format!(
                     "id must be a string of at most {MAX_ID_LEN} characters"
                 )),
             ))
         }
     };
-    parse_object(&object, kind)
+    parse_object(object, kind)
         .map_err(|r| (id.clone(), r))
         .map(|mut c| {
             c.id = id;
@@ -225,7 +274,7 @@ pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>
 
 fn unknown_action(word: &str) -> Rejection {
     let shown: String = word.chars().take(40).collect();
-    Rejection(format!(
+    Rejection::invalid(format!(
         "unknown action '{shown}' (one of: {})",
         Action::ALL
             .iter()
@@ -236,7 +285,7 @@ fn unknown_action(word: &str) -> Rejection {
 }
 
 fn invalid_for(action: Action, kind: GuestKind) -> Rejection {
-    Rejection(format!(
+    Rejection::invalid(format!(
         "action '{action}' is not available for {kind} guests"
     ))
 }
@@ -416,14 +465,18 @@ mod tests {
         for (payload, reason) in cases {
             let (_, rejection) = parse(payload, Qemu).expect_err(&String::from_utf8_lossy(payload));
             assert!(
-                rejection.0.contains(reason),
+                rejection.reason.contains(reason),
                 "{:?}: {}",
                 String::from_utf8_lossy(payload),
-                rejection.0
+                rejection.reason
             );
         }
         let big = vec![b' '; MAX_PAYLOAD + 1];
-        assert!(parse(&big, Qemu).unwrap_err().1 .0.contains("too large"));
+        assert!(parse(&big, Qemu)
+            .unwrap_err()
+            .1
+            .reason
+            .contains("too large"));
     }
 
     #[test]

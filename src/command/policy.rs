@@ -1,30 +1,33 @@
 //! The command policy (`[commands]`), enforced here and nowhere else.
 
 use crate::config::{AllowRule, CommandsConfig};
+use crate::ha::discovery::GuestControls;
 use crate::model::GuestState;
 
-use super::parse::Rejection;
+use super::parse::{Rejection, RejectionKind};
 
 /// May a command reach Proxmox for this guest? `read_only` and `enabled = false` refuse
 /// everything; a non-empty `allow` list admits a guest by vmid, tag or pool.
 pub fn authorize(policy: &CommandsConfig, guest: &GuestState) -> Result<(), Rejection> {
     if !policy.enabled {
-        return Err(Rejection(
-            "commands are disabled ([commands] enabled = false)".into(),
+        return Err(Rejection::new(
+            RejectionKind::Policy,
+            "commands are disabled ([commands] enabled = false)",
         ));
     }
     if policy.read_only {
-        return Err(Rejection(
-            "the bridge is read-only ([commands] read_only = true)".into(),
+        return Err(Rejection::new(
+            RejectionKind::Policy,
+            "the bridge is read-only ([commands] read_only = true)",
         ));
     }
     if allowed(policy, guest) {
         Ok(())
     } else {
-        Err(Rejection(format!(
-            "guest {} is not in [commands] allow",
-            guest.vmid
-        )))
+        Err(Rejection::new(
+            RejectionKind::Policy,
+            format!("guest {} is not in [commands] allow", guest.vmid),
+        ))
     }
 }
 
@@ -36,6 +39,12 @@ pub fn allowed(policy: &CommandsConfig, guest: &GuestState) -> bool {
             AllowRule::Tag(tag) => guest.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)),
             AllowRule::Pool(pool) => guest.pool.as_deref() == Some(pool.as_str()),
         })
+}
+
+/// The policy's answer for discovery: which guests get control entities in HA.
+pub fn guest_controls(policy: &CommandsConfig) -> GuestControls {
+    let policy = policy.clone();
+    GuestControls::new(move |guest| commands_possible(&policy) && allowed(&policy, guest))
 }
 
 /// Does this config let any command through at all?
@@ -98,11 +107,11 @@ mod tests {
         let g = guest(100, &[], None);
         assert!(authorize(&policy(true, true, vec![]), &g)
             .unwrap_err()
-            .0
+            .reason
             .contains("read-only"));
         assert!(authorize(&policy(false, false, vec![]), &g)
             .unwrap_err()
-            .0
+            .reason
             .contains("disabled"));
     }
 
@@ -121,6 +130,6 @@ mod tests {
         assert!(authorize(&p, &guest(101, &["HA-Control"], None)).is_ok());
         assert!(authorize(&p, &guest(102, &[], Some("home"))).is_ok());
         let refused = authorize(&p, &guest(103, &["other"], Some("lab"))).unwrap_err();
-        assert!(refused.0.contains("not in [commands] allow"));
+        assert!(refused.reason.contains("not in [commands] allow"));
     }
 }

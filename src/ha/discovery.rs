@@ -11,11 +11,12 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::topics::{ObjectRef, Topics};
+use std::fmt;
+use std::sync::Arc;
+
+use super::topics::Topics;
 use crate::command::parse::Action;
-use crate::command::policy;
-use crate::config::CommandsConfig;
-use crate::model::ClusterView;
+use crate::model::{ClusterView, GuestState, ObjectRef};
 use crate::pve::GuestKind;
 
 /// Who we are, in every discovery payload (`origin` is required for device discovery).
@@ -36,13 +37,40 @@ pub struct DeviceInfo {
     pub controls: bool,
 }
 
+/// Which guests get control entities: the command policy's answer per guest (built by
+/// `command::policy::guest_controls`), so discovery announces exactly what the command
+/// side would accept without knowing the policy's rules.
+#[derive(Clone)]
+pub struct GuestControls(Arc<dyn Fn(&GuestState) -> bool + Send + Sync>);
+
+impl GuestControls {
+    pub fn new(answer: impl Fn(&GuestState) -> bool + Send + Sync + 'static) -> Self {
+        GuestControls(Arc::new(answer))
+    }
+
+    /// No guest gets controls.
+    pub fn none() -> Self {
+        GuestControls::new(|_| false)
+    }
+
+    pub fn allows(&self, guest: &GuestState) -> bool {
+        (self.0)(guest)
+    }
+}
+
+impl fmt::Debug for GuestControls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GuestControls(..)")
+    }
+}
+
 /// What kind of entities to announce, from the config.
 #[derive(Clone, Debug)]
 pub struct DiscoveryContext {
     pub topics: Topics,
     pub bridge_version: String,
     /// Decides which guests get control entities.
-    pub commands: CommandsConfig,
+    pub controls: GuestControls,
 }
 
 /// The device block inputs of an object, or `None` if the object is not in the view.
@@ -93,9 +121,7 @@ pub fn device_info(
                 via_device: Some(Topics::device_id(c, &ObjectRef::Node(guest.node.clone()))),
                 sw_version: None,
                 configuration_url: console(&format!("{}%2F{vmid}", kind.as_str())),
-                controls: policy::commands_possible(&ctx.commands)
-                    && policy::allowed(&ctx.commands, guest)
-                    && !guest.template,
+                controls: ctx.controls.allows(guest) && !guest.template,
             }
         }
         ObjectRef::Storage(node, storage) => {
@@ -621,11 +647,7 @@ mod tests {
         DiscoveryContext {
             topics: Topics::new("pve2mqtt", "homeassistant"),
             bridge_version: "0.1.0".into(),
-            commands: CommandsConfig {
-                enabled: true,
-                read_only: false,
-                allow: vec![],
-            },
+            controls: GuestControls::new(|_| true),
         }
     }
 
@@ -742,7 +764,7 @@ mod tests {
 
         // read-only: every control component is reduced to its platform (= removed in HA)
         let mut read_only = ctx();
-        read_only.commands.read_only = true;
+        read_only.controls = GuestControls::none();
         let p: Value = serde_json::from_str(
             &device_config(&read_only, &view(), &ObjectRef::Guest(GuestKind::Qemu, 100)).unwrap(),
         )

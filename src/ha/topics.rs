@@ -6,31 +6,10 @@
 //! can never change the shape of a topic; Home Assistant discovery ids go through the
 //! stricter [`discovery_id`] (`[a-zA-Z0-9_-]`, HA's own rule).
 
-use std::fmt;
-
 use crate::pve::GuestKind;
 
-/// One object the bridge publishes about, inside one cluster.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ObjectRef {
-    /// The cluster itself (quorum, counts).
-    Cluster,
-    Node(String),
-    Guest(GuestKind, u32),
-    /// (node, storage id): Proxmox reports storages per node.
-    Storage(String, String),
-}
-
-impl fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ObjectRef::Cluster => f.write_str("cluster"),
-            ObjectRef::Node(n) => write!(f, "node {n}"),
-            ObjectRef::Guest(k, v) => write!(f, "{k} {v}"),
-            ObjectRef::Storage(n, s) => write!(f, "storage {s} on {n}"),
-        }
-    }
-}
+/// Re-exported: topics are built per object, and callers used to find it here.
+pub use crate::model::ObjectRef;
 
 /// Makes a Proxmox id safe as one MQTT topic level: `/`, `+`, `#`, NUL and control
 /// characters become `_`; an empty id becomes `_`. Proxmox's own naming rules already
@@ -270,7 +249,8 @@ impl Topics {
         match parts.as_slice() {
             [cluster, kind, vmid] => {
                 let kind: GuestKind = kind.parse().ok()?;
-                let vmid: u32 = vmid.parse().ok()?;
+                // Canonical digits only: `0100` must not act on guest 100.
+                let vmid: u32 = vmid.parse().ok().filter(|v: &u32| v.to_string() == *vmid)?;
                 Some((cluster.to_string(), kind, vmid))
             }
             _ => None,

@@ -809,3 +809,84 @@ async fn a_flood_of_commands_is_rate_limited_and_never_floods_proxmox() {
     }
     w.bridge.stop().await.unwrap();
 }
+
+/// Ids from MQTT are range-checked, never truncated: 4294967396 is 100 + 2^32, and a
+/// cast to `u32` would make it VM 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_or_malformed_vmids_are_rejected_and_never_hit_another_guest() {
+    let w = world("").await;
+    let since = last_seq(&w.sim).await;
+    // `…/set` topics whose vmid is out of range or not canonical act on no guest.
+    for topic in [
+        "pve2mqtt/pve/qemu/4294967396/set",
+        "pve2mqtt/pve/qemu/0100/set",
+        "pve2mqtt/pve/qemu/-100/set",
+    ] {
+        w.probe.publish(topic, "stop", false).await;
+    }
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "command",
+            json!({"vmid": 4294967396u64, "action": "stop"}),
+            "vmid",
+        ),
+        (
+            "command",
+            json!({"vmid": "4294967396", "action": "stop"}),
+            "vmid",
+        ),
+        ("command", json!({"vmid": -100, "action": "stop"}), "vmid"),
+        ("command", json!({"vmid": 100.5, "action": "stop"}), "vmid"),
+        (
+            "command",
+            json!({"vmid": "hundred", "action": "stop"}),
+            "vmid",
+        ),
+        ("command", json!({"vmid": 99, "action": "stop"}), "vmid"),
+        (
+            "command",
+            json!({"vmid": 1000000000, "action": "stop"}),
+            "vmid",
+        ),
+        ("backup", json!({"vmids": [4294967396u64]}), "vmid"),
+        ("backup", json!({"vmids": [101, -1]}), "vmid"),
+        ("backup", json!({"vmids": ["x"]}), "vmid"),
+    ];
+    for (i, (name, body, reason)) in cases.iter().enumerate() {
+        let transaction = format!("bad-{i}");
+        let mut body = body.clone();
+        body["transaction"] = json!(transaction);
+        w.probe
+            .publish(
+                &format!("pve2mqtt/bridge/request/{name}"),
+                &body.to_string(),
+                false,
+            )
+            .await;
+        let r = w
+            .probe
+            .wait_for(&format!("response to {body}"), 10 * SECS, |m| {
+                m.topic == format!("pve2mqtt/bridge/response/{name}")
+                    && m.json()["transaction"] == transaction.as_str()
+            })
+            .await
+            .json();
+        assert_eq!(r["status"], "error", "{body}: {r}");
+        assert!(
+            r["error"].as_str().unwrap_or("").contains(reason),
+            "{body}: {r}"
+        );
+    }
+    let posts = posts(&w.sim, since).await;
+    assert!(posts.is_empty(), "no guest was touched: {posts:?}");
+    assert!(
+        task_states(&w.probe, "pve2mqtt/pve/qemu/100/task", "").is_empty()
+            && !w
+                .probe
+                .messages()
+                .iter()
+                .any(|m| m.topic == "pve2mqtt/pve/qemu/100/task"),
+        "nothing was reported as VM 100"
+    );
+    w.bridge.stop().await.unwrap();
+}

@@ -1,0 +1,452 @@
+//! Inbound dispatch: `…/set` commands, the broker's retained `…/task` reports of an
+//! earlier run, and bridge requests. Everything is validated here, before any POST: the
+//! payload ([`super::parse`], [`super::requests`]), the rate limit, the policy, and the
+//! guest's busy slot. An accepted job goes to its own [`Runner`] task.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::busy::BusySet;
+use super::links::{cluster, ClusterHandle, Registry, Reporter};
+use super::parse::{parse, parse_fields, Action, Command, Rejection, RejectionKind};
+use super::policy::authorize;
+use super::ratelimit::RateLimiter;
+use super::report::{unix_now, Phase, TaskReport};
+use super::requests::{BackupRequest, BackupTargets, CommandRequest, Request, Vmid};
+use super::resume::PendingResume;
+use super::runner::{Job, Reply, Runner, Target};
+use crate::config::{BackupConfig, CommandsConfig};
+use crate::ha::topics::Topics;
+use crate::model::GuestState;
+use crate::mqtt::Inbound;
+use crate::poller::Refresh;
+use crate::publisher::PublisherMsg;
+use crate::pve::GuestKind;
+
+/// The command task: one at a time through the inbox, runners in parallel.
+pub struct CommandHandler {
+    topics: Topics,
+    policy: CommandsConfig,
+    backup: BackupConfig,
+    pub(super) registry: Registry,
+    pub(super) reporter: Reporter,
+    /// (cluster, vmid) with a command in flight.
+    pub(super) busy: BusySet,
+    runners: TaskTracker,
+    limiter: RateLimiter,
+    /// When the last "rate limited" warning was logged (one per 10 s at most).
+    last_limit_log: Option<Instant>,
+    pub(super) pending_resumes: Vec<PendingResume>,
+}
+
+impl CommandHandler {
+    pub fn new(
+        topics: Topics,
+        policy: CommandsConfig,
+        backup: BackupConfig,
+        registry: Registry,
+        publisher: mpsc::Sender<PublisherMsg>,
+    ) -> Self {
+        CommandHandler {
+            topics,
+            policy,
+            backup,
+            registry,
+            reporter: Reporter(publisher),
+            busy: BusySet::default(),
+            runners: TaskTracker::new(),
+            limiter: RateLimiter::new(Instant::now()),
+            last_limit_log: None,
+            pending_resumes: Vec::new(),
+        }
+    }
+
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick(), if !self.pending_resumes.is_empty() => self.try_resumes(&shutdown),
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg, &shutdown).await,
+                    None => break,
+                },
+            }
+        }
+        self.runners.close();
+        // In-flight runners see the same shutdown token and stop following.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.runners.wait()).await;
+    }
+
+    async fn handle(&mut self, msg: Inbound, shutdown: &CancellationToken) {
+        if let Some((cluster, kind, vmid)) = self.topics.parse_command(&msg.topic) {
+            self.set_topic(&cluster, kind, vmid, &msg, shutdown).await;
+        } else if let Some((cluster, kind, vmid)) = self.topics.parse_task(&msg.topic) {
+            // Only the broker's retained copy (at connect) can be an earlier run's task.
+            if msg.retain {
+                if let Ok(report) = serde_json::from_slice::<TaskReport>(&msg.payload) {
+                    if matches!(report.state, Phase::Accepted | Phase::Running) {
+                        self.pending_resumes.push(PendingResume {
+                            cluster,
+                            kind,
+                            vmid,
+                            report,
+                        });
+                        self.try_resumes(shutdown);
+                    }
+                }
+            }
+        } else if let Some(name) = self.topics.parse_bridge_request(&msg.topic) {
+            let name = name.to_string();
+            self.request(&name, &msg.payload, shutdown).await;
+        }
+    }
+
+    /// `{base}/{c}/{kind}/{vmid}/set`.
+    async fn set_topic(
+        &mut self,
+        cluster: &str,
+        kind: GuestKind,
+        vmid: u32,
+        msg: &Inbound,
+        shutdown: &CancellationToken,
+    ) {
+        // An empty message is how MQTT clears a retained one (the bridge itself does so
+        // below); it is never a command.
+        if msg.payload.is_empty() {
+            return;
+        }
+        let id_of = |payload: &[u8]| parse(payload, kind).map_or_else(|(id, _)| id, |c| c.id);
+        if let Err(reason) = self.limiter.check(cluster, vmid, Instant::now()) {
+            self.log_rate_limited(cluster, vmid, &reason);
+            let rejection = Rejection::new(RejectionKind::RateLimited, reason);
+            self.reject(cluster, kind, vmid, id_of(&msg.payload), &rejection, None)
+                .await;
+            return;
+        }
+        if msg.retain {
+            let (id, action) = match parse(&msg.payload, kind) {
+                Ok(c) => (c.id, Some(c.action)),
+                Err((id, _)) => (id, None),
+            };
+            let rejection = Rejection::new(RejectionKind::Retained, "retained command ignored: publish commands without the retain flag (a retained command would replay at every reconnect)");
+            self.reject(cluster, kind, vmid, id, &rejection, action)
+                .await;
+            // Clear it on the broker so it is not delivered again at every reconnect.
+            self.reporter.clear_command(cluster, kind, vmid).await;
+            return;
+        }
+        let checked = Vmid::new(vmid.into())
+            .map_err(Rejection::invalid)
+            .and_then(|_| parse(&msg.payload, kind).map_err(|(_, r)| r));
+        let command = match checked {
+            Ok(c) => c,
+            Err(rejection) => {
+                let id = id_of(&msg.payload);
+                self.reject(cluster, kind, vmid, id, &rejection, None).await;
+                return;
+            }
+        };
+        let _ = self
+            .submit(cluster, kind, vmid, command, None, shutdown)
+            .await;
+    }
+
+    /// A command over the rate limit is logged at most once per 10 s, so a flood cannot
+    /// flood the log too.
+    fn log_rate_limited(&mut self, cluster: &str, vmid: u32, reason: &str) {
+        let now = Instant::now();
+        if self
+            .last_limit_log
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            warn!(cluster, vmid, reason = %reason, "commands rate limited");
+            self.last_limit_log = Some(now);
+        }
+    }
+
+    async fn reject(
+        &self,
+        cluster: &str,
+        kind: GuestKind,
+        vmid: u32,
+        id: Option<String>,
+        rejection: &Rejection,
+        action: Option<Action>,
+    ) {
+        if rejection.kind != RejectionKind::RateLimited {
+            warn!(cluster, vmid, %kind, reason = %rejection, "command rejected");
+        }
+        let mut report = TaskReport::new(
+            id,
+            action.map(|a| a.as_str()).unwrap_or("unknown"),
+            unix_now(),
+        );
+        report.state = Phase::Rejected;
+        report.error = Some(rejection.reason.clone());
+        report.finished = Some(report.requested);
+        self.reporter.task(cluster, kind, vmid, &report).await;
+    }
+
+    /// The cluster's handle and the guest as the latest poll saw it.
+    fn lookup(
+        &self,
+        cluster_id: &str,
+        kind: Option<GuestKind>,
+        vmid: u32,
+    ) -> Result<(ClusterHandle, GuestState), Rejection> {
+        let unknown = |reason: String| Rejection::new(RejectionKind::Unknown, reason);
+        let handle = cluster(&self.registry, cluster_id)
+            .ok_or_else(|| unknown(format!("unknown cluster '{cluster_id}'")))?;
+        let Some(view) = handle.view.borrow().clone() else {
+            return Err(unknown(format!(
+                "cluster '{cluster_id}' not polled yet: Proxmox has not answered since the bridge started"
+            )));
+        };
+        let guest = view
+            .guests
+            .get(&vmid)
+            .filter(|g| kind.is_none_or(|k| g.kind == k))
+            .map(|g| GuestState::clone(g))
+            .ok_or_else(|| unknown(format!("unknown guest {vmid} in cluster '{cluster_id}'")))?;
+        Ok((handle, guest))
+    }
+
+    fn default_cluster(&self) -> Option<String> {
+        let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
+        (registry.len() == 1)
+            .then(|| registry.keys().next().cloned())
+            .flatten()
+    }
+
+    fn busy_rejection(vmid: u32) -> Rejection {
+        Rejection::new(
+            RejectionKind::Busy,
+            format!("busy: another command for {vmid} is still running"),
+        )
+    }
+
+    /// Validates and, when everything holds, starts a runner. A rejection is reported
+    /// on the guest's `…/task` topic here and returned for a request's response.
+    async fn submit(
+        &mut self,
+        cluster: &str,
+        kind: GuestKind,
+        vmid: u32,
+        command: Command,
+        reply: Option<Reply>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Rejection> {
+        let checked = self
+            .lookup(cluster, Some(kind), vmid)
+            .and_then(|(handle, guest)| {
+                authorize(&self.policy, &guest)?;
+                let busy = self
+                    .busy
+                    .claim(cluster, vmid)
+                    .ok_or_else(|| Self::busy_rejection(vmid))?;
+                Ok((handle, guest, busy))
+            });
+        let (handle, guest, busy) = match checked {
+            Ok(ok) => ok,
+            Err(rejection) => {
+                let id = command.id.clone();
+                self.reject(cluster, kind, vmid, id, &rejection, Some(command.action))
+                    .await;
+                return Err(rejection);
+            }
+        };
+        let report = TaskReport::new(command.id.clone(), command.action.as_str(), unix_now());
+        let job = Job {
+            cluster: cluster.to_string(),
+            node: guest.node.clone(),
+            command,
+            targets: vec![Target { kind, vmid, report }],
+            reply,
+            resume: None,
+            busy: vec![busy],
+        };
+        self.spawn(handle, job, shutdown);
+        Ok(())
+    }
+
+    pub(super) fn spawn(&self, handle: ClusterHandle, job: Job, shutdown: &CancellationToken) {
+        let runner = Runner {
+            reporter: self.reporter.clone(),
+            backup: self.backup.clone(),
+            handle,
+            shutdown: shutdown.clone(),
+        };
+        self.runners.spawn(runner.run(job));
+    }
+
+    /// `{base}/bridge/request/{name}` → `{base}/bridge/response/{name}`.
+    async fn request(&mut self, name: &str, payload: &[u8], shutdown: &CancellationToken) {
+        let request = match Request::parse(name, payload) {
+            Ok(request) => request,
+            Err(bad) => {
+                return self
+                    .reporter
+                    .respond(name, bad.transaction, Err(bad.reason))
+                    .await
+            }
+        };
+        match request {
+            Request::Refresh(r) => {
+                let cluster = r.cluster.or_else(|| self.default_cluster());
+                let registry = self
+                    .registry
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let mut refreshed = Vec::new();
+                for (id, handle) in registry {
+                    if cluster.as_deref().is_none_or(|c| c == id) {
+                        let _ = handle.refresh.try_send(Refresh::default());
+                        refreshed.push(id);
+                    }
+                }
+                let result = if refreshed.is_empty() {
+                    Err("no such cluster".to_string())
+                } else {
+                    refreshed.sort();
+                    Ok(json!({ "refreshed": refreshed }))
+                };
+                self.reporter.respond(name, r.transaction, result).await;
+            }
+            Request::Command(r) => {
+                let transaction = r.transaction.clone();
+                if let Err(reason) = self.command_request(name, r, shutdown).await {
+                    self.reporter.respond(name, transaction, Err(reason)).await;
+                }
+            }
+            Request::Backup(r) => {
+                let transaction = r.transaction.clone();
+                if let Err(reason) = self.backup_request(name, r, shutdown) {
+                    self.reporter.respond(name, transaction, Err(reason)).await;
+                }
+            }
+        }
+    }
+
+    /// One command for a guest named by vmid alone; `Err` is the response's error.
+    async fn command_request(
+        &mut self,
+        name: &str,
+        r: CommandRequest,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let cluster = r
+            .cluster
+            .or_else(|| self.default_cluster())
+            .ok_or("several clusters: name one with \"cluster\"")?;
+        let vmid = r.vmid.get();
+        if let Err(reason) = self.limiter.check(&cluster, vmid, Instant::now()) {
+            self.log_rate_limited(&cluster, vmid, &reason);
+            return Err(reason);
+        }
+        let (_, guest) = self.lookup(&cluster, None, vmid).map_err(|r| r.reason)?;
+        let kind = guest.kind;
+        let command = match parse_fields(&r.command, kind) {
+            Ok(c) => c,
+            Err((id, rejection)) => {
+                self.reject(&cluster, kind, vmid, id, &rejection, None)
+                    .await;
+                return Err(rejection.reason);
+            }
+        };
+        let reply = Reply {
+            name: name.to_string(),
+            transaction: r.transaction,
+        };
+        self.submit(&cluster, kind, vmid, command, Some(reply), shutdown)
+            .await
+            .map_err(|r| r.reason)
+    }
+
+    /// Backs up several guests: grouped per node into one vzdump each (Proxmox runs one
+    /// vzdump per node at a time anyway). All-or-nothing validation.
+    fn backup_request(
+        &mut self,
+        name: &str,
+        r: BackupRequest,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let cluster_id = r
+            .cluster
+            .or_else(|| self.default_cluster())
+            .ok_or("several clusters: name one with \"cluster\"")?;
+        let handle = cluster(&self.registry, &cluster_id)
+            .ok_or_else(|| format!("unknown cluster '{cluster_id}'"))?;
+        let view = handle
+            .view
+            .borrow()
+            .clone()
+            .ok_or("cluster not polled yet")?;
+        let guests: Vec<&GuestState> = match &r.vmids {
+            BackupTargets::All => view
+                .guests
+                .values()
+                .map(|g| &**g)
+                .filter(|g| !g.template)
+                .collect(),
+            BackupTargets::List(list) => list
+                .iter()
+                .map(|vmid| {
+                    view.guests
+                        .get(&vmid.get())
+                        .map(|g| &**g)
+                        .ok_or(format!("unknown guest {vmid}"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut options = r.options;
+        options.insert("action".into(), "backup".into());
+        let command = parse_fields(&options, GuestKind::Qemu).map_err(|(_, r)| r.reason)?;
+        for g in &guests {
+            authorize(&self.policy, g).map_err(|r| r.reason)?;
+        }
+        let vmids: Vec<u32> = guests.iter().map(|g| g.vmid).collect();
+        let mut busy = self
+            .busy
+            .claim_all(&cluster_id, &vmids)
+            .map_err(|vmid| Self::busy_rejection(vmid).reason)?;
+        let mut per_node: HashMap<String, Job> = HashMap::new();
+        for g in guests {
+            let job = per_node.entry(g.node.clone()).or_insert_with(|| Job {
+                cluster: cluster_id.clone(),
+                node: g.node.clone(),
+                command: command.clone(),
+                targets: Vec::new(),
+                // One response per node job; each carries its node and guests.
+                reply: Some(Reply {
+                    name: name.to_string(),
+                    transaction: r.transaction.clone(),
+                }),
+                resume: None,
+                busy: Vec::new(),
+            });
+            job.targets.push(Target {
+                kind: g.kind,
+                vmid: g.vmid,
+                report: TaskReport::new(command.id.clone(), "backup", unix_now()),
+            });
+            if let Some(i) = busy.iter().position(|b| b.vmid() == g.vmid) {
+                job.busy.push(busy.swap_remove(i));
+            }
+        }
+        let jobs = per_node.len();
+        for job in per_node.into_values() {
+            self.spawn(handle.clone(), job, shutdown);
+        }
+        info!(cluster = %cluster_id, jobs, "backup request accepted");
+        Ok(())
+    }
+}
