@@ -589,3 +589,293 @@ pub fn state_json(view: &ClusterView, object: &ObjectRef) -> Option<String> {
     };
     json.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::command::report::Phase;
+    use crate::ha::discovery::GuestControls;
+    use crate::model::{build_view, RateMemory, SlowData};
+    use crate::pve::Resource;
+
+    /// One publish as the broker would see it: (topic, payload, retain).
+    type Sent = (String, String, bool);
+
+    /// An outbox that records instead of sending.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Sent>>>);
+
+    impl Recorder {
+        /// Everything published since the last call.
+        fn take(&self) -> Vec<Sent> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl Outbox for Recorder {
+        async fn publish(
+            &mut self,
+            topic: &str,
+            payload: Vec<u8>,
+            retain: bool,
+        ) -> Result<(), String> {
+            self.try_publish(topic, payload, retain)
+        }
+
+        fn try_publish(
+            &mut self,
+            topic: &str,
+            payload: Vec<u8>,
+            retain: bool,
+        ) -> Result<(), String> {
+            let payload = String::from_utf8_lossy(&payload).into_owned();
+            self.0
+                .lock()
+                .unwrap()
+                .push((topic.to_string(), payload, retain));
+            Ok(())
+        }
+
+        fn try_disconnect(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// A one-node cluster `home` with the given (type, vmid, status) guests.
+    fn view(guests: &[(&str, u32, &str)]) -> PublisherMsg {
+        let mut rows = vec![serde_json::json!(
+            {"id": "node/pve", "type": "node", "node": "pve", "status": "online"}
+        )];
+        for (kind, vmid, status) in guests {
+            rows.push(
+                serde_json::json!({"id": format!("{kind}/{vmid}"), "type": kind,
+                "vmid": vmid, "node": "pve", "status": status, "name": format!("g{vmid}")}),
+            );
+        }
+        let rows: Vec<Resource> = serde_json::from_value(rows.into()).unwrap();
+        PublisherMsg::View(Arc::new(build_view(
+            "home",
+            "https://pve:8006",
+            &rows,
+            &SlowData::default(),
+            &mut RateMemory::default(),
+            0.0,
+            None,
+        )))
+    }
+
+    fn publisher() -> (Publisher<Recorder>, Recorder) {
+        let topics = Topics::new("pve2mqtt", "homeassistant");
+        let discovery = DiscoveryContext {
+            topics: topics.clone(),
+            bridge_version: "test".into(),
+            controls: GuestControls::new(|_| true),
+        };
+        let recorder = Recorder::default();
+        let publisher = Publisher::new(recorder.clone(), topics, Some(discovery), Arc::default());
+        (publisher, recorder)
+    }
+
+    fn task(vmid: u32, state: Phase) -> PublisherMsg {
+        let mut report = TaskReport::new(Some(format!("t{vmid}")), "start", 1);
+        report.state = state;
+        PublisherMsg::Task {
+            cluster: "home".into(),
+            kind: GuestKind::Qemu,
+            vmid,
+            report,
+        }
+    }
+
+    fn topics_of(sent: &[Sent]) -> Vec<&str> {
+        sent.iter().map(|(t, _, _)| t.as_str()).collect()
+    }
+
+    const RUNNING: &[(&str, u32, &str)] = &[("qemu", 100, "running"), ("lxc", 101, "running")];
+
+    #[tokio::test]
+    async fn a_poll_that_changed_nothing_publishes_nothing_and_a_change_only_what_changed() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(view(RUNNING)).await;
+        let first = out.take();
+        for topic in [
+            "homeassistant/device/pve2mqtt_home_100/config",
+            "pve2mqtt/home/qemu/100",
+            "pve2mqtt/home/qemu/100/availability",
+            "pve2mqtt/home/lxc/101",
+            "pve2mqtt/bridge/info",
+        ] {
+            assert!(topics_of(&first).contains(&topic), "{topic} in {first:?}");
+        }
+        assert!(first.iter().all(|(_, _, retain)| *retain), "{first:?}");
+
+        p.handle(view(RUNNING)).await;
+        assert_eq!(out.take(), vec![], "an idle poll sends nothing");
+
+        p.handle(view(&[("qemu", 100, "stopped"), ("lxc", 101, "running")]))
+            .await;
+        let changed = out.take();
+        let topics = topics_of(&changed);
+        assert!(topics.contains(&"pve2mqtt/home/qemu/100"), "{changed:?}");
+        assert!(
+            !topics
+                .iter()
+                .any(|t| t.contains("lxc/101") || t.contains("config")),
+            "only the guest's state (and the cluster's counts) change: {changed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_sent_while_disconnected_and_everything_after_a_reconnect() {
+        let (mut p, out) = publisher();
+        p.handle(view(RUNNING)).await;
+        p.handle(task(100, Phase::Ok)).await;
+        assert_eq!(out.take(), vec![]);
+
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        let all = out.take();
+        assert_eq!(
+            all.first(),
+            Some(&(
+                "pve2mqtt/bridge/state".to_string(),
+                "online".to_string(),
+                true
+            ))
+        );
+        for topic in [
+            "homeassistant/device/pve2mqtt_home_100/config",
+            "pve2mqtt/home/qemu/100",
+            "pve2mqtt/home/lxc/101/availability",
+            "pve2mqtt/home/qemu/100/task",
+            "pve2mqtt/bridge/info",
+        ] {
+            assert!(topics_of(&all).contains(&topic), "{topic} in {all:?}");
+        }
+
+        // A second link drop and reconnect republishes the task report again.
+        p.handle(PublisherMsg::Link(LinkEvent::Disconnected)).await;
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        let again = out.take();
+        let report = again
+            .iter()
+            .find(|(t, _, _)| t == "pve2mqtt/home/qemu/100/task")
+            .expect("task report republished");
+        assert!(report.2 && report.1.contains("\"ok\""), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_vanished_guest_goes_offline_then_every_retained_topic_it_had_is_cleared() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(view(RUNNING)).await;
+        p.handle(PublisherMsg::Task {
+            cluster: "home".into(),
+            kind: GuestKind::Lxc,
+            vmid: 101,
+            report: TaskReport::new(None, "start", 1),
+        })
+        .await;
+        out.take();
+
+        p.handle(view(&[("qemu", 100, "running")])).await;
+        let sent = out.take();
+        let gone: Vec<&Sent> = sent.iter().filter(|(t, _, _)| t.contains("101")).collect();
+        let expected: Vec<Sent> = vec![
+            (
+                "pve2mqtt/home/lxc/101/availability".into(),
+                "offline".into(),
+                true,
+            ),
+            (
+                "homeassistant/device/pve2mqtt_home_101/config".into(),
+                "".into(),
+                true,
+            ),
+            ("pve2mqtt/home/lxc/101".into(), "".into(), true),
+            ("pve2mqtt/home/lxc/101/availability".into(), "".into(), true),
+            ("pve2mqtt/home/lxc/101/task".into(), "".into(), true),
+        ];
+        assert_eq!(gone, expected.iter().collect::<Vec<_>>());
+
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        assert!(
+            !out.take().iter().any(|(t, _, _)| t.contains("101")),
+            "nothing of the vanished guest comes back"
+        );
+    }
+
+    #[tokio::test]
+    async fn objects_left_by_an_earlier_run_are_cleared_once_a_poll_shows_them_gone() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(PublisherMsg::Link(LinkEvent::Message(Inbound {
+            topic: "pve2mqtt/home/qemu/999/availability".into(),
+            payload: b"online".to_vec(),
+            retain: true,
+        })))
+        .await;
+        assert!(
+            !out.take().iter().any(|(t, _, _)| t.contains("999")),
+            "not before the cluster was polled"
+        );
+        p.handle(view(RUNNING)).await;
+        let cleared: Vec<Sent> = out
+            .take()
+            .into_iter()
+            .filter(|(t, _, _)| t.contains("999"))
+            .collect();
+        assert!(
+            cleared.contains(&("pve2mqtt/home/qemu/999".into(), "".into(), true))
+                && cleared.contains(&("pve2mqtt/home/qemu/999/task".into(), "".into(), true)),
+            "{cleared:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_are_retained_for_known_guests_only_and_responses_never() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(view(RUNNING)).await;
+        out.take();
+
+        p.handle(task(100, Phase::Running)).await;
+        p.handle(task(555, Phase::Rejected)).await;
+        p.handle(PublisherMsg::Response {
+            name: "command".into(),
+            body: serde_json::json!({"status": "ok"}),
+        })
+        .await;
+        p.handle(PublisherMsg::ClearCommand {
+            cluster: "home".into(),
+            kind: GuestKind::Qemu,
+            vmid: 100,
+        })
+        .await;
+        let sent = out.take();
+        let retain: Vec<(&str, bool)> = sent.iter().map(|(t, _, r)| (t.as_str(), *r)).collect();
+        assert_eq!(
+            retain,
+            vec![
+                ("pve2mqtt/home/qemu/100/task", true),
+                ("pve2mqtt/home/qemu/555/task", false),
+                ("pve2mqtt/bridge/response/command", false),
+                ("pve2mqtt/home/qemu/100/set", true),
+            ]
+        );
+        assert_eq!(
+            sent[3].1, "",
+            "a retained command is cleared with an empty message"
+        );
+
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        let again = topics_of(&out.take())
+            .into_iter()
+            .filter(|t| t.ends_with("/task"))
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        assert_eq!(again, vec!["pve2mqtt/home/qemu/100/task"]);
+    }
+}
