@@ -14,7 +14,7 @@
 //!
 //! Path A (state): poller → `model::build_view` → publisher → `ha::discovery` / state
 //! JSON → MQTT, publishing only what changed.
-//! Path B (commands): MQTT event loop (routes by topic) → `command::handler` (parse,
+//! Path B (commands): MQTT event loop (routes by topic) → `command::inbox` (parse,
 //! policy, busy) → POST → follow the task → poller refresh → `…/task` result through
 //! the publisher.
 pub mod app;

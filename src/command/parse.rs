@@ -4,10 +4,9 @@
 //! Pure parsing and validation: nothing here talks to Proxmox, so everything a user can
 //! get wrong is rejected, with a reason, before any POST.
 
-use std::fmt;
-
 use serde_json::{Map, Value};
 
+pub use crate::pve::Action;
 use crate::pve::GuestKind;
 
 /// Payloads larger than this are rejected unread (SPEC §4).
@@ -16,93 +15,21 @@ pub const MAX_PAYLOAD: usize = 4 * 1024;
 /// The longest `id` echoed back; keeps result payloads small.
 const MAX_ID_LEN: usize = 128;
 
-/// A lifecycle action or a backup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Action {
-    Start,
-    Stop,
-    Shutdown,
-    Reboot,
-    Reset,
-    Suspend,
-    Resume,
-    /// qemu suspend to disk (`todisk=1`).
-    Hibernate,
-    Backup,
-}
-
-impl Action {
-    pub const ALL: [Action; 9] = [
-        Action::Start,
-        Action::Stop,
-        Action::Shutdown,
-        Action::Reboot,
-        Action::Reset,
-        Action::Suspend,
-        Action::Resume,
-        Action::Hibernate,
-        Action::Backup,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::Stop => "stop",
-            Action::Shutdown => "shutdown",
-            Action::Reboot => "reboot",
-            Action::Reset => "reset",
-            Action::Suspend => "suspend",
-            Action::Resume => "resume",
-            Action::Hibernate => "hibernate",
-            Action::Backup => "backup",
-        }
-    }
-
-    /// The action named `word` (`start`, `backup`, …).
-    pub fn parse(word: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|a| a.as_str() == word)
-    }
-
-    /// Is this action possible for this kind of guest? (LXC has no reset and no
-    /// suspend-to-disk.)
-    pub fn valid_for(self, kind: GuestKind) -> bool {
-        !matches!(
-            (self, kind),
-            (Action::Reset | Action::Hibernate, GuestKind::Lxc)
-        )
-    }
-
-    /// The Proxmox endpoint's last path segment (`…/status/{endpoint}`), `None` for backup.
-    pub fn endpoint(self) -> Option<&'static str> {
-        match self {
-            Action::Hibernate => Some("suspend"),
-            Action::Backup => None,
-            other => Some(other.as_str()),
-        }
-    }
-
-    /// Options this action accepts in JSON payloads.
-    fn allowed_options(self, kind: GuestKind) -> &'static [&'static str] {
-        match (self, kind) {
-            (Action::Reboot, _) => &["timeout"],
-            (Action::Shutdown, _) => &["timeout", "force_stop"],
-            (Action::Suspend, GuestKind::Qemu) => &["to_disk"],
-            (Action::Backup, _) => &[
-                "storage",
-                "mode",
-                "compress",
-                "notes_template",
-                "remove",
-                "protected",
-            ],
-            _ => &[],
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Options this action accepts in JSON payloads.
+fn allowed_options(action: Action, kind: GuestKind) -> &'static [&'static str] {
+    match (action, kind) {
+        (Action::Reboot, _) => &["timeout"],
+        (Action::Shutdown, _) => &["timeout", "force_stop"],
+        (Action::Suspend, GuestKind::Qemu) => &["to_disk"],
+        (Action::Backup, _) => &[
+            "storage",
+            "mode",
+            "compress",
+            "notes_template",
+            "remove",
+            "protected",
+        ],
+        _ => &[],
     }
 }
 
@@ -299,7 +226,7 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
     if !action.valid_for(kind) {
         return Err(invalid_for(action, kind));
     }
-    let allowed = action.allowed_options(kind);
+    let allowed = allowed_options(action, kind);
     let mut command = Command::new(action);
     for (key, value) in object {
         if key == "action" || key == "id" {

@@ -15,8 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::topics::Topics;
-use crate::command::parse::Action;
 use crate::model::{ClusterView, GuestState, ObjectRef};
+use crate::pve::Action;
 use crate::pve::GuestKind;
 
 /// Who we are, in every discovery payload (`origin` is required for device discovery).

@@ -9,7 +9,9 @@
 //! - `tls`: certificate trust (web roots + `ca_file`, fingerprint pin, or none);
 //! - `types` + `de`: response types and the lenient readers for Proxmox's JSON;
 //! - `error`: [`PveError`] and how an HTTP error answer becomes one;
-//! - `upid`: [`Upid`].
+//! - `upid`: [`Upid`];
+//! - `action`: [`Action`], the guest actions (lifecycle and backup).
+mod action;
 mod client;
 mod de;
 mod error;
@@ -17,6 +19,7 @@ mod tls;
 mod types;
 mod upid;
 
+pub use action::Action;
 pub use client::{decode_cluster_resources, for_each_cluster_resource, PveClient};
 pub use error::PveError;
 pub use types::{

@@ -1,0 +1,81 @@
+//! The guest actions the bridge can ask Proxmox for, and which guest types have them.
+//!
+//! Shared vocabulary: the command side parses and POSTs them, Home Assistant discovery
+//! announces one button each. It lives here, at the Proxmox boundary, so neither of those
+//! modules depends on the other.
+
+use std::fmt;
+
+use super::GuestKind;
+
+/// A lifecycle action or a backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Start,
+    Stop,
+    Shutdown,
+    Reboot,
+    Reset,
+    Suspend,
+    Resume,
+    /// qemu suspend to disk (`todisk=1`).
+    Hibernate,
+    Backup,
+}
+
+impl Action {
+    pub const ALL: [Action; 9] = [
+        Action::Start,
+        Action::Stop,
+        Action::Shutdown,
+        Action::Reboot,
+        Action::Reset,
+        Action::Suspend,
+        Action::Resume,
+        Action::Hibernate,
+        Action::Backup,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Shutdown => "shutdown",
+            Action::Reboot => "reboot",
+            Action::Reset => "reset",
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
+            Action::Hibernate => "hibernate",
+            Action::Backup => "backup",
+        }
+    }
+
+    /// The action named `word` (`start`, `backup`, …).
+    pub fn parse(word: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == word)
+    }
+
+    /// Is this action possible for this kind of guest? (LXC has no reset and no
+    /// suspend-to-disk.)
+    pub fn valid_for(self, kind: GuestKind) -> bool {
+        !matches!(
+            (self, kind),
+            (Action::Reset | Action::Hibernate, GuestKind::Lxc)
+        )
+    }
+
+    /// The Proxmox endpoint's last path segment (`…/status/{endpoint}`), `None` for backup.
+    pub fn endpoint(self) -> Option<&'static str> {
+        match self {
+            Action::Hibernate => Some("suspend"),
+            Action::Backup => None,
+            other => Some(other.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
