@@ -824,6 +824,20 @@ async fn out_of_range_or_malformed_vmids_are_rejected_and_never_hit_another_gues
     ] {
         w.probe.publish(topic, "stop", false).await;
     }
+    // In u32 but outside Proxmox's range: rejected with the reason.
+    w.probe
+        .publish(
+            "pve2mqtt/pve/qemu/99/set",
+            r#"{"action":"stop","id":"low"}"#,
+            false,
+        )
+        .await;
+    let low = wait_final(&w.probe, "pve2mqtt/pve/qemu/99/task", "low").await;
+    assert_eq!(low["state"], "rejected", "{low}");
+    assert!(
+        low["error"].as_str().unwrap().contains("vmid must be"),
+        "{low}"
+    );
     let cases: Vec<(&str, Value, &str)> = vec![
         (
             "command",
