@@ -450,3 +450,111 @@ impl CommandHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+[proxmox]
+url = "https://127.0.0.1:8006"
+token = "root@pam!pve2mqtt=5ec12e7a-0000-4000-8000-000000000001"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+"#;
+
+    /// A handler with no cluster registered yet, and what it sends to the publisher.
+    fn handler() -> (CommandHandler, mpsc::Receiver<PublisherMsg>) {
+        let config = Config::from_toml_str(CONFIG, &Default::default()).expect("test config");
+        let (tx, rx) = mpsc::channel(16);
+        let handler = CommandHandler::new(
+            Topics::new("pve2mqtt", "homeassistant"),
+            config.commands,
+            config.backup,
+            Registry::default(),
+            tx,
+        );
+        (handler, rx)
+    }
+
+    fn inbound(topic: &str, payload: &str, retain: bool) -> Inbound {
+        Inbound {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retained_command_is_rejected_and_cleared_never_run() {
+        let (mut h, mut rx) = handler();
+        let msg = inbound(
+            "pve2mqtt/home/qemu/100/set",
+            r#"{"action":"stop","id":"r"}"#,
+            true,
+        );
+        h.handle(msg, &CancellationToken::new()).await;
+        match rx.try_recv() {
+            Ok(PublisherMsg::Task {
+                cluster,
+                vmid: 100,
+                report,
+                ..
+            }) => {
+                assert_eq!(cluster, "home");
+                assert_eq!(report.state, Phase::Rejected);
+                assert_eq!(report.id.as_deref(), Some("r"));
+                assert!(report.error.unwrap().contains("retained"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(PublisherMsg::ClearCommand {
+                vmid: 100,
+                kind: GuestKind::Qemu,
+                ..
+            })
+        ));
+        assert!(rx.try_recv().is_err(), "nothing else");
+    }
+
+    #[tokio::test]
+    async fn a_command_for_a_cluster_not_known_yet_is_rejected_with_the_reason() {
+        let (mut h, mut rx) = handler();
+        let msg = inbound("pve2mqtt/home/lxc/101/set", "start", false);
+        h.handle(msg, &CancellationToken::new()).await;
+        match rx.try_recv() {
+            Ok(PublisherMsg::Task { report, .. }) => {
+                assert_eq!(report.state, Phase::Rejected);
+                assert_eq!(report.action, "start");
+                assert!(report.error.unwrap().contains("unknown cluster 'home'"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!h.busy.is_busy("home", 101), "a rejection holds no slot");
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_wrapping_vmid_is_answered_with_an_error_and_touches_no_guest() {
+        let (mut h, mut rx) = handler();
+        let msg = inbound(
+            "pve2mqtt/bridge/request/command",
+            r#"{"vmid":4294967396,"action":"stop","transaction":"w"}"#,
+            false,
+        );
+        h.handle(msg, &CancellationToken::new()).await;
+        match rx.try_recv() {
+            Ok(PublisherMsg::Response { name, body }) => {
+                assert_eq!(name, "command");
+                assert_eq!(body["status"], "error");
+                assert_eq!(body["transaction"], "w");
+                assert!(body["error"].as_str().unwrap().contains("vmid must be"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "no task report for any guest");
+    }
+}
