@@ -3,6 +3,11 @@
 //! republish everything after a reconnect or Home Assistant's birth message, and clean
 //! up objects that vanished — including those that vanished while the bridge was down,
 //! found from the retained availability topics the broker hands back at connect.
+//!
+//! Other tasks send typed [`PublisherMsg`]s (a guest's task report, a request's
+//! response), never topic strings: every topic is built here through [`Topics`]. It
+//! writes through an [`Outbox`] (rumqttc's client in the bridge), so these decisions are
+//! unit-tested against a recording fake, without a broker.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;

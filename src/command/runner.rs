@@ -61,7 +61,7 @@ pub enum RunError {
         "Proxmox started no backup: the guest is no longer on node {node} (vzdump answered \"OK\")"
     )]
     NothingStarted { node: String },
-    /// The task outlived [`deadline`].
+    /// The task outlived its deadline (15 min; 24 h for a backup).
     #[error("gave up following the task after {after:?}")]
     GaveUp { after: Duration },
 }
