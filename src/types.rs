@@ -1,0 +1,249 @@
+//! Value types shared by the configuration and the MQTT commands, so both apply one rule.
+//!
+//! It is a top-level module (not `pve::params`) because it depends on nothing in the crate:
+//! `config` uses it for the `[backup]` defaults and the `ca_file` keys, `command` for the
+//! options of a backup command, `pve::tls` and `mqtt` for the trust roots, and none of them
+//! has to import another to get these rules.
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::CertificateDer;
+
+/// vzdump's `mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupMode {
+    Snapshot,
+    Suspend,
+    Stop,
+}
+
+impl BackupMode {
+    pub const CHOICES: &'static str = "snapshot, suspend, stop";
+
+    /// Case-insensitive, surrounding spaces ignored; `None` for anything else.
+    pub fn parse(text: &str) -> Option<BackupMode> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "snapshot" => Some(BackupMode::Snapshot),
+            "suspend" => Some(BackupMode::Suspend),
+            "stop" => Some(BackupMode::Stop),
+            _ => None,
+        }
+    }
+
+    /// The form field value Proxmox expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupMode::Snapshot => "snapshot",
+            BackupMode::Suspend => "suspend",
+            BackupMode::Stop => "stop",
+        }
+    }
+}
+
+/// vzdump's `compress`: `0` (none), `1` (Proxmox's default, lzo), or a named compressor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compress {
+    None,
+    Default,
+    Gzip,
+    Lzo,
+    Zstd,
+}
+
+impl Compress {
+    pub const CHOICES: &'static str = "0, 1, gzip, lzo, zstd";
+
+    /// Case-insensitive, surrounding spaces ignored; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Compress> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "0" => Some(Compress::None),
+            "1" => Some(Compress::Default),
+            "gzip" => Some(Compress::Gzip),
+            "lzo" => Some(Compress::Lzo),
+            "zstd" => Some(Compress::Zstd),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compress::None => "0",
+            Compress::Default => "1",
+            Compress::Gzip => "gzip",
+            Compress::Lzo => "lzo",
+            Compress::Zstd => "zstd",
+        }
+    }
+}
+
+/// A Proxmox storage id (`pve-storage-id`: `(?i)[a-z][a-z0-9\-_.]*[a-z0-9]`), at most 64
+/// characters. Checked before a backup is asked for, so a typo gets a clear answer instead of
+/// a Proxmox 400, and a path like `../etc` never reaches a URL or form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageId(String);
+
+impl StorageId {
+    pub const RULE: &'static str =
+        "a letter, then letters, digits, `-`, `_` or `.`, ending in a letter or digit";
+
+    /// Surrounding spaces are ignored; `None` when the rest breaks the rule.
+    pub fn parse(text: &str) -> Option<StorageId> {
+        let text = text.trim();
+        let bytes = text.as_bytes();
+        let valid = (2..=64).contains(&bytes.len())
+            && bytes[0].is_ascii_alphabetic()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        valid.then(|| StorageId(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StorageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `AB:CD:…`, the form the Proxmox GUI and `pvenode cert info` show a certificate's SHA-256.
+pub fn format_fingerprint(digest: &[u8]) -> String {
+    digest
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The certificates of a PEM CA file (`ca_file` keys), read and parsed once at start-up so a
+/// wrong path or a key file given by mistake fails there, naming the key, instead of in a TLS
+/// handshake later. Dereferences to the file's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaBundle {
+    /// The key it was given as (`mqtt.ca_file`, `PVE2MQTT_PROXMOX__CA_FILE`), for messages.
+    key: String,
+    path: PathBuf,
+    certificates: Vec<CertificateDer<'static>>,
+}
+
+/// Why a CA file cannot be used; the message names the file, the caller adds the key.
+#[derive(thiserror::Error, Debug, PartialEq, Eq)]
+pub enum CaError {
+    #[error("it is a directory, expected a PEM file")]
+    Directory,
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("not valid PEM: {0}")]
+    NotPem(String),
+    #[error("no PEM certificate (-----BEGIN CERTIFICATE-----) in it")]
+    NoCertificate,
+}
+
+impl CaBundle {
+    /// Reads every certificate in the PEM file at `path`.
+    pub fn read(key: impl Into<String>, path: impl Into<PathBuf>) -> Result<CaBundle, CaError> {
+        let path = path.into();
+        if path.is_dir() {
+            return Err(CaError::Directory);
+        }
+        let pem = std::fs::read(&path).map_err(|e| CaError::Unreadable(e.to_string()))?;
+        let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CaError::NotPem(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(CaError::NoCertificate);
+        }
+        Ok(CaBundle {
+            key: key.into(),
+            path,
+            certificates,
+        })
+    }
+
+    /// Adds the certificates to `roots`; the error names the key and the file.
+    pub fn add_to(&self, roots: &mut rustls::RootCertStore) -> Result<(), String> {
+        for certificate in &self.certificates {
+            roots.add(certificate.clone()).map_err(|e| {
+                format!(
+                    "{}: unusable certificate in `{}`: {e}",
+                    self.key,
+                    self.path.display()
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for CaBundle {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn storage_ids_follow_the_proxmox_rule() {
+        for good in ["local", "pbs-01", "nfs_backup.2", "Local-LVM"] {
+            assert_eq!(StorageId::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            "l",
+            "1local",
+            "my store",
+            "../etc",
+            "local-",
+            "a/b",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(StorageId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_and_compressors_are_read_in_any_case_and_written_as_proxmox_wants() {
+        assert_eq!(
+            BackupMode::parse(" Stop ").map(BackupMode::as_str),
+            Some("stop")
+        );
+        assert_eq!(BackupMode::parse("fast"), None);
+        assert_eq!(Compress::parse("ZSTD").map(Compress::as_str), Some("zstd"));
+        assert_eq!(Compress::parse("0"), Some(Compress::None));
+        assert_eq!(Compress::parse("xz"), None);
+    }
+
+    #[test]
+    fn a_ca_file_is_refused_when_missing_a_directory_or_without_certificates() {
+        let missing = CaBundle::read("ca_file", "/nonexistent/pve-root-ca.pem").unwrap_err();
+        assert!(matches!(missing, CaError::Unreadable(_)), "{missing}");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            CaBundle::read("ca_file", dir.path()),
+            Err(CaError::Directory)
+        );
+        let mut key = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+        )
+        .unwrap();
+        assert_eq!(
+            CaBundle::read("ca_file", key.path()),
+            Err(CaError::NoCertificate)
+        );
+    }
+}
