@@ -1,4 +1,5 @@
-//! Value types shared by the configuration and the MQTT commands, so both apply one rule.
+//! Value types shared by the configuration, the MQTT commands and the Proxmox client, so
+//! all apply one rule.
 //!
 //! It is a top-level module (not `pve::params`) because it depends on nothing in the crate:
 //! `config` uses it for the `[backup]` defaults and the `ca_file` keys, `command` for the
@@ -107,6 +108,67 @@ impl StorageId {
 impl fmt::Display for StorageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A Proxmox API base URL, `https://host:8006`, without a trailing `/`. The bridge appends
+/// `/api2/json` itself, so a pasted API path is refused with that explanation rather than
+/// doubled; a user or password in it is refused without echoing the URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxmoxUrl(String);
+
+impl ProxmoxUrl {
+    /// The reason for a refusal never quotes a URL holding `@` (it may hold a password).
+    pub fn parse(text: &str) -> Result<ProxmoxUrl, String> {
+        let text = text.trim();
+        let example = "e.g. https://pve.example.lan:8006";
+        let url = reqwest::Url::parse(text).map_err(|error| {
+            if text.contains('@') {
+                format!("not a valid URL ({error}); {example}")
+            } else {
+                format!("`{text}` is not a valid URL ({error}); {example}")
+            }
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "the URL must start with https:// (or http://), {example}"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+            "the URL must not contain a user name or password; the API token goes in proxmox.token"
+                .into(),
+        );
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("the URL has no host, {example}"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "the URL must not have a query or fragment, {example}"
+            ));
+        }
+        let path = url.path();
+        if path != "/" && !path.is_empty() {
+            return Err(if path.contains("api2") {
+                format!(
+                "give the base URL without `{path}`: pve2mqtt adds /api2/json itself ({example})"
+            )
+            } else {
+                format!("the URL must not have a path (got `{path}`), {example}")
+            });
+        }
+        Ok(ProxmoxUrl(url.as_str().trim_end_matches('/').to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<ProxmoxUrl> for String {
+    fn from(url: ProxmoxUrl) -> String {
+        url.0
     }
 }
 

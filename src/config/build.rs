@@ -8,7 +8,7 @@ use config::{Value, ValueKind};
 use super::layers::{Clusters, Origins, ProxmoxKeys, Schema};
 use super::values::*;
 use super::*;
-use crate::types::{BackupMode, CaBundle, Compress, StorageId};
+use crate::types::{BackupMode, CaBundle, Compress, ProxmoxUrl, StorageId};
 
 const DEFAULT_PROXMOX_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
@@ -376,7 +376,9 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
     let urls = match raw.one_of(("url", keys.url), ("urls", keys.urls))? {
         (Some(url), _) => {
             let text = url.text("a URL string like \"https://pve.example.lan:8006\"")?;
-            vec![parse_proxmox_url(text).map_err(|reason| url.invalid(reason))?]
+            vec![ProxmoxUrl::parse(text)
+                .map(String::from)
+                .map_err(|reason| url.invalid(reason))?]
         }
         (None, Some(urls)) => {
             let items = urls.list()?;
@@ -393,7 +395,8 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
                     });
                 };
                 parsed.push(
-                    parse_proxmox_url(&text)
+                    ProxmoxUrl::parse(&text)
+                        .map(String::from)
                         .map_err(|reason| ConfigError::Invalid { key, reason })?,
                 );
             }

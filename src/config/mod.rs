@@ -27,7 +27,6 @@ mod layers;
 mod values;
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -285,99 +284,5 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let (schema, origins) = layers::layer(toml, path, env)?;
         build::build(schema, &origins)
-    }
-
-    /// A short multi-line summary for `pve2mqtt check`: everything an admin wants to confirm,
-    /// and nothing secret (token id but not its secret; whether a password is set, not what).
-    pub fn redacted_summary(&self) -> String {
-        let mut out = String::new();
-        for (index, cluster) in self.clusters.iter().enumerate() {
-            let name = cluster
-                .name
-                .as_deref()
-                .map(str::to_owned)
-                .unwrap_or_else(|| "from Proxmox".into());
-            let _ = writeln!(out, "proxmox cluster {} (id: {name})", index + 1);
-            let _ = writeln!(out, "  urls: {}", cluster.urls.join(", "));
-            let _ = writeln!(out, "  token: {} (secret hidden)", cluster.token.id());
-            let mut tls = Vec::new();
-            if let Some(fingerprint) = &cluster.fingerprint {
-                tls.push(format!(
-                    "pinned certificate SHA-256 {}",
-                    crate::types::format_fingerprint(fingerprint)
-                ));
-            }
-            if let Some(ca_file) = &cluster.ca_file {
-                tls.push(format!("CA file {}", ca_file.display()));
-            }
-            if !cluster.tls_verify {
-                tls.push("certificate verification OFF (tls_verify = false)".into());
-            }
-            if tls.is_empty() {
-                tls.push("verified against the system trust roots".into());
-            }
-            let _ = writeln!(out, "  tls: {}", tls.join("; "));
-            let _ = writeln!(
-                out,
-                "  timeout: {}",
-                humantime::format_duration(cluster.timeout)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "poll: every {}, slow lane every {}",
-            humantime::format_duration(self.poll.interval),
-            humantime::format_duration(self.poll.slow_interval)
-        );
-        let mqtt = &self.mqtt;
-        let _ = writeln!(
-            out,
-            "mqtt: {} (host {}, port {}, {})",
-            mqtt.url,
-            mqtt.host,
-            mqtt.port,
-            if mqtt.tls { "TLS" } else { "no TLS" }
-        );
-        let _ = writeln!(
-            out,
-            "  user: {}, password: {}, client id: {}",
-            mqtt.username.as_deref().unwrap_or("(none)"),
-            if mqtt.password.is_some() {
-                "set"
-            } else {
-                "(none)"
-            },
-            mqtt.client_id
-        );
-        if let Some(ca_file) = &mqtt.ca_file {
-            let _ = writeln!(out, "  CA file: {}", ca_file.display());
-        }
-        let _ = writeln!(out, "  base topic: {}", mqtt.base_topic);
-        let ha = &self.homeassistant;
-        let _ = writeln!(
-            out,
-            "homeassistant: discovery {}, prefix {}",
-            if ha.discovery { "on" } else { "off" },
-            ha.discovery_prefix
-        );
-        let commands = &self.commands;
-        let policy = if !commands.enabled {
-            "disabled".to_owned()
-        } else if commands.read_only {
-            "read-only (every command is rejected)".to_owned()
-        } else if commands.allow.is_empty() {
-            "allowed for every guest".to_owned()
-        } else {
-            let rules: Vec<String> = commands.allow.iter().map(ToString::to_string).collect();
-            format!("allowed for {}", rules.join(", "))
-        };
-        let _ = writeln!(out, "commands: {policy}");
-        let backup = &self.backup;
-        let _ = write!(
-            out,
-            "backup defaults: storage {}, mode {}, compress {}",
-            backup.storage, backup.mode, backup.compress
-        );
-        out
     }
 }

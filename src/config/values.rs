@@ -8,50 +8,6 @@ pub(super) enum ListItem {
     Integer(i64),
 }
 
-/// `https://host:8006` without a trailing `/`. The bridge appends `/api2/json` itself, so a
-/// pasted API path is refused with that explanation rather than doubled.
-pub(super) fn parse_proxmox_url(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    let example = "e.g. https://pve.example.lan:8006";
-    let url = reqwest::Url::parse(text).map_err(|error| {
-        if text.contains('@') {
-            format!("not a valid URL ({error}); {example}")
-        } else {
-            format!("`{text}` is not a valid URL ({error}); {example}")
-        }
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "the URL must start with https:// (or http://), {example}"
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "the URL must not contain a user name or password; the API token goes in proxmox.token"
-                .into(),
-        );
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("the URL has no host, {example}"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "the URL must not have a query or fragment, {example}"
-        ));
-    }
-    let path = url.path();
-    if path != "/" && !path.is_empty() {
-        return Err(if path.contains("api2") {
-            format!(
-                "give the base URL without `{path}`: pve2mqtt adds /api2/json itself ({example})"
-            )
-        } else {
-            format!("the URL must not have a path (got `{path}`), {example}")
-        });
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
-}
-
 /// `mqtt://host[:1883]` or `mqtts://host[:8883]` -> (host, port, tls). The host is returned
 /// without IPv6 brackets, as socket APIs want it.
 pub(super) fn parse_mqtt_url(text: &str) -> Result<(String, u16, bool), String> {
