@@ -172,6 +172,120 @@ impl From<ProxmoxUrl> for String {
     }
 }
 
+pub const TOKEN_SHAPE: &str =
+    "expected USER@REALM!TOKENID=SECRET, e.g. pve2mqtt@pve!bridge=xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
+
+/// A secret string (API token secret, MQTT password). Its `Debug` and `Display`
+/// never show the value, so it cannot leak through logs or error messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The clear value: call only where it goes on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A Proxmox API token `USER@REALM!TOKENID=SECRET`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiToken {
+    /// `USER@REALM`, e.g. `pve2mqtt@pve`.
+    pub user: String,
+    /// The token id after `!`, e.g. `bridge`.
+    pub token_id: String,
+    pub secret: Secret,
+}
+
+impl ApiToken {
+    /// `USER@REALM!TOKENID=SECRET`. Reasons describe the expected shape and never echo the value
+    /// (any part of it might be the secret, pasted in the wrong place).
+    pub fn parse(text: &str) -> Result<ApiToken, String> {
+        let text = text.trim();
+        // `get` rather than slicing: the text may be non-ASCII, and a slice could split a char.
+        if text
+            .get(.."PVEAPIToken=".len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("PVEAPIToken="))
+        {
+            return Err(format!(
+                "{TOKEN_SHAPE}; drop the `PVEAPIToken=` prefix, that is the HTTP header form \
+                 (value not shown)"
+            ));
+        }
+        let Some((user, rest)) = text.split_once('!') else {
+            return Err(format!(
+                "{TOKEN_SHAPE}; the `!TOKENID` part is missing (value not shown; a secret alone is \
+                 not enough, Proxmox needs the user and token id too)"
+            ));
+        };
+        let Some((token_id, secret)) = rest.split_once('=') else {
+            return Err(format!(
+                "{TOKEN_SHAPE}; the `=SECRET` part is missing (value not shown)"
+            ));
+        };
+        let user_ok = user.split_once('@').is_some_and(|(name, realm)| {
+            !name.is_empty()
+                && !realm.is_empty()
+                && !name.contains(|c: char| c.is_whitespace() || c == ':' || c == '/')
+                && realm
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        });
+        if !user_ok {
+            return Err(format!(
+                "{TOKEN_SHAPE}; the part before `!` must be USER@REALM (value not shown)"
+            ));
+        }
+        if token_id.is_empty()
+            || !token_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err(format!(
+                "{TOKEN_SHAPE}; the token id between `!` and `=` may only hold letters, digits, \
+                 `.`, `-` and `_` (value not shown)"
+            ));
+        }
+        if secret.is_empty() || secret.contains(char::is_whitespace) {
+            return Err(format!(
+                "{TOKEN_SHAPE}; the secret after `=` is empty or contains spaces (value not shown)"
+            ));
+        }
+        Ok(ApiToken {
+            user: user.to_owned(),
+            token_id: token_id.to_owned(),
+            secret: Secret::new(secret),
+        })
+    }
+
+    /// The value of the `Authorization` header.
+    pub fn header_value(&self) -> String {
+        format!(
+            "PVEAPIToken={}!{}={}",
+            self.user,
+            self.token_id,
+            self.secret.expose()
+        )
+    }
+    /// `USER@REALM!TOKENID`, safe to log.
+    pub fn id(&self) -> String {
+        format!("{}!{}", self.user, self.token_id)
+    }
+}
+
 /// `AB:CD:…`, the form the Proxmox GUI and `pvenode cert info` show a certificate's SHA-256.
 pub fn format_fingerprint(digest: &[u8]) -> String {
     digest

@@ -8,7 +8,7 @@ use config::{Value, ValueKind};
 use super::layers::{Clusters, Origins, ProxmoxKeys, Schema};
 use super::values::*;
 use super::*;
-use crate::types::{BackupMode, CaBundle, Compress, ProxmoxUrl, StorageId};
+use crate::types::{BackupMode, CaBundle, Compress, ProxmoxUrl, StorageId, TOKEN_SHAPE};
 
 const DEFAULT_PROXMOX_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(10);
@@ -414,7 +414,7 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
 
     let token = match raw.one_of(("token", keys.token), ("token_file", keys.token_file))? {
         (Some(token), _) => {
-            parse_token(token.secret_text()?).map_err(|reason| token.invalid(reason))?
+            ApiToken::parse(token.secret_text()?).map_err(|reason| token.invalid(reason))?
         }
         (None, Some(file)) => {
             let (path, contents) = file.read_secret_file()?;
@@ -425,7 +425,7 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
                     reason: "the file is empty".into(),
                 });
             }
-            parse_token(&contents).map_err(|reason| {
+            ApiToken::parse(&contents).map_err(|reason| {
                 file.invalid(format!(
                     "the contents of `{}` are not an API token: {reason}",
                     path.display()

@@ -32,56 +32,7 @@ use std::time::Duration;
 
 use crate::types::CaBundle;
 
-/// A secret string (API token secret, MQTT password). Its `Debug` and `Display`
-/// never show the value, so it cannot leak through logs or error messages.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The clear value: call only where it goes on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// A Proxmox API token `USER@REALM!TOKENID=SECRET`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiToken {
-    /// `USER@REALM`, e.g. `pve2mqtt@pve`.
-    pub user: String,
-    /// The token id after `!`, e.g. `bridge`.
-    pub token_id: String,
-    pub secret: Secret,
-}
-
-impl ApiToken {
-    /// The value of the `Authorization` header.
-    pub fn header_value(&self) -> String {
-        format!(
-            "PVEAPIToken={}!{}={}",
-            self.user,
-            self.token_id,
-            self.secret.expose()
-        )
-    }
-    /// `USER@REALM!TOKENID`, safe to log.
-    pub fn id(&self) -> String {
-        format!("{}!{}", self.user, self.token_id)
-    }
-}
+pub use crate::types::{ApiToken, Secret};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -226,8 +177,6 @@ pub const NON_CONFIG_ENV_VARS: &[&str] = &["PVE2MQTT_CONFIG"];
 
 /// Prefix of every configuration variable (`PVE2MQTT_<SECTION>__<KEY>`).
 const ENV_PREFIX: &str = "PVE2MQTT_";
-const TOKEN_SHAPE: &str =
-    "expected USER@REALM!TOKENID=SECRET, e.g. pve2mqtt@pve!bridge=xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
 
 impl Config {
     /// File (optional) + the process environment.

@@ -1,6 +1,6 @@
 //! Value parsers. They return a reason without the key; the caller adds the key, and no
 //! reason quotes a secret.
-use super::{AllowRule, ApiToken, Secret, TOKEN_SHAPE};
+use super::AllowRule;
 
 /// One item of a list value.
 pub(super) enum ListItem {
@@ -49,66 +49,6 @@ pub(super) fn parse_mqtt_url(text: &str) -> Result<(String, u16, bool), String> 
         return Err("the port must be between 1 and 65535".into());
     }
     Ok((host, port, tls))
-}
-
-/// `USER@REALM!TOKENID=SECRET`. Reasons describe the expected shape and never echo the value
-/// (any part of it might be the secret, pasted in the wrong place).
-pub(super) fn parse_token(text: &str) -> Result<ApiToken, String> {
-    let text = text.trim();
-    // `get` rather than slicing: the text may be non-ASCII, and a slice could split a char.
-    if text
-        .get(.."PVEAPIToken=".len())
-        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("PVEAPIToken="))
-    {
-        return Err(format!(
-            "{TOKEN_SHAPE}; drop the `PVEAPIToken=` prefix, that is the HTTP header form \
-             (value not shown)"
-        ));
-    }
-    let Some((user, rest)) = text.split_once('!') else {
-        return Err(format!(
-            "{TOKEN_SHAPE}; the `!TOKENID` part is missing (value not shown; a secret alone is \
-             not enough, Proxmox needs the user and token id too)"
-        ));
-    };
-    let Some((token_id, secret)) = rest.split_once('=') else {
-        return Err(format!(
-            "{TOKEN_SHAPE}; the `=SECRET` part is missing (value not shown)"
-        ));
-    };
-    let user_ok = user.split_once('@').is_some_and(|(name, realm)| {
-        !name.is_empty()
-            && !realm.is_empty()
-            && !name.contains(|c: char| c.is_whitespace() || c == ':' || c == '/')
-            && realm
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    });
-    if !user_ok {
-        return Err(format!(
-            "{TOKEN_SHAPE}; the part before `!` must be USER@REALM (value not shown)"
-        ));
-    }
-    if token_id.is_empty()
-        || !token_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    {
-        return Err(format!(
-            "{TOKEN_SHAPE}; the token id between `!` and `=` may only hold letters, digits, \
-             `.`, `-` and `_` (value not shown)"
-        ));
-    }
-    if secret.is_empty() || secret.contains(char::is_whitespace) {
-        return Err(format!(
-            "{TOKEN_SHAPE}; the secret after `=` is empty or contains spaces (value not shown)"
-        ));
-    }
-    Ok(ApiToken {
-        user: user.to_owned(),
-        token_id: token_id.to_owned(),
-        secret: Secret::new(secret),
-    })
 }
 
 /// SHA-256 as 64 hex digits, or 32 colon-separated pairs (`AB:CD:…`), any case.
