@@ -972,6 +972,23 @@ fn unknown_environment_variables_are_named() {
 }
 
 #[test]
+fn env_variables_that_cannot_name_a_key_are_refused_by_name() {
+    for var in [
+        "PVE2MQTT_MQTT__",
+        "PVE2MQTT_MQTT__PASS-WORD",
+        "PVE2MQTT_MQTT__URL[0]",
+        "PVE2MQTT_PROXMOX__HOME__",
+        "PVE2MQTT___URL",
+    ] {
+        let message = error(&minimal(), &[(var, PASSWORD)]);
+        assert!(
+            message.starts_with(&format!("environment variable `{var}`: expected PVE2MQTT_")),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn several_clusters_need_unique_names() {
     let two = format!(
         "[[proxmox]]\nname = \"home\"\nurl = \"https://a:8006\"\ntoken = \"{t}\"\n\

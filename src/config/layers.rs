@@ -225,7 +225,7 @@ pub(super) fn layer(
         let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         let key = match parts.as_slice() {
             // A leading `_` is the `PVE2MQTT__SECTION` slip; reported with a guess below.
-            [section, key] if !section.is_empty() && !section.starts_with('_') => {
+            [section, key] if is_word(section) && is_word(key) && !section.starts_with('_') => {
                 if section != "proxmox" || !array {
                     plain.insert(var.clone(), value.clone());
                     origins.0.insert(format!("{section}.{key}"), var.clone());
@@ -244,7 +244,7 @@ pub(super) fn layer(
                 }
                 format!("proxmox[0].{key}")
             }
-            [section, _, key] if section == "proxmox" && !key.is_empty() => {
+            [section, _, key] if section == "proxmox" && is_word(key) => {
                 let name = rest.split("__").nth(1).unwrap_or_default();
                 let index = cluster_named(var, name, &names)?;
                 if array {
@@ -283,6 +283,11 @@ pub(super) fn layer(
     let schema = serde_path_to_error::deserialize(merged)
         .map_err(|error| unknown_key(&error, &origins, &file))?;
     Ok((schema, origins))
+}
+
+/// A section or key name as the schema spells them; anything else cannot be a config path.
+fn is_word(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Whether the file has `[[proxmox]]`, and the cluster names it gives, in order.
