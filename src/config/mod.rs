@@ -22,6 +22,8 @@
 //!   name; the plain `PVE2MQTT_PROXMOX__<KEY>` is only accepted when there is one cluster.
 //!   Clusters cannot be created from the environment alone beyond the single one.
 //! - Relative paths (`ca_file`, `*_file`) are relative to the working directory.
+//! - `fingerprint` pins one certificate, and each node has its own, so it is refused with
+//!   several `urls` (failover could never succeed); `ca_file` trusts every node instead.
 mod build;
 mod layers;
 mod values;
