@@ -2,6 +2,7 @@
 //! Proxmox endpoint and the broker, and prints a short report a user can paste into a
 //! bug report. Secrets are never printed. Any failure ends it with a one-line reason.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -71,7 +72,7 @@ fn describe(needs: &[&Need]) -> String {
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     println!("pve2mqtt {} check", env!("CARGO_PKG_VERSION"));
     println!("config: ok");
-    for line in config.redacted_summary().lines() {
+    for line in config_summary(config).lines() {
         println!("  {line}");
     }
     let mut failures = Vec::new();
@@ -177,4 +178,98 @@ async fn check_broker(config: &Config) -> anyhow::Result<()> {
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
     Ok(())
+}
+
+/// A short multi-line summary for `pve2mqtt check`: everything an admin wants to confirm,
+/// and nothing secret (token id but not its secret; whether a password is set, not what).
+pub fn config_summary(config: &Config) -> String {
+    let mut out = String::new();
+    for (index, cluster) in config.clusters.iter().enumerate() {
+        let name = cluster
+            .name
+            .as_deref()
+            .map(str::to_owned)
+            .unwrap_or_else(|| "from Proxmox".into());
+        let _ = writeln!(out, "proxmox cluster {} (id: {name})", index + 1);
+        let _ = writeln!(out, "  urls: {}", cluster.urls.join(", "));
+        let _ = writeln!(out, "  token: {} (secret hidden)", cluster.token.id());
+        let mut tls = Vec::new();
+        if let Some(fingerprint) = &cluster.fingerprint {
+            tls.push(format!(
+                "pinned certificate SHA-256 {}",
+                crate::types::format_fingerprint(fingerprint)
+            ));
+        }
+        if let Some(ca_file) = &cluster.ca_file {
+            tls.push(format!("CA file {}", ca_file.display()));
+        }
+        if !cluster.tls_verify {
+            tls.push("certificate verification OFF (tls_verify = false)".into());
+        }
+        if tls.is_empty() {
+            tls.push("verified against the system trust roots".into());
+        }
+        let _ = writeln!(out, "  tls: {}", tls.join("; "));
+        let _ = writeln!(
+            out,
+            "  timeout: {}",
+            humantime::format_duration(cluster.timeout)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "poll: every {}, slow lane every {}",
+        humantime::format_duration(config.poll.interval),
+        humantime::format_duration(config.poll.slow_interval)
+    );
+    let mqtt = &config.mqtt;
+    let _ = writeln!(
+        out,
+        "mqtt: {} (host {}, port {}, {})",
+        mqtt.url,
+        mqtt.host,
+        mqtt.port,
+        if mqtt.tls { "TLS" } else { "no TLS" }
+    );
+    let _ = writeln!(
+        out,
+        "  user: {}, password: {}, client id: {}",
+        mqtt.username.as_deref().unwrap_or("(none)"),
+        if mqtt.password.is_some() {
+            "set"
+        } else {
+            "(none)"
+        },
+        mqtt.client_id
+    );
+    if let Some(ca_file) = &mqtt.ca_file {
+        let _ = writeln!(out, "  CA file: {}", ca_file.display());
+    }
+    let _ = writeln!(out, "  base topic: {}", mqtt.base_topic);
+    let ha = &config.homeassistant;
+    let _ = writeln!(
+        out,
+        "homeassistant: discovery {}, prefix {}",
+        if ha.discovery { "on" } else { "off" },
+        ha.discovery_prefix
+    );
+    let commands = &config.commands;
+    let policy = if !commands.enabled {
+        "disabled".to_owned()
+    } else if commands.read_only {
+        "read-only (every command is rejected)".to_owned()
+    } else if commands.allow.is_empty() {
+        "allowed for every guest".to_owned()
+    } else {
+        let rules: Vec<String> = commands.allow.iter().map(ToString::to_string).collect();
+        format!("allowed for {}", rules.join(", "))
+    };
+    let _ = writeln!(out, "commands: {policy}");
+    let backup = &config.backup;
+    let _ = write!(
+        out,
+        "backup defaults: storage {}, mode {}, compress {}",
+        backup.storage, backup.mode, backup.compress
+    );
+    out
 }

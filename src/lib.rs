@@ -33,3 +33,4 @@ pub mod pve;
 pub mod signal;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod types;

@@ -374,13 +374,9 @@ fn mapping_table() -> BTreeMap<String, String> {
 /// `ca_file` needs a real file, so it is given by the caller.
 fn sample_options(ca_file: &Path) -> BTreeMap<&'static str, Value> {
     BTreeMap::from([
-        (
-            "proxmox.urls",
-            json!([
-                "https://pve1.example.lan:8006",
-                " https://pve2.example.lan:8006 "
-            ]),
-        ),
+        // One URL: a pinned fingerprint cannot go with several (each node has its own
+        // certificate); the failover list is checked without the pin.
+        ("proxmox.urls", json!([" https://pve1.example.lan:8006 "])),
         ("proxmox.token", json!(TOKEN)),
         ("proxmox.tls_verify", json!(false)),
         (
@@ -497,13 +493,7 @@ fn addon_options_map_onto_a_config_the_bridge_loads() {
     // Then every value arrives where the option's name says
     let cluster = &config.clusters[0];
     assert_eq!(config.clusters.len(), 1);
-    assert_eq!(
-        cluster.urls,
-        [
-            "https://pve1.example.lan:8006",
-            "https://pve2.example.lan:8006"
-        ]
-    );
+    assert_eq!(cluster.urls, ["https://pve1.example.lan:8006"]);
     assert_eq!(cluster.token.user, "pve2mqtt@pve");
     assert_eq!(cluster.token.token_id, "bridge");
     assert_eq!(
@@ -550,6 +540,26 @@ fn addon_options_map_onto_a_config_the_bridge_loads() {
     assert_eq!(
         config.mqtt.password.as_ref().map(|p| p.expose()),
         Some(MQTT_PASSWORD)
+    );
+
+    // And a failover list (without a pin) keeps its order
+    let mut failover = sample_options(&ca_file);
+    failover.remove("proxmox.fingerprint");
+    failover.insert(
+        "proxmox.urls",
+        json!([
+            "https://pve1.example.lan:8006",
+            " https://pve2.example.lan:8006 "
+        ]),
+    );
+    let env = run_mapping(&options_json(failover), &supervisor_mqtt())
+        .unwrap_or_else(|error| panic!("the mapping failed: {error}"));
+    assert_eq!(
+        load_env_only(&env).clusters[0].urls,
+        [
+            "https://pve1.example.lan:8006",
+            "https://pve2.example.lan:8006"
+        ]
     );
 }
 

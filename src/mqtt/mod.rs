@@ -102,23 +102,8 @@ pub fn base_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOpt
 
 fn tls_config(cfg: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
     let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("mqtt.ca_file: cannot read {}", path.display()))?;
-        let mut count = 0;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert =
-                cert.with_context(|| format!("mqtt.ca_file: bad PEM in {}", path.display()))?;
-            roots.add(cert).with_context(|| {
-                format!("mqtt.ca_file: unusable certificate in {}", path.display())
-            })?;
-            count += 1;
-        }
-        anyhow::ensure!(
-            count > 0,
-            "mqtt.ca_file: no certificate in {}",
-            path.display()
-        );
+    if let Some(ca) = &cfg.ca_file {
+        ca.add_to(&mut roots).map_err(anyhow::Error::msg)?;
     } else {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }

@@ -14,7 +14,6 @@
 //! Every config is built on the ring provider explicitly, so nothing depends on a
 //! process-wide default provider being installed.
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -26,6 +25,7 @@ use tracing::{info, warn};
 
 use super::error::PveError;
 use crate::config::ProxmoxConfig;
+pub(crate) use crate::types::format_fingerprint;
 
 /// Builds the client TLS configuration for `cfg` (see the module docs for the precedence).
 pub(crate) fn client_config(cfg: &ProxmoxConfig) -> Result<rustls::ClientConfig, PveError> {
@@ -40,8 +40,8 @@ pub(crate) fn client_config(cfg: &ProxmoxConfig) -> Result<rustls::ClientConfig,
         if !cfg.tls_verify || cfg.ca_file.is_some() {
             info!("Proxmox certificate pinned by fingerprint; tls_verify and ca_file are not used");
         }
-        let verifier = PinnedCertificate {
-            expected,
+        let verifier = LeafCertificate {
+            pinned: Some(expected),
             algorithms: provider.signature_verification_algorithms,
         };
         return Ok(builder
@@ -55,7 +55,8 @@ pub(crate) fn client_config(cfg: &ProxmoxConfig) -> Result<rustls::ClientConfig,
             "tls_verify = false: the Proxmox certificate is not checked, so anyone on the network path \
              can read the API token; set `fingerprint` or `ca_file` instead"
         );
-        let verifier = AnyCertificate {
+        let verifier = LeafCertificate {
+            pinned: None,
             algorithms: provider.signature_verification_algorithms,
         };
         return Ok(builder
@@ -68,47 +69,20 @@ pub(crate) fn client_config(cfg: &ProxmoxConfig) -> Result<rustls::ClientConfig,
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(ca_file) = &cfg.ca_file {
-        for certificate in read_ca_file(ca_file)? {
-            roots.add(certificate).map_err(|e| PveError::Config {
-                message: format!("ca_file {}: unusable certificate: {e}", ca_file.display()),
-            })?;
-        }
+        ca_file
+            .add_to(&mut roots)
+            .map_err(|message| PveError::Config { message })?;
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// Every certificate in a PEM file; an error naming the file when it cannot be read or holds
-/// none (a key file or a DER file given by mistake would otherwise silently trust nothing).
-fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, PveError> {
-    let pem = std::fs::read(path).map_err(|e| PveError::Config {
-        message: format!("cannot read ca_file {}: {e}", path.display()),
-    })?;
-    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PveError::Config {
-            message: format!("ca_file {} is not valid PEM: {e}", path.display()),
-        })?;
-    if certificates.is_empty() {
-        return Err(PveError::Config {
-            message: format!("ca_file {} contains no PEM certificate", path.display()),
-        });
-    }
-    Ok(certificates)
-}
-
-/// `AB:CD:…`, the form the Proxmox GUI and `pvenode cert info` show.
-pub(crate) fn format_fingerprint(digest: &[u8]) -> String {
-    digest
-        .iter()
-        .map(|byte| format!("{byte:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Accepts exactly the leaf certificate whose SHA-256 is `expected`.
+/// Checks the leaf certificate against a pin (`fingerprint`), or not at all
+/// (`tls_verify = false`). Either way handshake signatures are still checked, which costs
+/// nothing and keeps a peer without the certificate's key from completing the handshake.
 #[derive(Debug)]
-struct PinnedCertificate {
-    expected: [u8; 32],
+struct LeafCertificate {
+    /// SHA-256 of the only certificate accepted; `None` accepts any.
+    pinned: Option<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -131,7 +105,7 @@ impl fmt::Display for FingerprintMismatch {
 
 impl std::error::Error for FingerprintMismatch {}
 
-impl ServerCertVerifier for PinnedCertificate {
+impl ServerCertVerifier for LeafCertificate {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -140,8 +114,11 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(expected) = self.pinned else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let presented = Sha256::digest(end_entity.as_ref());
-        if presented.as_slice() == self.expected {
+        if presented.as_slice() == expected {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(CertificateError::Other(
@@ -175,58 +152,16 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
-/// `tls_verify = false`: any certificate. Handshake signatures are still checked, which costs
-/// nothing and keeps a broken peer from completing the handshake.
-#[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::path::PathBuf;
     use std::time::Duration;
 
     use crate::config::{ApiToken, Secret};
+    use crate::types::{CaBundle, CaError};
 
-    fn config_with_ca(ca_file: Option<PathBuf>) -> ProxmoxConfig {
+    fn config_with_ca(ca_file: Option<CaBundle>) -> ProxmoxConfig {
         ProxmoxConfig {
             urls: vec!["https://pve.example:8006".into()],
             token: ApiToken {
@@ -248,26 +183,32 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_ca_file_is_an_error_naming_the_file() {
-        let err = client_config(&config_with_ca(Some("/nonexistent/pve-root-ca.pem".into())))
-            .unwrap_err();
+    fn a_ca_file_whose_certificate_is_not_x509_is_an_error_naming_the_key_and_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----"
+        )
+        .unwrap();
+        let bundle = CaBundle::read("proxmox.ca_file", file.path()).unwrap();
+        let err = client_config(&config_with_ca(Some(bundle))).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("/nonexistent/pve-root-ca.pem"), "{text}");
+        assert!(text.contains("proxmox.ca_file"), "{text}");
+        assert!(text.contains(&file.path().display().to_string()), "{text}");
         assert!(matches!(err, PveError::Config { .. }));
     }
 
     #[test]
-    fn a_ca_file_without_certificates_is_an_error_naming_the_file() {
+    fn a_ca_file_without_certificates_is_refused_before_any_tls_setup() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(
             file,
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
         )
         .unwrap();
-        let path = file.path().to_path_buf();
-        let err = client_config(&config_with_ca(Some(path.clone()))).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains(&path.display().to_string()), "{text}");
-        assert!(text.contains("no PEM certificate"), "{text}");
+        assert_eq!(
+            CaBundle::read("proxmox.ca_file", file.path()),
+            Err(CaError::NoCertificate)
+        );
     }
 }

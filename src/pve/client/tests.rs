@@ -846,7 +846,8 @@ mod tls {
         let mut ca_file = tempfile::NamedTempFile::new().unwrap();
         ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
         let mut cfg = config(vec![server.url.clone()]);
-        cfg.ca_file = Some(ca_file.path().to_path_buf());
+        cfg.ca_file =
+            Some(crate::types::CaBundle::read("proxmox.ca_file", ca_file.path()).unwrap());
 
         let version = PveClient::new(&cfg).unwrap().version().await.unwrap();
         assert_eq!(version.release.as_deref(), Some("9.1"));
@@ -934,7 +935,8 @@ mod tls {
         let mut ca_file = tempfile::NamedTempFile::new().unwrap();
         ca_file.write_all(pki.ca_pem.as_bytes()).unwrap();
         let mut cfg = config(vec![untrusted.url.clone(), trusted.url.clone()]);
-        cfg.ca_file = Some(ca_file.path().to_path_buf());
+        cfg.ca_file =
+            Some(crate::types::CaBundle::read("proxmox.ca_file", ca_file.path()).unwrap());
 
         // When a request is made, then the TLS failure moves the client to the second
         let client = PveClient::new(&cfg).unwrap();

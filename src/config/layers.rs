@@ -1,0 +1,508 @@
+//! The schema and its layering: the TOML file, then the environment, merged by the `config`
+//! crate's own `File` and `Environment` sources and read into serde structs that refuse
+//! unknown keys. What `config` cannot know is added here:
+//! - which layer a value came from, so a message names `PVE2MQTT_MQTT__URL` rather than
+//!   `mqtt.url` when the environment gave it ([`Origins`]);
+//! - `PVE2MQTT_PROXMOX__<NAME>__<KEY>`, routed to the cluster of that name as an override
+//!   (`proxmox[1].token`), and the plain `PVE2MQTT_PROXMOX__<KEY>` for an `[[proxmox]]` of one;
+//! - the names of unknown keys as the admin wrote them, with a "did you mean" from `strsim`.
+//!
+//! Every leaf is a `config::Value`, typed as TOML typed it (environment values are text): the
+//! value checks in `build` turn it into the typed config, so a type error can say what was
+//! given without serde echoing a secret.
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::path::Path;
+
+use config::{Environment, File, FileFormat, Source, Value, ValueKind};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::{ConfigError, NON_CONFIG_ENV_VARS};
+
+use super::ENV_PREFIX;
+
+/// The whole file. Each field is a section; each section struct lists its keys.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct Schema {
+    pub proxmox: Clusters,
+    pub poll: PollKeys,
+    pub mqtt: MqttKeys,
+    pub homeassistant: HaKeys,
+    pub commands: CommandsKeys,
+    pub backup: BackupKeys,
+}
+
+/// `[proxmox]` (one cluster) or `[[proxmox]]` (`array`, any number).
+#[derive(Default)]
+pub(super) struct Clusters {
+    pub array: bool,
+    pub list: Vec<ProxmoxKeys>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProxmoxKeys {
+    pub url: Option<Value>,
+    pub urls: Option<Value>,
+    pub token: Option<Value>,
+    pub token_file: Option<Value>,
+    pub tls_verify: Option<Value>,
+    pub ca_file: Option<Value>,
+    pub fingerprint: Option<Value>,
+    pub name: Option<Value>,
+    pub timeout: Option<Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PollKeys {
+    pub interval: Option<Value>,
+    pub slow_interval: Option<Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MqttKeys {
+    pub url: Option<Value>,
+    pub username: Option<Value>,
+    pub password: Option<Value>,
+    pub password_file: Option<Value>,
+    pub client_id: Option<Value>,
+    pub base_topic: Option<Value>,
+    pub ca_file: Option<Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HaKeys {
+    pub discovery: Option<Value>,
+    pub discovery_prefix: Option<Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CommandsKeys {
+    pub enabled: Option<Value>,
+    pub read_only: Option<Value>,
+    pub allow: Option<Value>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BackupKeys {
+    pub storage: Option<Value>,
+    pub mode: Option<Value>,
+    pub compress: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for Clusters {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrMany;
+        impl<'de> Visitor<'de> for OneOrMany {
+            type Value = Clusters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table [proxmox] or an array of tables [[proxmox]]")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Clusters, A::Error> {
+                let one = ProxmoxKeys::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(Clusters {
+                    array: false,
+                    list: vec![one],
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Clusters, A::Error> {
+                let mut list = Vec::new();
+                while let Some(one) = seq.next_element()? {
+                    list.push(one);
+                }
+                Ok(Clusters { array: true, list })
+            }
+        }
+        deserializer.deserialize_any(OneOrMany)
+    }
+}
+
+/// The keys of a section, read from its serde struct (so the struct is the only list).
+pub(super) fn section_keys(section: &str) -> Option<&'static [&'static str]> {
+    Some(match section {
+        "proxmox" => fields_of::<ProxmoxKeys>(),
+        "poll" => fields_of::<PollKeys>(),
+        "mqtt" => fields_of::<MqttKeys>(),
+        "homeassistant" => fields_of::<HaKeys>(),
+        "commands" => fields_of::<CommandsKeys>(),
+        "backup" => fields_of::<BackupKeys>(),
+        _ => return None,
+    })
+}
+
+pub(super) fn sections() -> &'static [&'static str] {
+    fields_of::<Schema>()
+}
+
+/// The field names serde derived for `T`: a deserializer that only records what
+/// `deserialize_struct` is told.
+fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// Which keys the environment gave, by path (`mqtt.url`, `proxmox[1].token`), with the
+/// variable's name as written.
+#[derive(Default)]
+pub(super) struct Origins(HashMap<String, String>);
+
+impl Origins {
+    /// How to name the key at `path` in a message: its variable, or the file path.
+    pub fn at(&self, path: &str) -> String {
+        self.0.get(path).cloned().unwrap_or_else(|| path.to_owned())
+    }
+    pub fn is_env(&self, path: &str) -> bool {
+        self.0.contains_key(path)
+    }
+    /// The variable that set `path` or a key below it (`mqqt` finds `PVE2MQTT_MQQT__URL`).
+    fn var_under(&self, path: &str) -> Option<&str> {
+        let below = format!("{path}.");
+        let mut vars: Vec<(&String, &String)> = self.0.iter().collect();
+        vars.sort();
+        vars.into_iter()
+            .find(|(key, _)| *key == path || key.starts_with(&below))
+            .map(|(_, var)| var.as_str())
+    }
+}
+
+/// The file and environment, layered and read into the schema.
+pub(super) fn layer(
+    text: &str,
+    path: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> Result<(Schema, Origins), ConfigError> {
+    // Editors on Windows may save a byte order mark, which TOML does not allow.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let file = File::from_str(text, FileFormat::Toml)
+        .collect()
+        .map_err(|error| ConfigError::Syntax {
+            path: path.map(Path::to_owned),
+            detail: toml_error_without_source(&error.to_string()),
+        })?;
+    check_section_shapes(&file)?;
+    let (array, names) = file_clusters(&file);
+
+    let mut vars: Vec<(&String, &String)> = env
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with(ENV_PREFIX) && !NON_CONFIG_ENV_VARS.contains(&name.as_str())
+        })
+        .collect();
+    vars.sort();
+    let mut plain = config::Map::new();
+    let mut overrides = Vec::new();
+    let mut origins = Origins::default();
+    for (var, value) in vars {
+        let rest = &var[ENV_PREFIX.len()..];
+        let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        let key = match parts.as_slice() {
+            // A leading `_` is the `PVE2MQTT__SECTION` slip; reported with a guess below.
+            [section, key] if is_word(section) && is_word(key) && !section.starts_with('_') => {
+                if section != "proxmox" || !array {
+                    plain.insert(var.clone(), value.clone());
+                    origins.0.insert(format!("{section}.{key}"), var.clone());
+                    continue;
+                }
+                if names.len() != 1 {
+                    return Err(ConfigError::EnvVar {
+                        var: var.clone(),
+                        reason: format!(
+                            "{} [[proxmox]] clusters are configured, so name the one meant: \
+                             PVE2MQTT_PROXMOX__<NAME>__{}",
+                            names.len(),
+                            key.to_ascii_uppercase()
+                        ),
+                    });
+                }
+                format!("proxmox[0].{key}")
+            }
+            [section, _, key] if section == "proxmox" && is_word(key) => {
+                let name = rest.split("__").nth(1).unwrap_or_default();
+                let index = cluster_named(var, name, &names)?;
+                if array {
+                    format!("proxmox[{index}].{key}")
+                } else {
+                    format!("proxmox.{key}")
+                }
+            }
+            _ => return Err(malformed_env_var(var, rest)),
+        };
+        overrides.push((key.clone(), value.clone()));
+        origins.0.insert(key, var.clone());
+    }
+
+    let mut builder = config::Config::builder()
+        .add_source(File::from_str(text, FileFormat::Toml))
+        .add_source(
+            Environment::with_prefix("PVE2MQTT")
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(plain)),
+        );
+    for (key, value) in overrides {
+        builder =
+            builder
+                .set_override(key.as_str(), value)
+                .map_err(|error| ConfigError::EnvVar {
+                    var: origins.at(&key),
+                    reason: error.to_string(),
+                })?;
+    }
+    let merged = builder.build().map_err(|error| ConfigError::Invalid {
+        key: "config".into(),
+        reason: toml_error_without_source(&error.to_string()),
+    })?;
+    let schema = serde_path_to_error::deserialize(merged)
+        .map_err(|error| unknown_key(&error, &origins, &file))?;
+    Ok((schema, origins))
+}
+
+/// A section or key name as the schema spells them; anything else cannot be a config path.
+fn is_word(word: &str) -> bool {
+    !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether the file has `[[proxmox]]`, and the cluster names it gives, in order.
+fn file_clusters(file: &config::Map<String, Value>) -> (bool, Vec<Option<String>>) {
+    let name = |value: &Value| match &value.kind {
+        ValueKind::Table(table) => match table.get("name").map(|name| &name.kind) {
+            Some(ValueKind::String(name)) => Some(name.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match file.get("proxmox").map(|value| &value.kind) {
+        Some(ValueKind::Array(items)) => (true, items.iter().map(name).collect()),
+        Some(_) => (false, vec![name(&file["proxmox"])]),
+        None => (false, Vec::new()),
+    }
+}
+
+/// The index of the cluster that `PVE2MQTT_PROXMOX__<NAME>__<KEY>` names.
+fn cluster_named(var: &str, name: &str, names: &[Option<String>]) -> Result<usize, ConfigError> {
+    let matches: Vec<usize> = (0..names.len())
+        .filter(|&i| {
+            names[i]
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    let reason = match matches.as_slice() {
+        [index] => return Ok(*index),
+        [] => format!("no [proxmox] cluster in the config file has the name `{name}`"),
+        _ => format!(
+            "several clusters are named `{name}` (ignoring case); cluster names must be unique"
+        ),
+    };
+    Err(ConfigError::EnvVar {
+        var: var.into(),
+        reason,
+    })
+}
+
+/// A section given as a value (`poll = 5`), named before serde would say "expected struct".
+fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigError> {
+    let mut names: Vec<&String> = file.keys().collect();
+    names.sort();
+    for name in names {
+        let kind = &file[name].kind;
+        match (name.as_str(), kind) {
+            (_, ValueKind::Table(_)) => {}
+            ("proxmox", ValueKind::Array(items)) => {
+                for (index, item) in items.iter().enumerate() {
+                    if !matches!(item.kind, ValueKind::Table(_)) {
+                        return Err(ConfigError::Invalid {
+                            key: format!("proxmox[{index}]"),
+                            reason: format!(
+                                "expected a table ([[proxmox]]), got {}",
+                                super::build::describe(&item.kind)
+                            ),
+                        });
+                    }
+                }
+            }
+            (section, other) if sections().contains(&section) => {
+                let shape = if section == "proxmox" {
+                    "a table [proxmox] or an array of tables [[proxmox]]".to_owned()
+                } else {
+                    format!("a table [{section}]")
+                };
+                return Err(ConfigError::Invalid {
+                    key: section.into(),
+                    reason: format!("expected {shape}, got {}", super::build::describe(other)),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Maps serde's refusal to the key as written: the variable for an environment key, the file
+/// path otherwise, with a hint.
+fn unknown_key(
+    error: &serde_path_to_error::Error<config::ConfigError>,
+    origins: &Origins,
+    file: &config::Map<String, Value>,
+) -> ConfigError {
+    let message = error.inner().to_string();
+    let Some(name) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return ConfigError::Invalid {
+            key: error.path().to_string(),
+            reason: message,
+        };
+    };
+    // The path ends with the unknown key itself (`mqtt.pasword`).
+    let full = error.path().to_string();
+    let parent = full
+        .strip_suffix(name)
+        .map_or("", |parent| parent.trim_end_matches('.'))
+        .to_owned();
+    let at_root = parent.is_empty();
+    // `proxmox[1]` → `proxmox`
+    let section = parent.split('[').next().unwrap_or_default().to_owned();
+    let section = section.as_str();
+    if let Some(var) = origins.var_under(&full) {
+        let mut reason = if at_root {
+            format!("there is no config section `{name}`")
+        } else {
+            format!("the [{section}] section has no key `{name}`")
+        };
+        let hint = if at_root {
+            closest(name, sections()).map(|s| format!("did you mean `{}`?", s.to_uppercase()))
+        } else {
+            unknown_key_hint(section, name)
+        };
+        if let Some(hint) = hint {
+            let _ = write!(reason, " ({hint})");
+        }
+        return ConfigError::EnvVar {
+            var: var.into(),
+            reason,
+        };
+    }
+    if !at_root {
+        return ConfigError::UnknownKey {
+            key: full,
+            hint: unknown_key_hint(section, name),
+        };
+    }
+    if let Some(ValueKind::Table(_) | ValueKind::Array(_)) = file.get(name).map(|v| &v.kind) {
+        let hint = closest(name, sections())
+            .map(|s| format!("did you mean `{s}`?"))
+            .unwrap_or_else(|| format!("known sections: {}", sections().join(", ")));
+        return ConfigError::UnknownSection {
+            section: full,
+            hint: Some(hint),
+        };
+    }
+    let hint = match sections()
+        .iter()
+        .find(|s| section_keys(s).is_some_and(|keys| keys.contains(&name)))
+    {
+        Some(section) => format!("`{name}` belongs in the [{section}] section"),
+        None => {
+            let all: Vec<String> = sections().iter().map(|s| format!("[{s}]")).collect();
+            format!("keys belong in a section: {}", all.join(", "))
+        }
+    };
+    ConfigError::UnknownKey {
+        key: full,
+        hint: Some(hint),
+    }
+}
+
+/// "did you mean" for a misspelt key, or where a key of another section belongs.
+fn unknown_key_hint(section: &str, key: &str) -> Option<String> {
+    if let Some(close) = closest(key, section_keys(section)?) {
+        return Some(format!("did you mean `{close}`?"));
+    }
+    sections()
+        .iter()
+        .find(|s| section_keys(s).is_some_and(|keys| keys.contains(&key)))
+        .map(|other| format!("`{key}` belongs in the [{other}] section"))
+}
+
+/// The candidate within a small edit distance of `word`, for typo hints.
+fn closest(word: &str, candidates: &[&'static str]) -> Option<&'static str> {
+    let word = word.to_ascii_lowercase();
+    let limit = if word.len() <= 4 { 1 } else { 2 };
+    candidates
+        .iter()
+        .map(|candidate| (strsim::levenshtein(&word, candidate), *candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// A `PVE2MQTT_` variable without the `<SECTION>__<KEY>` shape; guesses the intended name for
+/// the usual slips (single underscore, or a double one right after the prefix).
+fn malformed_env_var(var: &str, rest: &str) -> ConfigError {
+    let mut reason =
+        "expected PVE2MQTT_<SECTION>__<KEY> (two underscores between section and key)".to_owned();
+    let trimmed = rest.trim_start_matches('_').to_ascii_lowercase();
+    let guess = sections().iter().find_map(|section| {
+        let key = trimmed.strip_prefix(section)?.trim_start_matches('_');
+        section_keys(section)?.contains(&key).then(|| {
+            format!(
+                "PVE2MQTT_{}__{}",
+                section.to_ascii_uppercase(),
+                key.to_ascii_uppercase()
+            )
+        })
+    });
+    if let Some(guess) = guess {
+        let _ = write!(reason, "; did you mean `{guess}`?");
+    }
+    ConfigError::EnvVar {
+        var: var.into(),
+        reason,
+    }
+}
+
+/// Parser output with the quoted source lines removed: the `toml` parser quotes the line it
+/// stopped at, and that line may be `token = ...` with the secret in clear.
+fn toml_error_without_source(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line
+                    .trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ')
+                    .starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}

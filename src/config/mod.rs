@@ -1,0 +1,239 @@
+//! Configuration (SPEC §2): TOML file + `PVE2MQTT_<SECTION>__<KEY>` environment + `*_file` secrets.
+//!
+//! Layers, lowest first: built-in defaults, the TOML file, the environment, merged by the
+//! `config` crate's `File` and `Environment` sources into one serde schema that refuses
+//! unknown keys (`layers`), then checked value by value (`build`, `values`). Every error names
+//! the key exactly as the admin wrote it: `mqtt.base_topic` in the file, or
+//! `PVE2MQTT_MQTT__BASE_TOPIC` when the environment gave it.
+//!
+//! Rules where SPEC is silent (documented for the README):
+//! - Environment section and key names are case-insensitive; the `PVE2MQTT_` prefix is not.
+//!   `PVE2MQTT_CONFIG` is left to the CLI (see [`NON_CONFIG_ENV_VARS`]).
+//! - List values from the environment are comma-separated; a TOML string is accepted for a
+//!   list key the same way.
+//! - Booleans accept `true/false`, `yes/no`, `on/off`, `1/0` (any case), from env or file.
+//! - Mutually exclusive keys (`url`/`urls`, `token`/`token_file`, `password`/`password_file`)
+//!   are an error when one layer sets both; a higher layer setting one replaces the other from
+//!   a lower layer (an env `TOKEN_FILE` overrides a file `token`). An empty string counts as unset.
+//! - Optional strings (`ca_file`, `fingerprint`, `name`, `username`, `password`, ...) treat an
+//!   empty string as not given, as the SPEC example (`ca_file = ""`) implies.
+//! - `poll.slow_interval` defaults to the larger of 60s and `poll.interval`.
+//! - With several `[[proxmox]]` clusters, `PVE2MQTT_PROXMOX__<NAME>__<KEY>` addresses one by its
+//!   name; the plain `PVE2MQTT_PROXMOX__<KEY>` is only accepted when there is one cluster.
+//!   Clusters cannot be created from the environment alone beyond the single one.
+//! - Relative paths (`ca_file`, `*_file`) are relative to the working directory.
+//! - `fingerprint` pins one certificate, and each node has its own, so it is refused with
+//!   several `urls` (failover could never succeed); `ca_file` trusts every node instead.
+mod build;
+mod layers;
+mod values;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::types::CaBundle;
+
+pub use crate::types::{ApiToken, Secret};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// One entry per cluster (`[proxmox]` or `[[proxmox]]`); never empty.
+    pub clusters: Vec<ProxmoxConfig>,
+    pub poll: PollConfig,
+    pub mqtt: MqttConfig,
+    pub homeassistant: HaConfig,
+    pub commands: CommandsConfig,
+    pub backup: BackupConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxmoxConfig {
+    /// Base URLs (`https://host:8006`), tried in order for failover; never empty.
+    pub urls: Vec<String>,
+    pub token: ApiToken,
+    pub tls_verify: bool,
+    pub ca_file: Option<CaBundle>,
+    /// SHA-256 of the server certificate (DER), from `AB:CD:…` hex.
+    pub fingerprint: Option<[u8; 32]>,
+    /// Cluster id for topics and unique ids; `None` = ask Proxmox (cluster name, or node name).
+    pub name: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct PollConfig {
+    pub interval: Duration,
+    pub slow_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// As written, for messages.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`
+    pub tls: bool,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_id: String,
+    pub base_topic: String,
+    pub ca_file: Option<CaBundle>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    pub discovery: bool,
+    pub discovery_prefix: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CommandsConfig {
+    pub enabled: bool,
+    pub read_only: bool,
+    /// Empty = every guest.
+    pub allow: Vec<AllowRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowRule {
+    Vmid(u32),
+    Tag(String),
+    Pool(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupConfig {
+    pub storage: String,
+    pub mode: String,
+    pub compress: String,
+}
+
+impl std::fmt::Display for AllowRule {
+    /// The form the rule is written in the config (`100`, `tag:NAME`, `pool:NAME`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowRule::Vmid(vmid) => write!(f, "{vmid}"),
+            AllowRule::Tag(tag) => write!(f, "tag:{tag}"),
+            AllowRule::Pool(pool) => write!(f, "pool:{pool}"),
+        }
+    }
+}
+
+/// Why the configuration was refused. Every message names the key as the admin wrote it
+/// (`poll.interval` in the file, `proxmox[1].token` in an array of clusters, or the
+/// environment variable) and never contains a secret value.
+#[derive(thiserror::Error, Debug)]
+pub enum ConfigError {
+    /// The config file given with `--config` could not be read.
+    #[error("cannot read config file `{}`: {source}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML. `detail` carries the parser's position and reason but not
+    /// its quote of the offending line, which could hold a secret.
+    #[error("invalid TOML{}: {detail}", path.as_ref().map(|p| format!(" in `{}`", p.display())).unwrap_or_default())]
+    Syntax {
+        path: Option<PathBuf>,
+        detail: String,
+    },
+    /// A table in the file that is not one of the known sections.
+    #[error("unknown section `{section}`{}", hint_suffix(hint))]
+    UnknownSection {
+        section: String,
+        hint: Option<String>,
+    },
+    /// A key in the file that is not known in its section (`mqtt.pasword`).
+    #[error("unknown key `{key}`{}", hint_suffix(hint))]
+    UnknownKey { key: String, hint: Option<String> },
+    /// A `PVE2MQTT_*` environment variable that does not map to a key, or cannot be applied.
+    #[error("environment variable `{var}`: {reason}")]
+    EnvVar { var: String, reason: String },
+    /// A required key has no value in any layer.
+    #[error("missing `{key}`: {hint}")]
+    Missing { key: String, hint: String },
+    /// Two mutually exclusive keys were given in the same layer.
+    #[error("`{first}` and `{second}` are both set; give only one of them")]
+    Conflict { first: String, second: String },
+    /// A file named by a key (`token_file`, `password_file`, `ca_file`) cannot be used.
+    #[error("{key}: cannot read `{}`: {reason}", path.display())]
+    UnreadableFile {
+        key: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A value of the wrong type or out of its allowed range.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn hint_suffix(hint: &Option<String>) -> String {
+    hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+}
+
+/// Environment variables that start with the config prefix but belong to the CLI, not to a
+/// config key; they are skipped instead of being reported as unknown.
+pub const NON_CONFIG_ENV_VARS: &[&str] = &["PVE2MQTT_CONFIG"];
+
+/// Prefix of every configuration variable (`PVE2MQTT_<SECTION>__<KEY>`).
+const ENV_PREFIX: &str = "PVE2MQTT_";
+
+impl Config {
+    /// File (optional) + the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut env = HashMap::new();
+        for (name, value) in std::env::vars_os() {
+            // A variable whose name is not UTF-8 cannot spell our prefix.
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => {
+                    env.insert(name.to_owned(), value);
+                }
+                Err(_) => {
+                    return Err(ConfigError::EnvVar {
+                        var: name.to_owned(),
+                        reason: "the value is not valid UTF-8".into(),
+                    })
+                }
+            }
+        }
+        Self::load_with_env(path, &env)
+    }
+
+    /// Same with an explicit environment (tests; no global state).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                Self::from_toml_with_origin(&text, Some(path), env)
+            }
+            None => Self::from_toml_with_origin("", None, env),
+        }
+    }
+
+    /// Parse from TOML text + env (unit tests, and the Home Assistant add-on later).
+    pub fn from_toml_str(toml: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        Self::from_toml_with_origin(toml, None, env)
+    }
+
+    fn from_toml_with_origin(
+        toml: &str,
+        path: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let (schema, origins) = layers::layer(toml, path, env)?;
+        build::build(schema, &origins)
+    }
+}
