@@ -317,3 +317,48 @@ async fn ask_cluster_id(client: &PveClient) -> anyhow::Result<String> {
         _ => anyhow::bail!("several nodes but no cluster name visible: set proxmox.name"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reconnect that happens while the publisher's queue is full is delivered once
+    /// there is room, never dropped.
+    #[tokio::test]
+    async fn a_reconnect_while_the_publisher_queue_is_full_still_reaches_it() {
+        let (to, mut inbox) = mpsc::channel::<PublisherMsg>(1);
+        let (state, rx) = watch::channel(LinkState::default());
+        tokio::spawn(forward_link_state(rx, to.clone()));
+        state.send_modify(|s| {
+            s.sessions += 1;
+            s.connected = true;
+        });
+        let first = inbox.recv().await.expect("first connect");
+        assert!(matches!(first, PublisherMsg::Link(LinkEvent::Connected)));
+
+        // The queue is full; the link drops and comes back meanwhile
+        to.try_send(PublisherMsg::Link(LinkEvent::Disconnected))
+            .expect("room for one");
+        state.send_modify(|s| s.connected = false);
+        state.send_modify(|s| {
+            s.sessions += 1;
+            s.connected = true;
+        });
+        tokio::task::yield_now().await;
+
+        // Then the publisher, draining, still learns of the new session
+        let mut seen = Vec::new();
+        while let Ok(Some(msg)) =
+            tokio::time::timeout(Duration::from_millis(200), inbox.recv()).await
+        {
+            if let PublisherMsg::Link(event) = msg {
+                seen.push(format!("{event:?}"));
+            }
+        }
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("Connected"),
+            "{seen:?}"
+        );
+    }
+}
