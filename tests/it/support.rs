@@ -56,6 +56,11 @@ impl Mosquitto {
         Self::start_with(free_port(), "")
     }
 
+    /// A broker with persistence on, whatever the environment says.
+    pub fn start_persistent() -> Mosquitto {
+        Self::start_full(free_port(), "", true)
+    }
+
     /// `extra` is appended to the config (TLS, passwords).
     pub fn start_with(port: u16, extra: &str) -> Mosquitto {
         Self::start_full(port, extra, persistence_from_env())
@@ -68,6 +73,10 @@ impl Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         let persistence = if persistent {
+            // Started as root, Mosquitto drops to the `mosquitto` user before it saves.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("chmod the broker's dir");
             format!(
                 "persistence true\npersistence_location {}/\nautosave_interval 1\n",
                 dir.path().display()
