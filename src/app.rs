@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -92,12 +92,13 @@ pub async fn run_with(
     let hard_stop = CancellationToken::new();
     let (command_tx, command_rx) = mpsc::channel::<mqtt::Inbound>(1024);
     let link_tx = publisher_tx.clone();
+    let (link_state_tx, link_state_rx) = watch::channel(LinkState::default());
+    tokio::spawn(forward_link_state(link_state_rx, publisher_tx.clone()));
     let route_topics = topics.clone();
     // Inbound messages go straight to the task that acts on them: a command must not
     // queue behind the publisher's work on a large view or a discovery burst.
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
-        mqtt_client.clone(),
         subscriptions,
         move |event| {
             let event = match event {
@@ -121,7 +122,17 @@ pub async fn run_with(
                         return;
                     }
                 },
-                other => other,
+                LinkEvent::Connected => {
+                    link_state_tx.send_modify(|s| {
+                        s.sessions += 1;
+                        s.connected = true;
+                    });
+                    return;
+                }
+                LinkEvent::Disconnected => {
+                    link_state_tx.send_modify(|s| s.connected = false);
+                    return;
+                }
             };
             if let Err(err) = link_tx.try_send(PublisherMsg::Link(event)) {
                 warn!(error = %err, "MQTT event dropped: the publisher is overloaded");
@@ -214,6 +225,40 @@ pub async fn run_with(
     Ok(())
 }
 
+/// The MQTT connection as a value rather than queued events: the event loop (which must
+/// never block) overwrites it, and [`forward_link_state`] hands each change to the
+/// publisher, waiting for room in its queue. A full queue delays a `Connected`, never
+/// drops it: a bridge that missed one would stay silent on a live connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LinkState {
+    /// ConnAcks so far: a reconnect that happened while the publisher was busy still
+    /// shows as a new session, so everything is republished.
+    sessions: u64,
+    connected: bool,
+}
+
+/// Turns changes of the [`LinkState`] into `PublisherMsg::Link` events, in order;
+/// changes made while the publisher's queue was full are coalesced.
+async fn forward_link_state(mut state: watch::Receiver<LinkState>, to: mpsc::Sender<PublisherMsg>) {
+    let mut told = LinkState::default();
+    while state.changed().await.is_ok() {
+        let now = *state.borrow_and_update();
+        let event = if now.connected && now.sessions != told.sessions {
+            Some(LinkEvent::Connected)
+        } else if !now.connected && told.connected {
+            Some(LinkEvent::Disconnected)
+        } else {
+            None
+        };
+        told = now;
+        if let Some(event) = event {
+            if to.send(PublisherMsg::Link(event)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// The cluster id used in topics: the configured `name`, else the cluster's name, else
 /// (standalone host) the node's name. Retries until Proxmox answers or shutdown.
 async fn resolve_cluster_id(
@@ -270,5 +315,50 @@ async fn ask_cluster_id(client: &PveClient) -> anyhow::Result<String> {
         [single] => Ok(single.to_string()),
         [] => anyhow::bail!("the token sees no node (missing Sys.Audit?)"),
         _ => anyhow::bail!("several nodes but no cluster name visible: set proxmox.name"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reconnect that happens while the publisher's queue is full is delivered once
+    /// there is room, never dropped.
+    #[tokio::test]
+    async fn a_reconnect_while_the_publisher_queue_is_full_still_reaches_it() {
+        let (to, mut inbox) = mpsc::channel::<PublisherMsg>(1);
+        let (state, rx) = watch::channel(LinkState::default());
+        tokio::spawn(forward_link_state(rx, to.clone()));
+        state.send_modify(|s| {
+            s.sessions += 1;
+            s.connected = true;
+        });
+        let first = inbox.recv().await.expect("first connect");
+        assert!(matches!(first, PublisherMsg::Link(LinkEvent::Connected)));
+
+        // The queue is full; the link drops and comes back meanwhile
+        to.try_send(PublisherMsg::Link(LinkEvent::Disconnected))
+            .expect("room for one");
+        state.send_modify(|s| s.connected = false);
+        state.send_modify(|s| {
+            s.sessions += 1;
+            s.connected = true;
+        });
+        tokio::task::yield_now().await;
+
+        // Then the publisher, draining, still learns of the new session
+        let mut seen = Vec::new();
+        while let Ok(Some(msg)) =
+            tokio::time::timeout(Duration::from_millis(200), inbox.recv()).await
+        {
+            if let PublisherMsg::Link(event) = msg {
+                seen.push(format!("{event:?}"));
+            }
+        }
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some("Connected"),
+            "{seen:?}"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::model::{ClusterView, RateMemory, SlowData, ViewBuilder};
 use crate::publisher::PublisherMsg;
@@ -94,6 +94,8 @@ impl ClusterPoller {
         let mut next_poll = tokio::time::Instant::now();
         // When the last request for `/cluster/resources` went out.
         let mut last_poll: Option<tokio::time::Instant> = None;
+        // The last answer lost (almost) everything and was not applied (see `sudden_loss`).
+        let mut loss_held = false;
         loop {
             tokio::select! {
                 biased;
@@ -118,6 +120,13 @@ impl ClusterPoller {
                     }
                     if coalesced > 1 {
                         debug!(cluster = %self.id, coalesced, "refreshes served by one poll");
+                    }
+                    // Proxmox is failing: the backoff decides when to ask again. A refresh
+                    // (a script's request, every task end) must not turn an outage into a
+                    // flood of `/cluster/resources`.
+                    if failures > 0 {
+                        debug!(cluster = %self.id, "refresh during an outage: waiting for the backoff");
+                        continue;
                     }
                     // Polled less than `refresh_spacing` ago: publish the statuses read
                     // after the tasks now, from the last answer, and poll when it is up.
@@ -152,6 +161,7 @@ impl ClusterPoller {
                 let built = self.view_from(&body, &slow, &mut rates, now, previous.as_deref())?;
                 Ok((body, built))
             });
+            let before = previous.as_deref().map(Inventory::of);
             drop(previous);
             match polled {
                 Ok((body, (mut view, plan_rows))) => {
@@ -159,6 +169,19 @@ impl ClusterPoller {
                         info!(cluster = %self.id, "Proxmox answers again");
                     }
                     failures = 0;
+                    match sudden_loss(before, Inventory::of(&view)) {
+                        Some(loss) if !loss_held => {
+                            info!(cluster = %self.id, %loss, "answer holds back: waiting for the next poll to confirm before removing anything");
+                            loss_held = true;
+                            next_poll = tokio::time::Instant::now() + self.interval;
+                            continue;
+                        }
+                        Some(loss) => {
+                            warn!(cluster = %self.id, %loss, "confirmed by a second poll: removing what Proxmox no longer lists");
+                        }
+                        None => {}
+                    }
+                    loss_held = false;
                     let _ = resources_tx.send(Arc::new(plan_rows));
                     apply_overrides(&mut view, &mut overrides);
                     last_body = Some(body);
@@ -239,6 +262,43 @@ impl ClusterPoller {
         let _ = self.views.send(Some(view.clone()));
         self.publisher.send(PublisherMsg::View(view)).await.is_ok()
     }
+}
+
+/// How much a view holds, to tell a real change from an answer that lost everything.
+#[derive(Clone, Copy, Debug)]
+struct Inventory {
+    nodes: usize,
+    guests: usize,
+}
+
+impl Inventory {
+    fn of(view: &ClusterView) -> Inventory {
+        Inventory {
+            nodes: view.nodes.len(),
+            guests: view.guests.len(),
+        }
+    }
+}
+
+/// Why an answer looks like a momentary loss rather than the cluster as it is, if it
+/// does. Proxmox answers `/cluster/resources` with an empty or thinned list while a
+/// token's ACLs are being re-created (the rows are filtered silently by privilege), and
+/// applying such an answer deletes every Home Assistant device and the user's
+/// customisations. A cluster always has a node; a real loss of most guests at once is
+/// rare and can wait one poll. So an answer with no node, or with less than half the
+/// guests of the last one, is applied only when the next poll says the same.
+fn sudden_loss(before: Option<Inventory>, now: Inventory) -> Option<String> {
+    if now.nodes == 0 && before.is_none_or(|b| b.nodes > 0) {
+        return Some("the answer lists no node".to_string());
+    }
+    let before = before?;
+    if before.guests > 0 && now.guests * 2 < before.guests {
+        return Some(format!(
+            "the answer lists {} of {} guests",
+            now.guests, before.guests
+        ));
+    }
+    None
 }
 
 /// Applies fresh per-guest statuses read after a task, until they expire or the
@@ -606,5 +666,31 @@ mod tests {
             assert_eq!(&view.guests[vmid].status, status);
         }
         running.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::{sudden_loss, Inventory};
+
+    fn inv(nodes: usize, guests: usize) -> Inventory {
+        Inventory { nodes, guests }
+    }
+
+    #[test]
+    fn an_answer_without_nodes_or_with_most_guests_gone_is_a_sudden_loss() {
+        assert!(sudden_loss(Some(inv(2, 10)), inv(0, 0)).is_some());
+        assert!(sudden_loss(None, inv(0, 0)).is_some());
+        assert!(sudden_loss(Some(inv(2, 10)), inv(2, 4)).is_some());
+    }
+
+    #[test]
+    fn ordinary_changes_and_a_confirmed_loss_are_not() {
+        assert!(sudden_loss(Some(inv(2, 10)), inv(2, 5)).is_none());
+        assert!(sudden_loss(Some(inv(2, 2)), inv(2, 1)).is_none());
+        assert!(sudden_loss(None, inv(1, 0)).is_none());
+        // once applied, an empty cluster stays quiet
+        assert!(sudden_loss(Some(inv(0, 0)), inv(0, 0)).is_none());
+        assert!(sudden_loss(Some(inv(1, 0)), inv(1, 0)).is_none());
     }
 }

@@ -272,7 +272,7 @@ impl Runner {
             }
             if job.command.action == Action::Backup {
                 if let Ok(chunk) = client.task_log(upid, log_lines_read, 500).await {
-                    log_lines_read += chunk.lines.len() as u64;
+                    log_lines_read = chunk.next_start;
                     for line in &chunk.lines {
                         log.feed(line.text());
                     }

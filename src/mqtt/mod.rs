@@ -7,6 +7,11 @@
 //! re-subscribes on every ConnAck; it never awaits anything but `poll()` and its
 //! backoff, and hands inbound messages on with `try_send`, so it can never deadlock
 //! against the publisher (which awaits on the client's request channel).
+//!
+//! The re-subscription goes to the front of the event loop's own pending queue, not into
+//! the request channel: after a reconnect during a discovery burst that channel is full
+//! of the publisher's messages, and a subscription queued behind them (or refused by
+//! `try_subscribe`) would leave the bridge "online" and deaf.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
+    Request, Subscribe, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -24,8 +29,27 @@ use crate::ha::topics::Topics;
 
 /// Outgoing packets larger than rumqttc's 10 KiB default would tear the connection down;
 /// device discovery payloads of a guest are a few KiB, a `bridge/info` of a big cluster
-/// more. Inbound, retained availability messages and commands are small.
+/// more.
 pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
+
+/// The largest packet the bridge reads: MQTT's own maximum (a remaining length of
+/// 268,435,455 bytes, also Mosquitto's default `message_size_limit`). MQTT 3.1.1 cannot tell
+/// the broker a smaller limit, so any lower one only moves the cliff: one retained message
+/// above it on a subscribed topic (published by mistake, by anyone) would tear the
+/// connection down at every (re)subscribe, a reconnect loop with a full republish each
+/// time. Reading it costs its size in memory once per connect; it is dropped at once
+/// (see [`MAX_INBOUND_PAYLOAD`]).
+pub const MAX_INCOMING_PACKET_SIZE: usize = 256 * 1024 * 1024;
+
+/// The largest inbound payload handed on: commands, requests, availability and task
+/// reports are well under 1 KiB. Anything bigger is junk, dropped here with one log line
+/// per message, and never executed.
+pub const MAX_INBOUND_PAYLOAD: usize = 64 * 1024;
+
+/// A connection must last this long before the reconnect backoff starts again from 1 s:
+/// a broker that accepts and then drops at once (or sends a message that kills the
+/// link) is otherwise retried every second, with a full republish each time.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// Capacity of the client's request channel: the publisher awaits when it is full, which
 /// is the natural back-pressure while the broker is slow. Small on purpose: every queued
@@ -87,7 +111,7 @@ pub fn base_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOpt
     let mut opts = MqttOptions::new(client_id, &cfg.host, cfg.port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(true);
-    opts.set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+    opts.set_max_packet_size(MAX_INCOMING_PACKET_SIZE, MAX_PACKET_SIZE);
     opts.set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
     opts.set_inflight(200);
     if let Some(user) = &cfg.username {
@@ -116,7 +140,8 @@ fn tls_config(cfg: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// Backoff after connection errors: 1 s, doubling to 30 s, reset by a ConnAck.
+/// Backoff after connection errors: 1 s, doubling to 30 s, reset by a connection that
+/// lasted [`STABLE_CONNECTION`].
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
 }
@@ -124,17 +149,16 @@ fn backoff(failures: u32) -> Duration {
 /// Drives the event loop until the client's own Disconnect went out (clean stop) or
 /// `hard_stop` fires (the broker is unreachable at shutdown).
 ///
-/// `subscriptions` are (re)subscribed on every ConnAck; `send` gets every [`LinkEvent`]
-/// and must not block (use `try_send`).
+/// `subscriptions` are (re)subscribed on every ConnAck, ahead of anything queued; `send`
+/// gets every [`LinkEvent`] and must not block (use `try_send`).
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
-    client: AsyncClient,
     subscriptions: Vec<String>,
     send: impl Fn(LinkEvent),
     hard_stop: CancellationToken,
 ) {
     let mut failures: u32 = 0;
-    let mut connected = false;
+    let mut connected_at: Option<tokio::time::Instant> = None;
     loop {
         let polled = tokio::select! {
             polled = eventloop.poll() => polled,
@@ -143,17 +167,43 @@ pub async fn run_event_loop(
         match polled {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 info!(code = ?ack.code, "connected to the MQTT broker");
-                failures = 0;
-                connected = true;
-                let filters = subscriptions
-                    .iter()
-                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                if let Err(err) = client.try_subscribe_many(filters) {
-                    warn!(error = %err, "could not queue the subscriptions");
+                connected_at = Some(tokio::time::Instant::now());
+                if !subscriptions.is_empty() {
+                    let filters = subscriptions
+                        .iter()
+                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    // The pending queue is served before the request channel and was just
+                    // cleared (clean session), so this goes out first.
+                    eventloop
+                        .pending
+                        .push_front(Request::Subscribe(Subscribe::new_many(filters)));
                 }
                 send(LinkEvent::Connected);
             }
+            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|code| matches!(code, SubscribeReasonCode::Failure))
+                    .count();
+                if refused > 0 {
+                    warn!(
+                        refused,
+                        "the broker refused subscriptions (ACL?); commands on those topics are not received"
+                    );
+                }
+            }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                if publish.payload.len() > MAX_INBOUND_PAYLOAD {
+                    warn!(
+                        topic = %publish.topic,
+                        bytes = publish.payload.len(),
+                        retained = publish.retain,
+                        limit = MAX_INBOUND_PAYLOAD,
+                        "inbound message too large: ignored"
+                    );
+                    continue;
+                }
                 send(LinkEvent::Message(Inbound {
                     topic: publish.topic,
                     payload: publish.payload.to_vec(),
@@ -166,10 +216,12 @@ pub async fn run_event_loop(
             }
             Ok(_) => {}
             Err(err) => {
-                if connected {
-                    warn!(error = %describe(&err), "lost the MQTT connection; reconnecting");
+                if let Some(since) = connected_at.take() {
+                    if since.elapsed() >= STABLE_CONNECTION {
+                        failures = 0;
+                    }
+                    warn!(error = %describe(&err), retry_in = ?backoff(failures), "lost the MQTT connection; reconnecting");
                     send(LinkEvent::Disconnected);
-                    connected = false;
                 } else {
                     warn!(error = %describe(&err), retry_in = ?backoff(failures), "cannot connect to the MQTT broker");
                 }

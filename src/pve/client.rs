@@ -316,6 +316,13 @@ impl PveClient {
 
     /// `GET /nodes/{node}/tasks/{upid}/log?start=&limit=` (`limit` 0 = everything). Lines
     /// are numbered from 1; `total` is the length of the whole log.
+    ///
+    /// Pages follow the line numbers, not the count received: when nothing lies past
+    /// `start`, Proxmox (`dump_logfile`) answers one synthetic line `no content` numbered
+    /// one past the end, and a reader that advanced by one would skip the next real line.
+    /// So a page that is only that line holds no lines and keeps `start`, and
+    /// `next_start` is the number of the last real line. (A task that logs exactly
+    /// `no content` as its newest line has it read with the next page.)
     pub async fn task_log(&self, upid: &Upid, start: u64, limit: u64) -> Result<TaskLog, PveError> {
         #[derive(Deserialize)]
         struct LogEnvelope {
@@ -332,9 +339,24 @@ impl PveClient {
         let body = self.execute(&call).await?;
         let envelope: LogEnvelope = decode(&call.label(), &body)?;
         let total = envelope.total.unwrap_or(start + envelope.data.len() as u64);
+        let mut lines = envelope.data;
+        if let [only] = lines.as_slice() {
+            if only.text() == "no content" {
+                lines.clear();
+            }
+        }
+        // Lines at or before `start` are not new (a synthetic line can be numbered so).
+        lines.retain(|line| line.n.is_none_or(|n| n > start));
+        let next_start = lines
+            .iter()
+            .filter_map(|line| line.n)
+            .max()
+            .unwrap_or(start + lines.len() as u64)
+            .max(start);
         Ok(TaskLog {
-            lines: envelope.data,
+            lines,
             total,
+            next_start,
         })
     }
 

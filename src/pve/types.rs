@@ -676,8 +676,11 @@ impl TaskLogLine {
 /// A page of a task log. `total` is the number of lines the log has, sent beside `data`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskLog {
+    /// Real log lines only: Proxmox's synthetic `no content` line is not among them.
     pub lines: Vec<TaskLogLine>,
     pub total: u64,
+    /// The `start` for the next page, from the line numbers (see `PveClient::task_log`).
+    pub next_start: u64,
 }
 
 /// `GET /access/permissions` for the token itself: path -> privilege -> *propagate*.

@@ -1003,6 +1003,13 @@ fn task_log(task: &tasks::Task, params: &Params, now: f64) -> Reply {
         .take(take)
         .map(|(index, text)| json!({"n": index + 1, "t": text}))
         .collect();
+    // Proxmox's `dump_logfile`: nothing past `start` gives one line numbered past the end.
+    if rows.is_empty() {
+        return Reply {
+            total: Some(lines.len() + 1),
+            ..Reply::data(json!([{"n": lines.len() + 1, "t": "no content"}]))
+        };
+    }
     Reply {
         total: Some(lines.len()),
         ..Reply::data(Value::Array(rows))

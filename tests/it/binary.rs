@@ -31,6 +31,7 @@ async fn killing_the_bridge_process_leaves_bridge_state_offline() {
     let path = cfg.write();
     let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
     let mut child = Command::new(BIN)
+        .env_remove(PERSISTENCE_ENV)
         .args(["run", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -72,6 +73,7 @@ async fn sigterm_publishes_offline_and_exits_zero() {
     let path = cfg.write();
     let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
     let mut child = Command::new(BIN)
+        .env_remove(PERSISTENCE_ENV)
         .args(["run", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -100,6 +102,7 @@ async fn check_reports_proxmox_and_broker_and_exits_zero() {
     let cfg = TestConfig::new(&sim, broker.port, "");
     let path = cfg.write();
     let output = tokio::process::Command::new(BIN)
+        .env_remove(PERSISTENCE_ENV)
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -133,6 +136,7 @@ async fn check_with_a_wrong_token_exits_2_with_one_line_reason() {
     std::fs::write(&path, wrong).unwrap();
     for command in ["check", "run"] {
         let output = tokio::process::Command::new(BIN)
+            .env_remove(PERSISTENCE_ENV)
             .args([command, "--config"])
             .arg(&path)
             .output()
@@ -159,6 +163,7 @@ fn an_unknown_config_key_exits_2_naming_the_key() {
     )
     .unwrap();
     let output = Command::new(BIN)
+        .env_remove(PERSISTENCE_ENV)
         .args(["run", "--config"])
         .arg(&path)
         .output()

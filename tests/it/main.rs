@@ -9,6 +9,8 @@ mod binary;
 mod commands;
 /// Faults survived: broker restarts.
 mod faults;
+/// Field truth (issue 9): reconnects mid-burst, big retained junk, empty answers, floods.
+mod field;
 /// TLS to Proxmox and the broker, passwords, secrets kept out of logs and payloads.
 mod security;
 /// Discovery and state: what Home Assistant and scripts see after a poll.

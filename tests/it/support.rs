@@ -34,27 +34,65 @@ fn mosquitto_binary() -> PathBuf {
 /// A private Mosquitto broker for one test.
 pub struct Mosquitto {
     pub port: u16,
+    /// Retained messages survive [`Mosquitto::restart`], as with the Home Assistant add-on.
+    pub persistent: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
+/// The switch below. The bridge's binary reads every `PVE2MQTT_*` variable as config and
+/// refuses unknown ones, so the tests remove it from the binary's environment.
+pub const PERSISTENCE_ENV: &str = "PVE2MQTT_IT_PERSISTENCE";
+
+/// `PVE2MQTT_IT_PERSISTENCE=1` runs every broker of the suite with persistence on
+/// (`scripts/test.sh` runs the suite once without, once with it).
+pub fn persistence_from_env() -> bool {
+    std::env::var(PERSISTENCE_ENV).is_ok_and(|v| v == "1")
+}
+
 impl Mosquitto {
+    /// A broker with persistence as `PVE2MQTT_IT_PERSISTENCE` says.
     pub fn start() -> Mosquitto {
         Self::start_with(free_port(), "")
     }
 
+    /// A broker with persistence on, whatever the environment says.
+    pub fn start_persistent() -> Mosquitto {
+        Self::start_full(free_port(), "", true)
+    }
+
     /// `extra` is appended to the config (TLS, passwords).
     pub fn start_with(port: u16, extra: &str) -> Mosquitto {
+        Self::start_full(port, extra, persistence_from_env())
+    }
+
+    /// With persistence the database lives in the broker's temp dir. Mosquitto 2 writes it
+    /// at a clean shutdown (SIGTERM, which [`Mosquitto::stop`] sends) and every
+    /// `autosave_interval` seconds, so even a killed broker keeps what is 1 s old.
+    fn start_full(port: u16, extra: &str, persistent: bool) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
-        let text = if extra.contains("listener") {
-            format!("persistence false\n{extra}\n")
+        let persistence = if persistent {
+            // Started as root, Mosquitto drops to the `mosquitto` user before it saves.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("chmod the broker's dir");
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            )
         } else {
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n")
+            "persistence false\n".to_string()
+        };
+        let text = if extra.contains("listener") {
+            format!("{persistence}{extra}\n")
+        } else {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}{extra}\n")
         };
         std::fs::write(&conf, text).expect("write mosquitto.conf");
         let mut broker = Mosquitto {
             port,
+            persistent,
             dir,
             child: None,
         };
@@ -82,12 +120,27 @@ impl Mosquitto {
         }
     }
 
-    /// Stops the broker by its PID (retained messages are lost: persistence is off).
+    /// Stops the broker by its PID. Without persistence it is killed (retained messages
+    /// are lost); with persistence it gets SIGTERM, so it saves its database first, as a
+    /// restarted add-on does.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if self.persistent {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub fn restart(&mut self) {
@@ -442,6 +495,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pve2mqtt");
 /// Runs `pve2mqtt run --config path` as its own process, stdout and stderr captured.
 pub fn spawn_bridge(path: &Path, envs: &[(&str, &str)]) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
+        .env_remove(PERSISTENCE_ENV)
         .args(["run", "--config"])
         .arg(path)
         .envs(envs.iter().copied())
