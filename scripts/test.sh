@@ -18,8 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
+# --workspace: the simulator's and the test kit's own tests too (crates/).
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --all-targets --no-fail-fast "$@"
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else
-    cargo test --all-targets "$@"
+    cargo test --workspace --all-targets "$@"
 fi
