@@ -10,7 +10,9 @@ use crate::free_port;
 
 /// Set to `1` (or `true`) to start every broker whose persistence was not chosen
 /// explicitly with persistence on, as the Home Assistant Mosquitto add-on runs it.
-pub const PERSISTENCE_ENV: &str = "PVE2MQTT_IT_PERSISTENCE";
+/// Not `PVE2MQTT_…`: the bridge refuses unknown variables with its own prefix, and the
+/// tests' child processes inherit this one.
+pub const PERSISTENCE_ENV: &str = "TESTKIT_MOSQUITTO_PERSISTENCE";
 
 /// How long a broker gets to listen after its start, and to exit after SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
