@@ -831,7 +831,7 @@ client_id = "pve2mqtt-bench"
 
 
 # The simulator's lifecycle tasks last `task_duration` times this factor
-# (src/sim/tasks.rs `duration_factor`: qmstop/vzstop 0.5, qmstart/vzstart 1.0).
+# (crates/pve-sim/src/tasks.rs `duration_factor`: qmstop/vzstop 0.5, qmstart/vzstart 1.0).
 TASK_FACTOR = {"stop": 0.5, "start": 1.0}
 
 

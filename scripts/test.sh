@@ -18,12 +18,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
-# Then the integration tests once more against brokers with persistence on, as the Home
-# Assistant Mosquitto add-on runs: retained messages survive a broker restart there.
+# --workspace: the simulator's and the test kit's own tests too (crates/). Then the
+# integration tests once more against brokers with persistence on, as the Home Assistant
+# Mosquitto add-on runs: retained messages survive a broker restart there.
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --all-targets --no-fail-fast "$@"
-    PVE2MQTT_IT_PERSISTENCE=1 cargo nextest run --test it --no-fail-fast "$@"
+    cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+    TESTKIT_MOSQUITTO_PERSISTENCE=1 cargo nextest run --test it --no-fail-fast "$@"
 else
-    cargo test --all-targets "$@"
-    PVE2MQTT_IT_PERSISTENCE=1 cargo test --test it "$@"
+    cargo test --workspace --all-targets "$@"
+    TESTKIT_MOSQUITTO_PERSISTENCE=1 cargo test --test it "$@"
 fi

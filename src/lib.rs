@@ -10,7 +10,8 @@
 //! - [`poller`]: per cluster, the fast lane (one request per poll) and the slow lane.
 //! - [`command`]: MQTT commands → Proxmox POSTs, each task followed to its end.
 //! - [`app`]: wiring and ordered shutdown.
-//! - [`sim`], [`demo`]: the built-in Proxmox simulator and the one-command demo.
+//! - [`sim`], [`demo`]: the built-in Proxmox simulator (the `pve-sim` crate, re-exported
+//!   here) and the one-command demo.
 //!
 //! Path A (state): poller → `model::build_view` → publisher → `ha::discovery` / state
 //! JSON → MQTT, publishing only what changed.
@@ -31,6 +32,8 @@ pub mod poller;
 pub mod publisher;
 pub mod pve;
 pub mod signal;
+/// The simulator lives in its own crate (`crates/pve-sim`), so editing the bridge does not
+/// recompile it; re-exported under its old path for the demo, the tests and the benches.
 #[cfg(feature = "sim")]
-pub mod sim;
+pub use pve_sim as sim;
 pub mod types;

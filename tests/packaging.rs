@@ -921,6 +921,7 @@ fn dockerignore_keeps_secrets_and_build_output_out_and_sources_in() {
         "Cargo.toml",
         "Cargo.lock",
         "src",
+        "crates",
         "docker",
         "docker/healthcheck.sh",
     ] {

@@ -31,7 +31,6 @@ async fn killing_the_bridge_process_leaves_bridge_state_offline() {
     let path = cfg.write();
     let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
     let mut child = Command::new(BIN)
-        .env_remove(PERSISTENCE_ENV)
         .args(["run", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -73,7 +72,6 @@ async fn sigterm_publishes_offline_and_exits_zero() {
     let path = cfg.write();
     let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
     let mut child = Command::new(BIN)
-        .env_remove(PERSISTENCE_ENV)
         .args(["run", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -102,7 +100,6 @@ async fn check_reports_proxmox_and_broker_and_exits_zero() {
     let cfg = TestConfig::new(&sim, broker.port, "");
     let path = cfg.write();
     let output = tokio::process::Command::new(BIN)
-        .env_remove(PERSISTENCE_ENV)
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -136,7 +133,6 @@ async fn check_with_a_wrong_token_exits_2_with_one_line_reason() {
     std::fs::write(&path, wrong).unwrap();
     for command in ["check", "run"] {
         let output = tokio::process::Command::new(BIN)
-            .env_remove(PERSISTENCE_ENV)
             .args([command, "--config"])
             .arg(&path)
             .output()
@@ -163,7 +159,6 @@ fn an_unknown_config_key_exits_2_naming_the_key() {
     )
     .unwrap();
     let output = Command::new(BIN)
-        .env_remove(PERSISTENCE_ENV)
         .args(["run", "--config"])
         .arg(&path)
         .output()

@@ -187,7 +187,6 @@ async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_re
     let path = cfg.write();
     let spawn = || {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_pve2mqtt"))
-            .env_remove(PERSISTENCE_ENV)
             .args(["run", "--config"])
             .arg(&path)
             .stderr(std::process::Stdio::null())

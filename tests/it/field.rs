@@ -453,30 +453,3 @@ async fn reading_a_growing_task_log_page_by_page_misses_no_line() {
     assert_eq!(read, whole, "the lines read page by page");
     assert!(empty_pages > 0, "the reader never got ahead of the log");
 }
-
-/// The harsh test world itself: a broker started with persistence keeps retained messages
-/// across [`Mosquitto::restart`], as the Home Assistant add-on does, and one without loses
-/// them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persistent_test_broker_keeps_retained_messages_across_a_restart() {
-    for (mut broker, kept) in [
-        (Mosquitto::start_persistent(), true),
-        (
-            Mosquitto::start_with(free_port(), "persistence false"),
-            false,
-        ),
-    ] {
-        {
-            let probe = Probe::connect(broker.port, &["field/#"]).await;
-            probe.publish("field/retained", "kept", true).await;
-            probe
-                .wait_topic("field/retained", 5 * SECS, |m| m.text() == "kept")
-                .await;
-        }
-        broker.restart();
-        let probe = Probe::connect(broker.port, &["field/#"]).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let retained = probe.retained_by_topic().contains_key("field/retained");
-        assert_eq!(retained, kept, "persistent: {}", broker.persistent);
-    }
-}

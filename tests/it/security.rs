@@ -4,7 +4,6 @@ async fn run_check(toml: &str, dir: &std::path::Path) -> (Option<i32>, String) {
     let path = dir.join(format!("check-{}.toml", free_port()));
     std::fs::write(&path, toml).unwrap();
     let out = tokio::process::Command::new(BIN)
-        .env_remove(PERSISTENCE_ENV)
         .args(["check", "--config"])
         .arg(&path)
         .output()

@@ -1164,8 +1164,8 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::params::{Action, Params};
-    use crate::sim::tasks::{self, Outcome, OverrideOutcome};
+    use crate::params::{Action, Params};
+    use crate::tasks::{self, Outcome, OverrideOutcome};
 
     fn state() -> State {
         let version = PveVersion::parse("9.1.5").expect("version");

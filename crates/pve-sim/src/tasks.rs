@@ -1033,8 +1033,8 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::params::{self, validate, RawValue};
-    use crate::sim::world::{PveVersion, World};
+    use crate::params::{self, validate, RawValue};
+    use crate::world::{PveVersion, World};
     use std::collections::BTreeMap;
 
     fn world() -> World {
@@ -1241,7 +1241,7 @@ mod tests {
         );
         let mut ha_vm = vm.clone();
         ha_vm.power = PowerState::Stopped;
-        ha_vm.ha = Some(crate::sim::world::HaState {
+        ha_vm.ha = Some(crate::world::HaState {
             request: "stopped".into(),
             crm: "stopped".into(),
         });

@@ -25,7 +25,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use pve2mqtt::sim::{start, SimOptions};
+//! use pve_sim::{start, SimOptions};
 //! let sim = start(SimOptions::default()).await?;
 //! println!("{} trusts {:?}", sim.base_url(), sim.fingerprint());
 //! sim.world().set_node_online("pve", false)?;
