@@ -111,6 +111,38 @@ impl fmt::Display for StorageId {
     }
 }
 
+/// Shown as Proxmox writes it (`check`'s report, log lines).
+impl fmt::Display for BackupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Compress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compared with the text Proxmox uses (`config.backup.mode == "stop"` in tests).
+impl PartialEq<&str> for BackupMode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<&str> for Compress {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<&str> for StorageId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// A Proxmox API base URL, `https://host:8006`, without a trailing `/`. The bridge appends
 /// `/api2/json` itself, so a pasted API path is refused with that explanation rather than
 /// doubled; a user or password in it is refused without echoing the URL.

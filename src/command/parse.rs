@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 pub use crate::pve::Action;
 use crate::pve::GuestKind;
+use crate::types::{BackupMode, Compress, StorageId};
 
 /// Payloads larger than this are rejected unread (SPEC §4).
 pub const MAX_PAYLOAD: usize = 4 * 1024;
@@ -36,9 +37,9 @@ fn allowed_options(action: Action, kind: GuestKind) -> &'static [&'static str] {
 /// Backup options as the user gave them; unset ones come from `[backup]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackupOptions {
-    pub storage: Option<String>,
-    pub mode: Option<String>,
-    pub compress: Option<String>,
+    pub storage: Option<StorageId>,
+    pub mode: Option<BackupMode>,
+    pub compress: Option<Compress>,
     pub notes_template: Option<String>,
     pub remove: Option<bool>,
     pub protected: Option<bool>,
@@ -248,11 +249,12 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
             "to_disk" => command.to_disk = boolean(key, value)?,
             "storage" => command.backup.storage = Some(storage_id(value)?),
             "mode" => {
-                command.backup.mode = Some(one_of(key, value, &["snapshot", "suspend", "stop"])?)
+                command.backup.mode =
+                    Some(one_of(key, value, BackupMode::parse, BackupMode::CHOICES)?)
             }
             "compress" => {
                 command.backup.compress =
-                    Some(one_of(key, value, &["0", "1", "gzip", "lzo", "zstd"])?)
+                    Some(one_of(key, value, Compress::parse, Compress::CHOICES)?)
             }
             "notes_template" => command.backup.notes_template = Some(notes(value)?),
             "remove" => command.backup.remove = Some(boolean(key, value)?),
@@ -281,33 +283,29 @@ fn boolean(key: &str, value: &Value) -> Result<bool, Rejection> {
     }
 }
 
-fn one_of(key: &str, value: &Value, options: &[&str]) -> Result<String, Rejection> {
+/// A string (or, for `compress`, a number such as `0`) that `parse` accepts.
+fn one_of<T>(
+    key: &str,
+    value: &Value,
+    parse: impl Fn(&str) -> Option<T>,
+    choices: &str,
+) -> Result<T, Rejection> {
     let text = match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         _ => String::new(),
     };
-    if options.contains(&text.as_str()) {
-        Ok(text)
-    } else {
-        reject(format!("'{key}' must be one of: {}", options.join(", ")))
-    }
+    parse(&text).ok_or_else(|| Rejection::invalid(format!("'{key}' must be one of: {choices}")))
 }
 
-/// Proxmox storage ids: `[a-z][a-z0-9\-_.]*`.
-fn storage_id(value: &Value) -> Result<String, Rejection> {
-    match value.as_str() {
-        Some(s)
-            if !s.is_empty()
-                && s.len() <= 64
-                && s.starts_with(|c: char| c.is_ascii_alphabetic())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
-        {
-            Ok(s.to_string())
-        }
-        _ => reject("'storage' must be a Proxmox storage id"),
-    }
+/// A Proxmox storage id ([`StorageId`]'s rule, shared with `backup.storage`).
+fn storage_id(value: &Value) -> Result<StorageId, Rejection> {
+    value.as_str().and_then(StorageId::parse).ok_or_else(|| {
+        Rejection::invalid(format!(
+            "'storage' must be a Proxmox storage id ({})",
+            StorageId::RULE
+        ))
+    })
 }
 
 fn notes(value: &Value) -> Result<String, Rejection> {
@@ -355,7 +353,9 @@ mod tests {
         let c = parse(br#"{"action":"suspend","to_disk":true}"#, Qemu).unwrap();
         assert_eq!(c.lifecycle_form(), vec![("todisk", "1".to_string())]);
         let c = parse(br#"{"action":"backup","storage":"nfs-backup","mode":"stop","compress":"zstd","remove":false,"protected":1,"notes_template":"{{guestname}}"}"#, Lxc).unwrap();
-        assert_eq!(c.backup.storage.as_deref(), Some("nfs-backup"));
+        assert_eq!(c.backup.storage.as_ref().unwrap().as_str(), "nfs-backup");
+        assert_eq!(c.backup.mode, Some(BackupMode::Stop));
+        assert_eq!(c.backup.compress, Some(Compress::Zstd));
         assert_eq!(c.backup.remove, Some(false));
         assert_eq!(c.backup.protected, Some(true));
     }

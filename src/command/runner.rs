@@ -219,18 +219,14 @@ impl Runner {
             (
                 "storage",
                 b.storage
-                    .clone()
-                    .unwrap_or_else(|| self.backup.storage.clone()),
+                    .as_ref()
+                    .unwrap_or(&self.backup.storage)
+                    .to_string(),
             ),
-            (
-                "mode",
-                b.mode.clone().unwrap_or_else(|| self.backup.mode.clone()),
-            ),
+            ("mode", b.mode.unwrap_or(self.backup.mode).as_str().into()),
             (
                 "compress",
-                b.compress
-                    .clone()
-                    .unwrap_or_else(|| self.backup.compress.clone()),
+                b.compress.unwrap_or(self.backup.compress).as_str().into(),
             ),
         ];
         if let Some(notes) = &b.notes_template {

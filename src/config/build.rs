@@ -617,8 +617,8 @@ fn build_backup(
         }
     };
     Ok(BackupConfig {
-        storage: storage.to_string(),
-        mode: mode.as_str().to_owned(),
-        compress: compress.as_str().to_owned(),
+        storage,
+        mode,
+        compress,
     })
 }

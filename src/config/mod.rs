@@ -103,11 +103,12 @@ pub enum AllowRule {
     Pool(String),
 }
 
+/// `[backup]`: the defaults of a backup asked for without options, checked at start-up.
 #[derive(Clone, Debug)]
 pub struct BackupConfig {
-    pub storage: String,
-    pub mode: String,
-    pub compress: String,
+    pub storage: crate::types::StorageId,
+    pub mode: crate::types::BackupMode,
+    pub compress: crate::types::Compress,
 }
 
 impl std::fmt::Display for AllowRule {
