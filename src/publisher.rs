@@ -44,6 +44,17 @@ pub enum PublisherMsg {
         vmid: u32,
         report: TaskReport,
     },
+    /// A report for live subscribers only, on the guest's `…/task` topic: neither
+    /// retained nor remembered for a republish. Rejections that are not about a real new
+    /// command for a known, idle guest (a retained replay, busy, rate limited, an unknown
+    /// cluster or guest, an overloaded bridge) go this way, so the retained report stays
+    /// the latest real command's and nothing is kept for topics that are no guest.
+    TaskNotice {
+        cluster: String,
+        kind: GuestKind,
+        vmid: u32,
+        report: TaskReport,
+    },
     /// The answer to a bridge request, on `{base}/bridge/response/{name}` (not retained).
     Response {
         name: String,
@@ -56,6 +67,9 @@ pub enum PublisherMsg {
         kind: GuestKind,
         vmid: u32,
     },
+    /// Clears a bridge request on `{base}/bridge/request/{name}` (an empty retained
+    /// message), so a copy retained there is not delivered again.
+    ClearRequest { name: String },
 }
 
 impl PublisherMsg {
@@ -65,8 +79,10 @@ impl PublisherMsg {
         matches!(
             self,
             PublisherMsg::Task { .. }
+                | PublisherMsg::TaskNotice { .. }
                 | PublisherMsg::Response { .. }
                 | PublisherMsg::ClearCommand { .. }
+                | PublisherMsg::ClearRequest { .. }
         )
     }
 }
@@ -298,6 +314,15 @@ impl<O: Outbox> Publisher<O> {
                 vmid,
                 report,
             } => self.apply_task(cluster, kind, vmid, &report).await,
+            PublisherMsg::TaskNotice {
+                cluster,
+                kind,
+                vmid,
+                report,
+            } => {
+                let topic = self.topics.task(&cluster, kind, vmid);
+                self.sink.send(&topic, report.to_json(), false).await;
+            }
             PublisherMsg::Response { name, body } => {
                 let topic = self.topics.bridge_response(&name);
                 self.sink.send(&topic, body.to_string(), false).await;
@@ -308,6 +333,10 @@ impl<O: Outbox> Publisher<O> {
                 vmid,
             } => {
                 let topic = self.topics.command(&cluster, kind, vmid);
+                self.sink.send(&topic, Vec::new(), true).await;
+            }
+            PublisherMsg::ClearRequest { name } => {
+                let topic = self.topics.bridge_request(&name);
                 self.sink.send(&topic, Vec::new(), true).await;
             }
         }
@@ -848,6 +877,22 @@ mod tests {
 
         p.handle(task(100, Phase::Running)).await;
         p.handle(task(555, Phase::Rejected)).await;
+        // A rejection for an unknown cluster, and a busy one for a known guest: live only.
+        for cluster in ["ghost", "home"] {
+            let PublisherMsg::Task {
+                kind, vmid, report, ..
+            } = task(100, Phase::Rejected)
+            else {
+                unreachable!()
+            };
+            p.handle(PublisherMsg::TaskNotice {
+                cluster: cluster.into(),
+                kind,
+                vmid,
+                report,
+            })
+            .await;
+        }
         p.handle(PublisherMsg::Response {
             name: "command".into(),
             body: serde_json::json!({"status": "ok"}),
@@ -859,6 +904,10 @@ mod tests {
             vmid: 100,
         })
         .await;
+        p.handle(PublisherMsg::ClearRequest {
+            name: "command".into(),
+        })
+        .await;
         let sent = out.take();
         let retain: Vec<(&str, bool)> = sent.iter().map(|(t, _, r)| (t.as_str(), *r)).collect();
         assert_eq!(
@@ -866,21 +915,29 @@ mod tests {
             vec![
                 ("pve2mqtt/home/qemu/100/task", true),
                 ("pve2mqtt/home/qemu/555/task", false),
+                ("pve2mqtt/ghost/qemu/100/task", false),
+                ("pve2mqtt/home/qemu/100/task", false),
                 ("pve2mqtt/bridge/response/command", false),
                 ("pve2mqtt/home/qemu/100/set", true),
+                ("pve2mqtt/bridge/request/command", true),
             ]
         );
-        assert_eq!(
-            sent[3].1, "",
-            "a retained command is cleared with an empty message"
+        assert!(
+            sent[5].1.is_empty() && sent[6].1.is_empty(),
+            "commands and requests are cleared with an empty message"
         );
 
         p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
-        let again = topics_of(&out.take())
+        let again: Vec<Sent> = out
+            .take()
             .into_iter()
-            .filter(|t| t.ends_with("/task"))
-            .map(str::to_string)
-            .collect::<Vec<_>>();
-        assert_eq!(again, vec!["pve2mqtt/home/qemu/100/task"]);
+            .filter(|(t, _, _)| t.ends_with("/task"))
+            .collect();
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].0, "pve2mqtt/home/qemu/100/task");
+        assert!(
+            again[0].1.contains("\"running\""),
+            "the real report, not a rejection notice, comes back: {again:?}"
+        );
     }
 }

@@ -18,7 +18,9 @@ use super::parse::{parse, parse_fields, Action, Command, Rejection, RejectionKin
 use super::policy::authorize;
 use super::ratelimit::RateLimiter;
 use super::report::{unix_now, Phase, TaskReport};
-use super::requests::{BackupRequest, BackupTargets, CommandRequest, Request, Vmid};
+use super::requests::{
+    transaction_of, BackupRequest, BackupTargets, CommandRequest, Request, Vmid,
+};
 use super::resume::PendingResume;
 use super::runner::{Job, Reply, Runner, Target};
 use crate::config::{BackupConfig, CommandsConfig};
@@ -28,6 +30,20 @@ use crate::mqtt::Inbound;
 use crate::poller::Refresh;
 use crate::publisher::PublisherMsg;
 use crate::pve::GuestKind;
+
+/// Why a command request was not started.
+enum Refused {
+    /// Answered with this error.
+    Answer(String),
+    /// Over the rate limit: answered only by the first refusal of its window.
+    RateLimited(Option<String>),
+}
+
+/// The reason a retained command gets.
+const RETAINED_COMMAND: &str = "retained command ignored: publish commands without the retain flag (a retained command would replay at every reconnect); the bridge cleared it from the broker";
+
+/// The error a retained request gets.
+const RETAINED_REQUEST: &str = "retained request ignored: publish requests without the retain flag (a retained request would replay at every reconnect); the bridge cleared it from the broker";
 
 /// The command task: one at a time through the inbox, runners in parallel.
 pub struct CommandHandler {
@@ -85,9 +101,32 @@ impl CommandHandler {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.runners.wait()).await;
     }
 
-    async fn handle(&mut self, msg: Inbound, shutdown: &CancellationToken) {
+    /// One inbound message. Commands and requests are never executed when they arrive
+    /// retained: the broker hands those over at (re)subscribe time, so they are old,
+    /// and running them would replay them at every reconnect (SPEC §4, §7). Every one the
+    /// bridge decides on is then cleared from the broker with an empty retained message
+    /// on its topic: a live message may have been published with the retain flag (the
+    /// broker clears the flag on the way to a subscriber, so the bridge cannot tell),
+    /// and its retained copy must not come back. Clearing costs one small publish and
+    /// works on every MQTT 3.1.1 broker, with or without persistence.
+    pub(super) async fn handle(&mut self, msg: Inbound, shutdown: &CancellationToken) {
         if let Some((cluster, kind, vmid)) = self.topics.parse_command(&msg.topic) {
-            self.set_topic(&cluster, kind, vmid, &msg, shutdown).await;
+            // An empty message is how MQTT clears a retained one (the bridge itself does
+            // so after every command); it is never a command.
+            if msg.payload.is_empty() {
+                return;
+            }
+            let decided = if msg.retain {
+                self.retained_command(&cluster, kind, vmid, &msg.payload)
+                    .await;
+                true
+            } else {
+                self.set_topic(&cluster, kind, vmid, &msg.payload, shutdown)
+                    .await
+            };
+            if decided {
+                self.reporter.clear_command(&cluster, kind, vmid).await;
+            }
         } else if let Some((cluster, kind, vmid)) = self.topics.parse_task(&msg.topic) {
             // Only the broker's retained copy (at connect) can be an earlier run's task.
             if msg.retain {
@@ -104,59 +143,87 @@ impl CommandHandler {
                 }
             }
         } else if let Some(name) = self.topics.parse_bridge_request(&msg.topic) {
+            // Empty: a clear, as on `…/set` (send `{}` for a request without fields).
+            if msg.payload.is_empty() {
+                return;
+            }
             let name = name.to_string();
-            self.request(&name, &msg.payload, shutdown).await;
+            let decided = if msg.retain {
+                self.retained_request(&name, &msg.payload).await;
+                true
+            } else {
+                self.request(&name, &msg.payload, shutdown).await
+            };
+            if decided {
+                self.reporter.clear_request(&name).await;
+            }
         }
     }
 
-    /// `{base}/{c}/{kind}/{vmid}/set`.
+    /// A retained `…/set`: rejected for live subscribers only (the guest's retained
+    /// `…/task` keeps its latest real command), never run, and no rate-limit token spent:
+    /// a broker may hold any number of them at connect, and each must be cleared.
+    async fn retained_command(
+        &mut self,
+        cluster: &str,
+        kind: GuestKind,
+        vmid: u32,
+        payload: &[u8],
+    ) {
+        let (id, action) = match parse(payload, kind) {
+            Ok(c) => (c.id, Some(c.action)),
+            Err((id, _)) => (id, None),
+        };
+        let rejection = Rejection::new(RejectionKind::Retained, RETAINED_COMMAND);
+        self.reject(cluster, kind, vmid, id, &rejection, action)
+            .await;
+    }
+
+    /// A retained `bridge/request/{name}`: answered with an error (with its transaction,
+    /// not retained), never run.
+    async fn retained_request(&self, name: &str, payload: &[u8]) {
+        warn!(request = name, "retained request ignored");
+        self.reporter
+            .respond(name, transaction_of(payload), Err(RETAINED_REQUEST.into()))
+            .await;
+    }
+
+    /// `{base}/{c}/{kind}/{vmid}/set`, live. `false` when the rate limiter refused it:
+    /// then it is not cleared either (a flood costs no publish per message; a retained
+    /// copy, if any, is rejected and cleared at the next connect).
     async fn set_topic(
         &mut self,
         cluster: &str,
         kind: GuestKind,
         vmid: u32,
-        msg: &Inbound,
+        payload: &[u8],
         shutdown: &CancellationToken,
-    ) {
-        // An empty message is how MQTT clears a retained one (the bridge itself does so
-        // below); it is never a command.
-        if msg.payload.is_empty() {
-            return;
-        }
+    ) -> bool {
         let id_of = |payload: &[u8]| parse(payload, kind).map_or_else(|(id, _)| id, |c| c.id);
-        if let Err(reason) = self.limiter.check(cluster, vmid, Instant::now()) {
-            self.log_rate_limited(cluster, vmid, &reason);
-            let rejection = Rejection::new(RejectionKind::RateLimited, reason);
-            self.reject(cluster, kind, vmid, id_of(&msg.payload), &rejection, None)
-                .await;
-            return;
-        }
-        if msg.retain {
-            let (id, action) = match parse(&msg.payload, kind) {
-                Ok(c) => (c.id, Some(c.action)),
-                Err((id, _)) => (id, None),
-            };
-            let rejection = Rejection::new(RejectionKind::Retained, "retained command ignored: publish commands without the retain flag (a retained command would replay at every reconnect)");
-            self.reject(cluster, kind, vmid, id, &rejection, action)
-                .await;
-            // Clear it on the broker so it is not delivered again at every reconnect.
-            self.reporter.clear_command(cluster, kind, vmid).await;
-            return;
+        if let Err(refusal) = self.limiter.check(cluster, vmid, Instant::now()) {
+            self.log_rate_limited(cluster, vmid, &refusal.reason);
+            if refusal.notify {
+                let rejection = Rejection::new(RejectionKind::RateLimited, refusal.reason);
+                self.reject(cluster, kind, vmid, id_of(payload), &rejection, None)
+                    .await;
+            }
+            return false;
         }
         let checked = Vmid::new(vmid.into())
             .map_err(Rejection::invalid)
-            .and_then(|_| parse(&msg.payload, kind).map_err(|(_, r)| r));
+            .and_then(|_| parse(payload, kind).map_err(|(_, r)| r));
         let command = match checked {
             Ok(c) => c,
             Err(rejection) => {
-                let id = id_of(&msg.payload);
+                let id = id_of(payload);
                 self.reject(cluster, kind, vmid, id, &rejection, None).await;
-                return;
+                return true;
             }
         };
         let _ = self
             .submit(cluster, kind, vmid, command, None, shutdown)
             .await;
+        true
     }
 
     /// A command over the rate limit is logged at most once per 10 s, so a flood cannot
@@ -172,6 +239,8 @@ impl CommandHandler {
         }
     }
 
+    /// Reports a rejection: on the guest's retained `…/task` when it is about a real new
+    /// command for that guest, else to live subscribers only (see [`Self::replaces_report`]).
     async fn reject(
         &self,
         cluster: &str,
@@ -192,7 +261,32 @@ impl CommandHandler {
         report.state = Phase::Rejected;
         report.error = Some(rejection.reason.clone());
         report.finished = Some(report.requested);
-        self.reporter.task(cluster, kind, vmid, &report).await;
+        if self.replaces_report(cluster, kind, vmid, rejection) {
+            self.reporter.task(cluster, kind, vmid, &report).await;
+        } else {
+            self.reporter.notice(cluster, kind, vmid, &report).await;
+        }
+    }
+
+    /// Whether a rejection becomes the guest's retained `…/task` report (SPEC §4:
+    /// anything that fails gets a `rejected` result). Only the fault of a live command
+    /// itself (malformed, refused by the policy) for a known guest with no command
+    /// running does. A retained replay, `busy` and `rate limited` are not about a new
+    /// command and would bury the report of the real one (a `running` task, an `ok`);
+    /// an unknown cluster or guest has no report to replace, and retaining one there
+    /// would leave junk on the broker for every topic a client invents.
+    fn replaces_report(
+        &self,
+        cluster: &str,
+        kind: GuestKind,
+        vmid: u32,
+        rejection: &Rejection,
+    ) -> bool {
+        matches!(
+            rejection.kind,
+            RejectionKind::Invalid | RejectionKind::Policy
+        ) && self.lookup(cluster, Some(kind), vmid).is_ok()
+            && !self.busy.is_busy(cluster, vmid)
     }
 
     /// The cluster's handle and the guest as the latest poll saw it.
@@ -287,15 +381,16 @@ impl CommandHandler {
         self.runners.spawn(runner.run(job));
     }
 
-    /// `{base}/bridge/request/{name}` → `{base}/bridge/response/{name}`.
-    async fn request(&mut self, name: &str, payload: &[u8], shutdown: &CancellationToken) {
+    /// `{base}/bridge/request/{name}` → `{base}/bridge/response/{name}`, live. `false`
+    /// when the rate limiter refused it (not cleared, as for `…/set`).
+    async fn request(&mut self, name: &str, payload: &[u8], shutdown: &CancellationToken) -> bool {
         let request = match Request::parse(name, payload) {
             Ok(request) => request,
             Err(bad) => {
-                return self
-                    .reporter
+                self.reporter
                     .respond(name, bad.transaction, Err(bad.reason))
-                    .await
+                    .await;
+                return true;
             }
         };
         match request {
@@ -323,8 +418,17 @@ impl CommandHandler {
             }
             Request::Command(r) => {
                 let transaction = r.transaction.clone();
-                if let Err(reason) = self.command_request(name, r, shutdown).await {
-                    self.reporter.respond(name, transaction, Err(reason)).await;
+                match self.command_request(name, r, shutdown).await {
+                    Ok(()) => {}
+                    Err(Refused::Answer(reason)) => {
+                        self.reporter.respond(name, transaction, Err(reason)).await
+                    }
+                    Err(Refused::RateLimited(answer)) => {
+                        if let Some(reason) = answer {
+                            self.reporter.respond(name, transaction, Err(reason)).await;
+                        }
+                        return false;
+                    }
                 }
             }
             Request::Backup(r) => {
@@ -334,32 +438,37 @@ impl CommandHandler {
                 }
             }
         }
+        true
     }
 
-    /// One command for a guest named by vmid alone; `Err` is the response's error.
+    /// One command for a guest named by vmid alone.
     async fn command_request(
         &mut self,
         name: &str,
         r: CommandRequest,
         shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refused> {
         let cluster = r
             .cluster
             .or_else(|| self.default_cluster())
-            .ok_or("several clusters: name one with \"cluster\"")?;
+            .ok_or_else(|| Refused::Answer("several clusters: name one with \"cluster\"".into()))?;
         let vmid = r.vmid.get();
-        if let Err(reason) = self.limiter.check(&cluster, vmid, Instant::now()) {
-            self.log_rate_limited(&cluster, vmid, &reason);
-            return Err(reason);
+        if let Err(refusal) = self.limiter.check(&cluster, vmid, Instant::now()) {
+            self.log_rate_limited(&cluster, vmid, &refusal.reason);
+            return Err(Refused::RateLimited(
+                refusal.notify.then_some(refusal.reason),
+            ));
         }
-        let (_, guest) = self.lookup(&cluster, None, vmid).map_err(|r| r.reason)?;
+        let (_, guest) = self
+            .lookup(&cluster, None, vmid)
+            .map_err(|r| Refused::Answer(r.reason))?;
         let kind = guest.kind;
         let command = match parse_fields(&r.command, kind) {
             Ok(c) => c,
             Err((id, rejection)) => {
                 self.reject(&cluster, kind, vmid, id, &rejection, None)
                     .await;
-                return Err(rejection.reason);
+                return Err(Refused::Answer(rejection.reason));
             }
         };
         let reply = Reply {
@@ -368,7 +477,7 @@ impl CommandHandler {
         };
         self.submit(&cluster, kind, vmid, command, Some(reply), shutdown)
             .await
-            .map_err(|r| r.reason)
+            .map_err(|r| Refused::Answer(r.reason))
     }
 
     /// Backs up several guests: grouped per node into one vzdump each (Proxmox runs one
@@ -497,7 +606,7 @@ url = "mqtt://127.0.0.1:1883"
         );
         h.handle(msg, &CancellationToken::new()).await;
         match rx.try_recv() {
-            Ok(PublisherMsg::Task {
+            Ok(PublisherMsg::TaskNotice {
                 cluster,
                 vmid: 100,
                 report,
@@ -527,7 +636,7 @@ url = "mqtt://127.0.0.1:1883"
         let msg = inbound("pve2mqtt/home/lxc/101/set", "start", false);
         h.handle(msg, &CancellationToken::new()).await;
         match rx.try_recv() {
-            Ok(PublisherMsg::Task { report, .. }) => {
+            Ok(PublisherMsg::TaskNotice { report, .. }) => {
                 assert_eq!(report.state, Phase::Rejected);
                 assert_eq!(report.action, "start");
                 assert!(report.error.unwrap().contains("unknown cluster 'home'"));
@@ -535,6 +644,75 @@ url = "mqtt://127.0.0.1:1883"
             other => panic!("{other:?}"),
         }
         assert!(!h.busy.is_busy("home", 101), "a rejection holds no slot");
+        assert!(
+            matches!(
+                rx.try_recv(),
+                Ok(PublisherMsg::ClearCommand { vmid: 101, .. })
+            ),
+            "a live command is cleared from the broker once decided"
+        );
+        assert!(rx.try_recv().is_err(), "nothing else");
+    }
+
+    #[tokio::test]
+    async fn a_retained_request_is_answered_with_an_error_and_cleared_never_run() {
+        let (mut h, mut rx) = handler();
+        let msg = inbound(
+            "pve2mqtt/bridge/request/refresh",
+            r#"{"transaction":"t-old"}"#,
+            true,
+        );
+        h.handle(msg, &CancellationToken::new()).await;
+        match rx.try_recv() {
+            Ok(PublisherMsg::Response { name, body }) => {
+                assert_eq!(name, "refresh");
+                assert_eq!(body["status"], "error");
+                assert_eq!(body["transaction"], "t-old");
+                assert!(body["error"].as_str().unwrap().contains("retained"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(PublisherMsg::ClearRequest { name }) if name == "refresh"
+        ));
+        assert!(rx.try_recv().is_err(), "nothing else");
+    }
+
+    #[tokio::test]
+    async fn empty_messages_are_clears_not_commands_or_requests() {
+        let (mut h, mut rx) = handler();
+        for topic in [
+            "pve2mqtt/home/qemu/100/set",
+            "pve2mqtt/bridge/request/refresh",
+        ] {
+            h.handle(inbound(topic, "", false), &CancellationToken::new())
+                .await;
+        }
+        assert!(rx.try_recv().is_err(), "an empty message gets no answer");
+    }
+
+    #[tokio::test]
+    async fn retained_commands_spend_no_rate_limit_tokens_and_are_all_cleared() {
+        let (mut h, mut rx) = handler();
+        for i in 0..100u32 {
+            let msg = inbound(
+                &format!("pve2mqtt/home/qemu/{}/set", 1000 + i),
+                "stop",
+                true,
+            );
+            h.handle(msg, &CancellationToken::new()).await;
+            let report = match rx.try_recv() {
+                Ok(PublisherMsg::TaskNotice { report, .. }) => report,
+                other => panic!("{other:?}"),
+            };
+            assert!(report.error.unwrap().contains("retained"), "{i}");
+            assert!(
+                matches!(rx.try_recv(), Ok(PublisherMsg::ClearCommand { .. })),
+                "{i}"
+            );
+        }
+        assert!(h.limiter.check("home", 100, Instant::now()).is_ok());
     }
 
     #[tokio::test]
@@ -555,6 +733,10 @@ url = "mqtt://127.0.0.1:1883"
             }
             other => panic!("{other:?}"),
         }
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(PublisherMsg::ClearRequest { .. })
+        ));
         assert!(rx.try_recv().is_err(), "no task report for any guest");
     }
 }

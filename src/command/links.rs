@@ -54,6 +54,30 @@ impl Reporter {
             .await;
     }
 
+    /// A report for live subscribers of the guest's `…/task` only, neither retained nor
+    /// remembered: a rejection that must not replace the latest real command's report.
+    pub async fn notice(&self, cluster: &str, kind: GuestKind, vmid: u32, report: &TaskReport) {
+        let _ = self
+            .0
+            .send(PublisherMsg::TaskNotice {
+                cluster: cluster.to_string(),
+                kind,
+                vmid,
+                report: report.clone(),
+            })
+            .await;
+    }
+
+    /// Clears a bridge request on the broker, so a retained copy is not delivered again.
+    pub async fn clear_request(&self, name: &str) {
+        let _ = self
+            .0
+            .send(PublisherMsg::ClearRequest {
+                name: name.to_string(),
+            })
+            .await;
+    }
+
     /// Clears a retained command on the broker, so it is not delivered again.
     pub async fn clear_command(&self, cluster: &str, kind: GuestKind, vmid: u32) {
         let _ = self
@@ -73,14 +97,7 @@ impl Reporter {
         transaction: Option<Value>,
         result: Result<Value, String>,
     ) {
-        let body = match result {
-            Ok(data) => {
-                json!({"status": "ok", "data": data, "error": null, "transaction": transaction})
-            }
-            Err(error) => {
-                json!({"status": "error", "data": null, "error": error, "transaction": transaction})
-            }
-        };
+        let body = response_body(transaction, result);
         let _ = self
             .0
             .send(PublisherMsg::Response {
@@ -88,5 +105,17 @@ impl Reporter {
                 body,
             })
             .await;
+    }
+}
+
+/// The JSON of a `bridge/response/…`: `{"status","data","error","transaction"}`.
+pub fn response_body(transaction: Option<Value>, result: Result<Value, String>) -> Value {
+    match result {
+        Ok(data) => {
+            json!({"status": "ok", "data": data, "error": null, "transaction": transaction})
+        }
+        Err(error) => {
+            json!({"status": "error", "data": null, "error": error, "transaction": transaction})
+        }
     }
 }

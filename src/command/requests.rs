@@ -213,8 +213,13 @@ impl Request {
     }
 }
 
-/// The `transaction` of a payload the full parse refused, read on its own.
-fn transaction_of(payload: &[u8]) -> Option<Value> {
+/// The `transaction` of a payload read on its own: for a request the full parse refused,
+/// and for one that is answered without being run (retained, overloaded). `None` for a
+/// payload over [`MAX_PAYLOAD`], which is not read at all.
+pub fn transaction_of(payload: &[u8]) -> Option<Value> {
+    if payload.len() > MAX_PAYLOAD {
+        return None;
+    }
     #[derive(Deserialize)]
     struct Envelope {
         transaction: Option<Value>,

@@ -92,6 +92,12 @@ impl Topics {
         format!("{}/bridge/request/+", self.base)
     }
 
+    /// `{base}/bridge/request/{name}` exactly as it arrived (to clear it on the broker):
+    /// `name` is one level of a topic the broker delivered, so it holds no `/`, `+`, `#`.
+    pub fn bridge_request(&self, name: &str) -> String {
+        format!("{}/bridge/request/{name}", self.base)
+    }
+
     pub fn bridge_response(&self, name: &str) -> String {
         format!("{}/bridge/response/{}", self.base, topic_segment(name))
     }

@@ -11,6 +11,8 @@ mod commands;
 mod faults;
 /// Field truth (issue 9): reconnects mid-burst, big retained junk, empty answers, floods.
 mod field;
+/// Retained input never runs; rejections that are not about a real command are not retained.
+mod retained;
 /// TLS to Proxmox and the broker, passwords, secrets kept out of logs and payloads.
 mod security;
 /// Discovery and state: what Home Assistant and scripts see after a poll.
