@@ -6,15 +6,18 @@
 //! one command handler, one poller per cluster (each with its slow lane). Shutdown is
 //! passed in as a future so tests can stop the bridge exactly like a signal does.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::command::inbox::overloaded;
 use crate::command::{ClusterHandle, CommandHandler, Registry};
 use crate::config::{Config, ProxmoxConfig};
 use crate::ha::discovery::DiscoveryContext;
@@ -90,54 +93,17 @@ pub async fn run_with(
     subscriptions.push(topics.task_filter());
     subscriptions.push(topics.bridge_request_filter());
     let hard_stop = CancellationToken::new();
-    let (command_tx, command_rx) = mpsc::channel::<mqtt::Inbound>(1024);
+    let (command_tx, command_rx) = mpsc::channel::<mqtt::Inbound>(COMMAND_QUEUE);
     let link_tx = publisher_tx.clone();
     let (link_state_tx, link_state_rx) = watch::channel(LinkState::default());
     tokio::spawn(forward_link_state(link_state_rx, publisher_tx.clone()));
-    let route_topics = topics.clone();
+    let router = InboundRouter::new(topics.clone(), command_tx, link_tx, link_state_tx);
     // Inbound messages go straight to the task that acts on them: a command must not
     // queue behind the publisher's work on a large view or a discovery burst.
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
         subscriptions,
-        move |event| {
-            let event = match event {
-                LinkEvent::Message(msg) => match route_topics.route_inbound(&msg.topic) {
-                    InboundRoute::Commands => {
-                        match command_tx.try_send(msg) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(msg)) => {
-                                warn!(topic = %msg.topic, "inbound message dropped: command queue full")
-                            }
-                            // The command handler stops first at shutdown.
-                            Err(mpsc::error::TrySendError::Closed(msg)) => {
-                                debug!(topic = %msg.topic, "inbound message dropped: shutting down")
-                            }
-                        }
-                        return;
-                    }
-                    InboundRoute::Publisher => LinkEvent::Message(msg),
-                    InboundRoute::Ignore => {
-                        debug!(topic = %msg.topic, "inbound message on a topic the bridge does not act on");
-                        return;
-                    }
-                },
-                LinkEvent::Connected => {
-                    link_state_tx.send_modify(|s| {
-                        s.sessions += 1;
-                        s.connected = true;
-                    });
-                    return;
-                }
-                LinkEvent::Disconnected => {
-                    link_state_tx.send_modify(|s| s.connected = false);
-                    return;
-                }
-            };
-            if let Err(err) = link_tx.try_send(PublisherMsg::Link(event)) {
-                warn!(error = %err, "MQTT event dropped: the publisher is overloaded");
-            }
-        },
+        move |event| router.route(event),
         hard_stop.clone(),
     ));
     info!(broker = %config.mqtt.url, base = %config.mqtt.base_topic, "connecting to MQTT");
@@ -223,6 +189,136 @@ pub async fn run_with(
     event_loop.await.context("MQTT event loop")?;
     info!("stopped");
     Ok(())
+}
+
+/// Inbound commands, requests and task reports waiting for the command handler.
+const COMMAND_QUEUE: usize = 1024;
+
+/// How long one warning and one `overloaded` answer per topic stand for every command
+/// dropped on a full command queue.
+const OVERLOAD_WINDOW: Duration = Duration::from_secs(10);
+
+/// Topics answered `overloaded` per window at most: a flood of distinct topics while the
+/// queue is full is counted in the log, not answered (nor remembered) one by one.
+const OVERLOAD_ANSWERS: usize = 256;
+
+/// Where the MQTT event loop's events go, decided without ever waiting: commands and
+/// requests to the command handler, the rest to the publisher, the link state into a
+/// watch. A command the full command queue cannot take is answered `overloaded` instead
+/// of dropped in silence.
+struct InboundRouter {
+    topics: Topics,
+    commands: mpsc::Sender<mqtt::Inbound>,
+    publisher: mpsc::Sender<PublisherMsg>,
+    link_state: watch::Sender<LinkState>,
+    overload: std::sync::Mutex<Overload>,
+}
+
+impl InboundRouter {
+    fn new(
+        topics: Topics,
+        commands: mpsc::Sender<mqtt::Inbound>,
+        publisher: mpsc::Sender<PublisherMsg>,
+        link_state: watch::Sender<LinkState>,
+    ) -> Self {
+        InboundRouter {
+            topics,
+            commands,
+            publisher,
+            link_state,
+            overload: Default::default(),
+        }
+    }
+
+    fn route(&self, event: LinkEvent) {
+        let event = match event {
+            LinkEvent::Message(msg) => match self.topics.route_inbound(&msg.topic) {
+                InboundRoute::Commands => {
+                    match self.commands.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(msg)) => self.dropped(&msg),
+                        // The command handler stops first at shutdown.
+                        Err(mpsc::error::TrySendError::Closed(msg)) => {
+                            debug!(topic = %msg.topic, "inbound message dropped: shutting down")
+                        }
+                    }
+                    return;
+                }
+                InboundRoute::Publisher => LinkEvent::Message(msg),
+                InboundRoute::Ignore => {
+                    debug!(topic = %msg.topic, "inbound message on a topic the bridge does not act on");
+                    return;
+                }
+            },
+            LinkEvent::Connected => {
+                self.link_state.send_modify(|s| {
+                    s.sessions += 1;
+                    s.connected = true;
+                });
+                return;
+            }
+            LinkEvent::Disconnected => {
+                self.link_state.send_modify(|s| s.connected = false);
+                return;
+            }
+        };
+        if let Err(err) = self.publisher.try_send(PublisherMsg::Link(event)) {
+            warn!(error = %err, "MQTT event dropped: the publisher is overloaded");
+        }
+    }
+
+    /// A message the full command queue could not take.
+    fn dropped(&self, msg: &mqtt::Inbound) {
+        let (answer, warning) = self
+            .overload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(&msg.topic, Instant::now());
+        if let Some(dropped) = warning {
+            warn!(
+                dropped,
+                "command queue full: inbound commands answered `overloaded` instead of run (one warning per 10 s, counting every drop since the last)"
+            );
+        }
+        if answer {
+            if let Some(notice) = overloaded(&self.topics, msg) {
+                // The publisher's queue full too: the drop is still counted in the log.
+                let _ = self.publisher.try_send(notice);
+            }
+        }
+    }
+}
+
+/// Drops on a full command queue, per [`OVERLOAD_WINDOW`].
+#[derive(Debug, Default)]
+struct Overload {
+    window: Option<Instant>,
+    /// Drops not yet in a warning.
+    dropped: u64,
+    /// Hashes of the topics answered in this window.
+    answered: HashSet<u64>,
+    hasher: RandomState,
+}
+
+impl Overload {
+    /// Counts one drop on `topic`: whether it gets an answer (the first on its topic in
+    /// the window, for at most [`OVERLOAD_ANSWERS`] topics), and the count to log when a
+    /// warning is due (the first drop of a window: every drop since the last warning).
+    fn count(&mut self, topic: &str, now: Instant) -> (bool, Option<u64>) {
+        self.dropped += 1;
+        let mut warning = None;
+        if self
+            .window
+            .is_none_or(|t| now.saturating_duration_since(t) >= OVERLOAD_WINDOW)
+        {
+            self.window = Some(now);
+            self.answered.clear();
+            warning = Some(std::mem::take(&mut self.dropped));
+        }
+        let answer = self.answered.len() < OVERLOAD_ANSWERS
+            && self.answered.insert(self.hasher.hash_one(topic));
+        (answer, warning)
+    }
 }
 
 /// The MQTT connection as a value rather than queued events: the event loop (which must
@@ -360,5 +456,81 @@ mod tests {
             Some("Connected"),
             "{seen:?}"
         );
+    }
+
+    fn inbound(topic: &str, payload: &str) -> LinkEvent {
+        LinkEvent::Message(mqtt::Inbound {
+            topic: topic.into(),
+            payload: payload.into(),
+            retain: false,
+        })
+    }
+
+    /// Issue 9 item 5: a command dropped on a full queue got no result, and every drop
+    /// wrote a warning.
+    #[tokio::test]
+    async fn a_command_the_full_queue_cannot_take_is_answered_overloaded_once_per_window() {
+        let (commands, mut queue) = mpsc::channel(1);
+        let (publisher, mut out) = mpsc::channel(64);
+        let (link_state, _) = watch::channel(LinkState::default());
+        let router = InboundRouter::new(
+            Topics::new("pve2mqtt", "homeassistant"),
+            commands,
+            publisher,
+            link_state,
+        );
+        let stop = |id: &str| format!(r#"{{"action":"stop","id":"{id}"}}"#);
+        router.route(inbound("pve2mqtt/home/qemu/100/set", &stop("queued")));
+        for id in ["a", "b", "c"] {
+            router.route(inbound("pve2mqtt/home/qemu/100/set", &stop(id)));
+        }
+        router.route(inbound("pve2mqtt/home/lxc/101/set", "start"));
+        router.route(inbound(
+            "pve2mqtt/bridge/request/command",
+            r#"{"vmid":100,"action":"stop","transaction":"t-1"}"#,
+        ));
+        router.route(inbound(
+            "pve2mqtt/home/qemu/100/task",
+            r#"{"state":"running"}"#,
+        ));
+
+        assert_eq!(
+            queue.try_recv().unwrap().topic,
+            "pve2mqtt/home/qemu/100/set"
+        );
+        let mut answers = Vec::new();
+        while let Ok(msg) = out.try_recv() {
+            answers.push(match msg {
+                PublisherMsg::TaskNotice { vmid, report, .. } => {
+                    assert!(report.error.unwrap().contains("overloaded"));
+                    assert_eq!(report.state, crate::command::report::Phase::Rejected);
+                    format!("{vmid}:{}", report.id.unwrap_or_default())
+                }
+                PublisherMsg::Response { name, body } => {
+                    assert_eq!(body["status"], "error");
+                    assert!(body["error"].as_str().unwrap().contains("overloaded"));
+                    format!("{name}:{}", body["transaction"])
+                }
+                other => panic!("{other:?}"),
+            });
+        }
+        assert_eq!(answers, ["100:a", "101:", "command:\"t-1\""]);
+        let overload = router.overload.lock().unwrap();
+        assert_eq!(overload.dropped, 5, "counted for the next warning");
+    }
+
+    #[test]
+    fn drops_are_warned_about_once_per_window_with_their_count() {
+        let t0 = Instant::now();
+        let mut overload = Overload::default();
+        assert_eq!(overload.count("a", t0), (true, Some(1)));
+        assert_eq!(overload.count("a", t0), (false, None));
+        for i in 0..(2 * OVERLOAD_ANSWERS) {
+            overload.count(&format!("t{i}"), t0 + Duration::from_secs(1));
+        }
+        assert_eq!(overload.answered.len(), OVERLOAD_ANSWERS, "bounded");
+        let later = t0 + OVERLOAD_WINDOW;
+        let dropped = 1 + 2 * OVERLOAD_ANSWERS as u64 + 1;
+        assert_eq!(overload.count("a", later), (true, Some(dropped)));
     }
 }

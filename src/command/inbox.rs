@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::busy::BusySet;
-use super::links::{cluster, ClusterHandle, Registry, Reporter};
+use super::links::{cluster, response_body, ClusterHandle, Registry, Reporter};
 use super::parse::{parse, parse_fields, Action, Command, Rejection, RejectionKind};
 use super::policy::authorize;
 use super::ratelimit::RateLimiter;
@@ -44,6 +44,41 @@ const RETAINED_COMMAND: &str = "retained command ignored: publish commands witho
 
 /// The error a retained request gets.
 const RETAINED_REQUEST: &str = "retained request ignored: publish requests without the retain flag (a retained request would replay at every reconnect); the bridge cleared it from the broker";
+
+/// The reason a command dropped on a full command queue gets.
+pub const OVERLOADED: &str = "the bridge is overloaded: its command queue is full, so this command was dropped unread; send it again later";
+
+/// The answer to a command or request that the MQTT event loop could not queue for the
+/// command handler (the queue was full): a `rejected` notice on the guest's `…/task`
+/// (not retained) or an error response with the request's transaction. `None` for
+/// anything else (an earlier run's `…/task`, a clear). Built on the event loop, so it
+/// only reads what it must: the topic, and the payload's `id` or `transaction`.
+pub fn overloaded(topics: &Topics, msg: &Inbound) -> Option<PublisherMsg> {
+    if msg.payload.is_empty() {
+        return None;
+    }
+    if let Some((cluster, kind, vmid)) = topics.parse_command(&msg.topic) {
+        let (id, action) = match parse(&msg.payload, kind) {
+            Ok(c) => (c.id, c.action.as_str()),
+            Err((id, _)) => (id, "unknown"),
+        };
+        let mut report = TaskReport::new(id, action, unix_now());
+        report.state = Phase::Rejected;
+        report.error = Some(OVERLOADED.into());
+        report.finished = Some(report.requested);
+        return Some(PublisherMsg::TaskNotice {
+            cluster,
+            kind,
+            vmid,
+            report,
+        });
+    }
+    let name = topics.parse_bridge_request(&msg.topic)?;
+    Some(PublisherMsg::Response {
+        name: name.to_string(),
+        body: response_body(transaction_of(&msg.payload), Err(OVERLOADED.into())),
+    })
+}
 
 /// The command task: one at a time through the inbox, runners in parallel.
 pub struct CommandHandler {
