@@ -23,3 +23,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --all-targets "$@"
 fi
+
+# The quick soak (cargo xtask soak --ci, ~2 min): the real binary, broker restarts, faults.
+scripts/soak.sh --ci

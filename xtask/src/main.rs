@@ -7,6 +7,7 @@
 //!
 //! The scripts `scripts/soak.sh` and `scripts/bench.sh` build the bridge binary first.
 
+mod bench;
 mod mqtt;
 mod procs;
 mod sim;
@@ -25,6 +26,8 @@ struct Cli {
 enum Task {
     /// Soak test: minutes of random commands, faults and restarts; exit 1 if an invariant failed.
     Soak(soak::SoakArgs),
+    /// Performance benchmark per cluster size; prints Markdown tables (bench/RESULTS.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +40,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.task {
             Task::Soak(args) => soak::main(args).await,
+            Task::Bench(args) => bench::main(args).await,
         }
     });
     match result {

@@ -23,7 +23,7 @@ const MAX_PACKET: usize = 16 * 1024 * 1024;
 /// One broker connection: the client and the events of its (spawned) event loop.
 pub struct Link {
     pub client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    events: mpsc::UnboundedReceiver<(Instant, Result<Event, String>)>,
     task: JoinHandle<()>,
 }
 
@@ -60,9 +60,15 @@ impl Link {
 
     /// The next event before `deadline`; `None` on timeout.
     pub async fn next(&mut self, deadline: Instant) -> Option<Result<Event, String>> {
+        self.next_timed(deadline).await.map(|(_, event)| event)
+    }
+
+    /// Like [`Link::next`], with the time the event loop produced the event (for a
+    /// packet: right after it was read from the socket).
+    pub async fn next_timed(&mut self, deadline: Instant) -> Option<(Instant, Result<Event, String>)> {
         match timeout_at(deadline, self.events.recv()).await {
             Ok(Some(event)) => Some(event),
-            Ok(None) => Some(Err("event loop ended".into())),
+            Ok(None) => Some((Instant::now(), Err("event loop ended".into()))),
             Err(_) => None,
         }
     }
@@ -129,16 +135,19 @@ impl Drop for Link {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Result<Event, String>>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<(Instant, Result<Event, String>)>,
+) {
     loop {
         match eventloop.poll().await {
             Ok(event) => {
-                if tx.send(Ok(event)).is_err() {
+                if tx.send((Instant::now(), Ok(event))).is_err() {
                     return;
                 }
             }
             Err(error) => {
-                let _ = tx.send(Err(error.to_string()));
+                let _ = tx.send((Instant::now(), Err(error.to_string())));
                 return; // never reconnect: the owner decides (see the module doc)
             }
         }
@@ -265,6 +274,85 @@ impl Drop for Subscriber {
     }
 }
 
+/// A message as the benchmark's probe recorded it.
+#[derive(Clone, Debug)]
+pub struct Msg {
+    /// Seconds since the bench's clock origin, when the event loop read it.
+    pub t: f64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+/// A subscriber that records every delivery with its arrival time, and can publish
+/// (QoS 0). Its QoS 1 subscription makes it answer every delivery with a PUBACK at once,
+/// so its delayed TCP ACKs never hold the broker's next message back (Mosquitto does not
+/// set TCP_NODELAY): the latency measured is the bridge's, not this client's.
+pub struct Recorder {
+    messages: Arc<std::sync::Mutex<Vec<Msg>>>,
+    client: AsyncClient,
+    origin: Instant,
+    task: JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(port: u16, client_id: &str, filters: &[String], origin: Instant) -> anyhow::Result<Recorder> {
+        let mut link = Link::connect(port, client_id, Duration::from_secs(10)).await?;
+        link.subscribe(filters, Duration::from_secs(10)).await?;
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = link.client.clone();
+        let sink = messages.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let far = Instant::now() + Duration::from_secs(3600);
+                match link.next_timed(far).await {
+                    Some((at, Ok(Event::Incoming(Packet::Publish(p))))) => {
+                        sink.lock().unwrap().push(Msg {
+                            t: at.duration_since(origin).as_secs_f64(),
+                            topic: p.topic,
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                        })
+                    }
+                    Some((_, Err(_))) => return,
+                    _ => {}
+                }
+            }
+        });
+        Ok(Recorder { messages, client, origin, task })
+    }
+
+    /// Publishes with QoS 0; the time just before it was handed to the event loop.
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<f64> {
+        let t = self.origin.elapsed().as_secs_f64();
+        self.client.publish(topic, QoS::AtMostOnce, false, payload).await?;
+        Ok(t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+
+    pub fn since(&self, index: usize) -> Vec<Msg> {
+        self.messages.lock().unwrap().get(index..).map(<[Msg]>::to_vec).unwrap_or_default()
+    }
+
+    pub fn between(&self, start: f64, end: f64) -> Vec<Msg> {
+        let messages = self.messages.lock().unwrap();
+        messages.iter().filter(|m| start <= m.t && m.t < end).cloned().collect()
+    }
+
+    pub fn all(&self) -> Vec<Msg> {
+        self.since(0)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The retained messages on a filter: subscribe and read until `quiet` passes without a
 /// message (retained copies arrive in a burst right after the SUBACK). A live update that
 /// arrives meanwhile is newer than the copy and replaces it.
@@ -342,6 +430,21 @@ mod tests {
             (seen[0].payload.as_slice(), seen[0].retain),
             (&b"online"[..], false)
         );
+    }
+
+    #[tokio::test]
+    async fn a_persistent_broker_keeps_retained_messages_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Mosquitto::start_in(dir.path(), true).await.unwrap();
+        let mut publisher = Publisher::new(broker.port, "t-pub".into());
+        assert!(publisher.publish("t/kept", b"one".to_vec(), true).await);
+        publisher.close();
+        broker.stop().await;
+        broker.start().await.unwrap();
+        let retained = read_retained(broker.port, "t-read", "t/#", Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert_eq!(retained.get("t/kept").map(Vec::as_slice), Some(&b"one"[..]));
     }
 
     #[tokio::test]

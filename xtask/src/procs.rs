@@ -141,7 +141,6 @@ fn mosquitto_binary() -> PathBuf {
 /// Home Assistant add-on; [`Mosquitto::kill`] is a crash and saves nothing.
 pub struct Mosquitto {
     pub port: u16,
-    pub persistence: bool,
     conf: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -150,9 +149,21 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Writes its config under `dir` and starts it.
     pub async fn start_in(dir: &Path, persistence: bool) -> anyhow::Result<Mosquitto> {
+        Mosquitto::start_with(dir, persistence, "").await
+    }
+
+    /// Like [`Mosquitto::start_in`], with `extra` config lines.
+    pub async fn start_with(dir: &Path, persistence: bool, extra: &str) -> anyhow::Result<Mosquitto> {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
+        // Started as root, Mosquitto drops to the `mosquitto` user, which could not write
+        // the persistence db into our directory (it logs "Permission denied" on SIGTERM
+        // and the retained messages are lost): stay the user we are.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            text += "user root\n";
+        }
         if persistence {
             let db = dir.join("mosquitto-db");
             std::fs::create_dir_all(&db)?;
@@ -160,10 +171,10 @@ impl Mosquitto {
         } else {
             text += "persistence false\n";
         }
+        text += extra;
         std::fs::write(&conf, text)?;
         let mut broker = Mosquitto {
             port,
-            persistence,
             conf,
             log: dir.join("mosquitto.log"),
             child: None,
@@ -195,6 +206,11 @@ impl Mosquitto {
     }
 
     /// SIGKILL, like a crash: no Last Will handling, no clean disconnects, no saved db.
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -20,7 +20,7 @@ pub struct Simulator {
     pub base: String,
     pub fingerprint: String,
     http: reqwest::Client,
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
 }
 
 impl Simulator {
@@ -71,7 +71,7 @@ impl Simulator {
             base: format!("https://127.0.0.1:{port}"),
             fingerprint,
             http,
-            child: Some(child),
+            child: std::sync::Mutex::new(Some(child)),
         })
     }
 
@@ -109,11 +109,12 @@ impl Simulator {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.lock().unwrap().as_ref().map(Child::id)
     }
 
-    pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub async fn stop(&self) {
+        let child = self.child.lock().unwrap().take();
+        if let Some(mut child) = child {
             procs::terminate(&mut child, Duration::from_secs(10)).await;
         }
     }
@@ -121,7 +122,7 @@ impl Simulator {
 
 impl Drop for Simulator {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
