@@ -65,7 +65,10 @@ impl Link {
 
     /// Like [`Link::next`], with the time the event loop produced the event (for a
     /// packet: right after it was read from the socket).
-    pub async fn next_timed(&mut self, deadline: Instant) -> Option<(Instant, Result<Event, String>)> {
+    pub async fn next_timed(
+        &mut self,
+        deadline: Instant,
+    ) -> Option<(Instant, Result<Event, String>)> {
         match timeout_at(deadline, self.events.recv()).await {
             Ok(Some(event)) => Some(event),
             Ok(None) => Some((Instant::now(), Err("event loop ended".into()))),
@@ -296,7 +299,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub async fn start(port: u16, client_id: &str, filters: &[String], origin: Instant) -> anyhow::Result<Recorder> {
+    pub async fn start(
+        port: u16,
+        client_id: &str,
+        filters: &[String],
+        origin: Instant,
+    ) -> anyhow::Result<Recorder> {
         let mut link = Link::connect(port, client_id, Duration::from_secs(10)).await?;
         link.subscribe(filters, Duration::from_secs(10)).await?;
         let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -319,13 +327,20 @@ impl Recorder {
                 }
             }
         });
-        Ok(Recorder { messages, client, origin, task })
+        Ok(Recorder {
+            messages,
+            client,
+            origin,
+            task,
+        })
     }
 
     /// Publishes with QoS 0; the time just before it was handed to the event loop.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> anyhow::Result<f64> {
         let t = self.origin.elapsed().as_secs_f64();
-        self.client.publish(topic, QoS::AtMostOnce, false, payload).await?;
+        self.client
+            .publish(topic, QoS::AtMostOnce, false, payload)
+            .await?;
         Ok(t)
     }
 
@@ -334,12 +349,21 @@ impl Recorder {
     }
 
     pub fn since(&self, index: usize) -> Vec<Msg> {
-        self.messages.lock().unwrap().get(index..).map(<[Msg]>::to_vec).unwrap_or_default()
+        self.messages
+            .lock()
+            .unwrap()
+            .get(index..)
+            .map(<[Msg]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn between(&self, start: f64, end: f64) -> Vec<Msg> {
         let messages = self.messages.lock().unwrap();
-        messages.iter().filter(|m| start <= m.t && m.t < end).cloned().collect()
+        messages
+            .iter()
+            .filter(|m| start <= m.t && m.t < end)
+            .cloned()
+            .collect()
     }
 
     pub fn all(&self) -> Vec<Msg> {

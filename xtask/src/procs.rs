@@ -153,7 +153,11 @@ impl Mosquitto {
     }
 
     /// Like [`Mosquitto::start_in`], with `extra` config lines.
-    pub async fn start_with(dir: &Path, persistence: bool, extra: &str) -> anyhow::Result<Mosquitto> {
+    pub async fn start_with(
+        dir: &Path,
+        persistence: bool,
+        extra: &str,
+    ) -> anyhow::Result<Mosquitto> {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");

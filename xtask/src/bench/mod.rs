@@ -14,6 +14,7 @@
 //!   `accepted` on the task topic; task end (`ok` on the task topic) -> the guest's new
 //!   state on MQTT.
 
+mod latency;
 mod report;
 mod size;
 mod timeline;
@@ -79,10 +80,9 @@ pub(crate) fn log(message: &str) {
 pub fn parse_sizes(text: &str) -> anyhow::Result<Vec<(u32, u32)>> {
     text.split(',')
         .map(|size| {
-            let (nodes, guests) = size
-                .trim()
-                .split_once('x')
-                .ok_or_else(|| anyhow::anyhow!("size {size:?}: expected NODESxGUESTS, e.g. 3x300"))?;
+            let (nodes, guests) = size.trim().split_once('x').ok_or_else(|| {
+                anyhow::anyhow!("size {size:?}: expected NODESxGUESTS, e.g. 3x300")
+            })?;
             Ok((nodes.parse()?, guests.parse()?))
         })
         .collect()
@@ -95,7 +95,10 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         (None, false) => vec![(1, 10), (3, 300), (10, 1000), (10, 5000)],
     };
     if !args.binary.is_file() {
-        log(&format!("{} not found: build it with `cargo build --release`", args.binary.display()));
+        log(&format!(
+            "{} not found: build it with `cargo build --release`",
+            args.binary.display()
+        ));
         return Ok(2);
     }
     let binary = args.binary.canonicalize()?;
@@ -135,10 +138,22 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn run_size(binary: &std::path::Path, nodes: u32, guests: u32, args: &BenchArgs, isolated: bool) -> anyhow::Result<Value> {
-    let dir = std::env::temp_dir().join(format!("pve2mqtt-bench-{nodes}x{guests}-{}", std::process::id()));
+async fn run_size(
+    binary: &std::path::Path,
+    nodes: u32,
+    guests: u32,
+    args: &BenchArgs,
+    isolated: bool,
+) -> anyhow::Result<Value> {
+    let dir = std::env::temp_dir().join(format!(
+        "pve2mqtt-bench-{nodes}x{guests}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir)?;
-    log(&format!("=== {nodes} node(s) x {guests} guests (logs in {})", dir.display()));
+    log(&format!(
+        "=== {nodes} node(s) x {guests} guests (logs in {})",
+        dir.display()
+    ));
     let mut run = SizeRun::start(binary, nodes, guests, dir.clone(), args.broker_nodelay).await?;
     let result = measure(&mut run, args, isolated).await;
     run.teardown().await;
@@ -153,31 +168,55 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
     run.wait_discovery().await?;
     run.wait_first_slow_round().await?;
     // Let rates settle (the first polls after start have no previous counters).
-    run.timeline.wait_poll_after(run.origin, run.now(), POLL_INTERVAL * 3.0).await?;
+    run.timeline
+        .wait_poll_after(run.origin, run.now(), POLL_INTERVAL * 3.0)
+        .await?;
     log("idle polls");
     let mut idle = run.run_windows(args.idle_polls, 0.0).await?;
     log("polls with 5 % of guests changed");
     let mut changed = run.run_windows(args.changed_polls, 0.05).await?;
-    log(&format!("commands: {} in a burst (one every 50 ms)", args.commands));
-    run.run_commands("burst", args.commands, usize::MAX, 0.05).await?;
+    log(&format!(
+        "commands: {} in a burst (one every 50 ms)",
+        args.commands
+    ));
+    run.run_commands("burst", args.commands, usize::MAX, 0.05)
+        .await?;
     if isolated {
         log(&format!("commands: {} one at a time", args.commands));
         run.run_commands("isolated", args.commands, 1, 0.1).await?;
     }
     run.classify_slow(&mut idle);
     run.classify_slow(&mut changed);
-    let windows = |ws: &[Window], f: &dyn Fn(&Window) -> bool| summarise_windows(&ws.iter().filter(|w| f(w)).collect::<Vec<_>>());
+    let windows = |ws: &[Window], f: &dyn Fn(&Window) -> bool| {
+        summarise_windows(&ws.iter().filter(|w| f(w)).collect::<Vec<_>>())
+    };
     let r = &mut run.result;
     // Idle polls in three kinds: the fast lane alone; with slow-lane requests served in the
     // same window (their decoding costs CPU); with the end of a slow round, whose view
     // republishes the nodes (their status/current figures are live).
-    r.insert("idle".into(), windows(&idle, &|w| !w.slow_view && w.slow_requests == 0));
-    r.insert("idle_slow_requests".into(), windows(&idle, &|w| !w.slow_view && w.slow_requests > 0));
+    r.insert(
+        "idle".into(),
+        windows(&idle, &|w| !w.slow_view && w.slow_requests == 0),
+    );
+    r.insert(
+        "idle_slow_requests".into(),
+        windows(&idle, &|w| !w.slow_view && w.slow_requests > 0),
+    );
     r.insert("idle_slow_view".into(), windows(&idle, &|w| w.slow_view));
-    r.insert("changed".into(), windows(&changed, &|w| !w.slow_view && !w.split));
-    r.insert("changed_split_windows".into(), json!(changed.iter().filter(|w| w.split).count()));
+    r.insert(
+        "changed".into(),
+        windows(&changed, &|w| !w.slow_view && !w.split),
+    );
+    r.insert(
+        "changed_split_windows".into(),
+        json!(changed.iter().filter(|w| w.split).count()),
+    );
     // Fast lane alone: windows in which no slow-lane request was served.
-    let pure: Vec<&Window> = idle.iter().chain(&changed).filter(|w| w.slow_requests == 0).collect();
+    let pure: Vec<&Window> = idle
+        .iter()
+        .chain(&changed)
+        .filter(|w| w.slow_requests == 0)
+        .collect();
     let polls: u64 = pure.iter().map(|w| w.polls).sum();
     let mut fast: std::collections::BTreeMap<String, u64> = Default::default();
     for w in &pure {
@@ -186,11 +225,14 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
         }
     }
     let per_poll: serde_json::Map<String, Value> = if polls > 0 {
-        fast.iter().map(|(k, v)| (k.clone(), json!(*v as f64 / polls as f64))).collect()
+        fast.iter()
+            .map(|(k, v)| (k.clone(), json!(*v as f64 / polls as f64)))
+            .collect()
     } else {
         Default::default()
     };
-    let polls_per_window: std::collections::BTreeSet<u64> = idle.iter().chain(&changed).map(|w| w.polls).collect();
+    let polls_per_window: std::collections::BTreeSet<u64> =
+        idle.iter().chain(&changed).map(|w| w.polls).collect();
     r.insert(
         "fast_lane".into(),
         json!({"windows": pure.len(), "polls": polls, "requests_per_poll": per_poll, "polls_per_window": polls_per_window}),

@@ -51,9 +51,27 @@ pub fn topic_class(topic: &str) -> &'static str {
             Some(&"set") => "set",
             _ => "other",
         },
-        "node" => if parts.len() == 4 { "node" } else { "availability" },
-        "storage" => if parts.len() == 5 { "storage" } else { "availability" },
-        "cluster" => if parts.len() == 3 { "cluster" } else { "availability" },
+        "node" => {
+            if parts.len() == 4 {
+                "node"
+            } else {
+                "availability"
+            }
+        }
+        "storage" => {
+            if parts.len() == 5 {
+                "storage"
+            } else {
+                "availability"
+            }
+        }
+        "cluster" => {
+            if parts.len() == 3 {
+                "cluster"
+            } else {
+                "availability"
+            }
+        }
         _ => "other",
     }
 }
@@ -123,31 +141,76 @@ fn f(value: &Value) -> f64 {
 fn classes(map: &Value) -> String {
     let text = map
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default();
-    if text.is_empty() { "none".into() } else { text }
+    if text.is_empty() {
+        "none".into()
+    } else {
+        text
+    }
 }
 
 pub fn print_tables(r: &Value) {
     let mut out = Vec::new();
-    out.push(format!("\n### {} node(s) x {} guests ({} objects)\n", r["nodes"], r["guests"], r["objects"]));
+    out.push(format!(
+        "\n### {} node(s) x {} guests ({} objects)\n",
+        r["nodes"], r["guests"], r["objects"]
+    ));
     let (fast, slow) = (&r["fast_lane"], &r["slow_lane"]);
     out.push("| Proxmox requests | |".into());
     out.push("|---|---|".into());
     let empty = Map::new();
     let per = fast["requests_per_poll"].as_object().unwrap_or(&empty);
-    let per: Vec<String> = per.iter().map(|(k, v)| format!("`{k}` {:.2}", f(v))).collect();
-    let per = if per.is_empty() { "-".into() } else { per.join(", ") };
-    out.push(format!("| per fast-lane poll ({} polls without slow-lane traffic) | {per} |", fast["polls"]));
-    let ends: Vec<String> = slow["by_endpoint"].as_object().unwrap_or(&empty).iter().map(|(k, v)| format!("`{k}` {v}")).collect();
-    let counts: Vec<String> = slow["requests_per_round"].as_array().into_iter().flatten().map(|n| n.to_string()).collect();
-    let counts = if counts.is_empty() { "-".into() } else { counts.join("/") };
-    let ends = if ends.is_empty() { "-".into() } else { ends.join(", ") };
+    let per: Vec<String> = per
+        .iter()
+        .map(|(k, v)| format!("`{k}` {:.2}", f(v)))
+        .collect();
+    let per = if per.is_empty() {
+        "-".into()
+    } else {
+        per.join(", ")
+    };
+    out.push(format!(
+        "| per fast-lane poll ({} polls without slow-lane traffic) | {per} |",
+        fast["polls"]
+    ));
+    let ends: Vec<String> = slow["by_endpoint"]
+        .as_object()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|(k, v)| format!("`{k}` {v}"))
+        .collect();
+    let counts: Vec<String> = slow["requests_per_round"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| n.to_string())
+        .collect();
+    let counts = if counts.is_empty() {
+        "-".into()
+    } else {
+        counts.join("/")
+    };
+    let ends = if ends.is_empty() {
+        "-".into()
+    } else {
+        ends.join(", ")
+    };
     out.push(format!(
         "| per slow-lane round ({} complete rounds, every {SLOW_INTERVAL:.0} s) | {counts}: {ends} |",
         slow["rounds"]
     ));
-    let durations: Vec<f64> = slow["round_duration_s"].as_array().into_iter().flatten().map(f).collect();
+    let durations: Vec<f64> = slow["round_duration_s"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(f)
+        .collect();
     let spread = if durations.is_empty() {
         "-".to_string()
     } else {
@@ -155,14 +218,23 @@ pub fn print_tables(r: &Value) {
         let max = durations.iter().copied().fold(f64::MIN, f64::max);
         format!("{min:.1}–{max:.1} s")
     };
-    out.push(format!("| slow-lane round spread over / smallest gap | {spread} / {} s |", fmt(&slow["min_gap_s"], 2)));
+    out.push(format!(
+        "| slow-lane round spread over / smallest gap | {spread} / {} s |",
+        fmt(&slow["min_gap_s"], 2)
+    ));
     out.push(String::new());
     out.push("| per fast-lane poll | polls | MQTT msgs | MQTT bytes | messages by topic class | bridge CPU ms |".into());
     out.push("|---|---|---|---|---|---|".into());
     for (label, key) in [
         ("idle", "idle"),
-        ("idle, slow-lane requests in the same window", "idle_slow_requests"),
-        ("idle, end of a slow-lane round (its view)", "idle_slow_view"),
+        (
+            "idle, slow-lane requests in the same window",
+            "idle_slow_requests",
+        ),
+        (
+            "idle, end of a slow-lane round (its view)",
+            "idle_slow_view",
+        ),
         ("5 % of guests changed", "changed"),
     ] {
         let s = &r[key];
@@ -172,7 +244,10 @@ pub fn print_tables(r: &Value) {
         let mut label = label.to_string();
         let changed = s["changed_guests"].as_u64().unwrap_or(0);
         if changed > 0 {
-            label += &format!(" ({} per poll)", changed / s["windows"].as_u64().unwrap_or(1).max(1));
+            label += &format!(
+                " ({} per poll)",
+                changed / s["windows"].as_u64().unwrap_or(1).max(1)
+            );
         }
         out.push(format!(
             "| {label} | {} | {} | {} | {} | {} |",
@@ -198,7 +273,10 @@ pub fn print_tables(r: &Value) {
         r["objects"],
         f(&r["discovery_bytes"]) / 1024.0
     ));
-    out.push(format!("| bridge CPU from start to discovery done | {} s |", fmt(&r["startup_cpu_s"], 2)));
+    out.push(format!(
+        "| bridge CPU from start to discovery done | {} s |",
+        fmt(&r["startup_cpu_s"], 2)
+    ));
     let first = &r["first_slow_round"];
     out.push(format!(
         "| end of the first slow-lane round ({} s): messages | {} |",
@@ -216,7 +294,11 @@ pub fn print_tables(r: &Value) {
         r["bridge_connections"], r["lost_mqtt_connection"], r["bridge_warnings"]
     ));
     for (mode, c) in r["commands"].as_object().unwrap_or(&empty) {
-        let what = if mode == "burst" { "a burst, one every 50 ms" } else { "one at a time" };
+        let what = if mode == "burst" {
+            "a burst, one every 50 ms"
+        } else {
+            "one at a time"
+        };
         out.push(String::new());
         out.push(format!(
             "| commands: {} on {} guests, {what}; results {} | n | p50 ms | p99 ms | max ms |",
@@ -224,12 +306,30 @@ pub fn print_tables(r: &Value) {
         ));
         out.push("|---|---|---|---|---|".into());
         for (label, key) in [
-            ("publish `…/set` -> POST seen by the simulator (polled every ~1 ms)", "pub_to_post_ms"),
-            ("publish `…/set` -> POST answered (bridge's debug log, µs clock)", "pub_to_post_answered_ms"),
-            ("**publish `…/set` -> POST**: per command the tighter of the two bounds above", "pub_to_post_best_ms"),
-            ("publish `…/set` -> `accepted` on `…/task`", "pub_to_accepted_ms"),
-            ("task end (POST + task length) -> new state on the guest topic", "task_end_to_state_ms"),
-            ("`ok` on `…/task` -> new state on the guest topic (negative: state first)", "ok_to_state_ms"),
+            (
+                "publish `…/set` -> POST seen by the simulator (polled every ~1 ms)",
+                "pub_to_post_ms",
+            ),
+            (
+                "publish `…/set` -> POST answered (bridge's debug log, µs clock)",
+                "pub_to_post_answered_ms",
+            ),
+            (
+                "**publish `…/set` -> POST**: per command the tighter of the two bounds above",
+                "pub_to_post_best_ms",
+            ),
+            (
+                "publish `…/set` -> `accepted` on `…/task`",
+                "pub_to_accepted_ms",
+            ),
+            (
+                "task end (POST + task length) -> new state on the guest topic",
+                "task_end_to_state_ms",
+            ),
+            (
+                "`ok` on `…/task` -> new state on the guest topic (negative: state first)",
+                "ok_to_state_ms",
+            ),
         ] {
             let st = &c[key];
             out.push(format!(
@@ -248,54 +348,112 @@ pub fn print_tables(r: &Value) {
 pub fn print_targets(results: &[Value]) {
     let mut rows = Vec::new();
     let mut row = |target: String, measured: String, ok: bool| {
-        rows.push(format!("| {target} | {measured} | {} |", if ok { "met" } else { "**missed**" }));
+        rows.push(format!(
+            "| {target} | {measured} | {} |",
+            if ok { "met" } else { "**missed**" }
+        ));
     };
-    let sum = |v: &Value| v.as_object().map(|m| m.values().map(f).sum::<f64>()).unwrap_or(0.0);
-    let per_poll: Vec<f64> = results.iter().map(|r| sum(&r["fast_lane"]["requests_per_poll"])).collect();
+    let sum = |v: &Value| {
+        v.as_object()
+            .map(|m| m.values().map(f).sum::<f64>())
+            .unwrap_or(0.0)
+    };
+    let per_poll: Vec<f64> = results
+        .iter()
+        .map(|r| sum(&r["fast_lane"]["requests_per_poll"]))
+        .collect();
     row(
         "fast lane: 1 request per poll, any size".into(),
-        results.iter().zip(&per_poll).map(|(r, p)| format!("{}: {p:.2}", text(&r["size"]))).collect::<Vec<_>>().join(", "),
+        results
+            .iter()
+            .zip(&per_poll)
+            .map(|(r, p)| format!("{}: {p:.2}", text(&r["size"])))
+            .collect::<Vec<_>>()
+            .join(", "),
         per_poll.iter().all(|p| (p - 1.0).abs() < 1e-9),
     );
-    let max_of = |v: &Value| v.as_array().into_iter().flatten().map(f).fold(0.0, f64::max);
+    let max_of = |v: &Value| {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(f)
+            .fold(0.0, f64::max)
+    };
     row(
         "slow lane: bounded and spread".into(),
         results
             .iter()
             .map(|r| {
                 let s = &r["slow_lane"];
-                format!("{}: {} req over {:.1} s", text(&r["size"]), max_of(&s["requests_per_round"]), max_of(&s["round_duration_s"]))
+                format!(
+                    "{}: {} req over {:.1} s",
+                    text(&r["size"]),
+                    max_of(&s["requests_per_round"]),
+                    max_of(&s["round_duration_s"])
+                )
             })
             .collect::<Vec<_>>()
             .join(", "),
         results.iter().all(|r| {
             let s = &r["slow_lane"];
-            s["rounds"].as_u64().unwrap_or(0) > 0 && s["min_gap_s"].as_f64().is_some_and(|g| g >= 0.1)
+            s["rounds"].as_u64().unwrap_or(0) > 0
+                && s["min_gap_s"].as_f64().is_some_and(|g| g >= 0.1)
         }),
     );
     row(
         "0 MQTT messages on an idle poll".into(),
-        results.iter().map(|r| format!("{}: {}", text(&r["size"]), fmt(&r["idle"]["messages_per_poll"], 1))).collect::<Vec<_>>().join(", "),
-        results.iter().all(|r| r["idle"]["messages_per_poll"].as_f64().is_none_or(|v| v == 0.0)),
+        results
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    text(&r["size"]),
+                    fmt(&r["idle"]["messages_per_poll"], 1)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        results.iter().all(|r| {
+            r["idle"]["messages_per_poll"]
+                .as_f64()
+                .is_none_or(|v| v == 0.0)
+        }),
     );
     let ratio: Vec<Value> = results
         .iter()
         .map(|r| {
             let c = &r["changed"];
             let changed = f(&c["changed_guests"]);
-            if changed > 0.0 { json!(f(&c["messages_by_class"]["guest"]) / changed) } else { Value::Null }
+            if changed > 0.0 {
+                json!(f(&c["messages_by_class"]["guest"]) / changed)
+            } else {
+                Value::Null
+            }
         })
         .collect();
     row(
         "<= 1 state message per changed guest".into(),
-        results.iter().zip(&ratio).map(|(r, v)| format!("{}: {}", text(&r["size"]), fmt(v, 2))).collect::<Vec<_>>().join(", "),
+        results
+            .iter()
+            .zip(&ratio)
+            .map(|(r, v)| format!("{}: {}", text(&r["size"]), fmt(v, 2)))
+            .collect::<Vec<_>>()
+            .join(", "),
         ratio.iter().all(|v| v.as_f64().is_some_and(|v| v <= 1.0)),
     );
-    let Some(big) = results.iter().max_by_key(|r| r["guests"].as_u64().unwrap_or(0)) else { return };
+    let Some(big) = results
+        .iter()
+        .max_by_key(|r| r["guests"].as_u64().unwrap_or(0))
+    else {
+        return;
+    };
     let k = f(&big["guests"]) / 1000.0;
     let judged = f(&big["guests"]) >= 5000.0; // the RSS and CPU targets are set at 5,000 guests
     let rss = f(&big["rss_peak_mb"]);
-    let measured = format!("peak {rss:.1} MB, {:.1} MB at the end", f(&big["rss_now_mb"]));
+    let measured = format!(
+        "peak {rss:.1} MB, {:.1} MB at the end",
+        f(&big["rss_now_mb"])
+    );
     let size = text(&big["size"]);
     let mut extra = Vec::new();
     if judged {
@@ -303,14 +461,21 @@ pub fn print_targets(results: &[Value]) {
     } else {
         extra.push(format!("| RSS <= 30 MB at 5,000 guests | {size}: {measured} | not judged (no 5,000-guest run) |"));
     }
-    if let (Some(cpu), Some(changed_cpu)) = (big["idle"]["cpu_ms_per_poll"].as_f64(), big["changed"]["cpu_ms_per_poll"].as_f64()) {
+    if let (Some(cpu), Some(changed_cpu)) = (
+        big["idle"]["cpu_ms_per_poll"].as_f64(),
+        big["changed"]["cpu_ms_per_poll"].as_f64(),
+    ) {
         let measured = format!(
             "idle {:.1}, 5 % changed {:.1} ms per 1,000 guests ({cpu:.0} / {changed_cpu:.0} ms per poll)",
             cpu / k,
             changed_cpu / k
         );
         if judged {
-            row(format!("CPU <= 5 ms per poll per 1,000 guests ({size})"), measured, cpu / k <= 5.0 && changed_cpu / k <= 5.0);
+            row(
+                format!("CPU <= 5 ms per poll per 1,000 guests ({size})"),
+                measured,
+                cpu / k <= 5.0 && changed_cpu / k <= 5.0,
+            );
         } else {
             extra.push(format!(
                 "| CPU <= 5 ms per poll per 1,000 guests at 5,000 guests | {size}: {measured} | not judged (no 5,000-guest run; 10 ms clock ticks) |"
@@ -323,7 +488,10 @@ pub fn print_targets(results: &[Value]) {
         for (mode, c) in r["commands"].as_object().unwrap_or(&empty) {
             let p99 = c["pub_to_post_best_ms"]["p99"].as_f64();
             row(
-                format!("command -> POST p99 <= 10 ms ({}, {mode})", text(&r["size"])),
+                format!(
+                    "command -> POST p99 <= 10 ms ({}, {mode})",
+                    text(&r["size"])
+                ),
                 format!("{} ms", fmt(&c["pub_to_post_best_ms"]["p99"], 1)),
                 p99.is_some_and(|p| p <= 10.0),
             );
@@ -338,9 +506,16 @@ pub fn print_targets(results: &[Value]) {
         format!("worst {:.0} ms ({}, {})", worst.0, worst.1, worst.2),
         worst.0 <= 1000.0,
     );
-    let complete = results.iter().all(|r| r["discovery_retained"] == r["objects"] && r["discovery_live_count"] == r["objects"]);
-    let kept = results.iter().all(|r| r["bridge_connections"] == 1 && r["lost_mqtt_connection"] == 0);
-    let connections: Vec<String> = results.iter().map(|r| r["bridge_connections"].to_string()).collect();
+    let complete = results.iter().all(|r| {
+        r["discovery_retained"] == r["objects"] && r["discovery_live_count"] == r["objects"]
+    });
+    let kept = results
+        .iter()
+        .all(|r| r["bridge_connections"] == 1 && r["lost_mqtt_connection"] == 0);
+    let connections: Vec<String> = results
+        .iter()
+        .map(|r| r["bridge_connections"].to_string())
+        .collect();
     row(
         "discovery complete, connection never torn down".into(),
         format!(
@@ -358,11 +533,17 @@ pub fn print_targets(results: &[Value]) {
     for (i, line) in extra.into_iter().enumerate() {
         all.insert(at + i, line);
     }
-    println!("\n### Targets\n\n| target | measured | |\n|---|---|---|\n{}", all.join("\n"));
+    println!(
+        "\n### Targets\n\n| target | measured | |\n|---|---|---|\n{}",
+        all.join("\n")
+    );
 }
 
 fn text(value: &Value) -> String {
-    value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())
+    value
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string())
 }
 
 #[cfg(test)]
@@ -409,7 +590,10 @@ mod tests {
             changed: 3,
             ..Default::default()
         };
-        let idle = Window { polls: 2, ..Default::default() };
+        let idle = Window {
+            polls: 2,
+            ..Default::default()
+        };
         let s = summarise_windows(&[&w, &idle]);
         assert_eq!(s["polls"], 4);
         assert_eq!(s["messages_per_poll"], 1.0);

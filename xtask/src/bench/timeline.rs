@@ -81,12 +81,18 @@ impl Timeline {
                 }
             }
         });
-        Timeline { data, period_us, stopping, task }
+        Timeline {
+            data,
+            period_us,
+            stopping,
+            task,
+        }
     }
 
     /// How often the log is read (20 ms normally, ~1 ms while commands run).
     pub fn set_period(&self, period: Duration) {
-        self.period_us.store(period.as_micros() as u64, Ordering::Relaxed);
+        self.period_us
+            .store(period.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Vec<Entry> {
@@ -98,15 +104,33 @@ impl Timeline {
     }
 
     pub fn since(&self, index: usize) -> Vec<Entry> {
-        self.data.lock().unwrap().entries.get(index..).map(<[Entry]>::to_vec).unwrap_or_default()
+        self.data
+            .lock()
+            .unwrap()
+            .entries
+            .get(index..)
+            .map(<[Entry]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn polls_after(&self, t: f64) -> Vec<f64> {
-        self.data.lock().unwrap().poll_times.iter().copied().filter(|seen| *seen > t).collect()
+        self.data
+            .lock()
+            .unwrap()
+            .poll_times
+            .iter()
+            .copied()
+            .filter(|seen| *seen > t)
+            .collect()
     }
 
     /// When the first fast-lane poll after `t` was seen.
-    pub async fn wait_poll_after(&self, origin: Instant, t: f64, timeout: f64) -> anyhow::Result<f64> {
+    pub async fn wait_poll_after(
+        &self,
+        origin: Instant,
+        t: f64,
+        timeout: f64,
+    ) -> anyhow::Result<f64> {
         let deadline = origin.elapsed().as_secs_f64() + timeout;
         while origin.elapsed().as_secs_f64() < deadline {
             if let Some(first) = self.polls_after(t).first() {

@@ -206,7 +206,11 @@ pub fn classify<'a>(
     let restarts: Vec<(f64, f64)> = broker_restarts
         .iter()
         .map(|r| (r.killed_at, r.up_at.unwrap_or(r.killed_at)))
-        .chain(bridge_restarts.iter().map(|r| (r.sigterm_at, r.started_at.unwrap_or(r.sigterm_at))))
+        .chain(
+            bridge_restarts
+                .iter()
+                .map(|r| (r.sigterm_at, r.started_at.unwrap_or(r.sigterm_at))),
+        )
         .collect();
     let mut out = Classified::default();
     for c in commands {
@@ -243,7 +247,10 @@ pub fn classify<'a>(
             }
             let live: Vec<f64> = c.finals.iter().filter(|f| !f.retain).map(|f| f.t).collect();
             for pair in live.windows(2) {
-                if restarts.iter().any(|(down, up)| pair[0] <= *up && *down <= pair[1]) {
+                if restarts
+                    .iter()
+                    .any(|(down, up)| pair[0] <= *up && *down <= pair[1])
+                {
                     out.replays_after_restart += 1;
                 } else {
                     out.duplicates.push(c.id.clone());

@@ -183,7 +183,11 @@ fn a_copy_delivered_while_the_broker_shuts_down_counts_as_before_the_restart() {
     let mut o = observer_with(&[command("a", true, "random")]);
     o.on_message(39.76, TASK, br#"{"id":"a","state":"ok"}"#, false);
     o.on_message(42.86, TASK, br#"{"id":"a","state":"ok"}"#, false);
-    let broker = [BrokerRestart { killed_at: 39.74, up_at: Some(40.95), ..Default::default() }];
+    let broker = [BrokerRestart {
+        killed_at: 39.74,
+        up_at: Some(40.95),
+        ..Default::default()
+    }];
     let c = classify_observed(&o, &broker, &[]);
     assert!(c.duplicates.is_empty());
     assert_eq!(c.replays_after_restart, 1);
