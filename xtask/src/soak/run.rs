@@ -132,6 +132,16 @@ impl Bridge {
     }
 }
 
+impl Drop for Bridge {
+    /// A soak that fails half-way must not leave a bridge running.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 pub struct Soak {
     pub(super) args: SoakArgs,
     pub(super) persistence: bool,
