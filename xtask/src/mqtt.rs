@@ -30,11 +30,33 @@ pub struct Link {
 impl Link {
     /// Connects with a clean session and waits for the CONNACK.
     pub async fn connect(port: u16, client_id: &str, timeout: Duration) -> anyhow::Result<Link> {
-        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        Link::connect_to(MqttOptions::new(client_id, "127.0.0.1", port), timeout).await
+    }
+
+    /// Connects over the broker's Unix socket listener: no TCP, so no Nagle and no
+    /// delayed ACK on the harness's side of a latency measurement.
+    pub async fn connect_unix(
+        path: &std::path::Path,
+        client_id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Link> {
+        let mut options = MqttOptions::new(client_id, path.to_string_lossy(), 0);
+        options.set_transport(rumqttc::Transport::unix());
+        Link::connect_to(options, timeout).await
+    }
+
+    async fn connect_to(mut options: MqttOptions, timeout: Duration) -> anyhow::Result<Link> {
         options.set_clean_session(true);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        let (client, eventloop) = AsyncClient::new(options, 1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        // Small packets go out at once: with Nagle on, a publish would wait behind an
+        // unacknowledged PUBACK for the broker's delayed ACK (up to 40 ms), and the bench
+        // would measure this client instead of the bridge.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_tcp_recv_buffer_size(4 * 1024 * 1024);
+        eventloop.set_network_options(network);
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive(eventloop, tx));
         let mut link = Link {
@@ -288,9 +310,9 @@ pub struct Msg {
 }
 
 /// A subscriber that records every delivery with its arrival time, and can publish
-/// (QoS 0). Its QoS 1 subscription makes it answer every delivery with a PUBACK at once,
-/// so its delayed TCP ACKs never hold the broker's next message back (Mosquitto does not
-/// set TCP_NODELAY): the latency measured is the bridge's, not this client's.
+/// (QoS 0). It talks to the broker over a Unix socket: over TCP, its delayed ACKs would
+/// hold the broker's next message back (Mosquitto does not set TCP_NODELAY) and the
+/// latency measured would be this client's, not the bridge's.
 pub struct Recorder {
     messages: Arc<std::sync::Mutex<Vec<Msg>>>,
     client: AsyncClient,
@@ -300,12 +322,12 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(
-        port: u16,
+        socket: &std::path::Path,
         client_id: &str,
         filters: &[String],
         origin: Instant,
     ) -> anyhow::Result<Recorder> {
-        let mut link = Link::connect(port, client_id, Duration::from_secs(10)).await?;
+        let mut link = Link::connect_unix(socket, client_id, Duration::from_secs(10)).await?;
         link.subscribe(filters, Duration::from_secs(10)).await?;
         let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
         let client = link.client.clone();

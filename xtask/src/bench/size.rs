@@ -64,6 +64,9 @@ impl SizeRun {
             "max_queued_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n\
             log_type notice\nlog_type information\nconnection_messages true\n"
                 .to_string();
+        // The probe's own listener: a Unix socket (see `Recorder`).
+        let socket = dir.join("mosquitto.sock");
+        extra += &format!("listener 0 {}\n", socket.display());
         if nodelay {
             extra += "set_tcp_nodelay true\n";
         }
@@ -125,7 +128,7 @@ impl SizeRun {
             ),
         )?;
         let filters = [format!("{BASE}/#"), format!("{DISCOVERY_PREFIX}/#")];
-        let probe = Recorder::start(broker.port, "bench-probe", &filters, origin).await?;
+        let probe = Recorder::start(&socket, "bench-probe", &filters, origin).await?;
         let timeline = Timeline::spawn(sim.clone(), origin);
         Ok(SizeRun {
             guests,
@@ -413,8 +416,13 @@ impl SizeRun {
     /// (independent of the live probe).
     pub async fn count_retained(&mut self) -> anyhow::Result<()> {
         let filters = [format!("{DISCOVERY_PREFIX}/#"), format!("{BASE}/#")];
-        let fresh =
-            Recorder::start(self.broker.port, "bench-retained", &filters, self.origin).await?;
+        let fresh = Recorder::start(
+            &self.dir.join("mosquitto.sock"),
+            "bench-retained",
+            &filters,
+            self.origin,
+        )
+        .await?;
         let (mut last_count, mut quiet_since) = (usize::MAX, self.now());
         while self.now() - quiet_since < 1.5 {
             tokio::time::sleep(Duration::from_millis(100)).await;
