@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # The performance benchmark (issue 5; figures in bench/RESULTS.md): builds the release
-# binary, then runs the simulator, a private Mosquitto and the bridge as separate
-# processes at 1x10, 3x300, 10x1000 and 10x5000 (nodes x guests) and prints a table per
-# size. About 5 minutes on 2 cores; `--quick` runs only 1x10 and 3x300.
-# Other flags go to bench/run.py (`--sizes 10x5000`, `--json out.json`, `--keep-logs`).
-# Needs python3 (3.9+, standard library only) and the `mosquitto` broker binary.
+# binary, then runs `cargo xtask bench`: the simulator, a private Mosquitto and the bridge
+# as separate processes at 1x10, 3x300, 10x1000 and 10x5000 (nodes x guests), printing a
+# table per size. About 5 minutes on 2 cores; `--quick` runs only 1x10 and 3x300.
+# Other flags go to `cargo xtask bench` (`--sizes 10x5000`, `--json out.json`, `--keep-logs`).
+# Needs the `mosquitto` broker binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v python3 >/dev/null 2>&1 || { echo "bench: python3 is required" >&2; exit 2; }
 export PATH="$PATH:/usr/sbin"
 command -v mosquitto >/dev/null 2>&1 || {
     echo "bench: the mosquitto broker is required (apt-get install mosquitto)" >&2
@@ -16,4 +15,4 @@ command -v mosquitto >/dev/null 2>&1 || {
 }
 
 cargo build --release --bin pve2mqtt
-exec python3 bench/run.py --binary target/release/pve2mqtt "$@"
+exec cargo xtask bench --binary target/release/pve2mqtt "$@"

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The soak test (issue 4): the real bridge against the simulator and a private Mosquitto
-# for ~10 minutes (or --quick, ~2), with random commands, random Proxmox faults, broker
+# The soak test (issues 4 and 9; results in soak/RESULTS.md): builds the bridge, then runs
+# `cargo xtask soak`, the real bridge against the simulator and a private Mosquitto for
+# ~10 minutes (or --quick, ~2), with random commands, random Proxmox faults, broker
 # restarts and one bridge restart; prints a summary and exits non-zero if an invariant
-# failed. Not part of scripts/test.sh because it runs for minutes. See soak/RESULTS.md.
+# failed.
 #
-#   scripts/soak.sh                 # 10 minutes, debug build
-#   scripts/soak.sh --quick         # 2 minutes
+#   scripts/soak.sh                         # 10 minutes, debug build, broker persistence on
+#   scripts/soak.sh --quick                 # 2 minutes
+#   scripts/soak.sh --persistence both      # once without, once with Mosquitto persistence
 #   scripts/soak.sh --release --minutes 30 --seed 42
+#   scripts/soak.sh --ci                    # what scripts/test.sh runs (90 s, persistence off)
 #
-# Every other option goes to soak/soak.py (--help lists them).
+# Every other option goes to `cargo xtask soak` (--help lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +36,4 @@ if [ "$profile" = release ]; then
 else
     cargo build --bin pve2mqtt
 fi
-exec python3 soak/soak.py --binary "target/$profile/pve2mqtt" ${args[@]+"${args[@]}"}
+exec cargo xtask soak --binary "target/$profile/pve2mqtt" ${args[@]+"${args[@]}"}

@@ -28,3 +28,6 @@ else
     cargo test --workspace --all-targets "$@"
     TESTKIT_MOSQUITTO_PERSISTENCE=1 cargo test --test it "$@"
 fi
+
+# The quick soak (cargo xtask soak --ci, ~2 min): the real binary, broker restarts, faults.
+scripts/soak.sh --ci
