@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::config::{ApiToken, Secret};
-use crate::pve::ResourceKind;
+use crate::pve::{GuestKind, ResourceKind, Upid, VzdumpStarted};
 
 /// Distinctive, so a leak is found by substring search.
 const SECRET: &str = "5ecr3t-aaaa-bbbb-cccc-0123456789ab";
