@@ -519,7 +519,7 @@ async fn every_read_endpoint_hits_its_path_and_decodes_its_fixture() {
         .guest_status("pve", GuestKind::Qemu, 105)
         .await
         .unwrap();
-    assert_eq!(guest.vmid, Some(105));
+    assert_eq!(guest.qmpstatus.as_deref(), Some("running"));
     let permissions = client.permissions().await.unwrap();
     assert!(permissions.has("/vms/100", "VM.PowerMgmt"));
     let tasks = client
@@ -547,7 +547,8 @@ async fn every_read_endpoint_hits_its_path_and_decodes_its_fixture() {
 
 #[tokio::test]
 async fn a_decode_error_names_the_endpoint_and_the_json_path() {
-    let server = RawServer::start(|_, _| json_ok(r#"{"data":{"cpu":{"oops":1}}}"#)).await;
+    let server =
+        RawServer::start(|_, _| json_ok(r#"{"data":{"memory":{"total":{"oops":1}}}}"#)).await;
     let err = client_for(vec![server.url()])
         .node_status("pve")
         .await
@@ -557,7 +558,7 @@ async fn a_decode_error_names_the_endpoint_and_the_json_path() {
     };
     assert_eq!(endpoint, "GET /nodes/pve/status");
     assert!(
-        message.starts_with("data.cpu: expected a number, got an object"),
+        message.starts_with("data.memory.total: expected a non-negative count, got an object"),
         "{message}"
     );
     assert!(!err.is_transient());
@@ -992,9 +993,12 @@ fn streamed_rows_are_the_rows_of_the_whole_list() {
 fn streamed_rows_tolerate_keys_beside_data_in_any_order() {
     let body = br#"{"total":2,"data":[{"id":"qemu/100","type":"qemu","vmid":"100","node":"pve"},{"id":"node/pve","type":"node","node":"pve"}],"success":1}"#;
     let mut ids = Vec::new();
-    let count = for_each_cluster_resource(body, |row| ids.push(row.id)).unwrap();
+    let count = for_each_cluster_resource(body, |row| ids.push((row.kind, row.vmid))).unwrap();
     assert_eq!(count, 2);
-    assert_eq!(ids, ["qemu/100", "node/pve"]);
+    assert_eq!(
+        ids,
+        [(ResourceKind::Qemu, Some(100)), (ResourceKind::Node, None)]
+    );
 
     // serde's sequence form of the envelope, which the whole-list decoder accepts too
     // (found by tests/fuzz.rs).
