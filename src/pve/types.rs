@@ -788,7 +788,6 @@ mod tests {
         let with = |status: &str, exit: Option<&str>| TaskStatus {
             status: Some(TaskState::from(status)),
             exitstatus: exit.map(str::to_owned),
-            ..TaskStatus::default()
         };
         assert!(with("running", None).is_running());
         assert!(!with("running", None).succeeded());
