@@ -376,9 +376,7 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
     let urls = match raw.one_of(("url", keys.url), ("urls", keys.urls))? {
         (Some(url), _) => {
             let text = url.text("a URL string like \"https://pve.example.lan:8006\"")?;
-            vec![ProxmoxUrl::parse(text)
-                .map(String::from)
-                .map_err(|reason| url.invalid(reason))?]
+            vec![ProxmoxUrl::parse(text).map_err(|reason| url.invalid(reason))?]
         }
         (None, Some(urls)) => {
             let items = urls.list()?;
@@ -396,7 +394,6 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
                 };
                 parsed.push(
                     ProxmoxUrl::parse(&text)
-                        .map(String::from)
                         .map_err(|reason| ConfigError::Invalid { key, reason })?,
                 );
             }

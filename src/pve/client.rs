@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use super::error::{self, PveError};
 use super::tls;
 use crate::config::ProxmoxConfig;
+use crate::types::ProxmoxUrl;
 
 mod calls;
 mod decode;
@@ -122,7 +123,7 @@ impl PveClient {
         let endpoints = cfg
             .urls
             .iter()
-            .map(|url| parse_endpoint(url))
+            .map(parse_endpoint)
             .collect::<Result<Vec<_>, _>>()?;
         let tls = tls::client_config(cfg)?;
         let mut authorization =
@@ -334,36 +335,14 @@ impl std::fmt::Debug for PveClient {
     }
 }
 
-/// Validates one configured URL and derives its API base.
-fn parse_endpoint(raw: &str) -> Result<Endpoint, PveError> {
-    let raw = raw.trim();
-    let mut url = Url::parse(raw).map_err(|e| PveError::Config {
-        message: format!("Proxmox URL {raw:?} is not valid: {e}"),
+/// Derives the API base of one configured URL; [`ProxmoxUrl`] has checked it already
+/// (scheme, host, no credentials, no path).
+fn parse_endpoint(url: &ProxmoxUrl) -> Result<Endpoint, PveError> {
+    let display = url.as_str().to_owned();
+    let api_base = Url::parse(&format!("{display}/api2/json")).map_err(|e| PveError::Config {
+        message: format!("Proxmox URL {display:?} is not valid: {e}"),
     })?;
-    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
-        return Err(PveError::Config {
-            message: format!("Proxmox URL {raw:?} must be http(s)://host[:port]"),
-        });
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        // Do not echo the URL: it holds a password.
-        return Err(PveError::Config {
-            message:
-                "a Proxmox URL must not contain a user or password; authentication is the API token"
-                    .into(),
-        });
-    }
-    url.set_query(None);
-    url.set_fragment(None);
-    let path = url.path().trim_end_matches('/');
-    // Accept a URL pasted with the API prefix already on it.
-    let path = path.strip_suffix("/api2/json").unwrap_or(path).to_owned();
-    let display = format!("{}{}", url.origin().ascii_serialization(), path);
-    url.set_path(&format!("{path}/api2/json"));
-    Ok(Endpoint {
-        display,
-        api_base: url,
-    })
+    Ok(Endpoint { display, api_base })
 }
 
 fn classify(err: &reqwest::Error) -> SendFailure {

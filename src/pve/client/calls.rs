@@ -110,18 +110,8 @@ impl PveClient {
     ) -> Result<Upid, PveError> {
         let vmid = vmid.to_string();
         let segments = ["nodes", node, kind.as_str(), &vmid, "status", action];
-        let call = Call {
-            method: Method::POST,
-            segments: &segments,
-            query: &[],
-            form: Some(params),
-        };
-        let body = self.execute(&call).await?;
-        let text: String = decode_data(&call.label(), &body)?;
-        text.parse().map_err(|e: UpidParseError| PveError::Decode {
-            endpoint: call.label(),
-            message: e.to_string(),
-        })
+        let (label, text) = self.post_for_text(&segments, params).await?;
+        parse_upid(&label, &text)
     }
 
     /// `POST /nodes/{node}/vzdump`. Proxmox answers a UPID, or the literal `OK` when none of
@@ -131,24 +121,13 @@ impl PveClient {
         node: &str,
         params: &[(&str, String)],
     ) -> Result<VzdumpStarted, PveError> {
-        let segments = ["nodes", node, "vzdump"];
-        let call = Call {
-            method: Method::POST,
-            segments: &segments,
-            query: &[],
-            form: Some(params),
-        };
-        let body = self.execute(&call).await?;
-        let text: String = decode_data(&call.label(), &body)?;
+        let (label, text) = self
+            .post_for_text(&["nodes", node, "vzdump"], params)
+            .await?;
         if text == "OK" {
             return Ok(VzdumpStarted::NothingLocal);
         }
-        text.parse()
-            .map(VzdumpStarted::Task)
-            .map_err(|e: UpidParseError| PveError::Decode {
-                endpoint: call.label(),
-                message: e.to_string(),
-            })
+        parse_upid(&label, &text).map(VzdumpStarted::Task)
     }
 
     /// `GET /nodes/{node}/tasks/{upid}/status`, asked of the node named in the UPID (any
@@ -209,4 +188,30 @@ impl PveClient {
             next_start,
         })
     }
+
+    /// A form-encoded POST whose answer is `{"data": "<text>"}` (a UPID, or vzdump's `OK`),
+    /// with the call's label for messages. Never retried.
+    async fn post_for_text(
+        &self,
+        segments: &[&str],
+        params: &[(&str, String)],
+    ) -> Result<(String, String), PveError> {
+        let call = Call {
+            method: Method::POST,
+            segments,
+            query: &[],
+            form: Some(params),
+        };
+        let body = self.execute(&call).await?;
+        let text = decode_data(&call.label(), &body)?;
+        Ok((call.label(), text))
+    }
+}
+
+/// The task id a POST answered, or a decode error naming the endpoint.
+fn parse_upid(label: &str, text: &str) -> Result<Upid, PveError> {
+    text.parse().map_err(|e: UpidParseError| PveError::Decode {
+        endpoint: label.to_owned(),
+        message: e.to_string(),
+    })
 }
