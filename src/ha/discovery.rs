@@ -621,7 +621,6 @@ fn button_icon(action: Action) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{build_view, RateMemory, SlowData};
     use crate::pve::Resource;
 
     fn view() -> ClusterView {
@@ -632,15 +631,7 @@ mod tests {
             {"id": "storage/pve/local", "type": "storage", "node": "pve", "storage": "local", "status": "available", "plugintype": "dir"}
         ]))
         .unwrap();
-        build_view(
-            "home",
-            "https://pve:8006",
-            &rows,
-            &SlowData::default(),
-            &mut RateMemory::default(),
-            0.0,
-            None,
-        )
+        crate::model::tests::first_view("home", "https://pve:8006", &rows)
     }
 
     fn ctx() -> DiscoveryContext {
