@@ -11,6 +11,7 @@ use rumqttc::{Event, Incoming};
 use crate::app::FatalConfigError;
 use crate::config::Config;
 use crate::pve::{Permissions, PveClient, PveError};
+use crate::types::ProxmoxUrl;
 
 /// A privilege the bridge uses, where it must hold, and what needs it.
 struct Need {
@@ -191,7 +192,16 @@ pub fn config_summary(config: &Config) -> String {
             .map(str::to_owned)
             .unwrap_or_else(|| "from Proxmox".into());
         let _ = writeln!(out, "proxmox cluster {} (id: {name})", index + 1);
-        let _ = writeln!(out, "  urls: {}", cluster.urls.join(", "));
+        let _ = writeln!(
+            out,
+            "  urls: {}",
+            cluster
+                .urls
+                .iter()
+                .map(ProxmoxUrl::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let _ = writeln!(out, "  token: {} (secret hidden)", cluster.token.id());
         let mut tls = Vec::new();
         if let Some(fingerprint) = &cluster.fingerprint {

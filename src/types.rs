@@ -154,13 +154,7 @@ impl ProxmoxUrl {
     pub fn parse(text: &str) -> Result<ProxmoxUrl, String> {
         let text = text.trim();
         let example = "e.g. https://pve.example.lan:8006";
-        let url = reqwest::Url::parse(text).map_err(|error| {
-            if text.contains('@') {
-                format!("not a valid URL ({error}); {example}")
-            } else {
-                format!("`{text}` is not a valid URL ({error}); {example}")
-            }
-        })?;
+        let url = parse_url(text, example)?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
                 "the URL must start with https:// (or http://), {example}"
@@ -202,6 +196,30 @@ impl From<ProxmoxUrl> for String {
     fn from(url: ProxmoxUrl) -> String {
         url.0
     }
+}
+
+impl fmt::Display for ProxmoxUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<&str> for ProxmoxUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// Parses a configured URL. The refusal quotes the text only when it holds no `@`: what
+/// follows a user name there may be a password.
+pub(crate) fn parse_url(text: &str, example: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(text).map_err(|error| {
+        if text.contains('@') {
+            format!("not a valid URL ({error}); {example}")
+        } else {
+            format!("`{text}` is not a valid URL ({error}); {example}")
+        }
+    })
 }
 
 pub const TOKEN_SHAPE: &str =

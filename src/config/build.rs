@@ -292,16 +292,18 @@ pub(super) fn build(schema: Schema, origins: &Origins) -> Result<Config, ConfigE
                 .into(),
         });
     }
-    let mut clusters = Vec::with_capacity(list.len());
-    for (index, keys) in list.into_iter().enumerate() {
-        let label = if array {
-            format!("proxmox[{index}]")
-        } else {
-            "proxmox".into()
-        };
-        clusters.push(build_cluster(&section(&label), keys)?);
-    }
-    check_cluster_names(&clusters, array, origins)?;
+    let labels: Vec<String> = (0..list.len())
+        .map(|index| match array {
+            true => format!("proxmox[{index}]"),
+            false => "proxmox".into(),
+        })
+        .collect();
+    let clusters = list
+        .into_iter()
+        .zip(&labels)
+        .map(|(keys, label)| build_cluster(&section(label), keys))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_cluster_names(&clusters, &labels, origins)?;
 
     let poll = section("poll");
     let interval = poll.duration_or("interval", schema.poll.interval, DEFAULT_POLL_INTERVAL)?;
@@ -373,34 +375,25 @@ pub(super) fn build(schema: Schema, origins: &Origins) -> Result<Config, ConfigE
 }
 
 fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, ConfigError> {
-    let urls = match raw.one_of(("url", keys.url), ("urls", keys.urls))? {
-        (Some(url), _) => {
-            let text = url.text("a URL string like \"https://pve.example.lan:8006\"")?;
-            vec![ProxmoxUrl::parse(text)
-                .map(String::from)
-                .map_err(|reason| url.invalid(reason))?]
+    let expected = "a URL string like \"https://pve.example.lan:8006\"";
+    let url = |(key, item): (String, ListItem)| {
+        match item {
+            ListItem::Text(text) => ProxmoxUrl::parse(&text),
+            ListItem::Integer(_) => Err(format!("expected {expected}")),
         }
+        .map_err(|reason| ConfigError::Invalid { key, reason })
+    };
+    let urls = match raw.one_of(("url", keys.url), ("urls", keys.urls))? {
+        (Some(one), _) => vec![url((
+            one.at.clone(),
+            ListItem::Text(one.text(expected)?.into()),
+        ))?],
         (None, Some(urls)) => {
             let items = urls.list()?;
             if items.is_empty() {
                 return Err(urls.invalid("must list at least one URL"));
             }
-            let mut parsed = Vec::with_capacity(items.len());
-            for (key, item) in items {
-                let ListItem::Text(text) = item else {
-                    return Err(ConfigError::Invalid {
-                        key,
-                        reason: "expected a URL string like \"https://pve.example.lan:8006\""
-                            .into(),
-                    });
-                };
-                parsed.push(
-                    ProxmoxUrl::parse(&text)
-                        .map(String::from)
-                        .map_err(|reason| ConfigError::Invalid { key, reason })?,
-                );
-            }
-            parsed
+            items.into_iter().map(url).collect::<Result<_, _>>()?
         }
         (None, None) => {
             return Err(ConfigError::Missing {
@@ -483,23 +476,16 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
 /// the environment addresses clusters case-insensitively).
 fn check_cluster_names(
     clusters: &[ProxmoxConfig],
-    array: bool,
+    labels: &[String],
     origins: &Origins,
 ) -> Result<(), ConfigError> {
     if clusters.len() < 2 {
         return Ok(());
     }
-    let label = |index: usize| {
-        if array {
-            format!("proxmox[{index}]")
-        } else {
-            "proxmox".into()
-        }
-    };
     for (index, cluster) in clusters.iter().enumerate() {
         let Some(name) = &cluster.name else {
             return Err(ConfigError::Missing {
-                key: format!("{}.name", label(index)),
+                key: format!("{}.name", labels[index]),
                 hint: "every [[proxmox]] cluster needs its own name when several are configured"
                     .into(),
             });
@@ -511,11 +497,11 @@ fn check_cluster_names(
                 .is_some_and(|other| other.eq_ignore_ascii_case(name))
         }) {
             return Err(ConfigError::Invalid {
-                key: origins.at(&format!("{}.name", label(index))),
+                key: origins.at(&format!("{}.name", labels[index])),
                 reason: format!(
                     "`{name}` is already the name of {}; cluster names must be unique \
                      (compared ignoring case)",
-                    label(earlier)
+                    labels[earlier]
                 ),
             });
         }

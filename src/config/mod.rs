@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::types::CaBundle;
+use crate::types::{CaBundle, ProxmoxUrl};
 
 pub use crate::types::{ApiToken, Secret};
 
@@ -50,7 +50,7 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct ProxmoxConfig {
     /// Base URLs (`https://host:8006`), tried in order for failover; never empty.
-    pub urls: Vec<String>,
+    pub urls: Vec<ProxmoxUrl>,
     pub token: ApiToken,
     pub tls_verify: bool,
     pub ca_file: Option<CaBundle>,

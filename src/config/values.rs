@@ -12,13 +12,7 @@ pub(super) enum ListItem {
 /// without IPv6 brackets, as socket APIs want it.
 pub(super) fn parse_mqtt_url(text: &str) -> Result<(String, u16, bool), String> {
     let example = "e.g. mqtt://127.0.0.1:1883 or mqtts://broker.lan:8883";
-    let url = reqwest::Url::parse(text).map_err(|error| {
-        if text.contains('@') {
-            format!("not a valid URL ({error}); {example}")
-        } else {
-            format!("`{text}` is not a valid URL ({error}); {example}")
-        }
-    })?;
+    let url = crate::types::parse_url(text, example)?;
     let (tls, default_port) = match url.scheme() {
         "mqtt" => (false, 1883),
         "mqtts" => (true, 8883),

@@ -18,17 +18,18 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Method, Response, Url};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use tracing::{debug, warn};
 
 use super::error::{self, PveError};
 use super::tls;
-use super::types::{
-    ClusterStatusRow, GuestKind, GuestStatus, NodeStatus, Permissions, Resource, StorageItem,
-    TaskListEntry, TaskLog, TaskLogLine, TaskStatus, Version, VzdumpStarted,
-};
-use super::upid::Upid;
 use crate::config::ProxmoxConfig;
+use crate::types::ProxmoxUrl;
+
+mod calls;
+mod decode;
+
+use decode::decode_data;
+pub use decode::{decode_cluster_resources, for_each_cluster_resource};
 
 /// Below pveproxy's 5 s keep-alive timeout, so the pool rarely picks a connection the server
 /// is closing at that very moment.
@@ -122,7 +123,7 @@ impl PveClient {
         let endpoints = cfg
             .urls
             .iter()
-            .map(|url| parse_endpoint(url))
+            .map(parse_endpoint)
             .collect::<Result<Vec<_>, _>>()?;
         let tls = tls::client_config(cfg)?;
         let mut authorization =
@@ -160,204 +161,6 @@ impl PveClient {
     pub fn current_url(&self) -> String {
         let index = self.inner.current.load(Ordering::Acquire) % self.inner.endpoints.len();
         self.inner.endpoints[index].display.clone()
-    }
-
-    /// `GET /version`.
-    pub async fn version(&self) -> Result<Version, PveError> {
-        self.get_data(&Call::get(&["version"])).await
-    }
-
-    /// `GET /cluster/resources` without a type filter: nodes, guests, storages, pools, SDN.
-    pub async fn cluster_resources(&self) -> Result<Vec<Resource>, PveError> {
-        let body = self.cluster_resources_body().await?;
-        decode_cluster_resources(&body)
-    }
-
-    /// `GET /cluster/resources`, undecoded: the fast lane streams its rows with
-    /// [`for_each_cluster_resource`] and keeps the body (not thousands of decoded rows)
-    /// to rebuild the view when the slow lane brings news.
-    pub async fn cluster_resources_body(&self) -> Result<Vec<u8>, PveError> {
-        self.execute(&Call::get(&["cluster", "resources"])).await
-    }
-
-    /// `GET /cluster/status` (needs `Sys.Audit` on `/`).
-    pub async fn cluster_status(&self) -> Result<Vec<ClusterStatusRow>, PveError> {
-        self.get_data(&Call::get(&["cluster", "status"])).await
-    }
-
-    /// `GET /nodes/{node}/status` (proxied to that node: 595 when it is down).
-    pub async fn node_status(&self, node: &str) -> Result<NodeStatus, PveError> {
-        self.get_data(&Call::get(&["nodes", node, "status"])).await
-    }
-
-    /// `GET /nodes/{node}/storage/{storage}/content`, optionally only one content type
-    /// (`backup`).
-    pub async fn storage_content(
-        &self,
-        node: &str,
-        storage: &str,
-        content: Option<&str>,
-    ) -> Result<Vec<StorageItem>, PveError> {
-        let query: Vec<(&str, String)> = content
-            .map(|c| ("content", c.to_owned()))
-            .into_iter()
-            .collect();
-        self.get_data(&Call {
-            query: &query,
-            ..Call::get(&["nodes", node, "storage", storage, "content"])
-        })
-        .await
-    }
-
-    /// `GET /nodes/{node}/{qemu|lxc}/{vmid}/status/current`.
-    pub async fn guest_status(
-        &self,
-        node: &str,
-        kind: GuestKind,
-        vmid: u32,
-    ) -> Result<GuestStatus, PveError> {
-        let vmid = vmid.to_string();
-        self.get_data(&Call::get(&[
-            "nodes",
-            node,
-            kind.as_str(),
-            &vmid,
-            "status",
-            "current",
-        ]))
-        .await
-    }
-
-    /// `GET /access/permissions`: the token's own effective privileges.
-    pub async fn permissions(&self) -> Result<Permissions, PveError> {
-        self.get_data(&Call::get(&["access", "permissions"])).await
-    }
-
-    /// `GET /nodes/{node}/tasks` with Proxmox's filters (`source`, `typefilter`, `vmid`,
-    /// `limit`, …) as query parameters.
-    pub async fn node_tasks(
-        &self,
-        node: &str,
-        params: &[(&str, String)],
-    ) -> Result<Vec<TaskListEntry>, PveError> {
-        self.get_data(&Call {
-            query: params,
-            ..Call::get(&["nodes", node, "tasks"])
-        })
-        .await
-    }
-
-    /// `POST /nodes/{node}/{qemu|lxc}/{vmid}/status/{action}` (form-encoded `params`;
-    /// booleans must be `0`/`1`). Returns the task to follow. Never retried.
-    pub async fn guest_action(
-        &self,
-        node: &str,
-        kind: GuestKind,
-        vmid: u32,
-        action: &str,
-        params: &[(&str, String)],
-    ) -> Result<Upid, PveError> {
-        let vmid = vmid.to_string();
-        let segments = ["nodes", node, kind.as_str(), &vmid, "status", action];
-        let call = Call {
-            method: Method::POST,
-            segments: &segments,
-            query: &[],
-            form: Some(params),
-        };
-        let body = self.execute(&call).await?;
-        let text: String = decode_data(&call.label(), &body)?;
-        text.parse()
-            .map_err(|e: super::upid::UpidParseError| PveError::Decode {
-                endpoint: call.label(),
-                message: e.to_string(),
-            })
-    }
-
-    /// `POST /nodes/{node}/vzdump`. Proxmox answers a UPID, or the literal `OK` when none of
-    /// the listed guests lives on this node. Never retried.
-    pub async fn vzdump(
-        &self,
-        node: &str,
-        params: &[(&str, String)],
-    ) -> Result<VzdumpStarted, PveError> {
-        let segments = ["nodes", node, "vzdump"];
-        let call = Call {
-            method: Method::POST,
-            segments: &segments,
-            query: &[],
-            form: Some(params),
-        };
-        let body = self.execute(&call).await?;
-        let text: String = decode_data(&call.label(), &body)?;
-        if text == "OK" {
-            return Ok(VzdumpStarted::NothingLocal);
-        }
-        text.parse()
-            .map(VzdumpStarted::Task)
-            .map_err(|e: super::upid::UpidParseError| PveError::Decode {
-                endpoint: call.label(),
-                message: e.to_string(),
-            })
-    }
-
-    /// `GET /nodes/{node}/tasks/{upid}/status`, asked of the node named in the UPID (any
-    /// other node answers `no such task`).
-    pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, PveError> {
-        self.get_data(&Call::get(&[
-            "nodes",
-            &upid.node,
-            "tasks",
-            upid.as_str(),
-            "status",
-        ]))
-        .await
-    }
-
-    /// `GET /nodes/{node}/tasks/{upid}/log?start=&limit=` (`limit` 0 = everything). Lines
-    /// are numbered from 1; `total` is the length of the whole log.
-    ///
-    /// Pages follow the line numbers, not the count received: when nothing lies past
-    /// `start`, Proxmox (`dump_logfile`) answers one synthetic line `no content` numbered
-    /// one past the end, and a reader that advanced by one would skip the next real line.
-    /// So a page that is only that line holds no lines and keeps `start`, and
-    /// `next_start` is the number of the last real line. (A task that logs exactly
-    /// `no content` as its newest line has it read with the next page.)
-    pub async fn task_log(&self, upid: &Upid, start: u64, limit: u64) -> Result<TaskLog, PveError> {
-        #[derive(Deserialize)]
-        struct LogEnvelope {
-            data: Vec<TaskLogLine>,
-            #[serde(default, deserialize_with = "super::de::opt_u64")]
-            total: Option<u64>,
-        }
-        let query = [("start", start.to_string()), ("limit", limit.to_string())];
-        let segments = ["nodes", &upid.node, "tasks", upid.as_str(), "log"];
-        let call = Call {
-            query: &query,
-            ..Call::get(&segments)
-        };
-        let body = self.execute(&call).await?;
-        let envelope: LogEnvelope = decode(&call.label(), &body)?;
-        let total = envelope.total.unwrap_or(start + envelope.data.len() as u64);
-        let mut lines = envelope.data;
-        if let [only] = lines.as_slice() {
-            if only.text() == "no content" {
-                lines.clear();
-            }
-        }
-        // Lines at or before `start` are not new (a synthetic line can be numbered so).
-        lines.retain(|line| line.n.is_none_or(|n| n > start));
-        let next_start = lines
-            .iter()
-            .filter_map(|line| line.n)
-            .max()
-            .unwrap_or(start + lines.len() as u64)
-            .max(start);
-        Ok(TaskLog {
-            lines,
-            total,
-            next_start,
-        })
     }
 
     async fn get_data<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, PveError> {
@@ -532,176 +335,14 @@ impl std::fmt::Debug for PveClient {
     }
 }
 
-/// Validates one configured URL and derives its API base.
-fn parse_endpoint(raw: &str) -> Result<Endpoint, PveError> {
-    let raw = raw.trim();
-    let mut url = Url::parse(raw).map_err(|e| PveError::Config {
-        message: format!("Proxmox URL {raw:?} is not valid: {e}"),
+/// Derives the API base of one configured URL; [`ProxmoxUrl`] has checked it already
+/// (scheme, host, no credentials, no path).
+fn parse_endpoint(url: &ProxmoxUrl) -> Result<Endpoint, PveError> {
+    let display = url.as_str().to_owned();
+    let api_base = Url::parse(&format!("{display}/api2/json")).map_err(|e| PveError::Config {
+        message: format!("Proxmox URL {display:?} is not valid: {e}"),
     })?;
-    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
-        return Err(PveError::Config {
-            message: format!("Proxmox URL {raw:?} must be http(s)://host[:port]"),
-        });
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        // Do not echo the URL: it holds a password.
-        return Err(PveError::Config {
-            message:
-                "a Proxmox URL must not contain a user or password; authentication is the API token"
-                    .into(),
-        });
-    }
-    url.set_query(None);
-    url.set_fragment(None);
-    let path = url.path().trim_end_matches('/');
-    // Accept a URL pasted with the API prefix already on it.
-    let path = path.strip_suffix("/api2/json").unwrap_or(path).to_owned();
-    let display = format!("{}{}", url.origin().ascii_serialization(), path);
-    url.set_path(&format!("{path}/api2/json"));
-    Ok(Endpoint {
-        display,
-        api_base: url,
-    })
-}
-
-/// Decodes a `GET /cluster/resources` answer exactly as the fast lane does; public so the
-/// `poll_cost` benchmark measures the real decoder.
-pub fn decode_cluster_resources(body: &[u8]) -> Result<Vec<Resource>, PveError> {
-    decode_data("GET /cluster/resources", body)
-}
-
-/// Decodes a `GET /cluster/resources` answer one row at a time, handing each row to
-/// `each_row`, and returns how many rows there were. At 5,000 guests a `Vec<Resource>`
-/// is ~4 MB (more while it doubles), allocated and freed on every poll; one row at a
-/// time, the fast lane's transient memory is the body and one row.
-///
-/// On malformed input `each_row` may already have seen the rows before the fault: the
-/// caller must discard what it built. The error is the one [`decode_cluster_resources`]
-/// gives (endpoint and JSON path).
-pub fn for_each_cluster_resource(
-    body: &[u8],
-    mut each_row: impl FnMut(Resource),
-) -> Result<usize, PveError> {
-    let streamed = std::str::from_utf8(body).ok().and_then(|text| {
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let rows = serde::de::DeserializeSeed::deserialize(
-            RowStream::Envelope(&mut each_row),
-            &mut deserializer,
-        )
-        .ok()?;
-        deserializer.end().ok()?;
-        Some(rows)
-    });
-    match streamed {
-        Some(rows) => Ok(rows),
-        // Decode again, the slow way, for an error that names the field. (Should that
-        // succeed where streaming failed, the rows seen are still incomplete: an error.)
-        None => Err(decode_cluster_resources(body)
-            .err()
-            .unwrap_or_else(|| PveError::Decode {
-                endpoint: "GET /cluster/resources".to_owned(),
-                message: "the answer could not be read row by row".to_owned(),
-            })),
-    }
-}
-
-/// The seed behind [`for_each_cluster_resource`]: `{"data": [row, …]}` → one call per row.
-enum RowStream<'f, F> {
-    Envelope(&'f mut F),
-    Rows(&'f mut F),
-}
-
-impl<'de, F: FnMut(Resource)> serde::de::DeserializeSeed<'de> for RowStream<'_, F> {
-    type Value = usize;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
-        match self {
-            // As serde's derive does, so both decoders accept exactly the same input.
-            RowStream::Envelope(_) => deserializer.deserialize_struct("Envelope", &["data"], self),
-            RowStream::Rows(_) => deserializer.deserialize_seq(self),
-        }
-    }
-}
-
-impl<'de, F: FnMut(Resource)> serde::de::Visitor<'de> for RowStream<'_, F> {
-    type Value = usize;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        match self {
-            RowStream::Envelope(_) => f.write_str("an object with a `data` list"),
-            RowStream::Rows(_) => f.write_str("a list of resources"),
-        }
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
-        let (RowStream::Envelope(each_row) | RowStream::Rows(each_row)) = self;
-        let mut rows = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == "data" {
-                if rows.is_some() {
-                    return Err(serde::de::Error::duplicate_field("data"));
-                }
-                rows = Some(map.next_value_seed(RowStream::Rows(&mut *each_row))?);
-            } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
-            }
-        }
-        rows.ok_or_else(|| serde::de::Error::missing_field("data"))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let each_row = match self {
-            // The envelope in its sequence form, `[[row, …]]`.
-            RowStream::Envelope(each_row) => {
-                return seq
-                    .next_element_seed(RowStream::Rows(each_row))?
-                    .ok_or_else(|| {
-                        serde::de::Error::invalid_length(0, &"an object with a `data` list")
-                    });
-            }
-            RowStream::Rows(each_row) => each_row,
-        };
-        let mut rows = 0;
-        while let Some(row) = seq.next_element::<Resource>()? {
-            each_row(row);
-            rows += 1;
-        }
-        Ok(rows)
-    }
-}
-
-/// Decodes `{"data": T}`, naming the endpoint and the JSON path on failure.
-fn decode_data<T: DeserializeOwned>(label: &str, body: &[u8]) -> Result<T, PveError> {
-    #[derive(Deserialize)]
-    struct Envelope<T> {
-        data: T,
-    }
-    let envelope: Envelope<T> = decode(label, body)?;
-    Ok(envelope.data)
-}
-
-fn decode<T: DeserializeOwned>(label: &str, body: &[u8]) -> Result<T, PveError> {
-    // The plain decoder first: path tracking costs on every field, and the fast lane
-    // decodes megabytes per poll at cluster scale. Only a failure is decoded again,
-    // with the path, for an error message that names the field.
-    // UTF-8 is checked once for the whole body (fast, vectorised), so the parser does not
-    // validate every string again as `from_slice` does.
-    if let Ok(Ok(value)) = std::str::from_utf8(body).map(serde_json::from_str) {
-        return Ok(value);
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let message = if path == "." {
-            err.inner().to_string()
-        } else {
-            format!("{path}: {}", err.inner())
-        };
-        PveError::Decode {
-            endpoint: label.to_owned(),
-            message,
-        }
-    })
+    Ok(Endpoint { display, api_base })
 }
 
 fn classify(err: &reqwest::Error) -> SendFailure {

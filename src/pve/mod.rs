@@ -23,9 +23,9 @@ pub use action::Action;
 pub use client::{decode_cluster_resources, for_each_cluster_resource, PveClient};
 pub use error::PveError;
 pub use types::{
-    exitstatus_is_success, split_tags, tag_iter, BootInfo, ClusterStatusKind, ClusterStatusRow,
-    CpuInfo, CurrentKernel, FilesystemUsage, GuestKind, GuestStatus, HaStatus, Ksm, MemoryUsage,
-    NodeStatus, Permissions, Resource, ResourceKind, StorageItem, TaskListEntry, TaskLog,
-    TaskLogLine, TaskState, TaskStatus, UnknownGuestKind, Verification, Version, VzdumpStarted,
+    exitstatus_is_success, split_tags, tag_iter, ClusterStatusKind, ClusterStatusRow, CpuInfo,
+    FilesystemUsage, GuestKind, GuestStatus, MemoryUsage, NodeStatus, Permissions, Resource,
+    ResourceKind, StorageItem, TaskListEntry, TaskLog, TaskLogLine, TaskState, TaskStatus,
+    UnknownGuestKind, Version, VzdumpStarted,
 };
 pub use upid::{Upid, UpidParseError};

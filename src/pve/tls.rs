@@ -163,7 +163,7 @@ mod tests {
 
     fn config_with_ca(ca_file: Option<CaBundle>) -> ProxmoxConfig {
         ProxmoxConfig {
-            urls: vec!["https://pve.example:8006".into()],
+            urls: vec![crate::types::ProxmoxUrl::parse("https://pve.example:8006").unwrap()],
             token: ApiToken {
                 user: "u@pve".into(),
                 token_id: "t".into(),

@@ -12,14 +12,17 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::config::{ApiToken, Secret};
-use crate::pve::ResourceKind;
+use crate::pve::{GuestKind, ResourceKind, Upid, VzdumpStarted};
 
 /// Distinctive, so a leak is found by substring search.
 const SECRET: &str = "5ecr3t-aaaa-bbbb-cccc-0123456789ab";
 
 fn config(urls: Vec<String>) -> ProxmoxConfig {
     ProxmoxConfig {
-        urls,
+        urls: urls
+            .iter()
+            .map(|url| crate::types::ProxmoxUrl::parse(url).unwrap())
+            .collect(),
         token: ApiToken {
             user: "pve2mqtt@pve".into(),
             token_id: "bridge".into(),
@@ -519,7 +522,7 @@ async fn every_read_endpoint_hits_its_path_and_decodes_its_fixture() {
         .guest_status("pve", GuestKind::Qemu, 105)
         .await
         .unwrap();
-    assert_eq!(guest.vmid, Some(105));
+    assert_eq!(guest.qmpstatus.as_deref(), Some("running"));
     let permissions = client.permissions().await.unwrap();
     assert!(permissions.has("/vms/100", "VM.PowerMgmt"));
     let tasks = client
@@ -547,7 +550,8 @@ async fn every_read_endpoint_hits_its_path_and_decodes_its_fixture() {
 
 #[tokio::test]
 async fn a_decode_error_names_the_endpoint_and_the_json_path() {
-    let server = RawServer::start(|_, _| json_ok(r#"{"data":{"cpu":{"oops":1}}}"#)).await;
+    let server =
+        RawServer::start(|_, _| json_ok(r#"{"data":{"memory":{"total":{"oops":1}}}}"#)).await;
     let err = client_for(vec![server.url()])
         .node_status("pve")
         .await
@@ -557,7 +561,7 @@ async fn a_decode_error_names_the_endpoint_and_the_json_path() {
     };
     assert_eq!(endpoint, "GET /nodes/pve/status");
     assert!(
-        message.starts_with("data.cpu: expected a number, got an object"),
+        message.starts_with("data.memory.total: expected a non-negative count, got an object"),
         "{message}"
     );
     assert!(!err.is_transient());
@@ -701,26 +705,29 @@ async fn a_slow_answer_is_a_timeout_and_not_a_failover() {
     );
 }
 
+/// URLs are checked once, by [`ProxmoxUrl`] in the config; the client only derives the
+/// API base from what passed.
 #[test]
 fn configured_urls_are_normalised_and_validated() {
-    let endpoint = parse_endpoint("https://pve.lan:8006/").unwrap();
+    let url = |text: &str| ProxmoxUrl::parse(text);
+    let endpoint = parse_endpoint(&url("https://pve.lan:8006/").unwrap()).unwrap();
     assert_eq!(endpoint.display, "https://pve.lan:8006");
     assert_eq!(endpoint.api_base.as_str(), "https://pve.lan:8006/api2/json");
-    let pasted = parse_endpoint("https://pve.lan:8006/api2/json/").unwrap();
-    assert_eq!(pasted.api_base.as_str(), "https://pve.lan:8006/api2/json");
-    let proxied = parse_endpoint("https://gw.lan/pve").unwrap();
-    assert_eq!(proxied.api_base.as_str(), "https://gw.lan/pve/api2/json");
+    let pasted = url("https://pve.lan:8006/api2/json/").unwrap_err();
+    assert!(pasted.contains("adds /api2/json itself"), "{pasted}");
 
-    for bad in ["pve.lan:8006", "ftp://pve.lan", "not a url"] {
-        assert!(
-            matches!(parse_endpoint(bad), Err(PveError::Config { .. })),
-            "{bad}"
-        );
+    for bad in [
+        "pve.lan:8006",
+        "ftp://pve.lan",
+        "not a url",
+        "https://gw.lan/pve",
+    ] {
+        assert!(url(bad).is_err(), "{bad}");
     }
-    let Err(err) = parse_endpoint("https://root:hunter2@pve.lan:8006") else {
+    let Err(err) = url("https://root:hunter2@pve.lan:8006") else {
         panic!("credentials in the URL were accepted");
     };
-    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 #[test]
@@ -992,9 +999,12 @@ fn streamed_rows_are_the_rows_of_the_whole_list() {
 fn streamed_rows_tolerate_keys_beside_data_in_any_order() {
     let body = br#"{"total":2,"data":[{"id":"qemu/100","type":"qemu","vmid":"100","node":"pve"},{"id":"node/pve","type":"node","node":"pve"}],"success":1}"#;
     let mut ids = Vec::new();
-    let count = for_each_cluster_resource(body, |row| ids.push(row.id)).unwrap();
+    let count = for_each_cluster_resource(body, |row| ids.push((row.kind, row.vmid))).unwrap();
     assert_eq!(count, 2);
-    assert_eq!(ids, ["qemu/100", "node/pve"]);
+    assert_eq!(
+        ids,
+        [(ResourceKind::Qemu, Some(100)), (ResourceKind::Node, None)]
+    );
 
     // serde's sequence form of the envelope, which the whole-list decoder accepts too
     // (found by tests/fuzz.rs).

@@ -1,0 +1,114 @@
+//! The guest controls: the power switch, one button per action, and the last-command
+//! sensor, or their removal when the policy gives the guest no control.
+use serde_json::{Map, Value};
+
+use super::{Component, DiscoveryContext};
+use crate::pve::{Action, GuestKind};
+
+/// Buttons that act at once or lose state are disabled by default: a user enables them
+/// deliberately in Home Assistant.
+pub(super) fn enabled_by_default(action: Action) -> bool {
+    matches!(
+        action,
+        Action::Start | Action::Shutdown | Action::Reboot | Action::Backup
+    )
+}
+
+/// The power switch, one button per action valid for the guest's type, and the
+/// last-command sensor. Without control (policy), each is sent as `{"p": platform}`,
+/// which is how device discovery removes a component that may have been announced by
+/// an earlier run with another policy.
+pub(super) fn control_components(
+    ctx: &DiscoveryContext,
+    c: &str,
+    kind: GuestKind,
+    vmid: u32,
+    device_id: &str,
+    controls: bool,
+    components: &mut Map<String, Value>,
+) {
+    let command_topic = ctx.topics.command(c, kind, vmid);
+    let task_topic = ctx.topics.task(c, kind, vmid);
+    let mut entries: Vec<(String, Component)> = Vec::new();
+    entries.push((
+        "power".into(),
+        Component {
+            p: "switch",
+            name: "Power",
+            val_tpl: Some("{{ 'ON' if value_json.status == 'running' else 'OFF' }}"),
+            cmd_t: Some(command_topic.clone()),
+            pl_on: Some("start"),
+            pl_off: Some("shutdown"),
+            stat_on: Some("ON"),
+            stat_off: Some("OFF"),
+            ic: Some("mdi:power"),
+            ..Component::default()
+        },
+    ));
+    for action in Action::ALL.into_iter().filter(|a| a.valid_for(kind)) {
+        entries.push((
+            action.as_str().to_string(),
+            Component {
+                p: "button",
+                name: button_name(action),
+                cmd_t: Some(command_topic.clone()),
+                pl_prs: Some(action.as_str()),
+                dev_cla: (action == Action::Reboot).then_some("restart"),
+                ic: Some(button_icon(action)),
+                en: (!enabled_by_default(action)).then_some(false),
+                ..Component::default()
+            },
+        ));
+    }
+    entries.push((
+        "last_command".into(),
+        Component {
+            p: "sensor",
+            name: "Last command",
+            val_tpl: Some("{{ value_json.state }}"),
+            stat_t: Some(task_topic.clone()),
+            json_attr_t: Some(task_topic),
+            ent_cat: Some("diagnostic"),
+            ic: Some("mdi:console"),
+            ..Component::default()
+        },
+    ));
+    for (key, mut component) in entries {
+        let value = if controls {
+            component.uniq_id = format!("{device_id}_{key}");
+            component.qos = 1;
+            serde_json::to_value(component).unwrap_or(Value::Null)
+        } else {
+            serde_json::json!({ "p": component.p })
+        };
+        components.insert(key, value);
+    }
+}
+
+pub(super) fn button_name(action: Action) -> &'static str {
+    match action {
+        Action::Start => "Start",
+        Action::Stop => "Stop",
+        Action::Shutdown => "Shutdown",
+        Action::Reboot => "Reboot",
+        Action::Reset => "Reset",
+        Action::Suspend => "Suspend",
+        Action::Resume => "Resume",
+        Action::Hibernate => "Hibernate",
+        Action::Backup => "Backup",
+    }
+}
+
+pub(super) fn button_icon(action: Action) -> &'static str {
+    match action {
+        Action::Start => "mdi:play",
+        Action::Stop => "mdi:stop",
+        Action::Shutdown => "mdi:power",
+        Action::Reboot => "mdi:restart",
+        Action::Reset => "mdi:restart-alert",
+        Action::Suspend => "mdi:pause",
+        Action::Resume => "mdi:play-pause",
+        Action::Hibernate => "mdi:sleep",
+        Action::Backup => "mdi:backup-restore",
+    }
+}

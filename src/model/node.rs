@@ -1,0 +1,86 @@
+//! A node's state: its `/cluster/resources` row, completed by the slow lane's
+//! `/nodes/{node}/status`.
+use serde::Serialize;
+
+use super::rates::{percent, round_percent};
+use super::SlowData;
+use crate::pve::Resource;
+
+/// `{base}/{c}/node/{node}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeState {
+    pub node: String,
+    /// `online`, `offline` or `unknown`, as Proxmox says.
+    pub status: String,
+    /// Percent of all the node's CPUs.
+    pub cpu: Option<f64>,
+    pub cpus: Option<u64>,
+    pub loadavg: Option<[f64; 3]>,
+    pub mem: Option<u64>,
+    pub maxmem: Option<u64>,
+    pub mem_percent: Option<f64>,
+    pub swap_used: Option<u64>,
+    pub swap_total: Option<u64>,
+    pub rootfs_used: Option<u64>,
+    pub rootfs_total: Option<u64>,
+    pub rootfs_percent: Option<f64>,
+    pub uptime: Option<u64>,
+    pub pve_version: Option<String>,
+    pub kernel: Option<String>,
+    pub cpu_model: Option<String>,
+}
+
+/// `pve-manager/9.1.2/9d436f37a0ac4172` (node status) → `9.1.2`, as users say it.
+pub(super) fn short_pve_version(full: &str) -> String {
+    full.strip_prefix("pve-manager/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or(full)
+        .to_string()
+}
+
+pub(super) fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
+    let name = row.node.clone()?;
+    let status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
+    let details = slow.node_status.get(&name);
+    let mem = row
+        .mem
+        .or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.used)));
+    let maxmem = row
+        .maxmem
+        .or_else(|| details.and_then(|d| d.memory.as_ref().and_then(|m| m.total)));
+    let rootfs_used = details
+        .and_then(|d| d.rootfs.as_ref().and_then(|m| m.used))
+        .or(row.disk);
+    let rootfs_total = details
+        .and_then(|d| d.rootfs.as_ref().and_then(|m| m.total))
+        .or(row.maxdisk);
+    let online = status == "online";
+    Some(NodeState {
+        cpu: online
+            .then(|| row.cpu.map(|c| round_percent(c * 100.0)))
+            .flatten(),
+        cpus: row
+            .maxcpu
+            .map(|c| c as u64)
+            .or_else(|| details.and_then(|d| d.cpuinfo.as_ref().and_then(|m| m.cpus))),
+        loadavg: details
+            .and_then(|d| d.loadavg)
+            .map(|l| l.map(|x| (x * 100.0).round() / 100.0)),
+        mem_percent: percent(mem, maxmem),
+        mem,
+        maxmem,
+        swap_used: details.and_then(|d| d.swap.as_ref().and_then(|m| m.used)),
+        swap_total: details.and_then(|d| d.swap.as_ref().and_then(|m| m.total)),
+        rootfs_percent: percent(rootfs_used, rootfs_total),
+        rootfs_used,
+        rootfs_total,
+        uptime: row.uptime,
+        pve_version: details
+            .and_then(|d| d.pveversion.as_deref())
+            .map(short_pve_version),
+        kernel: details.and_then(|d| d.kversion.clone()),
+        cpu_model: details.and_then(|d| d.cpuinfo.as_ref().and_then(|c| c.model.clone())),
+        status,
+        node: name,
+    })
+}

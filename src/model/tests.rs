@@ -1,0 +1,190 @@
+use super::node::short_pve_version;
+use super::*;
+
+/// The view a first poll builds from `rows`: no slow-lane data, no earlier samples.
+pub(crate) fn first_view(id: &str, console_url: &str, rows: &[Resource]) -> ClusterView {
+    build_view(
+        id,
+        console_url,
+        rows,
+        &SlowData::default(),
+        &mut RateMemory::default(),
+        0.0,
+        None,
+    )
+}
+
+fn resources(json: &str) -> Vec<Resource> {
+    let envelope: serde_json::Value = serde_json::from_str(json).unwrap();
+    serde_json::from_value(envelope["data"].clone()).unwrap()
+}
+
+const ONE_NODE: &str =
+    include_str!("../../tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json");
+const FOUR_NODES: &str =
+    include_str!("../../tests/fixtures/pve/cluster_resources.4node-qemu-node-storage.json");
+
+#[test]
+fn a_recorded_cluster_becomes_nodes_guests_and_storages() {
+    let rows = resources(ONE_NODE);
+    let view = first_view("home", "https://pve:8006", &rows);
+    assert_eq!(view.nodes.len(), 1);
+    assert_eq!(view.guests.len(), 3);
+    assert_eq!(view.storages.len(), 3, "sdn rows are not storages");
+    let jellyfin = &view.guests[&100];
+    assert_eq!(jellyfin.kind, GuestKind::Lxc);
+    assert_eq!(jellyfin.name.as_deref(), Some("Jellyfin"));
+    assert_eq!(jellyfin.cpu, Some(5.4), "0.0544 of the CPUs = 5.4 %");
+    assert_eq!(jellyfin.mem_percent, Some(41.8), "5389254656 / 12884901888");
+    assert_eq!(jellyfin.cpus, Some(8));
+    let ubuntu = &view.guests[&101];
+    assert_eq!(ubuntu.status, "stopped");
+    assert_eq!(
+        ubuntu.netin_rate,
+        Some(0.0),
+        "a stopped guest moves nothing"
+    );
+    let dsm = &view.storages[&("pve".to_string(), "DSM".to_string())];
+    assert!(dsm.shared && dsm.active);
+    assert_eq!(dsm.avail, Some(9909187887104 - 1250082226176));
+    assert_eq!(dsm.used_percent, Some(12.6));
+    assert_eq!(dsm.content.len(), 6);
+    assert_eq!(view.cluster.guests_running, 2);
+    assert_eq!(view.cluster.nodes_online, 1);
+}
+
+#[test]
+fn four_node_fixture_counts_and_template_flag() {
+    let rows = resources(FOUR_NODES);
+    let view = first_view("c", "", &rows);
+    assert_eq!(view.nodes.len(), 4);
+    assert!(view.guests[&101].template, "template: 1 is a boolean");
+    assert!(!view.guests[&100].template);
+    assert_eq!(view.guests[&100].node, "node2");
+}
+
+fn guest_row(netin: u64, status: &str) -> Resource {
+    serde_json::from_value(serde_json::json!({
+        "id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": status,
+        "netin": netin, "netout": 0, "diskread": 0, "diskwrite": 0, "cpu": 0.01, "maxcpu": 2,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn rates_come_from_counter_deltas_and_survive_resets() {
+    let slow = SlowData::default();
+    let mut mem = RateMemory::default();
+    let rate = |mem: &mut RateMemory, netin, t| {
+        build_view("c", "", &[guest_row(netin, "running")], &slow, mem, t, None).guests[&100]
+            .netin_rate
+    };
+    assert_eq!(
+        rate(&mut mem, 1_000, 0.0),
+        None,
+        "no rate from a single sample"
+    );
+    assert_eq!(rate(&mut mem, 21_000, 10.0), Some(2_000.0));
+    // Proxmox refreshes counters every ~10 s: a repeat keeps the last rate.
+    assert_eq!(rate(&mut mem, 21_000, 12.0), Some(2_000.0));
+    // A restarted guest's counter starts again from 0: no negative or huge rate.
+    assert_eq!(rate(&mut mem, 500, 20.0), None);
+    assert_eq!(rate(&mut mem, 1_500, 30.0), Some(100.0));
+}
+
+#[test]
+fn unchanged_guests_are_shared_with_the_previous_view_and_changed_ones_are_not() {
+    let slow = SlowData::default();
+    let mut mem = RateMemory::default();
+    let rows = resources(ONE_NODE);
+    let first = build_view("c", "", &rows, &slow, &mut mem, 0.0, None);
+    let again = build_view("c", "", &rows, &slow, &mut mem, 10.0, Some(&first));
+    for (vmid, guest) in &again.guests {
+        assert!(
+            Arc::ptr_eq(guest, &first.guests[vmid]),
+            "guest {vmid} copied"
+        );
+        assert!(again.same_state(&first, &ObjectRef::Guest(guest.kind, *vmid)));
+    }
+    let mut moved = rows.clone();
+    let row = moved.iter_mut().find(|r| r.vmid == Some(101)).unwrap();
+    row.status = Some("running".into());
+    let changed = build_view("c", "", &moved, &slow, &mut mem, 20.0, Some(&again));
+    assert_eq!(changed.guests[&101].status, "running");
+    assert!(!changed.same_state(&again, &ObjectRef::Guest(GuestKind::Qemu, 101)));
+    assert!(Arc::ptr_eq(&changed.guests[&100], &again.guests[&100]));
+
+    // Text and slow-lane inputs count too: new tags, a new backup.
+    let row = moved.iter_mut().find(|r| r.vmid == Some(100)).unwrap();
+    row.tags_raw = Some("media;new".into());
+    let backed_up = SlowData {
+        last_backup: HashMap::from([(102, 1_764_679_463)]),
+        ..SlowData::default()
+    };
+    let later = build_view("c", "", &moved, &backed_up, &mut mem, 30.0, Some(&changed));
+    assert_eq!(later.guests[&100].tags, vec!["media", "new"]);
+    assert_eq!(later.guests[&102].last_backup, Some(1_764_679_463));
+    assert!(!Arc::ptr_eq(&later.guests[&102], &changed.guests[&102]));
+    assert!(Arc::ptr_eq(&later.guests[&101], &changed.guests[&101]));
+}
+
+#[test]
+fn node_versions_read_like_users_say_them() {
+    assert_eq!(
+        short_pve_version("pve-manager/9.1.2/9d436f37a0ac4172"),
+        "9.1.2"
+    );
+    assert_eq!(short_pve_version("9.1.2"), "9.1.2");
+}
+
+#[test]
+fn rounding_keeps_idle_jitter_from_changing_the_payload() {
+    assert_eq!(round_percent(3.04159), 3.0);
+    assert_eq!(round_percent(3.1449), 3.1);
+    assert_eq!(round_rate(12_345.0), 12_000.0);
+    assert_eq!(round_rate(12_449.0), 12_000.0);
+    assert_eq!(round_rate(987.0), 990.0);
+    assert_eq!(round_rate(42.4), 42.0);
+    assert_eq!(round_rate(-1.0), 0.0);
+    assert_eq!(round_rate(f64::NAN), 0.0);
+}
+
+#[test]
+fn objects_on_an_offline_node_are_unavailable() {
+    let rows: Vec<Resource> = serde_json::from_value(serde_json::json!([
+        {"id": "node/a", "type": "node", "node": "a", "status": "online"},
+        {"id": "node/b", "type": "node", "node": "b", "status": "offline"},
+        {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "a", "status": "running"},
+        {"id": "qemu/101", "type": "qemu", "vmid": 101, "node": "b", "status": "unknown"},
+        {"id": "storage/b/local", "type": "storage", "node": "b", "storage": "local", "status": "unknown"}
+    ]))
+    .unwrap();
+    let view = first_view("c", "", &rows);
+    assert!(view.is_available(&ObjectRef::Guest(GuestKind::Qemu, 100)));
+    assert!(!view.is_available(&ObjectRef::Guest(GuestKind::Qemu, 101)));
+    assert!(!view.is_available(&ObjectRef::Node("b".into())));
+    assert!(!view.is_available(&ObjectRef::Storage("b".into(), "local".into())));
+    assert!(view.is_available(&ObjectRef::Cluster));
+    assert_eq!(view.guests[&101].status, "unknown");
+    assert_eq!(
+        view.guests[&101].name, None,
+        "bare rows of an offline node have no name"
+    );
+}
+
+#[test]
+fn hibernated_vm_is_suspended_and_slow_lane_fills_backups() {
+    let rows: Vec<Resource> = serde_json::from_value(serde_json::json!([
+        {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "a", "status": "stopped", "lock": "suspended", "tags": "a;b"}
+    ]))
+    .unwrap();
+    let slow = SlowData {
+        last_backup: HashMap::from([(100, 1_764_679_463)]),
+        ..SlowData::default()
+    };
+    let view = build_view("c", "", &rows, &slow, &mut RateMemory::default(), 0.0, None);
+    let vm = &view.guests[&100];
+    assert_eq!(vm.status, "suspended");
+    assert_eq!(vm.last_backup, Some(1_764_679_463));
+    assert_eq!(vm.tags, vec!["a".to_string(), "b".to_string()]);
+}
