@@ -233,6 +233,11 @@ impl PveClient {
         self.get_data(&Call::get(&["access", "permissions"])).await
     }
 
+    /// The token's `user@realm!tokenid`: the user of every task the bridge starts.
+    pub fn token_id(&self) -> &str {
+        &self.inner.token_id
+    }
+
     /// `GET /nodes/{node}/tasks` with Proxmox's filters (`source`, `typefilter`, `vmid`,
     /// `limit`, …) as query parameters.
     pub async fn node_tasks(
