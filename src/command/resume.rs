@@ -54,12 +54,14 @@ impl CommandHandler {
             let handle = links::cluster(&self.registry, &cluster);
             let upid = report.upid.as_deref().and_then(|u| u.parse::<Upid>().ok());
             let action = Action::parse(&report.action);
-            // Without a UPID the task is found on the guest's node, once a poll saw it.
-            let node = handle.as_ref().and_then(|h| {
+            // Without a UPID the task is found on the guest's node, once a poll saw it:
+            // `Some(None)` = polled, and the guest is not in the cluster.
+            let polled: Option<Option<String>> = handle.as_ref().and_then(|h| {
                 let view = h.view.borrow().clone()?;
-                view.guests.get(&vmid).map(|g| g.node.clone())
+                Some(view.guests.get(&vmid).map(|g| g.node.clone()))
             });
-            let ready = handle.is_some() && (upid.is_some() || node.is_some() || action.is_none());
+            let ready =
+                handle.is_some() && (upid.is_some() || polled.is_some() || action.is_none());
             let Some(handle) = handle.filter(|_| ready) else {
                 if fresh {
                     self.pending_resumes.push(PendingResume {
@@ -71,17 +73,25 @@ impl CommandHandler {
                 }
                 continue;
             };
-            let Some(action) = action else {
-                report.state = Phase::Failed;
-                report.error = Some(format!(
+            let node = match (&upid, action, polled) {
+                (_, None, _) => Err(format!(
                     "unknown action '{}' in an earlier run's report",
                     report.action.chars().take(40).collect::<String>()
-                ));
+                )),
+                (None, _, Some(None)) => Err(format!(
+                    "the bridge stopped while sending this command, and guest {vmid} is no longer in the cluster: whether it ran is unknown"
+                )),
+                (_, _, polled) => Ok(polled.flatten().unwrap_or_default()),
+            };
+            let (Some(action), Ok(node)) = (action, node.as_ref()) else {
+                report.state = Phase::Failed;
+                report.error = node.err();
                 report.finished = Some(unix_now());
                 let reporter = self.reporter.clone();
                 tokio::spawn(async move { reporter.task(&cluster, kind, vmid, &report).await });
                 continue;
             };
+            let node = node.clone();
             let Some(busy) = self.busy.claim(&cluster, vmid) else {
                 continue;
             };
@@ -111,7 +121,7 @@ impl CommandHandler {
                 }
                 None => {
                     info!(cluster = %cluster, vmid, "an earlier run stopped while sending this command: looking for its task");
-                    (node.unwrap_or_default(), Resume::Lookup, target, busy)
+                    (node, Resume::Lookup, target, busy)
                 }
             };
             let job = Job {
@@ -156,6 +166,54 @@ url = "mqtt://127.0.0.1:1883"
             tx,
         );
         (handler, rx)
+    }
+
+    /// Registers cluster `home` as polled, with no guests.
+    fn polled_without_guests(
+        h: &CommandHandler,
+    ) -> tokio::sync::watch::Sender<Option<std::sync::Arc<crate::model::ClusterView>>> {
+        let config = Config::from_toml_str(CONFIG, &Default::default()).expect("test config");
+        let client = crate::pve::PveClient::new(&config.clusters[0]).expect("client");
+        let (view_tx, view) = tokio::sync::watch::channel(Some(Default::default()));
+        let (refresh, _) = mpsc::channel(1);
+        h.registry.write().unwrap().insert(
+            "home".into(),
+            links::ClusterHandle {
+                client,
+                view,
+                refresh,
+            },
+        );
+        view_tx
+    }
+
+    #[tokio::test]
+    async fn accepted_without_upid_for_a_guest_gone_from_the_cluster_fails_saying_it_is_unknown() {
+        let (mut h, mut rx) = handler();
+        let _view = polled_without_guests(&h);
+        let report = TaskReport::new(Some("a".into()), "start", unix_now());
+        h.pending_resumes.push(PendingResume {
+            cluster: "home".into(),
+            kind: GuestKind::Qemu,
+            vmid: 100,
+            report,
+        });
+        h.try_resumes(&CancellationToken::new());
+        assert!(h.pending_resumes.is_empty());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(PublisherMsg::Task {
+                vmid: 100, report, ..
+            })) => {
+                assert_eq!(report.state, Phase::Failed);
+                assert_eq!(report.id.as_deref(), Some("a"));
+                let error = report.error.unwrap();
+                assert!(
+                    error.contains("no longer in the cluster") && error.contains("unknown"),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     fn running(requested: u64) -> PendingResume {
