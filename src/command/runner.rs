@@ -255,7 +255,20 @@ impl Runner {
                 (upid, follow)
             }
             None => {
-                let upid = self.post(job).await?;
+                let upid = match self.post(job).await {
+                    // No answer in time: Proxmox may still have started the task.
+                    Err(RunError::Proxmox(timeout @ PveError::Timeout { .. })) => {
+                        match self.look_up(job).await {
+                            Ok(upid) => {
+                                info!(upid = %upid, "the POST timed out, but Proxmox started the task");
+                                upid
+                            }
+                            Err(RunError::Stopped) => return Err(RunError::Stopped),
+                            Err(_) => return Err(RunError::Proxmox(timeout)),
+                        }
+                    }
+                    other => other?,
+                };
                 let follow = self.busy.follow(&job.cluster, upid.as_str());
                 (upid, follow)
             }

@@ -468,3 +468,48 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
     assert_final_is_final(&reports(&probe, TASK_100, "killed"));
     child.kill().await.unwrap();
 }
+
+/// A POST whose answer comes after the client's timeout: the task started all the same,
+/// so the result is the task's, not "did not answer".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_answered_after_the_timeout_reports_the_task_it_started() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
+    let cfg = TestConfig::new(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    probe
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            !m.payload.is_empty()
+        })
+        .await;
+    // The test config's timeout is 5 s
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/faults",
+        json!({"path_prefix": "/nodes/pve/qemu/100/status/reboot", "method": "POST", "kind": "late", "delay_ms": 6000, "count": 1}),
+    )
+    .await;
+    probe
+        .publish(
+            "pve2mqtt/pve/qemu/100/set",
+            r#"{"action":"reboot","id":"timeout"}"#,
+            false,
+        )
+        .await;
+    let done = probe
+        .wait_for("the result", 30 * SECS, |m| {
+            m.topic == TASK_100 && m.text().contains("\"timeout\"") && is_final(&m.json()["state"])
+        })
+        .await
+        .json();
+    assert_eq!(done["state"], "ok", "{done}");
+    assert!(
+        done["upid"].as_str().unwrap().contains(":qmreboot:100:"),
+        "{done}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_final_is_final(&reports(&probe, TASK_100, "timeout"));
+    bridge.stop().await.unwrap();
+}
