@@ -284,10 +284,13 @@ impl Runner {
             self.publish(&job.cluster, t).await;
         }
 
-        let (exitstatus, log) = self.follow(job, &upid, follow.as_ref()).await?;
+        let followed = self.follow(job, &upid, follow.as_ref()).await;
         if let Some(follow) = follow {
+            // Guests that joined at the last moment get this task's result too, even a
+            // failed follow's (after a stop they keep their `running` for the next run).
             self.take_joiners(job, follow.close());
         }
+        let (exitstatus, log) = followed?;
         let success = crate::pve::exitstatus_is_success(&exitstatus);
         self.refresh_after(job).await;
         let now = unix_now();
