@@ -133,7 +133,7 @@ impl CommandHandler {
         }
         self.runners.close();
         // In-flight runners see the same shutdown token and stop following.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.runners.wait()).await;
+        let _ = tokio::time::timeout(super::runner::STOP_GRACE, self.runners.wait()).await;
     }
 
     /// One inbound message. Commands and requests are never executed when they arrive
@@ -409,6 +409,7 @@ impl CommandHandler {
     pub(super) fn spawn(&self, handle: ClusterHandle, job: Job, shutdown: &CancellationToken) {
         let runner = Runner {
             reporter: self.reporter.clone(),
+            busy: self.busy.clone(),
             backup: self.backup.clone(),
             handle,
             shutdown: shutdown.clone(),

@@ -90,6 +90,27 @@ impl Reporter {
             .await;
     }
 
+    /// A response that carries data and, when some part failed, the error too (a node
+    /// backup where one guest failed: every guest's result, and which failed).
+    pub async fn respond_with(
+        &self,
+        name: &str,
+        transaction: Option<Value>,
+        data: Value,
+        error: Option<String>,
+    ) {
+        let status = if error.is_none() { "ok" } else { "error" };
+        let body =
+            json!({"status": status, "data": data, "error": error, "transaction": transaction});
+        let _ = self
+            .0
+            .send(PublisherMsg::Response {
+                name: name.to_string(),
+                body,
+            })
+            .await;
+    }
+
     /// `{base}/bridge/response/{name}`, echoing the request's `transaction`.
     pub async fn respond(
         &self,

@@ -163,6 +163,11 @@ impl PveClient {
         self.inner.endpoints[index].display.clone()
     }
 
+    /// The token's `user@realm!tokenid`: the user of every task the bridge starts.
+    pub fn token_id(&self) -> &str {
+        &self.inner.token_id
+    }
+
     async fn get_data<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, PveError> {
         let body = self.execute(call).await?;
         decode_data(&call.label(), &body)

@@ -11,6 +11,9 @@ mod commands;
 mod faults;
 /// Field truth (issue 9): reconnects mid-burst, big retained junk, empty answers, floods.
 mod field;
+/// Exactly one final result per command: followers across restarts, partial backups,
+/// unknown tasks, a stop during a POST.
+mod followers;
 /// Retained input never runs; rejections that are not about a real command are not retained.
 mod retained;
 /// TLS to Proxmox and the broker, passwords, secrets kept out of logs and payloads.

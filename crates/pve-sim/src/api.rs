@@ -26,7 +26,7 @@ use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
 use super::rows;
-use super::state::{FaultKind, RecordedRequest, Sim, State};
+use super::state::{Fault, FaultKind, RecordedRequest, RuntimeConfig, Sim, State};
 use super::tasks::{self, Upid, VzdumpJob};
 use super::world::{now, GuestType, PveVersion, World};
 
@@ -522,7 +522,6 @@ async fn process(
     incoming: Incoming<'_>,
     record: &mut RecordedRequest,
 ) -> Result<Response<Body>, DropConnection> {
-    let fail = |error: ApiError| Ok(failure(&error, version));
     let (fault, config) = {
         let mut state = sim.lock();
         (
@@ -530,9 +529,28 @@ async fn process(
             state.config,
         )
     };
+    let Some(late) = fault.as_ref().filter(|f| f.kind == FaultKind::Late) else {
+        return Box::pin(answer(sim, version, incoming, record, fault, config)).await;
+    };
+    let delay = std::time::Duration::from_millis(late.delay_ms.unwrap_or(2000));
+    let result = Box::pin(answer(sim, version, incoming, record, None, config)).await;
+    tokio::time::sleep(delay).await;
+    result
+}
+
+async fn answer(
+    sim: &Sim,
+    version: PveVersion,
+    incoming: Incoming<'_>,
+    record: &mut RecordedRequest,
+    fault: Option<Fault>,
+    config: RuntimeConfig,
+) -> Result<Response<Body>, DropConnection> {
+    let fail = |error: ApiError| Ok(failure(&error, version));
     if let Some(fault) = fault {
         match fault.kind {
             FaultKind::Drop => return Err(DropConnection),
+            FaultKind::Late => {}
             FaultKind::Slow => {
                 let delay = fault.delay_ms.unwrap_or(2000);
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

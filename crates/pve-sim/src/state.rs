@@ -88,7 +88,7 @@ pub struct Fault {
     /// For `status`: the error message (the reason phrase is its first line).
     #[serde(default)]
     pub message: Option<String>,
-    /// For `slow`: how long to hold the request before answering normally.
+    /// For `slow` and `late`: how long to hold the request or its answer.
     #[serde(default)]
     pub delay_ms: Option<u64>,
     /// How many requests it affects; absent = until cleared.
@@ -103,6 +103,10 @@ pub enum FaultKind {
     Status,
     /// Delay, then answer normally.
     Slow,
+    /// Do the work at once (a POST starts its task), then hold the answer for `delay_ms`:
+    /// what a client sees when pveproxy or the network is slow on the way back. The task
+    /// exists, and shows in the node's task list, before the client has its UPID.
+    Late,
     /// Close the connection without any response.
     Drop,
 }

@@ -580,6 +580,61 @@ async fn forced_task_outcomes_and_stopping_a_task() {
 }
 
 #[tokio::test]
+async fn a_late_answer_starts_the_task_first_and_the_task_list_filters_find_it() {
+    let harness = Harness::start(test_options()).await;
+    let before = harness.data("/nodes/pve/tasks?source=all&vmid=100").await;
+    let before = before.as_array().expect("list").len();
+    harness
+        .client
+        .post(format!("{}/_sim/faults", harness.sim.base_url()))
+        .json(&json!({"path_prefix": "/nodes/pve/qemu/100/status/reboot",
+                      "method": "POST", "kind": "late", "delay_ms": 1500, "count": 1}))
+        .send()
+        .await
+        .expect("fault added");
+    let since = world::now() as u64;
+    let post = {
+        let request = harness
+            .post("/nodes/pve/qemu/100/status/reboot")
+            .form(&[("timeout", "30")]);
+        tokio::spawn(async move { request.send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!post.is_finished(), "the answer is held");
+    // The task runs already, and the node's task list shows it with Proxmox's filters
+    let rows = harness
+        .data(&format!(
+            "/nodes/pve/tasks?source=all&vmid=100&since={since}"
+        ))
+        .await;
+    let rows = rows.as_array().expect("list");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["type"], "qmreboot");
+    assert_eq!(rows[0]["id"], "100");
+    let other = harness
+        .data(&format!(
+            "/nodes/pve/tasks?source=all&vmid=101&since={since}"
+        ))
+        .await;
+    assert!(other.as_array().expect("list").is_empty(), "vmid filters");
+    let later = harness
+        .data(&format!(
+            "/nodes/pve/tasks?source=all&vmid=100&since={}",
+            since + 3600
+        ))
+        .await;
+    assert!(later.as_array().expect("list").is_empty(), "since filters");
+    let answer: Value = post.await.unwrap().expect("answered").json().await.unwrap();
+    assert_eq!(
+        answer["data"], rows[0]["upid"],
+        "the UPID answered late is that task"
+    );
+    let all = harness.data("/nodes/pve/tasks?source=all&vmid=100").await;
+    assert_eq!(all.as_array().unwrap().len(), before + 1, "one task");
+    harness.sim.stop().await;
+}
+
+#[tokio::test]
 async fn vzdump_logs_progress_adds_the_backup_and_answers_ok_elsewhere() {
     let harness = Harness::start(SimOptions {
         nodes: Some(2),
