@@ -29,5 +29,6 @@ else
     TESTKIT_MOSQUITTO_PERSISTENCE=1 cargo test --test it "$@"
 fi
 
-# The quick soak (cargo xtask soak --ci, ~2 min): the real binary, broker restarts, faults.
+# The quick soak (cargo xtask soak --ci, ~2 min): the real binary, a broker with persistence
+# on and its restarts, retained commands, Proxmox faults, one bridge restart.
 scripts/soak.sh --ci

@@ -51,8 +51,8 @@ pub struct SoakArgs {
     /// 2 minutes, broker restarts every 40 s.
     #[arg(long)]
     pub quick: bool,
-    /// CI mode: --quick for 1.5 minutes, persistence off and no retained commands (the
-    /// bridge's retained-message bugs of issue 9 are still open).
+    /// CI mode: --quick for 1.5 minutes, against a broker with persistence on and with
+    /// retained commands, as the field runs (the Home Assistant Mosquitto add-on).
     #[arg(long)]
     pub ci: bool,
     /// Mosquitto persistence: `on` as in the Home Assistant add-on (restarts by SIGTERM keep
@@ -94,8 +94,7 @@ impl SoakArgs {
     fn resolved(mut self) -> SoakArgs {
         if self.ci {
             self.quick = true;
-            self.persistence = Persistence::Off;
-            self.retained_share = 0.0;
+            self.persistence = Persistence::On;
         }
         if self.quick {
             self.minutes = if self.ci { 1.5 } else { 2.0 };
