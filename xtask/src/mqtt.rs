@@ -429,13 +429,13 @@ pub async fn read_retained(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procs::Mosquitto;
+    use crate::procs;
     use std::sync::Mutex;
 
     #[tokio::test]
     async fn the_retain_flag_is_seen_at_subscribe_time_and_not_on_live_delivery() {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Mosquitto::start_in(dir.path(), false).await.unwrap();
+        let broker = procs::mosquitto(dir.path(), false, "").unwrap();
         let mut publisher = Publisher::new(broker.port, "t-pub".into());
         assert!(publisher.publish("t/retained", b"one".to_vec(), true).await);
         assert!(
@@ -481,12 +481,12 @@ mod tests {
     #[tokio::test]
     async fn a_persistent_broker_keeps_retained_messages_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let mut broker = Mosquitto::start_in(dir.path(), true).await.unwrap();
+        let mut broker = procs::mosquitto(dir.path(), true, "").unwrap();
         let mut publisher = Publisher::new(broker.port, "t-pub".into());
         assert!(publisher.publish("t/kept", b"one".to_vec(), true).await);
         publisher.close();
-        broker.stop().await;
-        broker.start().await.unwrap();
+        broker.stop();
+        broker.start_again().unwrap();
         let retained = read_retained(broker.port, "t-read", "t/#", Duration::from_millis(500))
             .await
             .unwrap();
@@ -496,12 +496,12 @@ mod tests {
     #[tokio::test]
     async fn a_publish_is_not_acknowledged_while_the_broker_is_down() {
         let dir = tempfile::tempdir().unwrap();
-        let mut broker = Mosquitto::start_in(dir.path(), false).await.unwrap();
+        let mut broker = procs::mosquitto(dir.path(), false, "").unwrap();
         let mut publisher = Publisher::new(broker.port, "t-pub".into());
         assert!(publisher.publish("t/x", b"before".to_vec(), false).await);
         broker.kill();
         assert!(!publisher.publish("t/x", b"during".to_vec(), false).await);
-        broker.start().await.unwrap();
+        broker.start_again().unwrap();
         assert!(publisher.publish("t/x", b"after".to_vec(), false).await);
     }
 }

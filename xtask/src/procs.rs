@@ -1,41 +1,13 @@
-//! Processes and ports for the harnesses: free ports, a private Mosquitto started and
-//! stopped by PID, waiting for a listener, RSS and CPU time from /proc, and stopping a
-//! child by SIGTERM with a timeout.
-//!
-//! Kept behind this narrow API on purpose: it is the part that moves to the shared
-//! `crates/testkit` crate (`testkit::free_port()`, its `Mosquitto` with a `persistence`
-//! option), so the harnesses should not reach past it.
+//! Processes for the harnesses: RSS and CPU time from /proc, and stopping a child by
+//! SIGTERM with a timeout. Free ports and the private Mosquitto (by PID, persistence
+//! optional) come from the shared `crates/testkit`, as in the integration tests.
 
-use std::fs::File;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-
-/// A loopback port nobody listens on right now (the OS picks it; the socket is closed
-/// again, so there is a small window in which someone else could take it).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
-}
-
-/// True once something accepts TCP connections on the loopback port.
-pub async fn wait_listening(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-            .is_ok()
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
+use anyhow::Context;
+pub use testkit::{free_port, Mosquitto};
 
 /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`), if the process exists.
 pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
@@ -123,117 +95,18 @@ pub fn exited(child: &mut Child) -> Option<Option<i32>> {
     child.try_wait().ok().flatten().map(|status| status.code())
 }
 
-fn mosquitto_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("mosquitto");
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
+/// A private Mosquitto from the shared test kit, its output appended to
+/// `dir/mosquitto.log` (kept with the run's other logs).
+pub fn mosquitto(dir: &Path, persistence: bool, extra: &str) -> anyhow::Result<Mosquitto> {
+    let mut builder = Mosquitto::builder()
+        .persistence(persistence)
+        .log_to(&dir.join("mosquitto.log"));
+    if !extra.is_empty() {
+        builder = builder.extra_config(extra);
     }
-    PathBuf::from("/usr/sbin/mosquitto")
-}
-
-/// A private Mosquitto on a free loopback port, started, stopped and restarted by PID.
-/// With `persistence`, its database lives in its own directory and survives a
-/// [`Mosquitto::stop`]/[`Mosquitto::start`] (Mosquitto saves it on SIGTERM), as in the
-/// Home Assistant add-on; [`Mosquitto::kill`] is a crash and saves nothing.
-pub struct Mosquitto {
-    pub port: u16,
-    conf: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    /// Writes its config under `dir` and starts it.
-    pub async fn start_in(dir: &Path, persistence: bool) -> anyhow::Result<Mosquitto> {
-        Mosquitto::start_with(dir, persistence, "").await
-    }
-
-    /// Like [`Mosquitto::start_in`], with `extra` config lines.
-    pub async fn start_with(
-        dir: &Path,
-        persistence: bool,
-        extra: &str,
-    ) -> anyhow::Result<Mosquitto> {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
-        // Started as root, Mosquitto drops to the `mosquitto` user, which could not write
-        // the persistence db into our directory (it logs "Permission denied" on SIGTERM
-        // and the retained messages are lost): stay the user we are.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            text += "user root\n";
-        }
-        if persistence {
-            let db = dir.join("mosquitto-db");
-            std::fs::create_dir_all(&db)?;
-            text += &format!("persistence true\npersistence_location {}/\n", db.display());
-        } else {
-            text += "persistence false\n";
-        }
-        text += extra;
-        std::fs::write(&conf, text)?;
-        let mut broker = Mosquitto {
-            port,
-            conf,
-            log: dir.join("mosquitto.log"),
-            child: None,
-        };
-        broker.start().await?;
-        Ok(broker)
-    }
-
-    /// Starts it again on the same port (after [`Mosquitto::kill`] or [`Mosquitto::stop`]).
-    pub async fn start(&mut self) -> anyhow::Result<()> {
-        let log = File::options().create(true).append(true).open(&self.log)?;
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting mosquitto (apt-get install mosquitto)")?;
-        self.child = Some(child);
-        if !wait_listening(self.port, Duration::from_secs(10)).await {
-            bail!(
-                "mosquitto did not listen on {} (see {})",
-                self.port,
-                self.log.display()
-            );
-        }
-        Ok(())
-    }
-
-    /// SIGKILL, like a crash: no Last Will handling, no clean disconnects, no saved db.
-    /// Where its output goes.
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM and wait (a persistent broker writes its database on the way out).
-    pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10)).await;
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    builder
+        .spawn()
+        .context("starting mosquitto (apt-get install mosquitto)")
 }
 
 #[cfg(test)]
@@ -255,18 +128,17 @@ mod tests {
     }
 
     #[test]
-    fn a_free_port_is_bindable() {
-        let port = free_port();
-        TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
-    }
-
-    #[tokio::test]
-    async fn a_persistent_broker_keeps_listening_on_its_port_across_a_restart() {
+    fn a_harness_broker_logs_to_its_run_directory_and_starts_again_on_its_port() {
         let dir = tempfile::tempdir().unwrap();
-        let mut broker = Mosquitto::start_in(dir.path(), true).await.unwrap();
-        broker.stop().await;
-        assert!(!wait_listening(broker.port, Duration::from_millis(200)).await);
-        broker.start().await.unwrap();
-        assert!(wait_listening(broker.port, Duration::from_secs(1)).await);
+        let mut broker = mosquitto(dir.path(), true, "").unwrap();
+        broker.stop();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", broker.port)).is_err());
+        broker.start_again().unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", broker.port)).is_ok());
+        assert_eq!(
+            broker.log_path(),
+            Some(dir.path().join("mosquitto.log").as_path())
+        );
+        assert!(dir.path().join("mosquitto.log").is_file());
     }
 }

@@ -24,6 +24,7 @@ pub struct MosquittoBuilder {
     port: Option<u16>,
     extra: String,
     persistence: Option<bool>,
+    log: Option<PathBuf>,
 }
 
 impl MosquittoBuilder {
@@ -34,8 +35,9 @@ impl MosquittoBuilder {
         self
     }
 
-    /// Appended to the config file (TLS listeners, passwords). When it contains a
-    /// `listener` line, the default anonymous listener is left out.
+    /// Appended to the config file (TLS listeners, passwords). When it declares a TCP
+    /// `listener` (any port but 0), the default anonymous listener is left out; a Unix
+    /// socket listener (`listener 0 <path>`) comes in addition to it.
     pub fn extra_config(mut self, extra: &str) -> Self {
         self.extra.push_str(extra);
         self.extra.push('\n');
@@ -51,13 +53,20 @@ impl MosquittoBuilder {
         self
     }
 
+    /// Appends the broker's stdout and stderr to this file (default: discarded), for
+    /// harnesses that keep its log beside their own.
+    pub fn log_to(mut self, path: &Path) -> Self {
+        self.log = Some(path.to_path_buf());
+        self
+    }
+
     /// Writes the config, starts the broker and waits until it listens.
     pub fn spawn(self) -> io::Result<Mosquitto> {
         let port = self.port.unwrap_or_else(free_port);
         let persistence = self.persistence.unwrap_or_else(persistence_from_env);
         let dir = tempfile::tempdir()?;
         let mut text = String::new();
-        if !self.extra.contains("listener") {
+        if !declares_tcp_listener(&self.extra) {
             text.push_str(&format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\n"
             ));
@@ -67,13 +76,14 @@ impl MosquittoBuilder {
                 "persistence true\npersistence_location {}/\npersistence_file mosquitto.db\n",
                 dir.path().display()
             ));
-            // Started as root, Mosquitto drops to the `mosquitto` user, which cannot
-            // write the database into our private temporary directory.
-            if is_root() {
-                text.push_str("user root\n");
-            }
         } else {
             text.push_str("persistence false\n");
+        }
+        // Started as root, Mosquitto drops to the `mosquitto` user, which can neither
+        // write the database into our private temporary directory nor bind a Unix socket
+        // in a harness's run directory: stay the user we are.
+        if is_root() {
+            text.push_str("user root\n");
         }
         text.push_str(&self.extra);
         std::fs::write(dir.path().join("mosquitto.conf"), text)?;
@@ -81,11 +91,20 @@ impl MosquittoBuilder {
             port,
             persistence,
             dir,
+            log: self.log,
             child: None,
         };
         broker.spawn()?;
         Ok(broker)
     }
+}
+
+/// A `listener <port> …` line with a port other than 0 (0 is a Unix socket).
+fn declares_tcp_listener(extra: &str) -> bool {
+    extra.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some("listener") && words.next().is_some_and(|port| port != "0")
+    })
 }
 
 fn persistence_from_env() -> bool {
@@ -125,6 +144,7 @@ pub struct Mosquitto {
     pub port: u16,
     persistence: bool,
     dir: tempfile::TempDir,
+    log: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -167,11 +187,22 @@ impl Mosquitto {
 
     fn spawn(&mut self) -> io::Result<()> {
         let binary = mosquitto_binary();
+        let (stdout, stderr) = match &self.log {
+            Some(path) => {
+                let file = std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = Command::new(&binary)
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .map_err(|e| {
                 io::Error::new(
@@ -247,6 +278,21 @@ impl Mosquitto {
         self.try_restart().unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Starts a stopped or killed broker again, on the same port with the same config
+    /// and database; the half of a restart that a harness times apart from the stop.
+    /// Does nothing when it is running.
+    pub fn start_again(&mut self) -> io::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.spawn()
+    }
+
+    /// Where its output goes, if [`MosquittoBuilder::log_to`] said.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
     /// [`Mosquitto::restart`], returning the error instead of panicking.
     pub fn try_restart(&mut self) -> io::Result<()> {
         self.stop();
@@ -262,7 +308,16 @@ impl Drop for Mosquitto {
 
 #[cfg(test)]
 mod tests {
-    use super::persistence_wanted;
+    use super::{declares_tcp_listener, persistence_wanted};
+
+    #[test]
+    fn only_a_tcp_listener_replaces_the_default_one() {
+        assert!(declares_tcp_listener("listener 8883 127.0.0.1\ncafile x"));
+        assert!(!declares_tcp_listener(
+            "listener 0 /tmp/m.sock\nmax_queued_messages 0"
+        ));
+        assert!(!declares_tcp_listener("persistence false"));
+    }
 
     #[test]
     fn only_an_explicit_yes_in_the_environment_turns_persistence_on() {

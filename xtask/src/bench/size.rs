@@ -70,7 +70,7 @@ impl SizeRun {
         if nodelay {
             extra += "set_tcp_nodelay true\n";
         }
-        let broker = Mosquitto::start_with(&dir, false, &extra).await?;
+        let broker = procs::mosquitto(&dir, false, &extra)?;
         let sim_args: Vec<String> = [
             "--nodes",
             &nodes.to_string(),
@@ -154,7 +154,7 @@ impl SizeRun {
             procs::terminate(&mut bridge, Duration::from_secs(10)).await;
         }
         self.sim.stop().await;
-        self.broker.stop().await;
+        self.broker.stop();
     }
 
     pub fn now(&self) -> f64 {
@@ -464,9 +464,14 @@ impl SizeRun {
             .lines()
             .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
             .collect();
-        let mosquitto =
-            String::from_utf8_lossy(&std::fs::read(self.broker.log_path()).unwrap_or_default())
-                .into_owned();
+        let mosquitto = String::from_utf8_lossy(
+            &self
+                .broker
+                .log_path()
+                .and_then(|p| std::fs::read(p).ok())
+                .unwrap_or_default(),
+        )
+        .into_owned();
         // One connection for the whole run = the broker never dropped the bridge.
         let connections = mosquitto
             .lines()

@@ -26,7 +26,7 @@ impl Soak {
             ..Default::default()
         };
         if self.persistence {
-            self.broker.stop().await; // saves the db, as a supervisor's restart would
+            self.broker.stop(); // saves the db, as a supervisor's restart would
         } else {
             self.broker.kill();
         }
@@ -40,7 +40,7 @@ impl Soak {
             self.run_due_commands().await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.broker.start().await?;
+        self.broker.start_again()?;
         let up_at = self.now();
         restart.up_at = Some(up_at);
         self.event("broker up again");

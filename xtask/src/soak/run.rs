@@ -225,7 +225,7 @@ impl Soak {
         .map(|s| s.to_string())
         .collect();
         let sim = Simulator::start(&args.binary, &sim_args, &workdir.join("sim.log"))?;
-        let broker = Mosquitto::start_in(&workdir, persistence).await?;
+        let broker = procs::mosquitto(&workdir, persistence, "")?;
         let config = workdir.join("pve2mqtt.toml");
         std::fs::write(&config, bridge_config(&sim, broker.port))?;
         let world = sim.get("/_sim/world").await?;
@@ -615,7 +615,7 @@ impl Soak {
         }
         self.publisher.close();
         self.bridge.terminate().await;
-        self.broker.stop().await;
+        self.broker.stop();
         self.sim.stop().await;
     }
 
