@@ -62,10 +62,7 @@ pub fn overloaded(topics: &Topics, msg: &Inbound) -> Option<PublisherMsg> {
             Ok(c) => (c.id, c.action.as_str()),
             Err((id, _)) => (id, "unknown"),
         };
-        let mut report = TaskReport::new(id, action, unix_now());
-        report.state = Phase::Rejected;
-        report.error = Some(OVERLOADED.into());
-        report.finished = Some(report.requested);
+        let report = TaskReport::rejected(id, action, OVERLOADED);
         return Some(PublisherMsg::TaskNotice {
             cluster,
             kind,
@@ -288,14 +285,8 @@ impl CommandHandler {
         if rejection.kind != RejectionKind::RateLimited {
             warn!(cluster, vmid, %kind, reason = %rejection, "command rejected");
         }
-        let mut report = TaskReport::new(
-            id,
-            action.map(|a| a.as_str()).unwrap_or("unknown"),
-            unix_now(),
-        );
-        report.state = Phase::Rejected;
-        report.error = Some(rejection.reason.clone());
-        report.finished = Some(report.requested);
+        let action = action.map(|a| a.as_str()).unwrap_or("unknown");
+        let report = TaskReport::rejected(id, action, &rejection.reason);
         if self.replaces_report(cluster, kind, vmid, rejection) {
             self.reporter.task(cluster, kind, vmid, &report).await;
         } else {

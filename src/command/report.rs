@@ -53,6 +53,15 @@ impl TaskReport {
         }
     }
 
+    /// A command refused before any POST: final at once, with the reason.
+    pub fn rejected(id: Option<String>, action: &str, reason: &str) -> TaskReport {
+        let mut report = TaskReport::new(id, action, unix_now());
+        report.state = Phase::Rejected;
+        report.error = Some(reason.to_string());
+        report.finished = Some(report.requested);
+        report
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
