@@ -28,6 +28,17 @@ fn start(sim: &pve2mqtt::sim::SimHandle, broker_port: u16, envs: &[(&str, &str)]
     }
 }
 
+/// `pve2mqtt health` (the container HEALTHCHECK) against the bridge at `base`: its exit code.
+async fn health_command(base: &str) -> Option<i32> {
+    let listen = base.trim_start_matches("http://");
+    let output = tokio::process::Command::new(BIN)
+        .args(["health", "--listen", listen])
+        .output()
+        .await
+        .expect("run pve2mqtt health");
+    output.status.code()
+}
+
 /// GET `path`: status and body; `None` while nothing listens yet.
 async fn get(base: &str, path: &str) -> Option<(u16, String)> {
     let response = reqwest::get(format!("{base}{path}")).await.ok()?;
@@ -168,6 +179,11 @@ async fn healthz_is_503_naming_the_mqtt_link_while_the_broker_is_down_and_200_ag
     let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(health["status"], "unhealthy");
     assert_eq!(health["reasons"][0], "the MQTT link is down", "{health}");
+    assert_eq!(
+        health_command(&bridge.base).await,
+        Some(1),
+        "the HEALTHCHECK fails"
+    );
     let (_, metrics) = get(&bridge.base, "/metrics").await.expect("metrics");
     assert_eq!(
         sample(&metrics, "pve2mqtt_mqtt_connected"),
