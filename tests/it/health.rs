@@ -278,3 +278,25 @@ async fn log_format_json_writes_one_json_object_per_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_started_before_its_broker_keeps_running_unhealthy_until_the_broker_is_up() {
+    // Given no broker yet on the configured port (the add-on's case: Mosquitto still starting)
+    let sim = start_sim(sim_options()).await;
+    let port = free_port();
+    let mut bridge = start(&sim, port, &[]);
+
+    // Then the bridge does not exit: it answers 503 naming the MQTT link
+    let body = wait_until(&bridge.base, "/healthz", "503", |status, _| status == 503).await;
+    assert!(body.contains("the MQTT link is down"), "{body}");
+    assert!(
+        bridge.child.try_wait().expect("try_wait").is_none(),
+        "the bridge exited"
+    );
+
+    // And once the broker is up, it connects and is healthy
+    let _broker = Mosquitto::start_with(port, "");
+    wait_until(&bridge.base, "/healthz", "200", |status, _| status == 200).await;
+    let output = terminate(bridge.child).await;
+    assert_eq!(output.status.code(), Some(0));
+}
