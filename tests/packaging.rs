@@ -766,7 +766,7 @@ fn an_unknown_addon_option_stops_the_mapping_and_is_named() {
 }
 
 #[test]
-fn addon_installs_a_prebuilt_image_with_a_watchdog_on_healthz() {
+fn addon_installs_a_prebuilt_image_whose_healthcheck_asks_healthz() {
     let config = addon_config();
 
     // The image is the release's, so the add-on's version is the crate's
@@ -800,19 +800,21 @@ fn addon_installs_a_prebuilt_image_with_a_watchdog_on_healthz() {
         assert!(["amd64", "aarch64"].contains(&arch.scalar()), "{arch:?}");
     }
 
-    // The watchdog asks /healthz on the port run.sh has the bridge listen on
-    assert_eq!(
-        config.at("watchdog").scalar(),
-        "http://[HOST]:[PORT:9102]/healthz"
-    );
+    // The Supervisor's watchdog acts on the image's HEALTHCHECK (`watchdog:` is obsolete),
+    // which asks /healthz on the listener the image turns on
+    assert!(config.get("watchdog").is_none());
+    let instructions = dockerfile_instructions("addon/pve2mqtt/Dockerfile");
+    assert!(instructions
+        .iter()
+        .any(|line| line == "ENV PVE2MQTT_HTTP__LISTEN=0.0.0.0:9102"));
+    assert!(instructions.iter().any(|line| line.starts_with("HEALTHCHECK ")
+        && line.ends_with(r#"CMD ["/usr/local/bin/pve2mqtt", "health"]"#)));
     assert!(config.at("ports").get("9102/tcp").is_some());
-    let run = read("addon/pve2mqtt/run.sh");
-    assert!(run.contains("export PVE2MQTT_HTTP__LISTEN=0.0.0.0:9102"));
     // No exit when there is no broker service yet: the mapping decides, with a reason
+    let run = read("addon/pve2mqtt/run.sh");
     assert!(!run.contains("bashio::exit.nok \"No MQTT broker"));
 
     // The Dockerfile copies the released binary; nothing compiles
-    let instructions = dockerfile_instructions("addon/pve2mqtt/Dockerfile");
     assert!(instructions
         .iter()
         .any(|line| line == "FROM ghcr.io/pve2mqtt/pve2mqtt:${BUILD_VERSION} AS release"));

@@ -32,7 +32,4 @@ done < <(jq -j 'to_entries[] | "\(.key)=\(.value)\u0000"' <<<"${env_json}")
 bashio::log.info "Settings from the add-on options: $(jq -r 'keys_unsorted | join(" ")' <<<"${env_json}")"
 bashio::log.info "pve2mqtt names a bad setting by its variable: PVE2MQTT_POLL__INTERVAL is the option poll > interval."
 
-# The bridge's own listener, for the Supervisor's watchdog (config.yaml `watchdog`).
-export PVE2MQTT_HTTP__LISTEN=0.0.0.0:9102
-
 exec /usr/local/bin/pve2mqtt run
