@@ -807,8 +807,10 @@ fn addon_installs_a_prebuilt_image_whose_healthcheck_asks_healthz() {
     assert!(instructions
         .iter()
         .any(|line| line == "ENV PVE2MQTT_HTTP__LISTEN=0.0.0.0:9102"));
-    assert!(instructions.iter().any(|line| line.starts_with("HEALTHCHECK ")
-        && line.ends_with(r#"CMD ["/usr/local/bin/pve2mqtt", "health"]"#)));
+    assert!(instructions
+        .iter()
+        .any(|line| line.starts_with("HEALTHCHECK ")
+            && line.ends_with(r#"CMD ["/usr/local/bin/pve2mqtt", "health"]"#)));
     assert!(config.at("ports").get("9102/tcp").is_some());
     // No exit when there is no broker service yet: the mapping decides, with a reason
     let run = read("addon/pve2mqtt/run.sh");
