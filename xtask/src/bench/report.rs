@@ -359,7 +359,7 @@ pub fn worlds_table(r: &Value) -> Vec<String> {
     let mut out = vec![
         String::new(),
         format!(
-            "| per poll ({} of {} guests running, poll.interval {} s; windows where a slow-lane round ends left out) | frozen world | moving world |",
+            "| per poll ({} of {} guests running, poll.interval {} s, every poll of the phase) | frozen world | moving world |",
             r["running_guests"], r["guests"], r["poll_interval_s"]
         ),
         "|---|---|---|".into(),
@@ -397,7 +397,7 @@ pub fn worlds_table(r: &Value) -> Vec<String> {
     );
     let (hit, between) = (&r["moving_broadcast"], &r["moving_between"]);
     row(
-        "moving world, polls that saw a new broadcast / polls between broadcasts: polls, MQTT messages, bridge CPU ms",
+        "moving world, polls with guest messages / polls without: polls, MQTT messages, bridge CPU ms",
         "-".into(),
         format!(
             "{}, {}, {} / {}, {}, {}",
