@@ -309,7 +309,7 @@ impl PveClient {
             .extensions()
             .get::<hyper::ext::ReasonPhrase>()
             .map(|phrase| String::from_utf8_lossy(phrase.as_bytes()).into_owned());
-        let body = match response.bytes().await {
+        let body = match read_body(response).await {
             Ok(body) => body,
             // An error answer is still an answer: report its status even if the body broke.
             Err(_) if !status.is_success() => Default::default(),
@@ -328,8 +328,7 @@ impl PveClient {
         debug!(endpoint = %endpoint.display, call = %call.label(), status = status.as_u16(), bytes = body.len(),
             "Proxmox answered");
         if status.is_success() {
-            // No copy when the buffer is unshared (as hyper hands it over).
-            Ok(Vec::from(body))
+            Ok(body)
         } else {
             Err(error::from_response(
                 status.as_u16(),
@@ -338,6 +337,25 @@ impl PveClient {
             ))
         }
     }
+}
+
+/// The most a body's announced length reserves up front; a longer body still grows.
+const MAX_RESERVED_BODY: u64 = 64 << 20;
+
+/// Reads a body chunk by chunk into one buffer reserved from its `Content-Length`.
+/// `Response::bytes` keeps every chunk until the end and then copies them into a second
+/// buffer of the full size: at 5,000 guests the fast lane's answer is 1.6 MB, so each
+/// poll held twice that, plus the copy.
+async fn read_body(mut response: Response) -> Result<Vec<u8>, reqwest::Error> {
+    let reserved = response
+        .content_length()
+        .unwrap_or(0)
+        .min(MAX_RESERVED_BODY);
+    let mut body = Vec::with_capacity(usize::try_from(reserved).unwrap_or(0));
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl std::fmt::Debug for PveClient {

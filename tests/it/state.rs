@@ -499,13 +499,13 @@ async fn an_offline_node_takes_its_objects_offline_while_the_other_node_keeps_up
 async fn an_unchanged_world_publishes_nothing_on_later_polls() {
     let broker = Mosquitto::start();
     let sim = start_sim(sim_options()).await;
-    // Proxmox's cluster-wide figures do not move in this test (the real ones refresh
-    // every 10 s; here never), and the slow lane runs once.
+    // A still world: no figure moves in this test (a real cluster's refresh every 10 s,
+    // as the simulator's do by default), and the slow lane runs once.
     sim_send(
         &sim,
         "POST",
         "/_sim/config",
-        serde_json::json!({"stats_interval_ms": 3_600_000}),
+        serde_json::json!({"frozen": true}),
     )
     .await;
     let probe = Probe::connect(broker.port, ALL).await;

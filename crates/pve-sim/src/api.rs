@@ -699,6 +699,8 @@ fn dispatch(
 ) -> Result<Reply, ApiError> {
     let version = state.version;
     let stats_time = state.config.stats_time(now);
+    // Figures of the live endpoints (`now`, or the frozen instant); tasks keep real time.
+    let live = state.config.live_time(now);
     let list = |rows: Vec<Value>| Ok(Reply::data(Value::Array(rows)));
     match route {
         Route::Version => Ok(Reply::data(render::version(version))),
@@ -724,7 +726,7 @@ fn dispatch(
                 .world
                 .node(node)
                 .ok_or_else(|| ApiError::server("no such node"))?;
-            Ok(Reply::data(render::node_status(node, version, now)))
+            Ok(Reply::data(render::node_status(node, version, live)))
         }
         Route::GuestList { node, kind } => {
             let full = params.flag("full");
@@ -735,8 +737,8 @@ fn dispatch(
                 .filter(|g| g.kind == *kind && g.node == *node)
                 .filter(|g| token.has(&format!("/vms/{}", g.vmid), "VM.Audit"))
                 .map(|g| match kind {
-                    GuestType::Qemu => render::qemu_list_row(g, now, version, full),
-                    GuestType::Lxc => render::lxc_list_row(g, now, version),
+                    GuestType::Qemu => render::qemu_list_row(g, live, version, full),
+                    GuestType::Lxc => render::lxc_list_row(g, live, version),
                 })
                 .collect();
             list(rows)
@@ -750,14 +752,14 @@ fn dispatch(
                 ))
             })?;
             Ok(Reply::data(match kind {
-                GuestType::Qemu => render::qemu_current(guest, now, version),
-                GuestType::Lxc => render::lxc_current(guest, now, version),
+                GuestType::Qemu => render::qemu_current(guest, live, version),
+                GuestType::Lxc => render::lxc_current(guest, live, version),
             }))
         }
         Route::GuestAction {
             node, kind, action, ..
         } => guest_action(state, node, *kind, *action, params, token, now),
-        Route::NodeStorage { node } => list(node_storage(state, node, params, token)),
+        Route::NodeStorage { node } => list(node_storage(state, node, params, token, live)),
         Route::StorageContent { node, storage } => {
             let storage = state
                 .world
@@ -868,7 +870,7 @@ fn guest_action(
     Ok(Reply::data(Value::String(upid)))
 }
 
-fn node_storage(state: &State, node: &str, params: &Params, token: &Token) -> Vec<Value> {
+fn node_storage(state: &State, node: &str, params: &Params, token: &Token, t: f64) -> Vec<Value> {
     let contents: Vec<&str> = params
         .str("content")
         .map(|c| c.split(',').filter(|c| !c.is_empty()).collect())
@@ -890,7 +892,14 @@ fn node_storage(state: &State, node: &str, params: &Params, token: &Token) -> Ve
             )
         })
         .map(|s| {
-            render::node_storage_row(&state.world, s, node, state.version, params.flag("format"))
+            render::node_storage_row(
+                &state.world,
+                s,
+                node,
+                state.version,
+                params.flag("format"),
+                t,
+            )
         })
         .collect()
 }

@@ -8,10 +8,14 @@
 //! the lifecycle actions, real UPIDs and task logs, vzdump with progress lines and new
 //! backups, and figures that move with time.
 //!
-//! Like a real cluster, `/cluster/resources` and `/nodes` show figures from the last
-//! pvestatd broadcast, which happens every 10 s, while `status/current` and node status are
-//! live. Tests that want live figures everywhere set `stats_interval_ms: 0` with
-//! [`Sim::set_config`] (or `POST /_sim/config`).
+//! The world moves as a real one does: uptimes advance, traffic and I/O counters grow,
+//! cpu and memory wobble, node and storage usage drift slowly. Like a real cluster,
+//! `/cluster/resources` and `/nodes` show figures from the last pvestatd broadcast, which
+//! happens every 10 s (at a random offset from the simulator's start, each broadcast up
+//! to 0.5 s late), while `status/current` and node status are live. Tests that want live
+//! figures everywhere set `stats_interval_ms: 0` with [`Sim::set_config`] (or
+//! `POST /_sim/config`); tests that need a still world ask for it with
+//! [`SimOptions::frozen`] (`pve2mqtt sim --frozen`) or `{"frozen": true}`.
 //!
 //! Layout:
 //! - `world`: nodes, guests, storages, volumes; seed and generated worlds; figures as
@@ -35,6 +39,7 @@
 
 mod access;
 mod api;
+mod clock;
 mod control;
 mod params;
 mod render;
@@ -45,6 +50,8 @@ mod tasks;
 mod tls;
 mod world;
 
+#[cfg(test)]
+mod motion_tests;
 #[cfg(test)]
 mod tests;
 
@@ -101,6 +108,14 @@ pub struct SimOptions {
     pub task_duration: Duration,
     /// The pve-manager version to imitate, e.g. `9.1.5` (reference §7.9 switches).
     pub pve_version: String,
+    /// How often the cluster-wide figures refresh (pvestatd: 10 s); zero = live.
+    pub stats_interval: Duration,
+    /// Every figure stays as it is at the start (uptimes, counters, cpu, memory, usage)
+    /// until `POST /_sim/config {"frozen": false}`; state changes (start, stop, …) still
+    /// happen.
+    pub frozen: bool,
+    /// Share of running guests in a generated world, in percent (default 85).
+    pub running_percent: u32,
 }
 
 impl Default for SimOptions {
@@ -115,9 +130,15 @@ impl Default for SimOptions {
             proxy_offline_delay: Duration::from_secs(5),
             task_duration: Duration::from_secs(1),
             pve_version: "9.1.5".to_string(),
+            stats_interval: Duration::from_secs(10),
+            frozen: false,
+            running_percent: DEFAULT_RUNNING_PERCENT,
         }
     }
 }
+
+/// Share of running guests in a generated world, in percent.
+pub const DEFAULT_RUNNING_PERCENT: u32 = 85;
 
 /// Command-line options of `pve2mqtt sim`.
 #[derive(clap::Args, Debug, Clone)]
@@ -149,6 +170,16 @@ pub struct SimArgs {
     /// Proxmox VE version to imitate.
     #[arg(long, default_value = "9.1.5")]
     pub pve_version: String,
+    /// How often the cluster-wide figures refresh, as pvestatd does (0s = live).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stats_interval: Duration,
+    /// A still world: uptimes, counters, cpu, memory and usage never change (state
+    /// changes such as start and stop still happen).
+    #[arg(long)]
+    pub frozen: bool,
+    /// Percentage of running guests in a generated world (0-100).
+    #[arg(long, default_value_t = DEFAULT_RUNNING_PERCENT, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub running: u32,
 }
 
 impl SimArgs {
@@ -163,6 +194,9 @@ impl SimArgs {
             proxy_offline_delay: self.offline_delay,
             task_duration: self.task_duration,
             pve_version: self.pve_version,
+            stats_interval: self.stats_interval,
+            frozen: self.frozen,
+            running_percent: self.running,
         }
     }
 }
@@ -331,8 +365,8 @@ fn build_state(opts: &SimOptions, fingerprint: &str) -> anyhow::Result<State> {
         (nodes, guests) => {
             let nodes = nodes.unwrap_or(3);
             World::generate(
-                nodes,
-                guests.unwrap_or(nodes * 10),
+                (nodes, guests.unwrap_or(nodes * 10)),
+                opts.running_percent,
                 now,
                 version,
                 fingerprint,
@@ -343,8 +377,15 @@ fn build_state(opts: &SimOptions, fingerprint: &str) -> anyhow::Result<State> {
         auth_failure_delay: opts.auth_failure_delay,
         proxy_offline_delay: opts.proxy_offline_delay,
         task_duration: opts.task_duration,
-        stats_interval: Duration::from_secs(10),
-        stats_epoch: now,
+        stats: {
+            // The first broadcast came at a random point before the start, so broadcasts
+            // fall anywhere within a client's poll cycle.
+            let interval = opts.stats_interval;
+            let offset = fastrand::f64() * interval.as_secs_f64();
+            let mut clock = clock::StatsClock::moving(interval, now, offset, fastrand::u64(..));
+            clock.set_frozen(opts.frozen, now);
+            clock
+        },
     };
     Ok(State::new(
         world,

@@ -91,15 +91,7 @@ fn guest_common(guest: &Guest, t: f64, version: PveVersion) -> Row {
     put(&mut row, "mem", metrics.mem);
     put(&mut row, "maxmem", guest.maxmem);
     put(&mut row, "maxdisk", guest.maxdisk);
-    put(
-        &mut row,
-        "disk",
-        if guest.kind == GuestType::Lxc && running {
-            guest.disk_used
-        } else {
-            0
-        },
-    );
+    put(&mut row, "disk", guest.disk_at(t));
     put(&mut row, "diskread", metrics.diskread);
     put(&mut row, "diskwrite", metrics.diskwrite);
     put(&mut row, "netin", metrics.netin);
@@ -296,12 +288,7 @@ fn guest_resource<'a>(
         row.put("maxcpu", guest.cpus);
         row.put("mem", metrics.mem);
         row.put("maxmem", guest.maxmem);
-        let disk = if guest.kind == GuestType::Lxc && guest.power.process_running() {
-            guest.disk_used
-        } else {
-            0
-        };
-        row.put("disk", disk);
+        row.put("disk", guest.disk_at(t));
         row.put("maxdisk", guest.maxdisk);
         row.put("diskread", metrics.diskread);
         row.put("diskwrite", metrics.diskwrite);
@@ -328,7 +315,7 @@ fn node_stats(row: &mut Row, node: &Node, t: f64) {
     put(row, "maxcpu", node.maxcpu);
     put(row, "mem", node.mem_used(t));
     put(row, "maxmem", node.maxmem);
-    put(row, "disk", node.rootfs_used);
+    put(row, "disk", node.rootfs_used_at(t));
     put(row, "maxdisk", node.rootfs_total);
     put(row, "uptime", node.uptime(t));
 }
@@ -347,7 +334,7 @@ fn node_resource(node: &Node, audit: bool, t: f64, version: PveVersion) -> FlatR
             row.put("maxcpu", node.maxcpu);
             row.put("mem", node.mem_used(t));
             row.put("maxmem", node.maxmem);
-            row.put("disk", node.rootfs_used);
+            row.put("disk", node.rootfs_used_at(t));
             row.put("maxdisk", node.rootfs_total);
             row.put("uptime", node.uptime(t));
         }
@@ -358,7 +345,12 @@ fn node_resource(node: &Node, audit: bool, t: f64, version: PveVersion) -> FlatR
     row
 }
 
-fn storage_resource<'a>(world: &World, storage: &'a Storage, node: &'a Node) -> FlatRow<'a> {
+fn storage_resource<'a>(
+    world: &World,
+    storage: &'a Storage,
+    node: &'a Node,
+    t: f64,
+) -> FlatRow<'a> {
     let mut row = FlatRow::with_capacity(10);
     row.put("id", format!("storage/{}/{}", node.name, storage.id));
     row.put("storage", storage.id.as_str());
@@ -369,7 +361,7 @@ fn storage_resource<'a>(world: &World, storage: &'a Storage, node: &'a Node) -> 
     row.put("shared", u64::from(storage.shared));
     if node.online {
         row.put("status", "available");
-        row.put("disk", world.storage_used(storage, &node.name));
+        row.put("disk", world.storage_used(storage, &node.name, t));
         row.put("maxdisk", storage.total);
     } else {
         row.put("status", "unknown");
@@ -490,7 +482,7 @@ pub fn cluster_resources<'a>(
                     &format!("/storage/{}", storage.id),
                     &["Datastore.Audit", "Datastore.AllocateSpace"],
                 ) {
-                    rows.push(storage_resource(world, storage, node));
+                    rows.push(storage_resource(world, storage, node, t));
                 }
             }
         }
@@ -578,7 +570,8 @@ pub fn node_status(node: &Node, version: PveVersion, t: f64) -> Value {
         "#1 SMP PREEMPT_DYNAMIC PMX {} (2025-12-03T15:42Z)",
         kernel.trim_end_matches("-pve")
     );
-    let rootfs_free = node.rootfs_total - node.rootfs_used;
+    let rootfs_used = node.rootfs_used_at(t);
+    let rootfs_free = node.rootfs_total - rootfs_used;
     let mhz = 2400.0 + 500.0 * ((t / 7.0).sin() + 1.0) / 2.0;
     json!({
         "uptime": node.uptime(t),
@@ -619,7 +612,7 @@ pub fn node_status(node: &Node, version: PveVersion, t: f64) -> Value {
         "ksm": {"shared": 150_302_720},
         "rootfs": {
             "total": node.rootfs_total,
-            "used": node.rootfs_used,
+            "used": rootfs_used,
             "free": rootfs_free,
             "avail": rootfs_free - rootfs_free / 16,
         },
@@ -633,8 +626,9 @@ pub fn node_storage_row(
     node: &str,
     version: PveVersion,
     with_formats: bool,
+    t: f64,
 ) -> Value {
-    let used = world.storage_used(storage, node);
+    let used = world.storage_used(storage, node, t);
     let mut row = Row::new();
     put(&mut row, "storage", storage.id.as_str());
     put(&mut row, "type", storage.plugintype.as_str());

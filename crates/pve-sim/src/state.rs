@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use super::access::Token;
+use super::clock::StatsClock;
 use super::tasks::{
     schedule_lifecycle, schedule_vzdump, Effect, PendingVzdump, Plan, Schedule, Task, TaskEffect,
     TaskOverride, Upid, VzdumpGuest, VzdumpJob,
@@ -31,25 +32,20 @@ pub(crate) struct RuntimeConfig {
     pub auth_failure_delay: Duration,
     pub proxy_offline_delay: Duration,
     pub task_duration: Duration,
-    /// How often cluster-wide figures refresh (pvestatd broadcasts every 10 s); zero = live.
-    pub stats_interval: Duration,
-    /// Unix time the stats windows count from: the simulator's start, and again each
-    /// time the interval changes, so a long interval set by a test freezes the figures
-    /// from that moment on instead of ending at the next wall-clock multiple.
-    pub stats_epoch: f64,
+    /// Which instant's figures each endpoint shows (pvestatd's cadence, or frozen).
+    pub stats: StatsClock,
 }
 
 impl RuntimeConfig {
-    /// The instant whose figures `/cluster/resources` and `/nodes` show: the start of the
-    /// current stats window, as those endpoints read the last pvestatd broadcast.
+    /// The instant whose figures `/cluster/resources` and `/nodes` show: the last
+    /// pvestatd broadcast.
     pub fn stats_time(&self, now: f64) -> f64 {
-        let interval = self.stats_interval.as_secs_f64();
-        if interval <= 0.0 {
-            now
-        } else {
-            let since_epoch = (now - self.stats_epoch).max(0.0);
-            self.stats_epoch + (since_epoch / interval).floor() * interval
-        }
+        self.stats.stats_time(now)
+    }
+
+    /// The instant whose figures the live endpoints show (`now` unless frozen).
+    pub fn live_time(&self, now: f64) -> f64 {
+        self.stats.live_time(now)
     }
 
     /// The delay before the HA manager acts on a `hastart`/`hastop` request.
@@ -227,6 +223,9 @@ pub struct ConfigPatch {
     /// How often cluster-wide figures refresh (real: 10 s); 0 = live.
     #[serde(default)]
     pub stats_interval_ms: Option<u64>,
+    /// `true` freezes every figure as currently shown (nothing moves until `false`).
+    #[serde(default)]
+    pub frozen: Option<bool>,
 }
 
 /// A scheduled effect of a task.
@@ -1032,8 +1031,10 @@ impl Sim {
             config.task_duration = Duration::from_millis(ms);
         }
         if let Some(ms) = patch.stats_interval_ms {
-            config.stats_interval = Duration::from_millis(ms);
-            config.stats_epoch = now();
+            config.stats.set_interval(Duration::from_millis(ms), now());
+        }
+        if let Some(frozen) = patch.frozen {
+            config.stats.set_frozen(frozen, now());
         }
     }
 
@@ -1043,7 +1044,8 @@ impl Sim {
             auth_failure_delay_ms: Some(config.auth_failure_delay.as_millis() as u64),
             proxy_offline_delay_ms: Some(config.proxy_offline_delay.as_millis() as u64),
             task_duration_ms: Some(config.task_duration.as_millis() as u64),
-            stats_interval_ms: Some(config.stats_interval.as_millis() as u64),
+            stats_interval_ms: Some(config.stats.interval.as_millis() as u64),
+            frozen: Some(config.stats.frozen_at.is_some()),
         }
     }
 
@@ -1087,7 +1089,7 @@ impl Sim {
     /// The truth, for tests to compare with what the bridge publishes.
     pub fn world_json(&self) -> Value {
         let state = self.lock();
-        let at = now();
+        let at = state.config.live_time(now());
         let world = &state.world;
         let nodes: Vec<Value> = world
             .nodes
@@ -1180,8 +1182,7 @@ mod tests {
                 auth_failure_delay: Duration::ZERO,
                 proxy_offline_delay: Duration::ZERO,
                 task_duration: Duration::from_secs(1),
-                stats_interval: Duration::ZERO,
-                stats_epoch: 0.0,
+                stats: StatsClock::live(),
             },
             Token {
                 full_id: "root@pam!t".into(),
@@ -1206,26 +1207,6 @@ mod tests {
             command_line: format!("vzdump {vmids:?}"),
             guests: Vec::new(),
         }
-    }
-
-    #[test]
-    fn stats_windows_count_from_the_epoch_not_from_wall_clock_multiples() {
-        let config = RuntimeConfig {
-            auth_failure_delay: Duration::ZERO,
-            proxy_offline_delay: Duration::ZERO,
-            task_duration: Duration::ZERO,
-            stats_interval: Duration::from_secs(3600),
-            stats_epoch: 7_199.0,
-        };
-        // 7200 is a wall-clock hour boundary; the window that began at 7199 goes on.
-        assert_eq!(config.stats_time(7_199.5), 7_199.0);
-        assert_eq!(config.stats_time(7_201.0), 7_199.0);
-        assert_eq!(config.stats_time(10_799.0), 10_799.0);
-        let live = RuntimeConfig {
-            stats_interval: Duration::ZERO,
-            ..config
-        };
-        assert_eq!(live.stats_time(7_201.5), 7_201.5);
     }
 
     #[test]

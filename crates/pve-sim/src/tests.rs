@@ -979,6 +979,10 @@ fn cli_arguments_have_the_documented_defaults() {
     assert_eq!(options.proxy_offline_delay, Duration::from_secs(5));
     assert_eq!(options.task_duration, Duration::from_secs(1));
     assert_eq!(options.pve_version, "9.1.5");
+    // By default the world moves on pvestatd's cadence.
+    assert_eq!(options.stats_interval, Duration::from_secs(10));
+    assert!(!options.frozen);
+    assert_eq!(options.running_percent, DEFAULT_RUNNING_PERCENT);
     let custom = Cli::try_parse_from([
         "sim",
         "--listen",
@@ -996,6 +1000,11 @@ fn cli_arguments_have_the_documented_defaults() {
         "250ms",
         "--pve-version",
         "8.4.1",
+        "--frozen",
+        "--stats-interval",
+        "5s",
+        "--running",
+        "90",
     ])
     .expect("custom parse")
     .sim
@@ -1004,6 +1013,10 @@ fn cli_arguments_have_the_documented_defaults() {
     assert_eq!(custom.nodes, Some(3));
     assert_eq!(custom.guests, Some(40));
     assert_eq!(custom.task_duration, Duration::from_millis(250));
+    assert!(custom.frozen);
+    assert_eq!(custom.stats_interval, Duration::from_secs(5));
+    assert_eq!(custom.running_percent, 90);
+    assert!(Cli::try_parse_from(["sim", "--running", "101"]).is_err());
 }
 
 #[tokio::test]

@@ -278,6 +278,18 @@ impl Guest {
         }
     }
 
+    /// Used root disk space at `t`: what a running container reports, swinging by ±0.5 %
+    /// over about 20 minutes as logs and caches grow and are pruned (0 for VMs, which
+    /// report nothing without the agent, and for stopped guests).
+    pub fn disk_at(&self, t: f64) -> u64 {
+        if self.kind != GuestType::Lxc || !self.power.process_running() {
+            return 0;
+        }
+        let p = phase(self.vmid + 11);
+        (self.disk_used as f64 * (1.0 + 0.005 * (t / 1_200.0 + p).sin()))
+            .clamp(0.0, self.maxdisk as f64) as u64
+    }
+
     /// Puts the guest into the running state as of `t` (counters restart from zero).
     pub fn start_at(&mut self, t: f64, pid: u32) {
         self.power = PowerState::Running;
@@ -316,6 +328,14 @@ impl Node {
 
     pub fn uptime(&self, t: f64) -> u64 {
         (t - self.boot_time).max(0.0) as u64
+    }
+
+    /// Used root file system at `t`: swings by ±0.1 % of its size over about half an hour
+    /// (logs rotate, caches fill), as on a real host.
+    pub fn rootfs_used_at(&self, t: f64) -> u64 {
+        let p = phase(self.nodeid + 5);
+        let swing = self.rootfs_total as f64 * 0.001 * (t / 1_800.0 + p).sin();
+        (self.rootfs_used as f64 + swing).clamp(0.0, self.rootfs_total as f64) as u64
     }
 
     /// The 1, 5 and 15 minute load averages.
@@ -621,12 +641,12 @@ impl World {
     }
 
     /// A generated cluster `simcluster` with nodes `pve1..pveN` and guests from vmid 100:
-    /// about 2/3 VMs, 1/3 containers, most running, a few templates, tags, pools and
+    /// about 2/3 VMs, 1/3 containers, `running_percent` % running, a few templates, tags, pools and
     /// HA-managed guests; `local` + `local-lvm` per node and a shared `nfs-backup` that
     /// holds the backups. Deterministic: the same sizes always give the same world.
     pub fn generate(
-        node_count: usize,
-        guest_count: usize,
+        (node_count, guest_count): (usize, usize),
+        running_percent: u32,
         now: f64,
         version: PveVersion,
         local_fingerprint: &str,
@@ -685,7 +705,7 @@ impl World {
             let word = words[index % words.len()];
             let name = format!("{word}-{:02}", index / words.len() + 1);
             let roll = rng.u32(0..100);
-            let power = if roll < 85 {
+            let power = if roll < running_percent {
                 PowerState::Running
             } else {
                 PowerState::Stopped
@@ -898,8 +918,10 @@ impl World {
         })
     }
 
-    /// Used bytes of a storage on a node: its base plus tracked volumes and guest disks.
-    pub fn storage_used(&self, storage: &Storage, node: &str) -> u64 {
+    /// Used bytes of a storage on a node at `t`: its base plus tracked volumes and guest
+    /// disks, plus a slow swing of ±0.2 % of its size over about an hour (thin volumes
+    /// fill and are trimmed, logs grow and rotate).
+    pub fn storage_used(&self, storage: &Storage, node: &str, t: f64) -> u64 {
         let volumes: u64 = self.volumes_on(storage, node).map(|v| v.size).sum();
         let disks: u64 = if storage.supports("images") {
             self.guests
@@ -910,7 +932,14 @@ impl World {
         } else {
             0
         };
-        (storage.base_used + volumes + disks).min(storage.total)
+        let seed = storage
+            .id
+            .bytes()
+            .chain(node.bytes())
+            .fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        let swing = storage.total as f64 * 0.002 * (t / 3_600.0 + phase(seed)).sin();
+        let used = (storage.base_used + volumes + disks) as f64 + swing;
+        used.clamp(0.0, storage.total as f64) as u64
     }
 
     /// The smallest unused process id above the guests' (for new guest processes).
@@ -993,7 +1022,13 @@ mod tests {
 
     #[test]
     fn generated_world_has_the_requested_size_and_mix() {
-        let world = World::generate(10, 5000, now(), PveVersion::parse("9.1.5").unwrap(), "AA");
+        let world = World::generate(
+            (10, 5000),
+            85,
+            now(),
+            PveVersion::parse("9.1.5").unwrap(),
+            "AA",
+        );
         assert_eq!(world.nodes.len(), 10);
         assert_eq!(world.guests.len(), 5000);
         let lxc = world

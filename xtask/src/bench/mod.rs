@@ -5,8 +5,11 @@
 //! the bridge costs Proxmox, the broker and the host:
 //! - Proxmox requests per fast-lane poll and per slow-lane round, by endpoint (the
 //!   simulator's `/_sim/counters` and `/_sim/requests`);
-//! - MQTT messages and bytes per poll when nothing changed (the simulator's cluster-wide
-//!   figures frozen) and when 5 % of the guests changed between two polls;
+//! - MQTT messages and bytes per poll in two worlds, side by side: the *frozen* world (the
+//!   simulator started with `--frozen`: nothing moves, and 5 % of the guests change state
+//!   between two polls in a second phase) and the *moving* world (the simulator's figures
+//!   move on pvestatd's 10 s cadence, not aligned with the polls: counters grow, uptimes
+//!   advance, cpu and memory wobble, usage drifts);
 //! - bridge CPU time per poll (`/proc/<pid>/stat` utime+stime) and peak RSS (`VmHWM`);
 //! - time from the bridge's start to its last discovery message, and whether every
 //!   discovery payload reached the broker (a fresh subscriber counts the retained copies);
@@ -31,7 +34,7 @@ pub const BASE: &str = "pve2mqtt";
 pub const DISCOVERY_PREFIX: &str = "homeassistant";
 /// The cluster id the simulator's generated world gets.
 pub const CLUSTER: &str = "simcluster";
-/// Fast lane (`poll.interval`) and slow lane (`poll.slow_interval`), seconds.
+/// The default fast lane (`poll.interval`) and the slow lane (`poll.slow_interval`), seconds.
 pub const POLL_INTERVAL: f64 = 2.0;
 pub const SLOW_INTERVAL: f64 = 20.0;
 /// The simulator's lifecycle task length.
@@ -70,6 +73,25 @@ pub struct BenchArgs {
     /// Experiment: Mosquitto with `set_tcp_nodelay true` (default: Mosquitto's default, off).
     #[arg(long)]
     pub broker_nodelay: bool,
+    /// Polls measured in the moving world (after one to let the thaw pass).
+    #[arg(long, default_value_t = 10)]
+    pub moving_polls: usize,
+    #[command(flatten)]
+    pub world: WorldArgs,
+}
+
+/// The simulated world and the bridge's polling.
+#[derive(Args, Clone, Debug)]
+pub struct WorldArgs {
+    /// The bridge's `poll.interval`, seconds (issue 10's scenario: 5).
+    #[arg(long, default_value_t = POLL_INTERVAL)]
+    pub poll_interval: f64,
+    /// Percentage of running guests in the generated world (issue 10's scenario: 90).
+    #[arg(long, default_value_t = 85)]
+    pub running: u32,
+    /// The simulator's pvestatd cadence in the moving world (default: the simulator's, 10s).
+    #[arg(long)]
+    pub stats_interval: Option<String>,
 }
 
 pub(crate) fn log(message: &str) {
@@ -119,8 +141,11 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "pve2mqtt benchmark, {date}, commit {}, {cpus} CPUs, load average {load} at start; poll.interval {POLL_INTERVAL:.0} s, poll.slow_interval {SLOW_INTERVAL:.0} s, simulator task length {TASK_DURATION_MS} ms",
-        if commit.is_empty() { "?" } else { &commit }
+        "pve2mqtt benchmark, {date}, commit {}, {cpus} CPUs, load average {load} at start; poll.interval {} s, poll.slow_interval {SLOW_INTERVAL:.0} s, simulator task length {TASK_DURATION_MS} ms, {} % of guests running, moving world on the simulator's {} cadence",
+        if commit.is_empty() { "?" } else { &commit },
+        args.world.poll_interval,
+        args.world.running,
+        args.world.stats_interval.as_deref().unwrap_or("10s"),
     );
     let mut results = Vec::new();
     for (index, &(nodes, guests)) in sizes.iter().enumerate() {
@@ -154,7 +179,14 @@ async fn run_size(
         "=== {nodes} node(s) x {guests} guests (logs in {})",
         dir.display()
     ));
-    let mut run = SizeRun::start(binary, nodes, guests, dir.clone(), args.broker_nodelay).await?;
+    let mut run = SizeRun::start(
+        binary,
+        (nodes, guests),
+        &args.world,
+        dir.clone(),
+        args.broker_nodelay,
+    )
+    .await?;
     let result = measure(&mut run, args, isolated).await;
     run.teardown().await;
     if !args.keep_logs {
@@ -169,12 +201,20 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
     run.wait_first_slow_round().await?;
     // Let rates settle (the first polls after start have no previous counters).
     run.timeline
-        .wait_poll_after(run.origin, run.now(), POLL_INTERVAL * 3.0)
+        .wait_poll_after(run.origin, run.now(), run.poll_interval * 3.0)
         .await?;
-    log("idle polls");
+    log("frozen world: idle polls");
     let mut idle = run.run_windows(args.idle_polls, 0.0).await?;
-    log("polls with 5 % of guests changed");
+    log("frozen world: polls with 5 % of guests changed");
     let mut changed = run.run_windows(args.changed_polls, 0.05).await?;
+    let frozen_peak = run.status_mb("VmHWM");
+    log("moving world: the simulator's figures move on pvestatd's cadence");
+    run.set_frozen(false).await?;
+    // The first poll after the thaw sees every figure jump at once: not a steady poll.
+    let mut moving = run.run_windows(args.moving_polls + 1, 0.0).await?;
+    moving.remove(0);
+    run.set_frozen(true).await?;
+    let moving_peak = run.status_mb("VmHWM");
     log(&format!(
         "commands: {} in a burst (one every 50 ms)",
         args.commands
@@ -187,6 +227,7 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
     }
     run.classify_slow(&mut idle);
     run.classify_slow(&mut changed);
+    run.classify_slow(&mut moving);
     let windows = |ws: &[Window], f: &dyn Fn(&Window) -> bool| {
         summarise_windows(&ws.iter().filter(|w| f(w)).collect::<Vec<_>>())
     };
@@ -207,6 +248,24 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
         "changed".into(),
         windows(&changed, &|w| !w.slow_view && !w.split),
     );
+    // The two worlds side by side, on the same footing: every poll of the phase. (In the
+    // moving world a broadcast that a slow-lane round's view follows is published then,
+    // so leaving those windows out would drop a share of the broadcasts.)
+    r.insert("frozen".into(), windows(&idle, &|_| true));
+    r.insert("moving".into(), windows(&moving, &|_| true));
+    // With polls faster than pvestatd's 10 s, some polls see a new broadcast and some
+    // do not: both kinds, apart.
+    let saw_broadcast = |w: &Window| w.messages.get("guest").copied().unwrap_or(0) > 0;
+    r.insert(
+        "moving_broadcast".into(),
+        windows(&moving, &|w| saw_broadcast(w)),
+    );
+    r.insert(
+        "moving_between".into(),
+        windows(&moving, &|w| !saw_broadcast(w)),
+    );
+    r.insert("rss_peak_frozen_mb".into(), json!(frozen_peak));
+    r.insert("rss_peak_moving_mb".into(), json!(moving_peak));
     r.insert(
         "changed_split_windows".into(),
         json!(changed.iter().filter(|w| w.split).count()),

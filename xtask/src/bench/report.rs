@@ -258,6 +258,7 @@ pub fn print_tables(r: &Value) {
             fmt(&s["cpu_ms_per_poll"], 1)
         ));
     }
+    out.extend(worlds_table(r));
     out.push(String::new());
     out.push("| start-up and totals | |".into());
     out.push("|---|---|".into());
@@ -342,6 +343,83 @@ pub fn print_tables(r: &Value) {
         }
     }
     println!("{}", out.join("\n"));
+}
+
+/// The frozen and the moving world side by side (issue 10).
+pub fn worlds_table(r: &Value) -> Vec<String> {
+    let (frozen, moving) = (&r["frozen"], &r["moving"]);
+    if moving["polls"].as_u64().unwrap_or(0) == 0 {
+        return Vec::new();
+    }
+    let k = f(&r["guests"]) / 1000.0;
+    let per_k = |s: &Value| match s["cpu_ms_per_poll"].as_f64() {
+        Some(cpu) if k > 0.0 => format!("{:.1}", cpu / k),
+        _ => "-".into(),
+    };
+    let mut out = vec![
+        String::new(),
+        format!(
+            "| per poll ({} of {} guests running, poll.interval {} s, every poll of the phase) | frozen world | moving world |",
+            r["running_guests"], r["guests"], r["poll_interval_s"]
+        ),
+        "|---|---|---|".into(),
+    ];
+    let mut row = |label: &str, a: String, b: String| out.push(format!("| {label} | {a} | {b} |"));
+    row(
+        "polls",
+        frozen["polls"].to_string(),
+        moving["polls"].to_string(),
+    );
+    row(
+        "MQTT messages",
+        fmt(&frozen["messages_per_poll"], 1),
+        fmt(&moving["messages_per_poll"], 1),
+    );
+    row(
+        "messages by topic class (total)",
+        classes(&frozen["messages_by_class"]),
+        classes(&moving["messages_by_class"]),
+    );
+    row(
+        "MQTT bytes",
+        fmt(&frozen["bytes_per_poll"], 0),
+        fmt(&moving["bytes_per_poll"], 0),
+    );
+    row(
+        "bridge CPU ms",
+        fmt(&frozen["cpu_ms_per_poll"], 1),
+        fmt(&moving["cpu_ms_per_poll"], 1),
+    );
+    row(
+        "bridge CPU ms per 1,000 guests",
+        per_k(frozen),
+        per_k(moving),
+    );
+    let (hit, between) = (&r["moving_broadcast"], &r["moving_between"]);
+    row(
+        "moving world, polls with guest messages / polls without: polls, MQTT messages, bridge CPU ms",
+        "-".into(),
+        format!(
+            "{}, {}, {} / {}, {}, {}",
+            hit["polls"],
+            fmt(&hit["messages_per_poll"], 1),
+            fmt(&hit["cpu_ms_per_poll"], 1),
+            between["polls"],
+            fmt(&between["messages_per_poll"], 1),
+            fmt(&between["cpu_ms_per_poll"], 1)
+        ),
+    );
+    row(
+        "simulator CPU ms (for scale)",
+        fmt(&frozen["sim_cpu_ms_per_poll"], 1),
+        fmt(&moving["sim_cpu_ms_per_poll"], 1),
+    );
+    row(
+        "bridge peak RSS (VmHWM) by the end of the phase, MiB",
+        fmt(&r["rss_peak_frozen_mb"], 1),
+        fmt(&r["rss_peak_moving_mb"], 1),
+    );
+    out
 }
 
 /// Issue 5's targets, judged on what was measured.
@@ -481,6 +559,32 @@ pub fn print_targets(results: &[Value]) {
                 "| CPU <= 5 ms per poll per 1,000 guests at 5,000 guests | {size}: {measured} | not judged (no 5,000-guest run; 10 ms clock ticks) |"
             ));
         }
+    }
+    // Issue 10's targets, set at 5,000 guests in the moving world.
+    if judged && big["moving"]["polls"].as_u64().unwrap_or(0) > 0 {
+        let moving = &big["moving"];
+        let msgs = f(&moving["messages_per_poll"]);
+        let share = if k > 0.0 { msgs / (k * 1000.0) } else { 0.0 };
+        row(
+            format!("moving world: MQTT messages per poll <= 10 % of guests ({size})"),
+            format!("{msgs:.0} ({:.0} %)", share * 100.0),
+            share <= 0.10,
+        );
+        let (frozen_cpu, moving_cpu) = (
+            f(&big["frozen"]["cpu_ms_per_poll"]) / k,
+            f(&moving["cpu_ms_per_poll"]) / k,
+        );
+        row(
+            format!("CPU <= 5 ms per poll per 1,000 guests, both worlds ({size})"),
+            format!("frozen {frozen_cpu:.1}, moving {moving_cpu:.1}"),
+            frozen_cpu <= 5.0 && moving_cpu <= 5.0,
+        );
+        let peak = f(&big["rss_peak_moving_mb"]).max(rss);
+        row(
+            format!("peak RSS <= 20 MiB ({size})"),
+            format!("{peak:.1} MiB"),
+            peak <= 20.0,
+        );
     }
     let empty = Map::new();
     let mut worst = (0.0, String::new(), String::new());

@@ -16,8 +16,7 @@ use super::latency::strip_ansi;
 use super::report::{topic_class, Window, STATE_CLASSES};
 use super::timeline::{Entry, Timeline};
 use super::{
-    log, BASE, DISCOVERY_PREFIX, FAST_ROUTE, POLL_INTERVAL, SLOW_INTERVAL, SLOW_ROUTES,
-    TASK_DURATION_MS,
+    log, BASE, DISCOVERY_PREFIX, FAST_ROUTE, SLOW_INTERVAL, SLOW_ROUTES, TASK_DURATION_MS,
 };
 use crate::mqtt::{Msg, Recorder};
 use crate::procs::{self, Mosquitto};
@@ -25,6 +24,8 @@ use crate::sim::Simulator;
 
 pub struct SizeRun {
     pub guests: u32,
+    /// The bridge's `poll.interval`, seconds.
+    pub poll_interval: f64,
     pub dir: PathBuf,
     pub(super) binary: PathBuf,
     pub origin: Instant,
@@ -51,11 +52,12 @@ pub(super) fn wall() -> f64 {
 impl SizeRun {
     pub async fn start(
         binary: &Path,
-        nodes: u32,
-        guests: u32,
+        (nodes, guests): (u32, u32),
+        world: &super::WorldArgs,
         dir: PathBuf,
         nodelay: bool,
     ) -> anyhow::Result<SizeRun> {
+        let poll_interval = world.poll_interval;
         let origin = Instant::now();
         // `max_queued_messages 0`: the default (1000) would make Mosquitto drop messages to
         // *this benchmark's* subscriber when it lags during a discovery burst; it has no
@@ -71,27 +73,26 @@ impl SizeRun {
             extra += "set_tcp_nodelay true\n";
         }
         let broker = procs::mosquitto(&dir, false, &extra)?;
-        let sim_args: Vec<String> = [
+        // The world starts frozen (the still phases); `set_frozen(false)` lets it move on
+        // pvestatd's 10 s cadence for the moving phase.
+        let mut sim_args: Vec<String> = [
             "--nodes",
             &nodes.to_string(),
             "--guests",
             &guests.to_string(),
             "--task-duration",
             &format!("{TASK_DURATION_MS}ms"),
+            "--running",
+            &world.running.to_string(),
+            "--frozen",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(interval) = &world.stats_interval {
+            sim_args.extend(["--stats-interval".to_string(), interval.clone()]);
+        }
         let sim = Arc::new(Simulator::start(binary, &sim_args, &dir.join("sim.log"))?);
-        // Freeze the cluster-wide figures at "now": stats_time = floor(now/I)*I stays at I
-        // for as long as now < 2*I, i.e. for decades.
-        let now_ms = (wall() * 1000.0) as u64;
-        sim.call(
-            Method::POST,
-            "/_sim/config",
-            Some(&json!({"stats_interval_ms": now_ms})),
-        )
-        .await?;
         let world = sim.get("/_sim/world").await?;
         let node_count = world["nodes"].as_array().map_or(0, Vec::len);
         let storage_rows: usize = world["storages"]
@@ -104,6 +105,10 @@ impl SizeRun {
             })
             .sum();
         let world_guests = world["guests"].as_array().cloned().unwrap_or_default();
+        let running = world_guests
+            .iter()
+            .filter(|g| g["status"] == "running")
+            .count();
         let expected_objects = 1 + node_count + world_guests.len() + storage_rows;
         let eligible = world_guests
             .iter()
@@ -115,11 +120,14 @@ impl SizeRun {
         result.insert("nodes".into(), json!(nodes));
         result.insert("guests".into(), json!(guests));
         result.insert("objects".into(), json!(expected_objects));
+        result.insert("running_guests".into(), json!(running));
+        result.insert("poll_interval_s".into(), json!(poll_interval));
+        let poll_ms = (poll_interval * 1000.0).round() as u64;
         std::fs::write(
             dir.join("pve2mqtt.toml"),
             format!(
                 "[proxmox]\nurl = \"{}\"\ntoken = \"{}\"\nfingerprint = \"{}\"\ntimeout = \"10s\"\n\n\
-                 [poll]\ninterval = \"{POLL_INTERVAL:.0}s\"\nslow_interval = \"{SLOW_INTERVAL:.0}s\"\n\n\
+                 [poll]\ninterval = \"{poll_ms}ms\"\nslow_interval = \"{SLOW_INTERVAL:.0}s\"\n\n\
                  [mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"pve2mqtt-bench\"\n",
                 sim.base,
                 crate::sim::TOKEN,
@@ -132,6 +140,7 @@ impl SizeRun {
         let timeline = Timeline::spawn(sim.clone(), origin);
         Ok(SizeRun {
             guests,
+            poll_interval,
             dir,
             binary: binary.to_path_buf(),
             origin,
@@ -301,10 +310,10 @@ impl SizeRun {
         count: usize,
         patch_fraction: f64,
     ) -> anyhow::Result<Vec<Window>> {
-        let half = POLL_INTERVAL / 2.0;
+        let half = self.poll_interval / 2.0;
         let poll = self
             .timeline
-            .wait_poll_after(self.origin, self.now(), POLL_INTERVAL * 3.0)
+            .wait_poll_after(self.origin, self.now(), self.poll_interval * 3.0)
             .await?;
         self.sleep_until(poll + half).await;
         let (mut start_t, mut start_cpu, mut start_sim, mut start_counters) = (
@@ -329,7 +338,7 @@ impl SizeRun {
             }
             let poll = self
                 .timeline
-                .wait_poll_after(self.origin, start_t, POLL_INTERVAL * 3.0)
+                .wait_poll_after(self.origin, start_t, self.poll_interval * 3.0)
                 .await?;
             self.sleep_until(poll + half).await;
             let (end_t, end_cpu, end_sim, end_counters) = (
@@ -367,6 +376,18 @@ impl SizeRun {
                 (end_t, end_cpu, end_sim, end_counters);
         }
         Ok(windows)
+    }
+
+    /// Freezes the simulator's figures, or lets them move on pvestatd's cadence.
+    pub async fn set_frozen(&self, frozen: bool) -> anyhow::Result<()> {
+        self.sim
+            .call(
+                Method::POST,
+                "/_sim/config",
+                Some(&json!({ "frozen": frozen })),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn sleep_until(&self, t: f64) {
