@@ -8,10 +8,22 @@
 //! backoff, and hands inbound messages on with `try_send`, so it can never deadlock
 //! against the publisher (which awaits on the client's request channel).
 //!
-//! The re-subscription goes to the front of the event loop's own pending queue, not into
-//! the request channel: after a reconnect during a discovery burst that channel is full
+//! The re-subscription (`subscriptions.rs`, which also retries refused ones) goes to the
+//! front of the event loop's own pending queue, not into the request channel: after a reconnect during a discovery burst that channel is full
 //! of the publisher's messages, and a subscription queued behind them (or refused by
 //! `try_subscribe`) would leave the bridge "online" and deaf.
+//!
+//! With several brokers (`mqtt.urls`, see [`Brokers`]), every failed attempt and every
+//! lost connection moves on to the next one, logged once per switch as
+//! `MQTT broker A unreachable (…), trying B`. The first switch after a working
+//! connection goes at once (a cluster node died; another one is likely up); every other
+//! attempt waits the usual backoff, so a whole cluster down is not a hot loop.
+
+mod brokers;
+mod subscriptions;
+
+pub use brokers::Brokers;
+pub use subscriptions::SUBSCRIBE_RETRIES;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +31,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    Request, Subscribe, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    TlsConfiguration, Transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::MqttConfig;
+use crate::config::{MqttBroker, MqttConfig};
 use crate::ha::topics::Topics;
 
 /// Outgoing packets larger than rumqttc's 10 KiB default would tear the connection down;
@@ -91,24 +103,36 @@ pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop)
     (client, eventloop)
 }
 
-/// Builds the client options: Last Will `offline` on `{base}/bridge/state` (retained,
-/// QoS 1), clean session (a stale command must never be replayed from a persistent
-/// session), TLS for `mqtts://`, credentials.
-pub fn options(cfg: &MqttConfig, topics: &Topics) -> anyhow::Result<MqttOptions> {
-    let mut opts = base_options(cfg, &cfg.client_id)?;
-    opts.set_last_will(LastWill::new(
-        topics.bridge_state(),
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-    ));
-    Ok(opts)
+/// The options of every configured broker: Last Will `offline` on `{base}/bridge/state`
+/// (retained, QoS 1), clean session (a stale command must never be replayed from a
+/// persistent session), TLS for `mqtts://`, credentials.
+pub fn brokers(cfg: &MqttConfig, topics: &Topics) -> anyhow::Result<Brokers> {
+    Brokers::new(cfg, |broker| {
+        let mut opts = broker_options(cfg, broker, &cfg.client_id)?;
+        opts.set_last_will(LastWill::new(
+            topics.bridge_state(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        Ok(opts)
+    })
 }
 
-/// Options without a Last Will, for short-lived connections (`check`, the demo's
-/// watcher) that must not touch the bridge state.
+/// Options for the first broker without a Last Will, for short-lived connections
+/// (`check`, the demo's watcher) that must not touch the bridge state.
 pub fn base_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let mut opts = MqttOptions::new(client_id, &cfg.host, cfg.port);
+    let first = cfg.brokers.first().context("no MQTT broker configured")?;
+    broker_options(cfg, first, client_id)
+}
+
+/// Options without a Last Will for one of the configured brokers.
+pub fn broker_options(
+    cfg: &MqttConfig,
+    broker: &MqttBroker,
+    client_id: &str,
+) -> anyhow::Result<MqttOptions> {
+    let mut opts = MqttOptions::new(client_id, &broker.host, broker.port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(true);
     opts.set_max_packet_size(MAX_INCOMING_PACKET_SIZE, MAX_PACKET_SIZE);
@@ -118,7 +142,7 @@ pub fn base_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOpt
         let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
         opts.set_credentials(user, password);
     }
-    if cfg.tls {
+    if broker.tls {
         opts.set_transport(Transport::Tls(tls_config(cfg)?));
     }
     Ok(opts)
@@ -149,14 +173,17 @@ fn backoff(failures: u32) -> Duration {
 /// Drives the event loop until the client's own Disconnect went out (clean stop) or
 /// `hard_stop` fires (the broker is unreachable at shutdown).
 ///
-/// `subscriptions` are (re)subscribed on every ConnAck, ahead of anything queued; `send`
-/// gets every [`LinkEvent`] and must not block (use `try_send`).
+/// `eventloop` must have been created with `brokers.options()`. `subscriptions` are
+/// (re)subscribed on every ConnAck, ahead of anything queued; `send` gets every
+/// [`LinkEvent`] and must not block (use `try_send`).
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
+    mut brokers: Brokers,
     subscriptions: Vec<String>,
     send: impl Fn(LinkEvent),
     hard_stop: CancellationToken,
 ) {
+    let mut subscriptions = subscriptions::Subscriptions::new(subscriptions);
     let mut failures: u32 = 0;
     let mut connected_at: Option<tokio::time::Instant> = None;
     loop {
@@ -166,32 +193,14 @@ pub async fn run_event_loop(
         };
         match polled {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                info!(code = ?ack.code, "connected to the MQTT broker");
+                info!(code = ?ack.code, broker = %brokers.url(), "connected to the MQTT broker");
                 connected_at = Some(tokio::time::Instant::now());
-                if !subscriptions.is_empty() {
-                    let filters = subscriptions
-                        .iter()
-                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                    // The pending queue is served before the request channel and was just
-                    // cleared (clean session), so this goes out first.
-                    eventloop
-                        .pending
-                        .push_front(Request::Subscribe(Subscribe::new_many(filters)));
-                }
+                subscriptions.connected(&mut eventloop.pending);
                 send(LinkEvent::Connected);
             }
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => subscriptions.sent(pkid),
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .filter(|code| matches!(code, SubscribeReasonCode::Failure))
-                    .count();
-                if refused > 0 {
-                    warn!(
-                        refused,
-                        "the broker refused subscriptions (ACL?); commands on those topics are not received"
-                    );
-                }
+                subscriptions.acknowledged(&ack, &mut eventloop.pending);
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 if publish.payload.len() > MAX_INBOUND_PAYLOAD {
@@ -216,16 +225,35 @@ pub async fn run_event_loop(
             }
             Ok(_) => {}
             Err(err) => {
-                if let Some(since) = connected_at.take() {
+                let lost = connected_at.take();
+                if let Some(since) = lost {
                     if since.elapsed() >= STABLE_CONNECTION {
                         failures = 0;
                     }
-                    warn!(error = %describe(&err), retry_in = ?backoff(failures), "lost the MQTT connection; reconnecting");
                     send(LinkEvent::Disconnected);
-                } else {
-                    warn!(error = %describe(&err), retry_in = ?backoff(failures), "cannot connect to the MQTT broker");
                 }
-                let wait = backoff(failures);
+                // The first switch after a working connection goes at once: that node is
+                // gone, another one is likely up. A broker that drops us right after the
+                // ConnAck still backs off (`failures` was not reset).
+                let wait = if brokers.len() > 1 && lost.is_some() && failures == 0 {
+                    Duration::ZERO
+                } else {
+                    backoff(failures)
+                };
+                if brokers.len() > 1 {
+                    let from = brokers.url().to_owned();
+                    let to = brokers.advance().to_owned();
+                    let reason = match lost {
+                        Some(_) => format!("connection lost: {}", describe(&err)),
+                        None => describe(&err),
+                    };
+                    warn!(retry_in = ?wait, "MQTT broker {from} unreachable ({reason}), trying {to}");
+                    eventloop.mqtt_options = brokers.options().clone();
+                } else if lost.is_some() {
+                    warn!(error = %describe(&err), retry_in = ?wait, "lost the MQTT connection; reconnecting");
+                } else {
+                    warn!(error = %describe(&err), retry_in = ?wait, "cannot connect to the MQTT broker");
+                }
                 failures = failures.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
