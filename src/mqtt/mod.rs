@@ -15,9 +15,10 @@
 //!
 //! With several brokers (`mqtt.urls`, see [`Brokers`]), every failed attempt and every
 //! lost connection moves on to the next one, logged once per switch as
-//! `MQTT broker A unreachable (…), trying B`. The first switch after a working
-//! connection goes at once (a cluster node died; another one is likely up); every other
-//! attempt waits the usual backoff, so a whole cluster down is not a hot loop.
+//! `MQTT broker A unreachable (…), trying B`. The next broker is tried at once, and the
+//! usual backoff comes after each whole round of brokers: a dead cluster node costs
+//! nothing, and a whole cluster down (or one that drops the bridge right after the
+//! ConnAck) is still no hot loop.
 
 mod brokers;
 mod subscriptions;
@@ -164,10 +165,22 @@ fn tls_config(cfg: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// Backoff after connection errors: 1 s, doubling to 30 s, reset by a connection that
-/// lasted [`STABLE_CONNECTION`].
+/// Backoff after connection errors (with several brokers: after each round of them): 1 s,
+/// doubling to 30 s, reset by a connection that lasted [`STABLE_CONNECTION`].
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
+}
+
+/// How long to wait before the next attempt, after the `tried`-th failed one since the
+/// last stable connection: nothing until a whole round of `brokers` failed, then the
+/// backoff (which grows once per round).
+fn wait_before_next(tried: usize, brokers: usize, failures: &mut u32) -> Duration {
+    if tried % brokers.max(1) != 0 {
+        return Duration::ZERO;
+    }
+    let wait = backoff(*failures);
+    *failures = failures.saturating_add(1);
+    wait
 }
 
 /// Drives the event loop until the client's own Disconnect went out (clean stop) or
@@ -185,6 +198,8 @@ pub async fn run_event_loop(
 ) {
     let mut subscriptions = subscriptions::Subscriptions::new(subscriptions);
     let mut failures: u32 = 0;
+    // Failed attempts (and short-lived connections) since the last stable connection.
+    let mut tried: usize = 0;
     let mut connected_at: Option<tokio::time::Instant> = None;
     loop {
         let polled = tokio::select! {
@@ -229,17 +244,16 @@ pub async fn run_event_loop(
                 if let Some(since) = lost {
                     if since.elapsed() >= STABLE_CONNECTION {
                         failures = 0;
+                        tried = 0;
                     }
                     send(LinkEvent::Disconnected);
                 }
-                // The first switch after a working connection goes at once: that node is
-                // gone, another one is likely up. A broker that drops us right after the
-                // ConnAck still backs off (`failures` was not reset).
-                let wait = if brokers.len() > 1 && lost.is_some() && failures == 0 {
-                    Duration::ZERO
-                } else {
-                    backoff(failures)
-                };
+                // With several brokers, each failed attempt moves on to the next one at
+                // once, and the back-off comes after a whole round of them: a dead node
+                // costs nothing, and the attempts per back-off period stay bounded by the
+                // number of brokers (short-lived connections count as failed attempts).
+                tried = tried.saturating_add(1);
+                let wait = wait_before_next(tried, brokers.len(), &mut failures);
                 if brokers.len() > 1 {
                     let from = brokers.url().to_owned();
                     let to = brokers.advance().to_owned();
@@ -254,7 +268,6 @@ pub async fn run_event_loop(
                 } else {
                     warn!(error = %describe(&err), retry_in = ?wait, "cannot connect to the MQTT broker");
                 }
-                failures = failures.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = hard_stop.cancelled() => return,
@@ -270,5 +283,28 @@ fn describe(err: &ConnectionError) -> String {
             format!("broker refused the connection: {code:?}")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_several_brokers_the_backoff_comes_after_each_round_and_grows_per_round() {
+        let mut failures = 0;
+        let waits: Vec<u64> = (1..=9)
+            .map(|tried| wait_before_next(tried, 3, &mut failures).as_secs())
+            .collect();
+        assert_eq!(waits, [0, 0, 1, 0, 0, 2, 0, 0, 4]);
+    }
+
+    #[test]
+    fn with_one_broker_every_failure_waits_as_before() {
+        let mut failures = 0;
+        let waits: Vec<u64> = (1..=7)
+            .map(|tried| wait_before_next(tried, 1, &mut failures).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
     }
 }

@@ -178,6 +178,8 @@ pub fn spawn_bridge(path: &Path, envs: &[(&str, &str)]) -> tokio::process::Child
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A failing test must not leave a bridge running.
+        .kill_on_drop(true)
         .spawn()
         .expect("spawn pve2mqtt")
 }

@@ -3,8 +3,9 @@
 //!
 //! A 3-node NATS cluster with MQTT (crates/testkit), the simulator and the RELEASE bridge as
 //! separate processes; the bridge is given every node in `mqtt.urls`. Each round:
-//! 1. find the node the bridge is connected to (NATS monitoring, `/connz?mqtt_client=`);
-//! 2. a probe on another node subscribes to `bridge/state` and the task topics;
+//! 1. a probe on a node the bridge does not use subscribes to `bridge/state` and the task
+//!    topics, and a command round trip shows the cluster serves the bridge;
+//! 2. find the node the bridge is connected to (NATS monitoring, `/connz?mqtt_client=`);
 //! 3. kill that node (SIGKILL) and, from that instant, send a command every 250 ms through
 //!    the probe's node, each to another guest;
 //! 4. measure kill -> `online` on `bridge/state`, and kill -> the first command's `ok`;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use rumqttc::{Event, Packet, QoS};
+use rumqttc::{Event, Packet, QoS, SubscribeFilter};
 use serde_json::{json, Value};
 use testkit::NatsCluster;
 use tokio::time::Instant;
@@ -53,6 +54,8 @@ pub struct FailoverArgs {
 struct Round {
     killed: usize,
     moved_to: Option<usize>,
+    /// The bridge's own log: its first `connected to the MQTT broker` after the kill.
+    connected_ms: Option<f64>,
     online_ms: Option<f64>,
     result_ms: Option<f64>,
 }
@@ -115,9 +118,11 @@ pub async fn main(args: FailoverArgs) -> anyhow::Result<i32> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("bridge.stderr"))?)
+        .env("RUST_LOG", "info")
         .spawn()
         .context("starting the bridge")?;
-    let rounds = run_rounds(&mut nats, &guests, args.rounds).await;
+    let log_path = dir.join("bridge.stderr");
+    let rounds = run_rounds(&mut nats, &guests, args.rounds, &log_path).await;
     procs::terminate(&mut bridge, Duration::from_secs(10)).await;
     sim.stop().await;
     drop(nats);
@@ -133,26 +138,47 @@ async fn run_rounds(
     nats: &mut NatsCluster,
     guests: &[(String, u64)],
     rounds: usize,
+    bridge_log: &std::path::Path,
 ) -> anyhow::Result<Vec<Round>> {
     let ports = nats.mqtt_ports();
     let mut out = Vec::new();
     let mut sent = 0usize;
     for round in 0..rounds {
+        let before = wait_connected(nats).await?;
+        let probe_node = (before + 2) % ports.len();
+        let mut probe = probe(ports[probe_node], &format!("failover-probe-{round}")).await?;
+        // The cluster serves the bridge again: a command round trip before the kill.
+        let mut healthy = false;
+        let until = Instant::now() + Duration::from_secs(120);
+        while !healthy && Instant::now() < until {
+            let (kind, vmid) = &guests[sent % guests.len()];
+            sent += 1;
+            let id = format!("baseline-{round}-{sent}");
+            let payload = json!({"action": "reboot", "id": id}).to_string();
+            let topic = format!("{BASE}/{CLUSTER}/{kind}/{vmid}/set");
+            probe
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await?;
+            let wait = Instant::now() + Duration::from_secs(10);
+            while let Some(event) = probe.next(wait).await {
+                if let Ok(Event::Incoming(Packet::Publish(p))) = event {
+                    let report: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                    if report["id"] == json!(id) && report["state"] == "ok" {
+                        healthy = true;
+                        break;
+                    }
+                }
+            }
+        }
+        anyhow::ensure!(
+            healthy,
+            "round {}: no command result before the kill within 120 s",
+            round + 1
+        );
         let killed = wait_connected(nats).await?;
-        let probe_node = (killed + 2) % ports.len();
-        let mut probe = Link::connect(
-            ports[probe_node],
-            &format!("failover-probe-{round}"),
-            Duration::from_secs(10),
-        )
-        .await?;
-        let filters = [format!("{BASE}/bridge/state"), format!("{BASE}/+/+/+/task")];
-        probe.subscribe(&filters, Duration::from_secs(10)).await?;
-        // Let the retained copies arrive before the clock starts.
-        let settle = Instant::now() + Duration::from_millis(500);
-        while probe.next(settle).await.is_some() {}
-
         let start = Instant::now();
+        let killed_at = seconds_of_day(std::time::SystemTime::now());
         nats.kill(killed);
         let ms = |at: Instant| at.duration_since(start).as_secs_f64() * 1000.0;
         let mut ids = Vec::new();
@@ -185,32 +211,90 @@ async fn run_rounds(
                             }
                         }
                     }
-                    Some((_, Err(error))) => anyhow::bail!("the probe lost its broker: {error}"),
+                    // A node that has just come back may drop clients while it catches up:
+                    // the probe connects again (commands sent meanwhile are simply lost).
+                    Some((_, Err(error))) => {
+                        log(&format!("probe: {error}; connecting again"));
+                        probe = probe_again(&ports, killed, round).await?;
+                    }
                     _ => {}
                 },
             }
         }
         let moved_to = nats.node_of_mqtt_client(CLIENT_ID);
+        let connected_ms = std::fs::read_to_string(bridge_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("connected to the MQTT broker"))
+            .filter_map(log_seconds_of_day)
+            .filter(|at| *at > killed_at)
+            // The connection that stayed: the last one before `online` was seen.
+            .take_while(|at| online_ms.is_none_or(|ms| (at - killed_at) * 1000.0 <= ms))
+            .last()
+            .map(|at| (at - killed_at) * 1000.0);
         log(&format!(
-            "round {}: killed n{}, bridge on {}, online after {}, first result after {}",
+            "round {}: killed n{}, bridge on {}, connected after {}, `online` seen after {}, first result after {}",
             round + 1,
             killed + 1,
             moved_to.map_or("?".into(), |n| format!("n{}", n + 1)),
+            show(connected_ms),
             show(online_ms),
             show(result_ms)
         ));
         out.push(Round {
             killed,
             moved_to,
+            connected_ms,
             online_ms,
             result_ms,
         });
         nats.start_again(killed)
             .context("restarting the killed node")?;
         // JetStream catches the node up (retained messages, sessions) before the next kill.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
     }
     Ok(out)
+}
+
+/// A client on `port` subscribed at QoS 0 to `bridge/state` and the task topics (QoS 0:
+/// on NATS a QoS 1 subscription is a JetStream consumer, slow to create during an
+/// election), with the retained copies already drained.
+async fn probe(port: u16, client_id: &str) -> anyhow::Result<Link> {
+    let mut link = Link::connect(port, client_id, Duration::from_secs(10)).await?;
+    let filters = [
+        SubscribeFilter::new(format!("{BASE}/bridge/state"), QoS::AtMostOnce),
+        SubscribeFilter::new(format!("{BASE}/+/+/+/task"), QoS::AtMostOnce),
+    ];
+    link.client.subscribe_many(filters).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match link.next(deadline).await {
+            Some(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Some(Ok(_)) => {}
+            Some(Err(error)) => anyhow::bail!("probe on {port}: {error}"),
+            None => anyhow::bail!("probe on {port}: no SUBACK within 10 s"),
+        }
+    }
+    let settle = Instant::now() + Duration::from_millis(500);
+    while link.next(settle).await.is_some() {}
+    Ok(link)
+}
+
+/// A new probe on any node but the killed one, tried for up to 60 s.
+async fn probe_again(ports: &[u16], killed: usize, round: usize) -> anyhow::Result<Link> {
+    let deadline = Instant::now() + ROUND_LIMIT;
+    for attempt in 0.. {
+        let node = (killed + 1 + attempt % (ports.len() - 1)) % ports.len();
+        match probe(ports[node], &format!("failover-probe-{round}-{attempt}")).await {
+            Ok(link) => return Ok(link),
+            Err(error) if Instant::now() < deadline => {
+                log(&format!("{error}; trying another node"));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// The node the bridge is connected to, once it is.
@@ -228,39 +312,53 @@ async fn wait_connected(nats: &NatsCluster) -> anyhow::Result<usize> {
     }
 }
 
+/// Seconds since midnight UTC (the bridge logs UTC times of day).
+fn seconds_of_day(at: std::time::SystemTime) -> f64 {
+    let since = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    since % 86_400.0
+}
+
+/// The time of day of a bridge log line (`2026-12-06T16:05:39.916897Z  INFO …`).
+fn log_seconds_of_day(line: &str) -> Option<f64> {
+    let time = line.split_whitespace().next()?.split_once('T')?.1;
+    let time = time.strip_suffix('Z').unwrap_or(time);
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
 fn show(ms: Option<f64>) -> String {
     ms.map_or("— (none within 60 s)".into(), |ms| format!("{ms:.0} ms"))
 }
 
 fn print_report(rounds: &[Round]) {
     println!(
-        "| round | node killed | bridge moved to | kill → `online` | kill → first command result |"
+        "| round | node killed | bridge moved to | kill → connected (bridge log) | kill → `online` seen | kill → first command result |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (index, round) in rounds.iter().enumerate() {
         println!(
-            "| {} | n{} | {} | {} | {} |",
+            "| {} | n{} | {} | {} | {} | {} |",
             index + 1,
             round.killed + 1,
             round.moved_to.map_or("?".into(), |n| format!("n{}", n + 1)),
+            show(round.connected_ms),
             show(round.online_ms),
             show(round.result_ms)
         );
     }
-    for (what, values) in [
-        (
-            "kill → `online`",
-            rounds
-                .iter()
-                .filter_map(|r| r.online_ms)
-                .collect::<Vec<_>>(),
-        ),
-        (
-            "kill → first command result",
-            rounds.iter().filter_map(|r| r.result_ms).collect(),
-        ),
-    ] {
-        let mut sorted = values.clone();
+    let figures: [(&str, fn(&Round) -> Option<f64>); 3] = [
+        ("kill → connected", |r| r.connected_ms),
+        ("kill → `online` seen", |r| r.online_ms),
+        ("kill → first command result", |r| r.result_ms),
+    ];
+    for (what, figure) in figures {
+        let mut sorted: Vec<f64> = rounds.iter().filter_map(figure).collect();
         sorted.sort_by(f64::total_cmp);
         if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
             println!(
