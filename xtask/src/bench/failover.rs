@@ -336,6 +336,9 @@ fn show(ms: Option<f64>) -> String {
     ms.map_or("— (none within 60 s)".into(), |ms| format!("{ms:.0} ms"))
 }
 
+/// One column of [`Round`], for the summary lines.
+type Figure = fn(&Round) -> Option<f64>;
+
 fn print_report(rounds: &[Round]) {
     println!(
         "| round | node killed | bridge moved to | kill → connected (bridge log) | kill → `online` seen | kill → first command result |"
@@ -352,7 +355,7 @@ fn print_report(rounds: &[Round]) {
             show(round.result_ms)
         );
     }
-    let figures: [(&str, fn(&Round) -> Option<f64>); 3] = [
+    let figures: [(&str, Figure); 3] = [
         ("kill → connected", |r| r.connected_ms),
         ("kill → `online` seen", |r| r.online_ms),
         ("kill → first command result", |r| r.result_ms),
