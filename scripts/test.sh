@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; CI runs it through .ci/run).
-# Integration tests start their own Mosquitto on free ports, so the `mosquitto` binary
-# must exist; on a fresh Debian machine it is installed here (with jq).
+# Integration tests start their own Mosquitto and NATS cluster on free ports, so the
+# `mosquitto` and `nats-server` binaries must exist; on a fresh Debian machine they are
+# installed here (with jq).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # jq: the add-on's option mapping is tested by running it (tests/packaging.rs).
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (needed by the tests)" >&2

@@ -95,9 +95,10 @@ pub async fn run_with(
         clients.push((cluster.clone(), client));
     }
 
-    let options =
-        mqtt::options(&config.mqtt, &topics).map_err(|e| FatalConfigError(format!("{e:#}")))?;
-    let (mqtt_client, eventloop) = mqtt::client(options, mqtt::REQUEST_CHANNEL_CAPACITY);
+    let brokers =
+        mqtt::brokers(&config.mqtt, &topics).map_err(|e| FatalConfigError(format!("{e:#}")))?;
+    let (mqtt_client, eventloop) =
+        mqtt::client(brokers.options().clone(), mqtt::REQUEST_CHANNEL_CAPACITY);
     let (publisher_tx, publisher_rx) = mpsc::channel::<PublisherMsg>(16 * 1024);
 
     let mut subscriptions = topics.retained_inventory_filters();
@@ -120,11 +121,13 @@ pub async fn run_with(
     // queue behind the publisher's work on a large view or a discovery burst.
     let event_loop = tokio::spawn(mqtt::run_event_loop(
         eventloop,
+        brokers,
         subscriptions,
         move |event| router.route(event),
         hard_stop.clone(),
     ));
-    info!(broker = %config.mqtt.url, base = %config.mqtt.base_topic, "connecting to MQTT");
+    let urls: Vec<&str> = config.mqtt.brokers.iter().map(|b| b.url.as_str()).collect();
+    info!(broker = %urls.join(", "), base = %config.mqtt.base_topic, "connecting to MQTT");
 
     let stop = CancellationToken::new();
     let discovery = config.homeassistant.discovery.then(|| DiscoveryContext {

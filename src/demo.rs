@@ -39,8 +39,8 @@ fn pick_broker_addr() -> anyhow::Result<SocketAddr> {
 }
 
 /// Starts rumqttd on `addr` in its own threads (it has no async API and lives until the
-/// process ends).
-fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<()> {
+/// process ends). Public for the broker matrix of the integration tests.
+pub fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<()> {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: crate::mqtt::MAX_PACKET_SIZE,

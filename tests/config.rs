@@ -768,6 +768,83 @@ fn mqtt_urls_give_host_port_and_tls() {
 }
 
 #[test]
+fn several_mqtt_brokers_are_kept_in_order_from_the_file_or_a_comma_separated_variable() {
+    let from_file = load(
+        &with("[mqtt]\nurls = [\"mqtt://a.lan\", \"mqtts://b.lan:8884\", \"mqtt://[::1]:1885\"]\n"),
+        &[],
+    );
+    let from_env = load(
+        &minimal(),
+        &[(
+            "PVE2MQTT_MQTT__URLS",
+            "mqtt://a.lan, mqtts://b.lan:8884,mqtt://[::1]:1885",
+        )],
+    );
+    for mqtt in [&from_file.mqtt, &from_env.mqtt] {
+        let brokers: Vec<_> = mqtt
+            .brokers
+            .iter()
+            .map(|b| (b.url.as_str(), b.host.as_str(), b.port, b.tls))
+            .collect();
+        assert_eq!(
+            brokers,
+            [
+                ("mqtt://a.lan", "a.lan", 1883, false),
+                ("mqtts://b.lan:8884", "b.lan", 8884, true),
+                ("mqtt://[::1]:1885", "::1", 1885, false),
+            ]
+        );
+        // The first one is the broker named in messages, as with `url`.
+        assert_eq!((mqtt.url.as_str(), mqtt.port), ("mqtt://a.lan", 1883));
+    }
+    // `url` alone (or nothing) is a list of one.
+    let one = load(&minimal(), &[("PVE2MQTT_MQTT__URL", "mqtt://c.lan:1999")]);
+    assert_eq!(one.mqtt.brokers.len(), 1);
+    assert_eq!(one.mqtt.brokers[0].port, 1999);
+    assert_eq!(
+        load(&minimal(), &[]).mqtt.brokers[0].url,
+        "mqtt://127.0.0.1:1883"
+    );
+}
+
+#[test]
+fn mqtt_url_and_urls_together_or_a_bad_entry_are_refused_naming_the_key() {
+    assert_eq!(
+        error(
+            &with("[mqtt]\nurl = \"mqtt://a.lan\"\nurls = [\"mqtt://b.lan\"]\n"),
+            &[]
+        ),
+        "`mqtt.url` and `mqtt.urls` are both set; give only one of them"
+    );
+    assert_eq!(
+        error(
+            &minimal(),
+            &[
+                ("PVE2MQTT_MQTT__URL", "mqtt://a.lan"),
+                ("PVE2MQTT_MQTT__URLS", "mqtt://b.lan")
+            ]
+        ),
+        "`PVE2MQTT_MQTT__URL` and `PVE2MQTT_MQTT__URLS` are both set; give only one of them"
+    );
+    // The environment's `urls` replaces the file's `url`, as for Proxmox.
+    let replaced = load(
+        &with("[mqtt]\nurl = \"mqtt://a.lan\"\n"),
+        &[("PVE2MQTT_MQTT__URLS", "mqtt://b.lan,mqtt://c.lan")],
+    );
+    assert_eq!(replaced.mqtt.url, "mqtt://b.lan");
+    assert!(error(
+        &with("[mqtt]\nurls = [\"mqtt://a.lan\", \"http://b.lan\"]\n"),
+        &[]
+    )
+    .starts_with("mqtt.urls[1]: the scheme must be mqtt:// or mqtts://"));
+    assert_eq!(
+        error(&with("[mqtt]\nurls = []\n"), &[]),
+        "mqtt.urls: must list at least one broker URL"
+    );
+    assert!(error(&with("[mqtt]\nurls = [1883]\n"), &[]).starts_with("mqtt.urls[0]: expected"));
+}
+
+#[test]
 fn client_id_and_topic_prefixes_are_checked() {
     assert_eq!(
         error(&with("[mqtt]\nclient_id = \"\"\n"), &[]),

@@ -514,23 +514,43 @@ fn check_cluster_names(
 }
 
 fn build_mqtt(raw: &Section<'_>, keys: super::layers::MqttKeys) -> Result<MqttConfig, ConfigError> {
-    let (url, (host, port, tls)) = match raw.take("url", keys.url) {
-        // The default goes through the parser too: one source of truth for host, port, TLS.
-        None => (
-            DEFAULT_MQTT_URL.to_owned(),
-            parse_mqtt_url(DEFAULT_MQTT_URL).map_err(|reason| ConfigError::Invalid {
-                key: "mqtt.url".into(),
-                reason,
-            })?,
-        ),
-        Some(value) => {
-            let text = value
-                .text("a URL string like \"mqtt://127.0.0.1:1883\"")?
-                .trim();
-            let parts = parse_mqtt_url(text).map_err(|reason| value.invalid(reason))?;
-            (text.to_owned(), parts)
-        }
+    let expected = "a URL string like \"mqtt://127.0.0.1:1883\"";
+    let broker = |at: String, text: &str| {
+        let (host, port, tls) = parse_mqtt_url(text.trim())
+            .map_err(|reason| ConfigError::Invalid { key: at, reason })?;
+        let url = text.trim().to_owned();
+        Ok::<_, ConfigError>(MqttBroker {
+            url,
+            host,
+            port,
+            tls,
+        })
     };
+    let brokers = match raw.one_of(("url", keys.url), ("urls", keys.urls))? {
+        (Some(one), _) => vec![broker(one.at.clone(), one.text(expected)?)?],
+        (None, Some(urls)) => {
+            let items = urls.list()?;
+            if items.is_empty() {
+                return Err(urls.invalid("must list at least one broker URL"));
+            }
+            let each = items.into_iter().map(|(at, item)| match item {
+                ListItem::Text(text) => broker(at, &text),
+                ListItem::Integer(_) => Err(ConfigError::Invalid {
+                    key: at,
+                    reason: format!("expected {expected}"),
+                }),
+            });
+            each.collect::<Result<_, _>>()?
+        }
+        // The default goes through the parser too: one source of truth for host, port, TLS.
+        (None, None) => vec![broker("mqtt.url".into(), DEFAULT_MQTT_URL)?],
+    };
+    let MqttBroker {
+        url,
+        host,
+        port,
+        tls,
+    } = brokers[0].clone();
     let username = raw
         .optional_text("username", keys.username)?
         .map(|(text, _)| text);
@@ -554,6 +574,7 @@ fn build_mqtt(raw: &Section<'_>, keys: super::layers::MqttKeys) -> Result<MqttCo
         host,
         port,
         tls,
+        brokers,
         username,
         password,
         client_id,

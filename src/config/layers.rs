@@ -66,6 +66,7 @@ pub(super) struct PollKeys {
 #[serde(deny_unknown_fields)]
 pub(super) struct MqttKeys {
     pub url: Option<Value>,
+    pub urls: Option<Value>,
     pub username: Option<Value>,
     pub password: Option<Value>,
     pub password_file: Option<Value>,

@@ -70,17 +70,30 @@ pub struct PollConfig {
 
 #[derive(Clone, Debug)]
 pub struct MqttConfig {
+    /// The first broker (the only one without `mqtt.urls`); the URL as written, for messages.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`
+    pub tls: bool,
+    /// Every broker, in the order they are tried (`mqtt.urls`, or `mqtt.url` alone); never empty.
+    pub brokers: Vec<MqttBroker>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_id: String,
+    pub base_topic: String,
+    pub ca_file: Option<CaBundle>,
+}
+
+/// One broker endpoint of `mqtt.url` / `mqtt.urls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttBroker {
     /// As written, for messages.
     pub url: String,
     pub host: String,
     pub port: u16,
     /// `mqtts://`
     pub tls: bool,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub client_id: String,
-    pub base_topic: String,
-    pub ca_file: Option<CaBundle>,
 }
 
 #[derive(Clone, Debug)]

@@ -8,10 +8,23 @@
 //! backoff, and hands inbound messages on with `try_send`, so it can never deadlock
 //! against the publisher (which awaits on the client's request channel).
 //!
-//! The re-subscription goes to the front of the event loop's own pending queue, not into
-//! the request channel: after a reconnect during a discovery burst that channel is full
+//! The re-subscription (`subscriptions.rs`, which also retries refused ones) goes to the
+//! front of the event loop's own pending queue, not into the request channel: after a reconnect during a discovery burst that channel is full
 //! of the publisher's messages, and a subscription queued behind them (or refused by
 //! `try_subscribe`) would leave the bridge "online" and deaf.
+//!
+//! With several brokers (`mqtt.urls`, see [`Brokers`]), every failed attempt and every
+//! lost connection moves on to the next one, logged once per switch as
+//! `MQTT broker A unreachable (…), trying B`. The next broker is tried at once, and the
+//! usual backoff comes after each whole round of brokers: a dead cluster node costs
+//! nothing, and a whole cluster down (or one that drops the bridge right after the
+//! ConnAck) is still no hot loop.
+
+mod brokers;
+mod subscriptions;
+
+pub use brokers::Brokers;
+pub use subscriptions::SUBSCRIBE_RETRIES;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +32,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    Request, Subscribe, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    TlsConfiguration, Transport,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::MqttConfig;
+use crate::config::{MqttBroker, MqttConfig};
 use crate::ha::topics::Topics;
 
 /// Outgoing packets larger than rumqttc's 10 KiB default would tear the connection down;
@@ -91,24 +104,36 @@ pub fn client(options: MqttOptions, capacity: usize) -> (AsyncClient, EventLoop)
     (client, eventloop)
 }
 
-/// Builds the client options: Last Will `offline` on `{base}/bridge/state` (retained,
-/// QoS 1), clean session (a stale command must never be replayed from a persistent
-/// session), TLS for `mqtts://`, credentials.
-pub fn options(cfg: &MqttConfig, topics: &Topics) -> anyhow::Result<MqttOptions> {
-    let mut opts = base_options(cfg, &cfg.client_id)?;
-    opts.set_last_will(LastWill::new(
-        topics.bridge_state(),
-        "offline",
-        QoS::AtLeastOnce,
-        true,
-    ));
-    Ok(opts)
+/// The options of every configured broker: Last Will `offline` on `{base}/bridge/state`
+/// (retained, QoS 1), clean session (a stale command must never be replayed from a
+/// persistent session), TLS for `mqtts://`, credentials.
+pub fn brokers(cfg: &MqttConfig, topics: &Topics) -> anyhow::Result<Brokers> {
+    Brokers::new(cfg, |broker| {
+        let mut opts = broker_options(cfg, broker, &cfg.client_id)?;
+        opts.set_last_will(LastWill::new(
+            topics.bridge_state(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        Ok(opts)
+    })
 }
 
-/// Options without a Last Will, for short-lived connections (`check`, the demo's
-/// watcher) that must not touch the bridge state.
+/// Options for the first broker without a Last Will, for short-lived connections
+/// (`check`, the demo's watcher) that must not touch the bridge state.
 pub fn base_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let mut opts = MqttOptions::new(client_id, &cfg.host, cfg.port);
+    let first = cfg.brokers.first().context("no MQTT broker configured")?;
+    broker_options(cfg, first, client_id)
+}
+
+/// Options without a Last Will for one of the configured brokers.
+pub fn broker_options(
+    cfg: &MqttConfig,
+    broker: &MqttBroker,
+    client_id: &str,
+) -> anyhow::Result<MqttOptions> {
+    let mut opts = MqttOptions::new(client_id, &broker.host, broker.port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(true);
     opts.set_max_packet_size(MAX_INCOMING_PACKET_SIZE, MAX_PACKET_SIZE);
@@ -118,7 +143,7 @@ pub fn base_options(cfg: &MqttConfig, client_id: &str) -> anyhow::Result<MqttOpt
         let password = cfg.password.as_ref().map(|p| p.expose()).unwrap_or("");
         opts.set_credentials(user, password);
     }
-    if cfg.tls {
+    if broker.tls {
         opts.set_transport(Transport::Tls(tls_config(cfg)?));
     }
     Ok(opts)
@@ -140,24 +165,41 @@ fn tls_config(cfg: &MqttConfig) -> anyhow::Result<TlsConfiguration> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// Backoff after connection errors: 1 s, doubling to 30 s, reset by a connection that
-/// lasted [`STABLE_CONNECTION`].
+/// Backoff after connection errors (with several brokers: after each round of them): 1 s,
+/// doubling to 30 s, reset by a connection that lasted [`STABLE_CONNECTION`].
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
+}
+
+/// How long to wait before the next attempt, after the `tried`-th failed one since the
+/// last stable connection: nothing until a whole round of `brokers` failed, then the
+/// backoff (which grows once per round).
+fn wait_before_next(tried: usize, brokers: usize, failures: &mut u32) -> Duration {
+    if tried % brokers.max(1) != 0 {
+        return Duration::ZERO;
+    }
+    let wait = backoff(*failures);
+    *failures = failures.saturating_add(1);
+    wait
 }
 
 /// Drives the event loop until the client's own Disconnect went out (clean stop) or
 /// `hard_stop` fires (the broker is unreachable at shutdown).
 ///
-/// `subscriptions` are (re)subscribed on every ConnAck, ahead of anything queued; `send`
-/// gets every [`LinkEvent`] and must not block (use `try_send`).
+/// `eventloop` must have been created with `brokers.options()`. `subscriptions` are
+/// (re)subscribed on every ConnAck, ahead of anything queued; `send` gets every
+/// [`LinkEvent`] and must not block (use `try_send`).
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
+    mut brokers: Brokers,
     subscriptions: Vec<String>,
     send: impl Fn(LinkEvent),
     hard_stop: CancellationToken,
 ) {
+    let mut subscriptions = subscriptions::Subscriptions::new(subscriptions);
     let mut failures: u32 = 0;
+    // Failed attempts (and short-lived connections) since the last stable connection.
+    let mut tried: usize = 0;
     let mut connected_at: Option<tokio::time::Instant> = None;
     loop {
         let polled = tokio::select! {
@@ -166,32 +208,14 @@ pub async fn run_event_loop(
         };
         match polled {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                info!(code = ?ack.code, "connected to the MQTT broker");
+                info!(code = ?ack.code, broker = %brokers.url(), "connected to the MQTT broker");
                 connected_at = Some(tokio::time::Instant::now());
-                if !subscriptions.is_empty() {
-                    let filters = subscriptions
-                        .iter()
-                        .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                    // The pending queue is served before the request channel and was just
-                    // cleared (clean session), so this goes out first.
-                    eventloop
-                        .pending
-                        .push_front(Request::Subscribe(Subscribe::new_many(filters)));
-                }
+                subscriptions.connected(&mut eventloop.pending);
                 send(LinkEvent::Connected);
             }
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => subscriptions.sent(pkid),
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                let refused = ack
-                    .return_codes
-                    .iter()
-                    .filter(|code| matches!(code, SubscribeReasonCode::Failure))
-                    .count();
-                if refused > 0 {
-                    warn!(
-                        refused,
-                        "the broker refused subscriptions (ACL?); commands on those topics are not received"
-                    );
-                }
+                subscriptions.acknowledged(&ack, &mut eventloop.pending);
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 if publish.payload.len() > MAX_INBOUND_PAYLOAD {
@@ -216,17 +240,34 @@ pub async fn run_event_loop(
             }
             Ok(_) => {}
             Err(err) => {
-                if let Some(since) = connected_at.take() {
+                let lost = connected_at.take();
+                if let Some(since) = lost {
                     if since.elapsed() >= STABLE_CONNECTION {
                         failures = 0;
+                        tried = 0;
                     }
-                    warn!(error = %describe(&err), retry_in = ?backoff(failures), "lost the MQTT connection; reconnecting");
                     send(LinkEvent::Disconnected);
-                } else {
-                    warn!(error = %describe(&err), retry_in = ?backoff(failures), "cannot connect to the MQTT broker");
                 }
-                let wait = backoff(failures);
-                failures = failures.saturating_add(1);
+                // With several brokers, each failed attempt moves on to the next one at
+                // once, and the back-off comes after a whole round of them: a dead node
+                // costs nothing, and the attempts per back-off period stay bounded by the
+                // number of brokers (short-lived connections count as failed attempts).
+                tried = tried.saturating_add(1);
+                let wait = wait_before_next(tried, brokers.len(), &mut failures);
+                if brokers.len() > 1 {
+                    let from = brokers.url().to_owned();
+                    let to = brokers.advance().to_owned();
+                    let reason = match lost {
+                        Some(_) => format!("connection lost: {}", describe(&err)),
+                        None => describe(&err),
+                    };
+                    warn!(retry_in = ?wait, "MQTT broker {from} unreachable ({reason}), trying {to}");
+                    eventloop.mqtt_options = brokers.options().clone();
+                } else if lost.is_some() {
+                    warn!(error = %describe(&err), retry_in = ?wait, "lost the MQTT connection; reconnecting");
+                } else {
+                    warn!(error = %describe(&err), retry_in = ?wait, "cannot connect to the MQTT broker");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = hard_stop.cancelled() => return,
@@ -242,5 +283,28 @@ fn describe(err: &ConnectionError) -> String {
             format!("broker refused the connection: {code:?}")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_several_brokers_the_backoff_comes_after_each_round_and_grows_per_round() {
+        let mut failures = 0;
+        let waits: Vec<u64> = (1..=9)
+            .map(|tried| wait_before_next(tried, 3, &mut failures).as_secs())
+            .collect();
+        assert_eq!(waits, [0, 0, 1, 0, 0, 2, 0, 0, 4]);
+    }
+
+    #[test]
+    fn with_one_broker_every_failure_waits_as_before() {
+        let mut failures = 0;
+        let waits: Vec<u64> = (1..=7)
+            .map(|tried| wait_before_next(tried, 1, &mut failures).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
     }
 }

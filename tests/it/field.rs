@@ -30,12 +30,13 @@ async fn event_loop(
     let sim = start_sim(sim_options()).await;
     let cfg = TestConfig::new(&sim, port, "").config();
     let topics = Topics::new(&cfg.mqtt.base_topic, &cfg.homeassistant.discovery_prefix);
-    let options = mqtt::options(&cfg.mqtt, &topics).expect("options");
-    let (client, eventloop) = mqtt::client(options, capacity);
+    let brokers = mqtt::brokers(&cfg.mqtt, &topics).expect("options");
+    let (client, eventloop) = mqtt::client(brokers.options().clone(), capacity);
     let (tx, rx) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     tokio::spawn(mqtt::run_event_loop(
         eventloop,
+        brokers,
         vec![subscription.to_string()],
         move |event| {
             let _ = tx.send(event);

@@ -5,6 +5,9 @@
 
 /// The real binary: Last Will on SIGKILL, clean SIGTERM, `check`, config errors.
 mod binary;
+/// The broker matrix (Mosquitto with and without persistence, a NATS cluster, rumqttd,
+/// RabbitMQ where present) and losing a broker node.
+mod brokers;
 /// Commands: POSTs, task following, rejections, bridge requests.
 mod commands;
 /// Faults survived: broker restarts.

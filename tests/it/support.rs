@@ -13,7 +13,7 @@ use pve2mqtt::config::Config;
 use pve2mqtt::sim::{self, SimHandle, SimOptions};
 use tokio::sync::oneshot;
 
-pub use testkit::{free_port, terminate, Mosquitto, Msg, Probe, SECS};
+pub use testkit::{free_port, terminate, Mosquitto, Msg, NatsCluster, Probe, SECS};
 
 /// Simulator options tuned for tests: TLS on, short delays.
 pub fn sim_options() -> SimOptions {
@@ -63,6 +63,17 @@ client_id = "pve2mqtt-test"
             ca = ca.display(),
         );
         TestConfig { toml, dir }
+    }
+
+    /// As [`TestConfig::new`], with several brokers in `mqtt.urls` instead of `mqtt.url`.
+    pub fn with_urls(sim: &SimHandle, urls: &[String], extra: &str) -> TestConfig {
+        let mut cfg = TestConfig::new(sim, 0, extra);
+        let list: Vec<String> = urls.iter().map(|url| format!("\"{url}\"")).collect();
+        cfg.toml = cfg.toml.replace(
+            "url = \"mqtt://127.0.0.1:0\"",
+            &format!("urls = [{}]", list.join(", ")),
+        );
+        cfg
     }
 
     pub fn config(&self) -> Config {
@@ -167,6 +178,8 @@ pub fn spawn_bridge(path: &Path, envs: &[(&str, &str)]) -> tokio::process::Child
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A failing test must not leave a bridge running.
+        .kill_on_drop(true)
         .spawn()
         .expect("spawn pve2mqtt")
 }

@@ -3,7 +3,9 @@
 //! - `cargo xtask soak`: the real bridge against the simulator and a private Mosquitto for
 //!   minutes, with random commands, faults and restarts (soak/RESULTS.md);
 //! - `cargo xtask bench`: what the bridge costs Proxmox, the broker and the host, per
-//!   cluster size (bench/RESULTS.md).
+//!   cluster size (bench/RESULTS.md);
+//! - `cargo xtask failover`: how long the bridge is away when its broker node dies, on a
+//!   3-node NATS cluster (README, "Brokers").
 //!
 //! The scripts `scripts/soak.sh` and `scripts/bench.sh` build the bridge binary first.
 
@@ -28,6 +30,8 @@ enum Task {
     Soak(soak::SoakArgs),
     /// Performance benchmark per cluster size; prints Markdown tables (bench/RESULTS.md).
     Bench(bench::BenchArgs),
+    /// Broker failover: kill the NATS node the bridge uses; kill -> online, kill -> first command result.
+    Failover(bench::failover::FailoverArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +45,7 @@ fn main() -> std::process::ExitCode {
         match cli.task {
             Task::Soak(args) => soak::main(args).await,
             Task::Bench(args) => bench::main(args).await,
+            Task::Failover(args) => bench::failover::main(args).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! Test kit for pve2mqtt's integration tests and harnesses: a private Mosquitto on a free
-//! port (started and stopped by PID, optionally with persistence), free ports, and an
+//! port (started and stopped by PID, optionally with persistence), a private NATS cluster
+//! with its MQTT gateway (nodes killed and restarted by PID), free ports, and an
 //! MQTT probe that records what a subscriber really receives (topics, payloads, retain
 //! flags).
 //!
@@ -8,6 +9,7 @@
 //! convenience forms that tests use panic with a message that says what failed.
 
 mod mosquitto;
+mod nats;
 mod probe;
 mod process;
 
@@ -16,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use mosquitto::{Mosquitto, MosquittoBuilder, PERSISTENCE_ENV};
+pub use nats::{NatsCluster, NatsClusterBuilder};
 pub use probe::{Msg, Probe};
 pub use process::terminate;
 

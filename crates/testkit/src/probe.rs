@@ -44,6 +44,13 @@ impl Probe {
     /// Connects to the broker on 127.0.0.1:`port`, subscribes to `filters` (QoS 1) and
     /// returns once every subscription is acknowledged. Panics if that takes over 10 s.
     pub async fn connect(port: u16, filters: &[&str]) -> Probe {
+        Self::connect_qos(port, filters, QoS::AtLeastOnce).await
+    }
+
+    /// [`Probe::connect`] subscribing at `qos`. QoS 0 matters on NATS, which keeps every
+    /// QoS 1 subscription as a JetStream consumer: slow to create while the cluster elects
+    /// leaders, and refused until then.
+    pub async fn connect_qos(port: u16, filters: &[&str], qos: QoS) -> Probe {
         let id = format!("probe-{}", unique_id());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
@@ -53,10 +60,7 @@ impl Probe {
         let (subscribed_tx, subscribed_rx) = oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
         for filter in filters {
-            client
-                .subscribe(*filter, QoS::AtLeastOnce)
-                .await
-                .expect("subscribe");
+            client.subscribe(*filter, qos).await.expect("subscribe");
         }
         let expected_acks = filters.len();
         let task_log = log.clone();

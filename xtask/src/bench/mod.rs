@@ -17,6 +17,7 @@
 //!   `accepted` on the task topic; task end (`ok` on the task topic) -> the guest's new
 //!   state on MQTT.
 
+pub mod failover;
 mod latency;
 mod report;
 mod size;
