@@ -5,6 +5,8 @@
 
 /// The real binary: Last Will on SIGKILL, clean SIGTERM, `check`, config errors.
 mod binary;
+/// The bridge's own HA device: Proxmox API state, the Refresh button, node connectivity.
+mod bridge_device;
 /// Commands: POSTs, task following, rejections, bridge requests.
 mod commands;
 /// Faults survived: broker restarts.
