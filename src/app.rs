@@ -53,6 +53,22 @@ pub async fn run_with(
         &config.mqtt.base_topic,
         &config.homeassistant.discovery_prefix,
     );
+    // The listener first: a taken port fails the start at once.
+    let labels: Vec<String> = config
+        .clusters
+        .iter()
+        .map(|c| c.name.clone().unwrap_or_else(|| c.urls[0].to_string()))
+        .collect();
+    let metrics = Arc::new(crate::http::Metrics::new(
+        &labels,
+        config.poll.interval,
+        handles.stats.clone(),
+    ));
+    let stop_http = CancellationToken::new();
+    let http_task = match config.http.listen {
+        Some(addr) => Some(crate::http::serve(addr, metrics.clone(), stop_http.clone()).await?),
+        None => None,
+    };
 
     // Proxmox first: a token Proxmox rejects is a configuration error, reported at once
     // with exit code 2, not retried forever.
@@ -75,6 +91,7 @@ pub async fn run_with(
                 warn!(url = %client.current_url(), error = %err, "Proxmox not reachable yet; will keep trying")
             }
         }
+        client.count_requests(metrics.requests.clone());
         clients.push((cluster.clone(), client));
     }
 
@@ -96,6 +113,7 @@ pub async fn run_with(
     let (command_tx, command_rx) = mpsc::channel::<mqtt::Inbound>(COMMAND_QUEUE);
     let link_tx = publisher_tx.clone();
     let (link_state_tx, link_state_rx) = watch::channel(LinkState::default());
+    tokio::spawn(link_metrics(link_state_tx.subscribe(), metrics.clone()));
     tokio::spawn(forward_link_state(link_state_rx, publisher_tx.clone()));
     let router = InboundRouter::new(topics.clone(), command_tx, link_tx, link_state_tx);
     // Inbound messages go straight to the task that acts on them: a command must not
@@ -135,7 +153,8 @@ pub async fn run_with(
     let handler_task = tokio::spawn(handler.run(command_rx, stop_commands.clone()));
 
     let mut pollers = Vec::new();
-    for (cluster_cfg, client) in clients {
+    for (index, (cluster_cfg, client)) in clients.into_iter().enumerate() {
+        let stats = metrics.cluster(index);
         let (refresh_tx, refresh_rx) = mpsc::channel(16);
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         let poll = config.poll.clone();
@@ -147,6 +166,7 @@ pub async fn run_with(
                 return;
             };
             info!(cluster = %id, "polling cluster");
+            stats.set_label(&id);
             registry.write().unwrap_or_else(|e| e.into_inner()).insert(
                 id.clone(),
                 ClusterHandle {
@@ -165,6 +185,7 @@ pub async fn run_with(
                 publisher,
                 refresh: refresh_rx,
                 views: views_tx,
+                stats,
             };
             poller.run(stop).await;
         }));
@@ -188,6 +209,10 @@ pub async fn run_with(
         hard_stop_guard.cancel();
     });
     event_loop.await.context("MQTT event loop")?;
+    stop_http.cancel();
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
     info!("stopped");
     Ok(())
 }
@@ -353,6 +378,16 @@ async fn forward_link_state(mut state: watch::Receiver<LinkState>, to: mpsc::Sen
                 return;
             }
         }
+    }
+}
+
+/// Mirrors the [`LinkState`] into the metrics (`/healthz`, `/metrics`).
+async fn link_metrics(mut state: watch::Receiver<LinkState>, metrics: Arc<crate::http::Metrics>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while state.changed().await.is_ok() {
+        let now = *state.borrow_and_update();
+        metrics.mqtt_connected.store(now.connected, Relaxed);
+        metrics.mqtt_sessions.store(now.sessions, Relaxed);
     }
 }
 

@@ -25,6 +25,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod ha;
+pub mod http;
 pub mod logging;
 pub mod model;
 pub mod mqtt;

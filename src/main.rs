@@ -33,6 +33,12 @@ enum Command {
         #[arg(long, short, env = "PVE2MQTT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Ask the running bridge's `/healthz` (container HEALTHCHECK): exit 0 when healthy.
+    Health {
+        /// Where the bridge listens (`http.listen`); 0.0.0.0 or [::] is asked on loopback.
+        #[arg(long, env = "PVE2MQTT_HTTP__LISTEN", default_value = "127.0.0.1:9102")]
+        listen: String,
+    },
     /// The built-in Proxmox VE simulator.
     #[cfg(feature = "sim")]
     Sim(pve2mqtt::sim::SimArgs),
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
                 let config = load(config)?;
                 pve2mqtt::check::run(&config).await
             }
+            Command::Health { listen } => health(&listen).await,
             #[cfg(feature = "sim")]
             Command::Sim(args) => {
                 pve2mqtt::sim::run(args.into_options(), pve2mqtt::signal::shutdown()).await
@@ -81,6 +88,34 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// GET `/healthz` of the bridge at `listen`; prints its answer, fails unless 200.
+async fn health(listen: &str) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = listen
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("not an address and port: {listen}"))?;
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let url = format!(
+        "http://{}/healthz",
+        std::net::SocketAddr::new(ip, addr.port())
+    );
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    let status = response.status();
+    println!("{}", response.text().await.unwrap_or_default());
+    anyhow::ensure!(status.is_success(), "{url}: {status}");
+    Ok(())
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {

@@ -50,6 +50,8 @@ pub struct ClusterPoller {
     pub refresh: mpsc::Receiver<Refresh>,
     /// Every view also goes here, for the command handler's validation.
     pub views: watch::Sender<Option<Arc<ClusterView>>>,
+    /// Polls and their duration, for `/metrics` and `/healthz`.
+    pub stats: Arc<crate::http::PollStats>,
 }
 
 /// How long a status read from `status/current` after a task overrides the cluster-wide
@@ -150,6 +152,7 @@ impl ClusterPoller {
                 }
             }
             last_poll = Some(tokio::time::Instant::now());
+            let poll_started = std::time::Instant::now();
             let polled = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 polled = self.client.cluster_resources_body() => polled,
@@ -163,6 +166,7 @@ impl ClusterPoller {
             });
             let before = previous.as_deref().map(Inventory::of);
             drop(previous);
+            self.stats.polled(polled.is_ok(), poll_started.elapsed());
             match polled {
                 Ok((body, (mut view, plan_rows))) => {
                     if failures > 0 {
@@ -535,6 +539,7 @@ mod tests {
             publisher,
             refresh: refresh_rx,
             views: views_tx,
+            stats: Default::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(poller.run(stop.clone()));

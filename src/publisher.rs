@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::command::report::TaskReport;
+use crate::command::report::{Phase, TaskReport};
 use crate::ha::discovery::{device_config, device_info, DeviceInfo, DiscoveryContext};
 use crate::ha::topics::Topics;
 use crate::model::{ClusterView, ObjectRef};
@@ -134,16 +134,18 @@ impl<O: Outbox> Sink<O> {
     /// Publishes while connected; while not, drops the message: a reconnect republishes
     /// everything anyway.
     async fn send(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
         if !self.connected {
+            self.stats.dropped.fetch_add(1, Relaxed);
             return;
         }
         let payload = payload.into();
-        use std::sync::atomic::Ordering::Relaxed;
         self.stats.messages.fetch_add(1, Relaxed);
         self.stats
             .bytes
             .fetch_add((topic.len() + payload.len()) as u64, Relaxed);
         if let Err(err) = self.outbox.publish(topic, payload, retain).await {
+            self.stats.dropped.fetch_add(1, Relaxed);
             warn!(topic, error = %err, "publish failed");
         }
     }
@@ -156,6 +158,10 @@ pub struct PublishStats {
     pub bytes: std::sync::atomic::AtomicU64,
     pub discovery: std::sync::atomic::AtomicU64,
     pub states: std::sync::atomic::AtomicU64,
+    /// Not published: the link was down, or the client refused the message.
+    pub dropped: std::sync::atomic::AtomicU64,
+    /// Final command results, for `/metrics`.
+    pub commands: crate::http::CommandCounts,
 }
 
 /// What the broker holds for one object. Payloads themselves are not kept: at 5,000
@@ -302,6 +308,17 @@ impl<O: Outbox> Publisher<O> {
     }
 
     async fn handle(&mut self, msg: PublisherMsg) {
+        if let PublisherMsg::Task { report, .. } | PublisherMsg::TaskNotice { report, .. } = &msg {
+            let result = match report.state {
+                Phase::Ok => Some("ok"),
+                Phase::Failed => Some("failed"),
+                Phase::Rejected => Some("rejected"),
+                Phase::Accepted | Phase::Running => None,
+            };
+            if let Some(result) = result {
+                self.sink.stats.commands.count(&report.action, result);
+            }
+        }
         match msg {
             PublisherMsg::View(view) => self.apply_view(&view).await,
             PublisherMsg::Unreachable { cluster, reason } => {

@@ -1174,3 +1174,22 @@ fn the_summary_says_what_an_admin_checks() {
     assert!(summary.contains("verification OFF"), "{summary}");
     assert!(summary.contains("read-only"), "{summary}");
 }
+
+#[test]
+fn http_listen_is_off_by_default_and_takes_an_address_from_file_or_environment() {
+    assert_eq!(load(&minimal(), &[]).http.listen, None);
+    let file = load(&with("[http]\nlisten = \"127.0.0.1:9102\"\n"), &[]);
+    assert_eq!(file.http.listen, Some("127.0.0.1:9102".parse().unwrap()));
+    let env = load(&minimal(), &[("PVE2MQTT_HTTP__LISTEN", "[::1]:9102")]);
+    assert_eq!(env.http.listen, Some("[::1]:9102".parse().unwrap()));
+    // PVE2MQTT_LOG_FORMAT is the logger's, not an unknown config key
+    load(&minimal(), &[("PVE2MQTT_LOG_FORMAT", "json")]);
+}
+
+#[test]
+fn a_bad_http_listen_names_the_key() {
+    let message = error(&with("[http]\nlisten = \"localhost\"\n"), &[]);
+    assert!(message.starts_with("http.listen:"), "{message}");
+    let message = error(&minimal(), &[("PVE2MQTT_HTTP__LISTEN", "9102")]);
+    assert!(message.contains("PVE2MQTT_HTTP__LISTEN"), "{message}");
+}

@@ -231,7 +231,7 @@ fn parse_map(lines: &[YamlLine], position: &mut usize, indent: usize, what: &str
             !key.is_empty()
                 && key
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    .all(|c| c.is_ascii_alphanumeric() || "_-/".contains(c))
                 && (rest.is_empty() || rest.starts_with(' ')),
             "{what}:{}: unsupported key syntax: {}",
             line.number,
@@ -389,6 +389,9 @@ fn sample_options(ca_file: &Path) -> BTreeMap<&'static str, Value> {
         ("poll.interval", json!("5s")),
         ("poll.slow_interval", json!("2m")),
         ("mqtt.base_topic", json!("lab/pve2mqtt")),
+        ("mqtt.url", json!("mqtts://broker.example.lan:8883")),
+        ("mqtt.username", json!("bridge")),
+        ("mqtt.password", json!(MQTT_PASSWORD)),
         ("homeassistant.discovery_prefix", json!("ha-discovery")),
         ("commands.enabled", json!(true)),
         ("commands.read_only", json!(true)),
@@ -479,11 +482,14 @@ fn load_env_only(env: &HashMap<String, String>) -> Config {
 
 #[test]
 fn addon_options_map_onto_a_config_the_bridge_loads() {
-    // Given every add-on option set to a non-default value, and the Supervisor's broker
+    // Given every add-on option set to a non-default value but the optional broker ones,
+    // and the Supervisor's broker
     let dir = temp_dir();
     let ca_file = dir.path().join("pve-root-ca.pem");
     write(&ca_file, TEST_CA_PEM);
-    let options = options_json(sample_options(&ca_file));
+    let mut samples = sample_options(&ca_file);
+    samples.retain(|path, _| !BROKER_OPTIONS.contains(path));
+    let options = options_json(samples);
 
     // When the add-on's mapping turns them into the environment and pve2mqtt loads it
     let env = run_mapping(&options, &supervisor_mqtt())
@@ -544,6 +550,7 @@ fn addon_options_map_onto_a_config_the_bridge_loads() {
 
     // And a failover list (without a pin) keeps its order
     let mut failover = sample_options(&ca_file);
+    failover.retain(|path, _| !BROKER_OPTIONS.contains(path));
     failover.remove("proxmox.fingerprint");
     failover.insert(
         "proxmox.urls",
@@ -561,6 +568,42 @@ fn addon_options_map_onto_a_config_the_bridge_loads() {
             "https://pve2.example.lan:8006"
         ]
     );
+}
+
+/// The optional options for a broker other than the Supervisor's.
+const BROKER_OPTIONS: [&str; 3] = ["mqtt.url", "mqtt.username", "mqtt.password"];
+
+#[test]
+fn broker_options_replace_the_supervisors_broker_when_set() {
+    // Given every option set, the broker ones included
+    let dir = temp_dir();
+    let ca_file = dir.path().join("pve-root-ca.pem");
+    write(&ca_file, TEST_CA_PEM);
+    let options = options_json(sample_options(&ca_file));
+
+    // When mapped with the Supervisor's broker present, and with none at all
+    for supervisor in [supervisor_mqtt(), json!({})] {
+        let env = run_mapping(&options, &supervisor)
+            .unwrap_or_else(|error| panic!("the mapping failed: {error}"));
+        let config = load_env_only(&env);
+
+        // Then the options' broker is the one used, with its own credentials
+        assert_eq!(config.mqtt.url, "mqtts://broker.example.lan:8883");
+        assert_eq!(config.mqtt.host, "broker.example.lan");
+        assert!(config.mqtt.tls);
+        assert_eq!(config.mqtt.username.as_deref(), Some("bridge"));
+        assert_eq!(
+            config.mqtt.password.as_ref().map(|p| p.expose()),
+            Some(MQTT_PASSWORD)
+        );
+    }
+
+    // And credentials without a URL are refused, not mixed into the Supervisor's broker
+    let mut half = sample_options(&ca_file);
+    half.remove("mqtt.url");
+    let error = run_mapping(&options_json(half), &supervisor_mqtt())
+        .expect_err("a user without a broker URL must stop the add-on");
+    assert!(error.contains("mqtt > url"), "{error}");
 }
 
 #[test]
@@ -723,39 +766,76 @@ fn an_unknown_addon_option_stops_the_mapping_and_is_named() {
 }
 
 #[test]
-fn addon_version_and_build_match_the_crate_and_ci() {
+fn addon_installs_a_prebuilt_image_whose_healthcheck_asks_healthz() {
     let config = addon_config();
 
-    // The add-on builds the tag v<version>, so its version is the crate's
+    // The image is the release's, so the add-on's version is the crate's
     assert_eq!(
         config.at("version").scalar(),
         env!("CARGO_PKG_VERSION"),
         "{ADDON_CONFIG} version must be the Cargo.toml version"
     );
-    assert!(config
-        .at("services")
-        .list()
-        .contains(&Yaml::Scalar("mqtt:need".into())));
+    assert_eq!(
+        config.at("image").scalar(),
+        "ghcr.io/pve2mqtt/{arch}-addon-pve2mqtt"
+    );
+    assert!(
+        !repo_path("addon/pve2mqtt/build.yaml").exists(),
+        "build.yaml is deprecated: the add-on installs the prebuilt image"
+    );
+    // MQTT device discovery needs 2024.12
+    assert_eq!(config.at("homeassistant").scalar(), "2024.12.0");
+    assert_eq!(
+        config.at("url").scalar(),
+        "https://github.com/pve2mqtt/pve2mqtt"
+    );
+    // A broker of one's own works without the Mosquitto add-on
+    assert_eq!(
+        config.at("services").list(),
+        [Yaml::Scalar("mqtt:want".into())]
+    );
     // s6-overlay's /init is the base image's entrypoint and must stay PID 1.
     assert_eq!(config.at("init").scalar(), "false");
-
-    // Every architecture has a base image, and it is the Debian one (glibc, like the builder)
-    let build = parse_yaml(&read("addon/pve2mqtt/build.yaml"), "build.yaml");
     for arch in config.at("arch").list() {
-        let base = build.at("build_from").at(arch.scalar()).scalar();
-        assert!(
-            base.starts_with(&format!(
-                "ghcr.io/home-assistant/{}-base-debian:",
-                arch.scalar()
-            )),
-            "{}: {base}",
-            arch.scalar()
-        );
+        assert!(["amd64", "aarch64"].contains(&arch.scalar()), "{arch:?}");
     }
-    assert!(build.at("args").get("PVE2MQTT_REPO").is_some());
 
-    // The add-on's Dockerfile builds the binary exactly as CI does
-    assert_ci_cargo_build("addon/pve2mqtt/Dockerfile");
+    // The Supervisor's watchdog acts on the image's HEALTHCHECK (`watchdog:` is obsolete),
+    // which asks /healthz on the listener the image turns on
+    assert!(config.get("watchdog").is_none());
+    let instructions = dockerfile_instructions("addon/pve2mqtt/Dockerfile");
+    assert!(instructions
+        .iter()
+        .any(|line| line == "ENV PVE2MQTT_HTTP__LISTEN=0.0.0.0:9102"));
+    assert!(instructions
+        .iter()
+        .any(|line| line.starts_with("HEALTHCHECK ")
+            && line.ends_with(r#"CMD ["/usr/local/bin/pve2mqtt", "health"]"#)));
+    assert!(config.at("ports").get("9102/tcp").is_some());
+    // No exit when there is no broker service yet: the mapping decides, with a reason
+    let run = read("addon/pve2mqtt/run.sh");
+    assert!(!run.contains("bashio::exit.nok \"No MQTT broker"));
+
+    // The Dockerfile copies the released binary; nothing compiles
+    assert!(instructions
+        .iter()
+        .any(|line| line == "FROM ghcr.io/pve2mqtt/pve2mqtt:${BUILD_VERSION} AS release"));
+    assert!(instructions
+        .iter()
+        .any(|line| line.starts_with("COPY --from=release /usr/local/bin/pve2mqtt ")));
+    assert!(!instructions.iter().any(|line| line.contains("cargo")));
+
+    // An icon and a logo (valid PNGs of the sizes the store shows), and a changelog
+    // naming this version
+    for (file, size) in [("icon.png", (128, 128)), ("logo.png", (250, 100))] {
+        let bytes = std::fs::read(repo_path(&format!("addon/pve2mqtt/{file}")))
+            .unwrap_or_else(|error| panic!("{file}: {error}"));
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{file} is not a PNG");
+        let dimension = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+        assert_eq!((dimension(16), dimension(20)), size, "{file}");
+    }
+    let changelog = read("addon/pve2mqtt/CHANGELOG.md");
+    assert!(changelog.contains(&format!("## {}", env!("CARGO_PKG_VERSION"))));
     let repository = parse_yaml(&read("repository.yaml"), "repository.yaml");
     assert!(!repository.at("name").scalar().is_empty());
 }
@@ -859,20 +939,64 @@ fn docker_image_builds_what_ci_tests_and_runs_the_documented_command() {
             "docker/Dockerfile lacks `{expected}`"
         );
     }
-    let healthcheck: Vec<&String> = instructions
-        .iter()
-        .filter(|line| line.starts_with("HEALTHCHECK "))
-        .collect();
-    assert_eq!(healthcheck.len(), 1);
-    assert!(healthcheck[0].contains("/usr/local/bin/pve2mqtt-healthcheck"));
+    // Health is the bridge's own /healthz, asked by the binary itself (no curl in the
+    // image), on the listener the image turns on
+    for dockerfile in ["docker/Dockerfile", "docker/Dockerfile.release"] {
+        let instructions = dockerfile_instructions(dockerfile);
+        let healthcheck: Vec<&String> = instructions
+            .iter()
+            .filter(|line| line.starts_with("HEALTHCHECK "))
+            .collect();
+        assert_eq!(healthcheck.len(), 1, "{dockerfile}");
+        assert!(
+            healthcheck[0].ends_with(r#"CMD ["/usr/local/bin/pve2mqtt", "health"]"#),
+            "{dockerfile}: {}",
+            healthcheck[0]
+        );
+        assert!(
+            instructions
+                .iter()
+                .any(|line| line == "ENV PVE2MQTT_HTTP__LISTEN=0.0.0.0:9102"),
+            "{dockerfile}"
+        );
+        assert_eq!(
+            exec_form(dockerfile, "CMD"),
+            ["run", "--config", CONTAINER_CONFIG]
+        );
+    }
+}
 
-    // The health probe checks the same config file the default command runs with
-    let probe = read("docker/healthcheck.sh");
-    assert!(
-        probe.contains(&format!(":-{CONTAINER_CONFIG}}}")),
-        "docker/healthcheck.sh must default to {CONTAINER_CONFIG}"
-    );
-    assert!(probe.contains("pve2mqtt check --config"));
+#[test]
+fn release_image_copies_the_musl_binary_and_carries_the_oci_labels() {
+    let instructions = dockerfile_instructions("docker/Dockerfile.release");
+    assert!(instructions.iter().any(
+        |line| line == "COPY --chmod=0755 dist/${TARGETARCH}/pve2mqtt /usr/local/bin/pve2mqtt"
+    ));
+    assert!(!instructions.iter().any(|line| line.contains("cargo")));
+    let labels: String = instructions
+        .iter()
+        .filter(|line| line.starts_with("LABEL "))
+        .cloned()
+        .collect();
+    for label in ["source", "version", "revision", "licenses", "created"] {
+        assert!(
+            labels.contains(&format!("org.opencontainers.image.{label}=")),
+            "docker/Dockerfile.release lacks the OCI label {label}"
+        );
+    }
+    // The workflow passes what the labels need and builds from the musl binaries
+    let release = read(".github/workflows/release.yml");
+    for needle in [
+        "x86_64-unknown-linux-musl",
+        "aarch64-unknown-linux-musl",
+        "SHA256SUMS",
+        "docker/Dockerfile.release",
+        "linux/amd64,linux/arm64",
+        "REVISION=${{ github.sha }}",
+        "cargo deb",
+    ] {
+        assert!(release.contains(needle), "release.yml lacks {needle}");
+    }
 }
 
 #[test]
@@ -917,14 +1041,7 @@ fn dockerignore_keeps_secrets_and_build_output_out_and_sources_in() {
         );
     }
     // The Dockerfile copies the whole context; these are what the build reads.
-    for needed in [
-        "Cargo.toml",
-        "Cargo.lock",
-        "src",
-        "crates",
-        "docker",
-        "docker/healthcheck.sh",
-    ] {
+    for needed in ["Cargo.toml", "Cargo.lock", "src", "crates", "docker"] {
         assert!(
             !ignored
                 .iter()
@@ -1229,4 +1346,32 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         output.status.success() && complaints.is_empty(),
         "systemd-analyze verify: {stderr}"
     );
+}
+
+#[test]
+fn debian_unit_is_the_hardened_unit_with_the_package_user_and_path() {
+    // The package's unit differs from packaging/systemd/'s in exactly these settings:
+    // /usr/bin instead of /usr/local/bin, and the static user postinst makes instead of
+    // DynamicUser. Everything else (hardening, credentials, restarts) stays the same.
+    let settings = |relative: &str| -> Vec<String> {
+        read(relative)
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                line.replace("/usr/local/bin/pve2mqtt", "/usr/bin/pve2mqtt")
+                    .replace("DynamicUser=yes", "User=pve2mqtt\nGroup=pve2mqtt")
+            })
+            .collect()
+    };
+    assert_eq!(
+        settings(UNIT).join("\n"),
+        settings("packaging/debian/pve2mqtt.service").join("\n")
+    );
+    let postinst = read("packaging/debian/postinst");
+    assert!(postinst.contains("adduser --system --group") && postinst.contains("#DEBHELPER#"));
+    let manifest = read("Cargo.toml");
+    assert!(manifest.contains("[package.metadata.deb]"));
+    assert!(manifest
+        .contains("systemd-units = { unit-name = \"pve2mqtt\", enable = false, start = false }"));
 }

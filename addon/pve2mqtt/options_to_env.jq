@@ -2,7 +2,9 @@
 #
 # Input:  /data/options.json, as the Supervisor wrote it from config.yaml's schema.
 # $mqtt:  the Supervisor's MQTT service ({"host", "port", "ssl", "username", "password"}),
-#         as `bashio::services mqtt` prints it; passed with --argjson.
+#         as `bashio::services mqtt` prints it, or {} when there is none; passed with
+#         --argjson. Used only when the mqtt.url option is not set: a broker URL in the
+#         options replaces the Supervisor's broker, with the options' user and password.
 # Output: one JSON object {"ENV_NAME": "value", ...}. run.sh exports every entry and
 #         execs `pve2mqtt run` with no config file: the environment is the config
 #         (PVE2MQTT_<SECTION>__<KEY>). tests/packaging.rs runs this same file
@@ -26,6 +28,9 @@ def option_env: {
   "poll.interval": "PVE2MQTT_POLL__INTERVAL",
   "poll.slow_interval": "PVE2MQTT_POLL__SLOW_INTERVAL",
   "mqtt.base_topic": "PVE2MQTT_MQTT__BASE_TOPIC",
+  "mqtt.url": "PVE2MQTT_MQTT__URL",
+  "mqtt.username": "PVE2MQTT_MQTT__USERNAME",
+  "mqtt.password": "PVE2MQTT_MQTT__PASSWORD",
   "homeassistant.discovery_prefix": "PVE2MQTT_HOMEASSISTANT__DISCOVERY_PREFIX",
   "commands.enabled": "PVE2MQTT_COMMANDS__ENABLED",
   "commands.read_only": "PVE2MQTT_COMMANDS__READ_ONLY",
@@ -77,7 +82,7 @@ def mqtt_env($service):
   ($service | service_text("host")) as $host
   | ($service | service_text("port")) as $port
   | if $host == "" then
-      error("the Supervisor's MQTT service has no host: install and start the Mosquitto broker add-on")
+      error("no MQTT broker: install the Mosquitto broker add-on, or set the add-on option mqtt > url to your broker")
     else . end
   | (if ($service | service_text("ssl")) == "true" then "mqtts" else "mqtt" end) as $scheme
   # An IPv6 address needs brackets in a URL.
@@ -101,4 +106,10 @@ def mqtt_env($service):
         | . + {"RUST_LOG": $filter}
       else . + {(option_env[$option.path]): $text}
       end)
-| . + mqtt_env($mqtt)
+# The options' broker when a URL is given (its user and password with it); the
+# Supervisor's otherwise, and then a user or password option alone is a mistake.
+| if has("PVE2MQTT_MQTT__URL") then .
+  elif has("PVE2MQTT_MQTT__USERNAME") or has("PVE2MQTT_MQTT__PASSWORD") then
+    error("options mqtt > username and mqtt > password are for the broker of mqtt > url, which is not set")
+  else . + mqtt_env($mqtt)
+  end

@@ -9,11 +9,14 @@ set -euo pipefail
 readonly OPTIONS_FILE=/data/options.json
 readonly MAPPING=/usr/share/pve2mqtt/options_to_env.jq
 
-if ! bashio::services.available mqtt; then
-    bashio::exit.nok "No MQTT broker from the Supervisor: install and start the Mosquitto broker add-on, then restart this add-on."
+# The Supervisor's broker as JSON ({"host", "port", "ssl", "username", "password"}), or
+# {} when there is none; the mapping uses it unless the mqtt > url option is set, and
+# stops with a reason when neither gives a broker. A broker that is not up yet is no
+# reason to stop: the bridge retries, and the watchdog sees /healthz meanwhile.
+mqtt_service='{}'
+if bashio::services.available mqtt; then
+    mqtt_service=$(bashio::services mqtt)
 fi
-# The whole service object as JSON ({"host", "port", "ssl", "username", "password"}).
-mqtt_service=$(bashio::services mqtt)
 
 if ! env_json=$(jq --argjson mqtt "${mqtt_service}" -f "${MAPPING}" "${OPTIONS_FILE}"); then
     bashio::exit.nok "The add-on options could not be turned into pve2mqtt settings (reason above)."

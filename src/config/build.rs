@@ -1,5 +1,6 @@
 //! From the layered schema to the typed [`Config`]: every value check, each naming the key
 //! as it was given (file path or environment variable) and never quoting a secret.
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -371,6 +372,9 @@ pub(super) fn build(schema: Schema, origins: &Origins) -> Result<Config, ConfigE
         homeassistant,
         commands,
         backup: build_backup(&section("backup"), schema.backup)?,
+        http: HttpConfig {
+            listen: build_listen(&section("http"), schema.http.listen)?,
+        },
     })
 }
 
@@ -606,5 +610,21 @@ fn build_backup(
         storage,
         mode,
         compress,
+    })
+}
+
+/// `http.listen`: `host:port` (an IP address, `[::1]:9102` for IPv6); empty = off.
+fn build_listen(
+    raw: &Section<'_>,
+    value: Option<Value>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some((text, raw)) = raw.optional_text("listen", value)? else {
+        return Ok(None);
+    };
+    text.trim().parse().map(Some).map_err(|_| {
+        raw.invalid(format!(
+            "expected an address and port like \"127.0.0.1:9102\", got {}",
+            raw.shown()
+        ))
     })
 }

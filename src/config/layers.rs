@@ -31,6 +31,7 @@ pub(super) struct Schema {
     pub homeassistant: HaKeys,
     pub commands: CommandsKeys,
     pub backup: BackupKeys,
+    pub http: HttpKeys,
 }
 
 /// `[proxmox]` (one cluster) or `[[proxmox]]` (`array`, any number).
@@ -96,6 +97,12 @@ pub(super) struct BackupKeys {
     pub compress: Option<Value>,
 }
 
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HttpKeys {
+    pub listen: Option<Value>,
+}
+
 impl<'de> Deserialize<'de> for Clusters {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct OneOrMany;
@@ -132,6 +139,7 @@ pub(super) fn section_keys(section: &str) -> Option<&'static [&'static str]> {
         "homeassistant" => fields_of::<HaKeys>(),
         "commands" => fields_of::<CommandsKeys>(),
         "backup" => fields_of::<BackupKeys>(),
+        "http" => fields_of::<HttpKeys>(),
         _ => return None,
     })
 }

@@ -45,6 +45,7 @@ pub struct Config {
     pub homeassistant: HaConfig,
     pub commands: CommandsConfig,
     pub backup: BackupConfig,
+    pub http: HttpConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +102,12 @@ pub enum AllowRule {
     Vmid(u32),
     Tag(String),
     Pool(String),
+}
+
+/// `[http]`: the bridge's own listener for `/healthz` and `/metrics`; `None` = off.
+#[derive(Clone, Debug, Default)]
+pub struct HttpConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[backup]`: the defaults of a backup asked for without options, checked at start-up.
@@ -176,7 +183,7 @@ fn hint_suffix(hint: &Option<String>) -> String {
 
 /// Environment variables that start with the config prefix but belong to the CLI, not to a
 /// config key; they are skipped instead of being reported as unknown.
-pub const NON_CONFIG_ENV_VARS: &[&str] = &["PVE2MQTT_CONFIG"];
+pub const NON_CONFIG_ENV_VARS: &[&str] = &["PVE2MQTT_CONFIG", crate::logging::LOG_FORMAT_VAR];
 
 /// Prefix of every configuration variable (`PVE2MQTT_<SECTION>__<KEY>`).
 const ENV_PREFIX: &str = "PVE2MQTT_";

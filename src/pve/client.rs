@@ -54,6 +54,8 @@ struct Inner {
     authorization: HeaderValue,
     /// `user@realm!tokenid`, safe to show.
     token_id: String,
+    /// Requests by endpoint, for `/metrics` (set by the bridge, not by `check`).
+    counts: std::sync::OnceLock<Arc<crate::http::RequestCounts>>,
 }
 
 struct Endpoint {
@@ -153,6 +155,7 @@ impl PveClient {
                 current: AtomicUsize::new(0),
                 authorization,
                 token_id: cfg.token.id(),
+                counts: Default::default(),
             }),
         })
     }
@@ -168,6 +171,11 @@ impl PveClient {
         &self.inner.token_id
     }
 
+    /// Counts every request of this client (and its clones) into `counts`.
+    pub fn count_requests(&self, counts: Arc<crate::http::RequestCounts>) {
+        let _ = self.inner.counts.set(counts);
+    }
+
     async fn get_data<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, PveError> {
         let body = self.execute(call).await?;
         decode_data(&call.label(), &body)
@@ -176,6 +184,14 @@ impl PveClient {
     /// Sends `call` to the endpoint in use, failing over to the next ones on transport
     /// failures, and returns the body of a 2xx answer.
     async fn execute(&self, call: &Call<'_>) -> Result<Vec<u8>, PveError> {
+        let result = self.execute_on_any(call).await;
+        if let Some(counts) = self.inner.counts.get() {
+            counts.count(call.method.as_str(), call.segments, result.is_err());
+        }
+        result
+    }
+
+    async fn execute_on_any(&self, call: &Call<'_>) -> Result<Vec<u8>, PveError> {
         let count = self.inner.endpoints.len();
         let first = self.inner.current.load(Ordering::Acquire) % count;
         let mut attempt = 0;

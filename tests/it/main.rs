@@ -16,6 +16,8 @@ mod field;
 /// Exactly one final result per command: followers across restarts, partial backups,
 /// unknown tasks, a stop during a POST.
 mod followers;
+/// The bridge's own HTTP listener: /healthz and /metrics; JSON logs.
+mod health;
 /// Retained input never runs; rejections that are not about a real command are not retained.
 mod retained;
 /// TLS to Proxmox and the broker, passwords, secrets kept out of logs and payloads.
