@@ -134,6 +134,7 @@ pub async fn run_with(
         topics: topics.clone(),
         bridge_version: env!("CARGO_PKG_VERSION").to_string(),
         controls: crate::command::policy::guest_controls(&config.commands),
+        cluster_count: config.clusters.len(),
     });
     let publisher = Publisher::new(
         mqtt_client,

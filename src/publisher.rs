@@ -26,6 +26,8 @@ use crate::model::{ClusterView, ObjectRef};
 use crate::mqtt::{Inbound, LinkEvent};
 use crate::pve::GuestKind;
 
+mod bridge;
+
 /// What other tasks ask the publisher to do.
 #[derive(Debug)]
 pub enum PublisherMsg {
@@ -231,6 +233,8 @@ pub struct Publisher<O: Outbox = AsyncClient> {
     /// The retained command reports, to republish after a reconnect.
     task_reports: HashMap<TaskKey, String>,
     bridge_info: String,
+    /// The bridge's own device (`publisher/bridge.rs`).
+    bridge_device: bridge::BridgeDeviceRecord,
 }
 
 impl<O: Outbox> Publisher<O> {
@@ -252,6 +256,7 @@ impl<O: Outbox> Publisher<O> {
             leftovers: HashSet::new(),
             task_reports: HashMap::new(),
             bridge_info: String::new(),
+            bridge_device: Default::default(),
         }
     }
 
@@ -617,6 +622,7 @@ impl<O: Outbox> Publisher<O> {
             let topic = self.topics.bridge_info();
             self.sink.send(&topic, payload, true).await;
         }
+        self.publish_bridge_device(force).await;
     }
 }
 
@@ -723,6 +729,7 @@ mod tests {
             topics: topics.clone(),
             bridge_version: "test".into(),
             controls: GuestControls::new(|_| true),
+            cluster_count: 1,
         };
         let recorder = Recorder::default();
         let publisher = Publisher::new(recorder.clone(), topics, Some(discovery), Arc::default());

@@ -9,11 +9,12 @@
 //! Pure functions: the publisher decides when to send, this module only says what.
 //!
 //! Layout: this file builds the device payload; `specs` lists each object type's sensors,
-//! `controls` a guest's switch and buttons.
+//! `controls` a guest's switch and buttons, `bridge` the bridge's own device.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -21,15 +22,32 @@ use super::topics::Topics;
 use crate::model::{ClusterView, GuestState, ObjectRef};
 use crate::pve::GuestKind;
 
+mod bridge;
 mod controls;
 mod specs;
 
+pub use bridge::bridge_config;
 use controls::control_components;
-use specs::{cluster_specs, guest_specs, node_specs, storage_specs};
+use specs::{
+    cluster_specs, guest_specs, node_specs, storage_specs, Availability, GUEST_RETIRED,
+    NODE_RETIRED, STORAGE_RETIRED,
+};
 
 /// Who we are, in every discovery payload (`origin` is required for device discovery).
 const ORIGIN_NAME: &str = "pve2mqtt";
+/// The project's page, as `origin.url` (HA links it as the integration's support URL).
+/// From `repository` in Cargo.toml.
+const ORIGIN_URL: &str = env!("CARGO_PKG_REPOSITORY");
 const MANUFACTURER: &str = "Proxmox Server Solutions GmbH";
+
+/// The `origin` block of every discovery payload.
+fn origin(ctx: &DiscoveryContext) -> Value {
+    let mut origin = serde_json::json!({"name": ORIGIN_NAME, "sw": ctx.bridge_version});
+    if !ORIGIN_URL.is_empty() {
+        origin["url"] = Value::from(ORIGIN_URL);
+    }
+    origin
+}
 
 /// The inputs that shape one object's discovery payload. Cheap to compute on every
 /// poll; the payload itself is rendered only when these change.
@@ -79,6 +97,9 @@ pub struct DiscoveryContext {
     pub bridge_version: String,
     /// Decides which guests get control entities.
     pub controls: GuestControls,
+    /// How many clusters the config names: with one, the bridge's connectivity sensor is
+    /// just "Proxmox API"; with several, each carries its cluster id.
+    pub cluster_count: usize,
 }
 
 /// The device block inputs of an object, or `None` if the object is not in the view.
@@ -155,9 +176,9 @@ pub fn device_info(
 struct Component {
     p: &'static str,
     uniq_id: String,
-    name: &'static str,
+    name: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    val_tpl: Option<&'static str>,
+    val_tpl: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dev_cla: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +187,9 @@ struct Component {
     unit_of_meas: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sug_dsp_prc: Option<u8>,
+    /// The values of an `enum` sensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ops: Option<&'static [&'static str]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ent_cat: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +213,9 @@ struct Component {
     stat_t: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     json_attr_t: Option<String>,
+    /// Overrides the device-level availability list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avty: Option<Value>,
     /// QoS is not a shared device option in HA, so it is set per component.
     qos: u8,
 }
@@ -203,26 +230,39 @@ pub fn device_config(
     let controls = info.controls;
     let c = &view.id;
     let device_id = Topics::device_id(c, object);
-    let specs = match object {
-        ObjectRef::Cluster => cluster_specs(),
-        ObjectRef::Node(_) => node_specs(),
-        ObjectRef::Guest(kind, _) => guest_specs(*kind),
-        ObjectRef::Storage(..) => storage_specs(),
+    let (specs, retired) = match object {
+        ObjectRef::Cluster => (cluster_specs(), &[][..]),
+        ObjectRef::Node(_) => (node_specs(), NODE_RETIRED),
+        ObjectRef::Guest(kind, _) => (guest_specs(*kind), GUEST_RETIRED),
+        ObjectRef::Storage(..) => (storage_specs(), STORAGE_RETIRED),
     };
+    let topics = &ctx.topics;
     let mut components = Map::new();
+    for (key, platform) in retired {
+        components.insert(key.to_string(), serde_json::json!({ "p": platform }));
+    }
     for spec in specs {
+        let avty = match spec.availability {
+            Availability::Object => None,
+            Availability::BridgeAndApi => Some(serde_json::json!([
+                {"t": topics.bridge_state()},
+                {"t": topics.bridge_proxmox(c)},
+            ])),
+        };
         let component = Component {
             p: spec.platform,
             uniq_id: format!("{device_id}_{}", spec.key),
-            name: spec.name,
+            name: spec.name.into(),
             val_tpl: Some(spec.template),
             dev_cla: spec.device_class,
             stat_cla: spec.state_class,
             unit_of_meas: spec.unit,
             sug_dsp_prc: spec.precision,
+            ops: spec.options,
             ent_cat: spec.diagnostic.then_some("diagnostic"),
             ic: spec.icon,
             en: (!spec.enabled).then_some(false),
+            avty,
             qos: 1,
             ..Component::default()
         };
@@ -249,10 +289,9 @@ pub fn device_config(
     if let Some(url) = info.configuration_url {
         device.insert("cu".into(), Value::from(url));
     }
-    let topics = &ctx.topics;
     let payload = serde_json::json!({
         "dev": device,
-        "o": {"name": ORIGIN_NAME, "sw": ctx.bridge_version},
+        "o": origin(ctx),
         "avty": [
             {"t": topics.bridge_state()},
             {"t": topics.availability(c, object)},

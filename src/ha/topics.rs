@@ -87,6 +87,30 @@ impl Topics {
         format!("{}/bridge/info", self.base)
     }
 
+    /// `{base}/bridge/proxmox/{c}`: `online` while polls of cluster `c` succeed,
+    /// `offline` while they fail; retained. Feeds the bridge device's "Proxmox API"
+    /// sensor and the availability of entities that must not depend on their object's.
+    pub fn bridge_proxmox(&self, cluster: &str) -> String {
+        format!("{}/bridge/proxmox/{}", self.base, topic_segment(cluster))
+    }
+
+    /// The Home Assistant device id of the bridge itself: `{base}_bridge`
+    /// (`pve2mqtt_bridge` by default). No object's id has this form (theirs all end in
+    /// `_cluster`, `_node_…`, `_storage_…` or a vmid), and two bridges with their own
+    /// base topics get two devices.
+    pub fn bridge_device_id(&self) -> String {
+        format!("{}_bridge", discovery_id(&self.base))
+    }
+
+    /// The bridge device's discovery topic: `{prefix}/device/{base}_bridge/config`.
+    pub fn bridge_discovery(&self) -> String {
+        format!(
+            "{}/device/{}/config",
+            self.discovery_prefix,
+            self.bridge_device_id()
+        )
+    }
+
     /// `{base}/bridge/request/{name}` for scripts.
     pub fn bridge_request_filter(&self) -> String {
         format!("{}/bridge/request/+", self.base)
@@ -302,6 +326,34 @@ mod tests {
             t.task("home", GuestKind::Lxc, 101),
             "pve2mqtt/home/lxc/101/task"
         );
+    }
+
+    #[test]
+    fn the_bridge_device_and_its_proxmox_states_have_their_own_topics() {
+        let t = topics();
+        assert_eq!(t.bridge_proxmox("home"), "pve2mqtt/bridge/proxmox/home");
+        assert_eq!(t.bridge_proxmox("a/#"), "pve2mqtt/bridge/proxmox/a__");
+        assert_eq!(t.bridge_device_id(), "pve2mqtt_bridge");
+        assert_eq!(
+            t.bridge_discovery(),
+            "homeassistant/device/pve2mqtt_bridge/config"
+        );
+        let other = Topics::new("site/2", "homeassistant");
+        assert_eq!(other.bridge_device_id(), "site_2_bridge");
+        // Nothing the bridge publishes there is taken for input or an object.
+        for topic in [t.bridge_proxmox("home"), t.bridge_proxmox("availability")] {
+            assert_eq!(t.route_inbound(&topic), InboundRoute::Ignore, "{topic}");
+        }
+        // No object's device id has the bridge's form, whatever the cluster is called.
+        for object in [
+            ObjectRef::Cluster,
+            ObjectRef::Node("x".into()),
+            ObjectRef::Guest(GuestKind::Qemu, 100),
+            ObjectRef::Storage("x".into(), "y".into()),
+        ] {
+            assert_ne!(Topics::device_id("bridge", &object), t.bridge_device_id());
+            assert_ne!(Topics::device_id("pve2mqtt", &object), t.bridge_device_id());
+        }
     }
 
     #[test]

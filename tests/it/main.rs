@@ -8,6 +8,8 @@ mod binary;
 /// The broker matrix (Mosquitto with and without persistence, a NATS cluster, rumqttd,
 /// RabbitMQ where present) and losing a broker node.
 mod brokers;
+/// The bridge's own HA device: Proxmox API state, the Refresh button, node connectivity.
+mod bridge_device;
 /// Commands: POSTs, task following, rejections, bridge requests.
 mod commands;
 /// Faults survived: broker restarts.

@@ -2,6 +2,7 @@
 //! sensor, or their removal when the policy gives the guest no control.
 use serde_json::{Map, Value};
 
+use super::specs::{enum_template, COMMAND_STATES};
 use super::{Component, DiscoveryContext};
 use crate::pve::{Action, GuestKind};
 
@@ -34,8 +35,8 @@ pub(super) fn control_components(
         "power".into(),
         Component {
             p: "switch",
-            name: "Power",
-            val_tpl: Some("{{ 'ON' if value_json.status == 'running' else 'OFF' }}"),
+            name: "Power".into(),
+            val_tpl: Some("{{ 'ON' if value_json.status == 'running' else 'OFF' }}".into()),
             cmd_t: Some(command_topic.clone()),
             pl_on: Some("start"),
             pl_off: Some("shutdown"),
@@ -50,7 +51,7 @@ pub(super) fn control_components(
             action.as_str().to_string(),
             Component {
                 p: "button",
-                name: button_name(action),
+                name: button_name(action).into(),
                 cmd_t: Some(command_topic.clone()),
                 pl_prs: Some(action.as_str()),
                 dev_cla: (action == Action::Reboot).then_some("restart"),
@@ -64,8 +65,10 @@ pub(super) fn control_components(
         "last_command".into(),
         Component {
             p: "sensor",
-            name: "Last command",
-            val_tpl: Some("{{ value_json.state }}"),
+            name: "Last command".into(),
+            val_tpl: Some(enum_template("state", COMMAND_STATES).into()),
+            dev_cla: Some("enum"),
+            ops: Some(COMMAND_STATES),
             stat_t: Some(task_topic.clone()),
             json_attr_t: Some(task_topic),
             ent_cat: Some("diagnostic"),

@@ -1,48 +1,143 @@
 //! The entities of each object type: one [`Spec`] per sensor, with its template, unit
 //! and Home Assistant classes.
+//!
+//! How they read in Home Assistant (which shows "device name + entity name"):
+//! - States with a known set of values (guest and node status, a command's state) are
+//!   `enum` sensors with their `options`; a value outside the list becomes unknown
+//!   rather than an error in HA's log.
+//! - Sizes are sent to HA in GiB and rates in KiB/s, converted and rounded by the value
+//!   template: HA's MQTT sensor has no `suggested_unit_of_measurement`, so the unit of
+//!   the entity is what HA shows (`34359738368 B` reads badly). HA can still convert
+//!   them (`data_size`/`data_rate` device classes) if a user picks another display unit.
+//!   Rounding in the template also means HA records a new state only when the figure
+//!   moves by ~10 MiB (0.01 GiB), not on every byte.
+//! - The boot time is a `timestamp` ("Started"), not a duration: an uptime changes on
+//!   every poll and HA would record every one of them.
+//! - Figures that never change (disk size, storage total) have no `state_class`: HA keeps
+//!   no long-term statistics of them.
+use std::borrow::Cow;
+
 use crate::pve::GuestKind;
+
+/// Who an entity's availability depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Availability {
+    /// The device's shared list: the bridge and the object itself (mode `all`).
+    Object,
+    /// The bridge and the cluster's Proxmox API only: for entities that report the
+    /// object being offline as a state (a node's connectivity), which the object's own
+    /// availability would turn into "unavailable".
+    BridgeAndApi,
+}
 
 /// Builder shorthand: `(key, platform, name, template)` plus the sensor details.
 pub(super) struct Spec {
     pub(super) key: &'static str,
     pub(super) platform: &'static str,
     pub(super) name: &'static str,
-    pub(super) template: &'static str,
+    pub(super) template: Cow<'static, str>,
     pub(super) device_class: Option<&'static str>,
     pub(super) state_class: Option<&'static str>,
     pub(super) unit: Option<&'static str>,
     pub(super) precision: Option<u8>,
+    pub(super) options: Option<&'static [&'static str]>,
     pub(super) diagnostic: bool,
     pub(super) icon: Option<&'static str>,
     pub(super) enabled: bool,
+    pub(super) availability: Availability,
 }
+
+/// A guest's `status` (SPEC §3).
+pub(super) const GUEST_STATUSES: &[&str] =
+    &["running", "stopped", "paused", "suspended", "unknown"];
+/// A node's `status` in `/cluster/resources`.
+pub(super) const NODE_STATUSES: &[&str] = &["online", "offline", "unknown"];
+/// A command report's `state` (SPEC §4).
+pub(super) const COMMAND_STATES: &[&str] = &["accepted", "running", "ok", "failed", "rejected"];
+
+/// Entity keys that earlier versions announced and this one no longer does. Each is
+/// sent as `{"p": platform}`, which is how device discovery removes a component
+/// (leaving it out of `cmps` would leave it in HA).
+pub(super) const GUEST_RETIRED: &[(&str, &str)] = &[("uptime", "sensor")];
+pub(super) const NODE_RETIRED: &[(&str, &str)] = &[("uptime", "sensor")];
+pub(super) const STORAGE_RETIRED: &[(&str, &str)] = &[("active", "binary_sensor")];
+
+/// `value_json.{field}` when it is one of `options`, else `None` (HA: unknown).
+pub(super) fn enum_template(field: &str, options: &[&str]) -> String {
+    let list = options
+        .iter()
+        .map(|o| format!("'{o}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{{{{ value_json.{field} if value_json.{field} in [{list}] else None }}}}")
+}
+
+/// Bytes in `value_json.{field}` as GiB, rounded to 0.01 GiB; `None` when absent.
+fn gib_template(field: &str) -> String {
+    format!(
+        "{{{{ (value_json.{field} / 1073741824) | round(2) if value_json.{field} is number else None }}}}"
+    )
+}
+
+/// Bytes per second in `value_json.{field}` as KiB/s, rounded to 0.1; `None` when absent.
+fn kib_rate_template(field: &str) -> String {
+    format!(
+        "{{{{ (value_json.{field} / 1024) | round(1) if value_json.{field} is number else None }}}}"
+    )
+}
+
+/// Unix seconds in `value_json.started` as a datetime; `None` while the field is absent
+/// or null (a stopped guest).
+pub(super) const TPL_STARTED: &str =
+    "{{ as_datetime(value_json.started) if value_json.started is number else None }}";
+
+pub(super) const TPL_LAST_BACKUP: &str = "{{ value_json.last_backup | timestamp_custom('%Y-%m-%dT%H:%M:%S+00:00', false) if value_json.last_backup else None }}";
 
 impl Spec {
     fn new(
         key: &'static str,
         platform: &'static str,
         name: &'static str,
-        template: &'static str,
+        template: impl Into<Cow<'static, str>>,
     ) -> Self {
         Spec {
             key,
             platform,
             name,
-            template,
+            template: template.into(),
             device_class: None,
             state_class: None,
             unit: None,
             precision: None,
+            options: None,
             diagnostic: false,
             icon: None,
             enabled: true,
+            availability: Availability::Object,
         }
     }
-    fn sensor(key: &'static str, name: &'static str, template: &'static str) -> Self {
+    fn sensor(
+        key: &'static str,
+        name: &'static str,
+        template: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Spec::new(key, "sensor", name, template)
     }
     fn binary(key: &'static str, name: &'static str, template: &'static str) -> Self {
         Spec::new(key, "binary_sensor", name, template)
+    }
+    /// An `enum` sensor reading `value_json.{field}`, limited to `options`.
+    fn status(
+        key: &'static str,
+        name: &'static str,
+        field: &str,
+        options: &'static [&'static str],
+    ) -> Self {
+        Spec {
+            device_class: Some("enum"),
+            options: Some(options),
+            ..Spec::sensor(key, name, enum_template(field, options))
+        }
     }
     fn percent(key: &'static str, name: &'static str, template: &'static str) -> Self {
         Spec {
@@ -52,29 +147,39 @@ impl Spec {
             ..Spec::sensor(key, name, template)
         }
     }
-    fn bytes(key: &'static str, name: &'static str, template: &'static str) -> Self {
+    /// A size in bytes, shown in GiB (see the module docs).
+    fn bytes(key: &'static str, name: &'static str, field: &str) -> Self {
         Spec {
             device_class: Some("data_size"),
             state_class: Some("measurement"),
-            unit: Some("B"),
-            ..Spec::sensor(key, name, template)
+            unit: Some("GiB"),
+            precision: Some(1),
+            ..Spec::sensor(key, name, gib_template(field))
         }
     }
-    fn rate(key: &'static str, name: &'static str, template: &'static str) -> Self {
+    /// A rate in bytes per second, shown in KiB/s.
+    fn rate(key: &'static str, name: &'static str, field: &str) -> Self {
         Spec {
             device_class: Some("data_rate"),
             state_class: Some("measurement"),
-            unit: Some("B/s"),
-            ..Spec::sensor(key, name, template)
+            unit: Some("KiB/s"),
+            precision: Some(1),
+            ..Spec::sensor(key, name, kib_rate_template(field))
         }
     }
-    fn uptime(template: &'static str) -> Self {
+    /// The boot time, from `started` (Unix seconds).
+    fn started() -> Self {
         Spec {
-            device_class: Some("duration"),
-            state_class: Some("total_increasing"),
-            unit: Some("s"),
+            device_class: Some("timestamp"),
             diagnostic: true,
-            ..Spec::sensor("uptime", "Uptime", template)
+            ..Spec::sensor("started", "Started", TPL_STARTED)
+        }
+    }
+    /// No `state_class`: a size that never changes needs no long-term statistics.
+    fn fixed(self) -> Self {
+        Spec {
+            state_class: None,
+            ..self
         }
     }
     fn diagnostic(self) -> Self {
@@ -95,13 +200,17 @@ impl Spec {
             ..self
         }
     }
+    fn bridge_and_api(self) -> Self {
+        Spec {
+            availability: Availability::BridgeAndApi,
+            ..self
+        }
+    }
 }
-
-pub(super) const TPL_LAST_BACKUP: &str = "{{ value_json.last_backup | timestamp_custom('%Y-%m-%dT%H:%M:%S+00:00', false) if value_json.last_backup else None }}";
 
 pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
     let mut specs = vec![
-        Spec::sensor("status", "Status", "{{ value_json.status }}").icon("mdi:server"),
+        Spec::status("status", "Status", "status", GUEST_STATUSES).icon("mdi:server"),
         Spec {
             device_class: Some("running"),
             ..Spec::binary(
@@ -112,18 +221,15 @@ pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
         },
         Spec::percent("cpu", "CPU", "{{ value_json.cpu }}").icon("mdi:cpu-64-bit"),
         Spec::percent("memory", "Memory", "{{ value_json.mem_percent }}").icon("mdi:memory"),
-        Spec::bytes("memory_used", "Memory used", "{{ value_json.mem }}"),
-        Spec::bytes("disk_size", "Disk size", "{{ value_json.maxdisk }}").diagnostic(),
-        Spec::rate("network_in", "Network in", "{{ value_json.netin_rate }}"),
-        Spec::rate("network_out", "Network out", "{{ value_json.netout_rate }}"),
-        Spec::rate("disk_read", "Disk read", "{{ value_json.diskread_rate }}").disabled(),
-        Spec::rate(
-            "disk_write",
-            "Disk write",
-            "{{ value_json.diskwrite_rate }}",
-        )
-        .disabled(),
-        Spec::uptime("{{ value_json.uptime }}"),
+        Spec::bytes("memory_used", "Memory used", "mem"),
+        Spec::bytes("disk_size", "Disk size", "maxdisk")
+            .fixed()
+            .diagnostic(),
+        Spec::rate("network_in", "Network in", "netin_rate"),
+        Spec::rate("network_out", "Network out", "netout_rate"),
+        Spec::rate("disk_read", "Disk read", "diskread_rate").disabled(),
+        Spec::rate("disk_write", "Disk write", "diskwrite_rate").disabled(),
+        Spec::started(),
         Spec {
             device_class: Some("timestamp"),
             ..Spec::sensor("last_backup", "Last backup", TPL_LAST_BACKUP)
@@ -133,18 +239,27 @@ pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
     // Proxmox only knows a container's disk usage; a VM's `disk` is always 0 without
     // the guest agent, so announcing it would show a false 0 B.
     if kind == GuestKind::Lxc {
-        specs.push(Spec::bytes(
-            "disk_used",
-            "Disk used",
-            "{{ value_json.disk }}",
-        ));
+        specs.push(Spec::bytes("disk_used", "Disk used", "disk"));
     }
     specs
 }
 
 pub(super) fn node_specs() -> Vec<Spec> {
     vec![
-        Spec::sensor("status", "Status", "{{ value_json.status }}").icon("mdi:server"),
+        // Both read "offline" as a state: their availability is the bridge and the
+        // Proxmox API, not the node's own (which goes offline with the node).
+        Spec::status("status", "Status", "status", NODE_STATUSES)
+            .icon("mdi:server")
+            .bridge_and_api(),
+        Spec {
+            device_class: Some("connectivity"),
+            ..Spec::binary(
+                "connectivity",
+                "Connectivity",
+                "{{ 'ON' if value_json.status == 'online' else 'OFF' }}",
+            )
+        }
+        .bridge_and_api(),
         Spec::percent("cpu", "CPU", "{{ value_json.cpu }}").icon("mdi:cpu-64-bit"),
         Spec {
             state_class: Some("measurement"),
@@ -176,24 +291,16 @@ pub(super) fn node_specs() -> Vec<Spec> {
         }
         .disabled(),
         Spec::percent("memory", "Memory", "{{ value_json.mem_percent }}").icon("mdi:memory"),
-        Spec::bytes("memory_used", "Memory used", "{{ value_json.mem }}"),
-        Spec::bytes("swap_used", "Swap used", "{{ value_json.swap_used }}"),
+        Spec::bytes("memory_used", "Memory used", "mem"),
+        Spec::bytes("swap_used", "Swap used", "swap_used"),
         Spec::percent("rootfs", "Root disk", "{{ value_json.rootfs_percent }}")
             .icon("mdi:harddisk"),
-        Spec::bytes(
-            "rootfs_used",
-            "Root disk used",
-            "{{ value_json.rootfs_used }}",
-        )
-        .diagnostic(),
-        Spec::uptime("{{ value_json.uptime }}"),
-        Spec::sensor(
-            "pve_version",
-            "Proxmox VE version",
-            "{{ value_json.pve_version }}",
-        )
-        .diagnostic()
-        .icon("mdi:information-outline"),
+        Spec::bytes("rootfs_used", "Root disk used", "rootfs_used").diagnostic(),
+        Spec::started(),
+        // The device is the node: "pve Version", not "pve Proxmox VE version".
+        Spec::sensor("pve_version", "Version", "{{ value_json.pve_version }}")
+            .diagnostic()
+            .icon("mdi:information-outline"),
         Spec::sensor("kernel", "Kernel", "{{ value_json.kernel }}")
             .diagnostic()
             .icon("mdi:linux"),
@@ -202,21 +309,22 @@ pub(super) fn node_specs() -> Vec<Spec> {
 
 pub(super) fn storage_specs() -> Vec<Spec> {
     vec![
-        Spec::bytes("used", "Used", "{{ value_json.used }}"),
-        Spec::bytes("total", "Total", "{{ value_json.total }}"),
-        Spec::bytes("available", "Available", "{{ value_json.avail }}"),
-        Spec::percent(
-            "used_percent",
-            "Used percent",
-            "{{ value_json.used_percent }}",
-        )
-        .icon("mdi:database"),
-        Spec::binary(
-            "active",
-            "Active",
-            "{{ 'ON' if value_json.active else 'OFF' }}",
-        )
-        .diagnostic(),
+        Spec::bytes("used", "Used", "used"),
+        Spec::bytes("total", "Total", "total").fixed(),
+        Spec::bytes("available", "Free", "avail"),
+        Spec::percent("used_percent", "Usage", "{{ value_json.used_percent }}")
+            .icon("mdi:database"),
+        // A primary `problem` sensor rather than a diagnostic "Active": an inactive
+        // storage (an NFS share gone, a disk missing) is what a user wants to see and
+        // alert on, and HA shows it as OK / Problem.
+        Spec {
+            device_class: Some("problem"),
+            ..Spec::binary(
+                "problem",
+                "Problem",
+                "{{ 'OFF' if value_json.active else 'ON' }}",
+            )
+        },
     ]
 }
 
@@ -246,12 +354,9 @@ pub(super) fn cluster_specs() -> Vec<Spec> {
             )
         }
         .icon("mdi:monitor-multiple"),
-        Spec::sensor(
-            "pve_version",
-            "Proxmox VE version",
-            "{{ value_json.pve_version }}",
-        )
-        .diagnostic()
-        .icon("mdi:information-outline"),
+        // The device is named "Proxmox {cluster}": "Proxmox home Version".
+        Spec::sensor("pve_version", "Version", "{{ value_json.pve_version }}")
+            .diagnostic()
+            .icon("mdi:information-outline"),
     ]
 }

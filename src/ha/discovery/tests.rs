@@ -17,6 +17,7 @@ fn ctx() -> DiscoveryContext {
         topics: Topics::new("pve2mqtt", "homeassistant"),
         bridge_version: "0.1.0".into(),
         controls: GuestControls::new(|_| true),
+        cluster_count: 1,
     }
 }
 
@@ -32,16 +33,28 @@ fn every_component_follows_home_assistants_unit_rules() {
     for object in v.objects() {
         let p = payload(&object);
         for (key, c) in p["cmps"].as_object().unwrap() {
+            if c.as_object().unwrap().len() == 1 {
+                // `{"p": platform}`: removes an entity of an earlier version.
+                continue;
+            }
             let unit = c["unit_of_meas"].as_str();
             match c["dev_cla"].as_str() {
-                Some("data_size") => assert_eq!(unit, Some("B"), "{key}"),
-                Some("data_rate") => assert_eq!(unit, Some("B/s"), "{key}"),
-                Some("duration") => assert_eq!(unit, Some("s"), "{key}"),
-                Some("timestamp") | Some("running") | Some("restart") => {
+                Some("data_size") => assert_eq!(unit, Some("GiB"), "{key}"),
+                Some("data_rate") => assert_eq!(unit, Some("KiB/s"), "{key}"),
+                Some("timestamp") | Some("running") | Some("restart") | Some("connectivity")
+                | Some("problem") => {
                     assert_eq!(unit, None, "{key}")
+                }
+                Some("enum") => {
+                    assert_eq!(unit, None, "{key}");
+                    assert!(c["stat_cla"].is_null(), "{key}");
+                    assert!(c["ops"].as_array().is_some_and(|o| !o.is_empty()), "{key}");
                 }
                 Some(other) => panic!("unexpected device class {other} on {key}"),
                 None => {}
+            }
+            if c.get("ops").is_some() {
+                assert_eq!(c["dev_cla"], "enum", "options only with enum ({key})");
             }
             if unit == Some("%") {
                 assert!(
@@ -60,6 +73,209 @@ fn every_component_follows_home_assistants_unit_rules() {
             assert_eq!(c["qos"], 1);
         }
     }
+}
+
+/// The `enum` sensors list their values, and their template turns anything else into
+/// `None` (unknown in HA) instead of a value HA would refuse with an error.
+#[test]
+fn status_sensors_are_enums_whose_template_maps_other_values_to_none() {
+    let guest = payload(&ObjectRef::Guest(GuestKind::Qemu, 100));
+    let node = payload(&ObjectRef::Node("pve".into()));
+    let cases = [
+        (
+            &guest["cmps"]["status"],
+            "status",
+            vec!["running", "stopped", "paused", "suspended", "unknown"],
+        ),
+        (
+            &node["cmps"]["status"],
+            "status",
+            vec!["online", "offline", "unknown"],
+        ),
+        (
+            &guest["cmps"]["last_command"],
+            "state",
+            vec!["accepted", "running", "ok", "failed", "rejected"],
+        ),
+    ];
+    for (c, field, options) in cases {
+        assert_eq!(c["dev_cla"], "enum");
+        assert_eq!(c["ops"], serde_json::json!(options));
+        let list = options
+            .iter()
+            .map(|o| format!("'{o}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(
+            c["val_tpl"],
+            format!("{{{{ value_json.{field} if value_json.{field} in [{list}] else None }}}}")
+        );
+    }
+}
+
+/// An uptime changes on every poll, and HA records each change: the boot time does not.
+#[test]
+fn uptime_gives_way_to_a_started_timestamp_and_the_old_entity_is_removed() {
+    for object in [
+        ObjectRef::Guest(GuestKind::Qemu, 100),
+        ObjectRef::Guest(GuestKind::Lxc, 101),
+        ObjectRef::Node("pve".into()),
+    ] {
+        let p = payload(&object);
+        let started = &p["cmps"]["started"];
+        assert_eq!(started["p"], "sensor");
+        assert_eq!(started["name"], "Started");
+        assert_eq!(started["dev_cla"], "timestamp");
+        assert!(started["stat_cla"].is_null() && started["unit_of_meas"].is_null());
+        assert_eq!(
+            started["val_tpl"],
+            "{{ as_datetime(value_json.started) if value_json.started is number else None }}"
+        );
+        assert_eq!(
+            p["cmps"]["uptime"],
+            serde_json::json!({"p": "sensor"}),
+            "{object}"
+        );
+        for (key, c) in p["cmps"].as_object().unwrap() {
+            assert_ne!(c["stat_cla"], "total_increasing", "{key}");
+        }
+    }
+}
+
+/// The node's connectivity (and status) say "offline" as a state: their availability is
+/// the bridge and the cluster's Proxmox API, not the node's own availability topic.
+#[test]
+fn a_nodes_connectivity_does_not_depend_on_the_nodes_availability() {
+    let p = payload(&ObjectRef::Node("pve".into()));
+    let own = serde_json::json!([
+        {"t": "pve2mqtt/bridge/state"},
+        {"t": "pve2mqtt/bridge/proxmox/home"},
+    ]);
+    let c = &p["cmps"]["connectivity"];
+    assert_eq!(c["p"], "binary_sensor");
+    assert_eq!(c["dev_cla"], "connectivity");
+    assert_eq!(c["avty"], own);
+    assert_eq!(
+        c["val_tpl"],
+        "{{ 'ON' if value_json.status == 'online' else 'OFF' }}"
+    );
+    assert_eq!(p["cmps"]["status"]["avty"], own);
+    // every other entity keeps the device's list (bridge + node)
+    assert!(p["cmps"]["cpu"].get("avty").is_none());
+    assert_eq!(p["avty"][1]["t"], "pve2mqtt/home/node/pve/availability");
+}
+
+#[test]
+fn sizes_read_in_gib_rates_in_kib_per_second_and_fixed_sizes_keep_no_statistics() {
+    let guest = payload(&ObjectRef::Guest(GuestKind::Lxc, 101));
+    let storage = payload(&ObjectRef::Storage("pve".into(), "local".into()));
+    let size = &guest["cmps"]["disk_size"];
+    assert_eq!(size["unit_of_meas"], "GiB");
+    assert_eq!(
+        size["val_tpl"],
+        "{{ (value_json.maxdisk / 1073741824) | round(2) if value_json.maxdisk is number else None }}"
+    );
+    assert!(size["stat_cla"].is_null(), "a disk size never changes");
+    assert!(storage["cmps"]["total"]["stat_cla"].is_null());
+    assert_eq!(storage["cmps"]["used"]["stat_cla"], "measurement");
+    assert_eq!(guest["cmps"]["memory_used"]["stat_cla"], "measurement");
+    assert_eq!(guest["cmps"]["memory_used"]["sug_dsp_prc"], 1);
+    let rate = &guest["cmps"]["network_in"];
+    assert_eq!(rate["unit_of_meas"], "KiB/s");
+    assert_eq!(
+        rate["val_tpl"],
+        "{{ (value_json.netin_rate / 1024) | round(1) if value_json.netin_rate is number else None }}"
+    );
+}
+
+#[test]
+fn an_inactive_storage_is_a_problem_on_the_storage_device() {
+    let p = payload(&ObjectRef::Storage("pve".into(), "local".into()));
+    let c = &p["cmps"]["problem"];
+    assert_eq!(c["p"], "binary_sensor");
+    assert_eq!(c["dev_cla"], "problem");
+    assert!(c["ent_cat"].is_null(), "a primary entity, not diagnostic");
+    assert_eq!(c["val_tpl"], "{{ 'OFF' if value_json.active else 'ON' }}");
+    assert_eq!(
+        p["cmps"]["active"],
+        serde_json::json!({"p": "binary_sensor"})
+    );
+}
+
+/// HA shows "device name + entity name": no entity repeats what the device name says.
+#[test]
+fn entity_names_read_well_after_the_device_name_and_origin_links_the_project() {
+    let v = view();
+    for object in v.objects() {
+        let p = payload(&object);
+        assert_eq!(p["o"]["name"], "pve2mqtt");
+        assert!(
+            p["o"]["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("https://")),
+            "{}",
+            p["o"]
+        );
+        for (key, c) in p["cmps"].as_object().unwrap() {
+            let Some(name) = c["name"].as_str() else {
+                continue;
+            };
+            assert!(!name.contains("Proxmox"), "{object} {key}: {name}");
+            assert!(!name.contains("Available"), "{object} {key}: {name}");
+        }
+    }
+    let storage = payload(&ObjectRef::Storage("pve".into(), "local".into()));
+    assert_eq!(storage["cmps"]["available"]["name"], "Free");
+    assert_eq!(
+        payload(&ObjectRef::Cluster)["cmps"]["pve_version"]["name"],
+        "Version"
+    );
+    assert_eq!(
+        payload(&ObjectRef::Node("pve".into()))["cmps"]["pve_version"]["name"],
+        "Version"
+    );
+}
+
+#[test]
+fn the_bridge_device_has_its_version_a_proxmox_api_sensor_per_cluster_and_a_refresh_button() {
+    let p: Value = serde_json::from_str(&bridge_config(&ctx(), &["home"])).unwrap();
+    assert_eq!(p["dev"]["ids"][0], "pve2mqtt_bridge");
+    assert_eq!(p["dev"]["name"], "pve2mqtt bridge");
+    assert_eq!(p["dev"]["sw"], "0.1.0");
+    assert_eq!(p["o"]["name"], "pve2mqtt");
+    assert_eq!(
+        p["avty"],
+        serde_json::json!([{"t": "pve2mqtt/bridge/state"}])
+    );
+    let api = &p["cmps"]["proxmox_home"];
+    assert_eq!(api["p"], "binary_sensor");
+    assert_eq!(api["name"], "Proxmox API");
+    assert_eq!(api["dev_cla"], "connectivity");
+    assert_eq!(api["uniq_id"], "pve2mqtt_bridge_proxmox_home");
+    assert_eq!(api["stat_t"], "pve2mqtt/bridge/proxmox/home");
+    assert_eq!(
+        (api["pl_on"].as_str(), api["pl_off"].as_str()),
+        (Some("online"), Some("offline"))
+    );
+    let refresh = &p["cmps"]["refresh"];
+    assert_eq!(refresh["p"], "button");
+    assert_eq!(refresh["cmd_t"], "pve2mqtt/bridge/request/refresh");
+    assert_eq!(
+        refresh["pl_prs"], "{}",
+        "the request's JSON, not HA's default PRESS"
+    );
+    assert_eq!(refresh["uniq_id"], "pve2mqtt_bridge_refresh");
+
+    // Several clusters: one sensor each, named by cluster id.
+    let mut two = ctx();
+    two.cluster_count = 2;
+    let p: Value = serde_json::from_str(&bridge_config(&two, &["home", "lab.x"])).unwrap();
+    assert_eq!(p["cmps"]["proxmox_home"]["name"], "Proxmox API home");
+    assert_eq!(p["cmps"]["proxmox_lab_x"]["name"], "Proxmox API lab.x");
+    assert_eq!(
+        p["cmps"]["proxmox_lab_x"]["stat_t"],
+        "pve2mqtt/bridge/proxmox/lab.x"
+    );
 }
 
 #[test]

@@ -33,6 +33,10 @@ pub fn stats(values: &[f64]) -> Value {
 
 /// What kind of topic this is, for the "messages by topic class" columns.
 pub fn topic_class(topic: &str) -> &'static str {
+    // The bridge's own HA device is about the bridge, not one of the objects.
+    if topic == format!("{DISCOVERY_PREFIX}/device/{BASE}_bridge/config") {
+        return "bridge";
+    }
     if topic.starts_with(&format!("{DISCOVERY_PREFIX}/")) {
         return "discovery";
     }
@@ -668,6 +672,7 @@ mod tests {
     fn topics_fall_into_their_classes() {
         let cases = [
             ("homeassistant/device/x/config", "discovery"),
+            ("homeassistant/device/pve2mqtt_bridge/config", "bridge"),
             ("pve2mqtt/bridge/state", "bridge"),
             ("pve2mqtt/c/qemu/100", "guest"),
             ("pve2mqtt/c/lxc/101/task", "task"),

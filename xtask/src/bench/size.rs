@@ -228,9 +228,7 @@ impl SizeRun {
             let fresh = self.probe.since(index);
             index += fresh.len();
             for m in fresh {
-                if m.topic.starts_with(&format!("{DISCOVERY_PREFIX}/device/"))
-                    && !m.payload.is_empty()
-                {
+                if topic_class(&m.topic) == "discovery" && !m.payload.is_empty() {
                     seen.insert(m.topic);
                     last = Some(m.t);
                     first = first.or(Some(m.t));

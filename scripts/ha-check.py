@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""The Home Assistant side of scripts/ha-check.sh: with the demo world running against the
+harness, reads what HA made of the bridge's discovery and checks the issue 10 entities
+on HA itself (entity by entity, as HA parsed and evaluated them), then drives the
+simulator and the Refresh button and checks what HA shows.
+
+Usage (from ha-check.sh): scripts/ha-check.py ENTITIES_JSON SIM_URL [--harness DIR]
+Prints one line per check and exits 1 when any failed.
+"""
+import argparse
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.request
+
+parser = argparse.ArgumentParser()
+parser.add_argument("entities")
+parser.add_argument("sim_url")
+parser.add_argument("--harness", default=os.environ.get("HA_HARNESS", "../shared/tools/ha-harness"))
+args = parser.parse_args()
+sys.path.insert(0, os.path.abspath(args.harness))
+import harness_lib  # noqa: E402
+
+harness_lib.ensure_venv()
+ha = harness_lib.HA.from_state()
+data = json.load(open(args.entities))
+by_id = {e["entity_id"]: e for e in data["entities"]}
+failed = []
+
+
+def check(what, ok, detail=""):
+    print(("ok      " if ok else "FAILED  ") + what + (f"  ({detail})" if detail and not ok else ""))
+    if not ok:
+        failed.append(what)
+
+
+def entity(eid):
+    e = by_id.get(eid)
+    if e is None:
+        check(f"{eid} exists", False, "not in HA")
+        return {"attributes": {}, "discovery_payload": {}}
+    return e
+
+
+def state(eid):
+    return ha.rest_ok("GET", f"/api/states/{eid}")
+
+
+def wait_state(eid, pred, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        s = state(eid)
+        if pred(s["state"]) or time.monotonic() > deadline:
+            return s["state"]
+        time.sleep(0.25)
+
+
+_ctx = ssl.create_default_context()
+_ctx.check_hostname = False
+_ctx.verify_mode = ssl.CERT_NONE  # the simulator's own self-signed certificate, on loopback
+
+
+def sim(method, path, body=None):
+    req = urllib.request.Request(
+        args.sim_url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(req, context=_ctx, timeout=10) as r:
+        return json.loads(r.read() or b"null")
+
+
+# --- enum sensors -------------------------------------------------------------------
+for eid, options in [
+    ("sensor.home_assistant_status", ["running", "stopped", "paused", "suspended", "unknown"]),
+    ("sensor.pve_status", ["online", "offline", "unknown"]),
+    ("sensor.home_assistant_last_command", ["accepted", "running", "ok", "failed", "rejected"]),
+]:
+    e = entity(eid)
+    check(f"{eid} is an enum with its options",
+          e.get("device_class") == "enum" and e["attributes"].get("options") == options,
+          f"{e.get('device_class')} {e['attributes'].get('options')}")
+check("guest status reads running", entity("sensor.home_assistant_status").get("state") == "running")
+
+# --- Started instead of uptime --------------------------------------------------------
+for eid in ["sensor.home_assistant_started", "sensor.mqtt_started", "sensor.pve_started"]:
+    e = entity(eid)
+    check(f"{eid} is a timestamp without state_class",
+          e.get("device_class") == "timestamp" and e.get("state_class") is None, str(e.get("device_class")))
+    st = e.get("state")
+    check(f"{eid} is a datetime or unknown (no template error)",
+          st in ("unknown",) or (isinstance(st, str) and st[:2] == "20" and "+00:00" in st), repr(st))
+uptimes = [x for x in by_id if x.endswith("_uptime")]
+check("no uptime entity is left", not uptimes, str(uptimes))
+check("no total_increasing anywhere",
+      not [x for x, e in by_id.items() if e.get("state_class") == "total_increasing"])
+
+# --- node connectivity ----------------------------------------------------------------
+e = entity("binary_sensor.pve_connectivity")
+check("node connectivity: device_class connectivity, on",
+      e.get("device_class") == "connectivity" and e.get("state") == "on", f"{e.get('device_class')} {e.get('state')}")
+avty = [a["topic"] for a in e["discovery_payload"].get("availability", [])]
+check("node connectivity: availability is the bridge and the Proxmox API only",
+      avty == ["pve2mqtt/bridge/state", "pve2mqtt/bridge/proxmox/pve"], str(avty))
+
+# --- bridge device --------------------------------------------------------------------
+e = entity("binary_sensor.pve2mqtt_bridge_proxmox_api")
+check("bridge: Proxmox API connectivity is on",
+      e.get("device_class") == "connectivity" and e.get("state") == "on", f"{e.get('device_class')} {e.get('state')}")
+dev = e.get("device") or {}
+check("bridge: device 'pve2mqtt bridge' with sw_version",
+      dev.get("name") == "pve2mqtt bridge" and bool(dev.get("sw_version")), str(dev.get("sw_version")))
+e = entity("button.pve2mqtt_bridge_refresh")
+check("bridge: Refresh button presses {} on bridge/request/refresh",
+      e["discovery_payload"].get("command_topic") == "pve2mqtt/bridge/request/refresh"
+      and e["discovery_payload"].get("payload_press") == "{}")
+
+# --- sizes ----------------------------------------------------------------------------
+for eid in ["sensor.home_assistant_disk_size", "sensor.local_on_pve_total"]:
+    e = entity(eid)
+    check(f"{eid}: no state_class (never changes)", e.get("state_class") is None, str(e.get("state_class")))
+for eid in ["sensor.home_assistant_memory_used", "sensor.local_on_pve_used", "sensor.local_on_pve_free"]:
+    e = entity(eid)
+    check(f"{eid}: in GiB, a number", e.get("unit_of_measurement") == "GiB"
+          and e.get("state", "x").replace(".", "", 1).isdigit(), f"{e.get('unit_of_measurement')} {e.get('state')}")
+e = entity("sensor.home_assistant_network_in")
+check("network rates in KiB/s", e.get("unit_of_measurement") == "KiB/s", str(e.get("unit_of_measurement")))
+
+# --- storage problem ------------------------------------------------------------------
+e = entity("binary_sensor.local_on_pve_problem")
+check("storage: Problem is a primary problem sensor, off",
+      e.get("device_class") == "problem" and e.get("entity_category") is None and e.get("state") == "off",
+      f"{e.get('device_class')} {e.get('entity_category')} {e.get('state')}")
+check("storage: the old Active entity is removed", "binary_sensor.local_on_pve_active" not in by_id)
+
+# --- names and origin -----------------------------------------------------------------
+names = {x: e.get("friendly_name") or "" for x, e in by_id.items()}
+check("no 'Proxmox VE version' in any name", not [n for n in names.values() if "Proxmox VE version" in n])
+check("storage reads 'Free'", names.get("sensor.local_on_pve_free") == "local on pve Free", str(names.get("sensor.local_on_pve_free")))
+origins = {json.dumps(e["discovery_payload"].get("origin"), sort_keys=True) for e in by_id.values() if e.get("discovery_payload")}
+check("origin has a support_url everywhere",
+      all(json.loads(o or "{}").get("support_url", "").startswith("https://") for o in origins), str(origins))
+
+# --- templates on values the demo does not have (yet) --------------------------------
+# A guest state with a boot time, and one with a status outside the enum's list,
+# published as the bridge would (then the bridge's own state is put back).
+import subprocess  # noqa: E402
+
+port = str(harness_lib.load_state().get("mqtt_port") or os.environ.get("HA_CHECK_PORT", "18830"))
+topic = "pve2mqtt/pve/qemu/100"
+current = subprocess.run(["mosquitto_sub", "-p", port, "-t", topic, "-C", "1", "-W", "5"],
+                         capture_output=True, text=True).stdout.strip()
+
+
+def publish_state(**fields):
+    payload = json.dumps({**json.loads(current), **fields})
+    subprocess.run(["mosquitto_pub", "-p", port, "-t", topic, "-m", payload], check=True)
+
+
+if current:
+    publish_state(started=1764679463)
+    st = wait_state("sensor.home_assistant_started", lambda s: s.startswith("2025-12-02"))
+    check("Started reads value_json.started as a datetime", st == "2025-12-02T12:44:23+00:00", st)
+    publish_state(status="prelaunch", started=None)
+    st = wait_state("sensor.home_assistant_status", lambda s: s == "unknown")
+    check("a status outside the enum's options reads unknown", st == "unknown", st)
+    st = state("sensor.home_assistant_started")["state"]
+    check("Started reads unknown when started is null", st == "unknown", st)
+    subprocess.run(["mosquitto_pub", "-p", port, "-t", topic, "-m", current], check=True)
+    wait_state("sensor.home_assistant_status", lambda s: s == "running")
+else:
+    check("read the guest's state from the broker", False, "nothing on " + topic)
+
+# --- live: Refresh, Proxmox API, node offline ----------------------------------------
+def polls():
+    return sim("GET", "/_sim/counters").get("GET /cluster/resources", 0)
+
+# Right after a timer poll (the demo polls every 5 s), a press must poll within ~1 s
+# (the refresh spacing), well before the timer's next one.
+start = polls()
+while polls() == start:
+    time.sleep(0.05)
+before = polls()
+ha.rest_ok("POST", "/api/services/button/press", {"entity_id": "button.pve2mqtt_bridge_refresh"})
+deadline = time.monotonic() + 2.5
+while polls() == before and time.monotonic() < deadline:
+    time.sleep(0.05)
+check("Refresh pressed in HA polls Proxmox at once", polls() > before, f"{before} -> {polls()}")
+
+sim("POST", "/_sim/faults", {"path_prefix": "/cluster/resources", "kind": "status", "status": 500,
+                              "message": "cluster not ready - no quorum?", "count": 2})
+st = wait_state("binary_sensor.pve2mqtt_bridge_proxmox_api", lambda s: s == "off")
+check("Proxmox API goes off (a state, not unavailable) while polls fail", st == "off", st)
+st = wait_state("binary_sensor.pve2mqtt_bridge_proxmox_api", lambda s: s == "on", 60)
+check("Proxmox API comes back on", st == "on", st)
+
+sim("POST", "/_sim/nodes/pve", {"online": False})
+st = wait_state("binary_sensor.pve_connectivity", lambda s: s == "off")
+check("node offline: connectivity is off, not unavailable", st == "off", st)
+st = wait_state("sensor.pve_status", lambda s: s == "offline")
+check("node offline: status reads offline", st == "offline", st)
+st = state("sensor.pve_cpu")["state"]
+check("node offline: its other entities are unavailable", st == "unavailable", st)
+sim("POST", "/_sim/nodes/pve", {"online": True})
+st = wait_state("binary_sensor.pve_connectivity", lambda s: s == "on")
+check("node back: connectivity on", st == "on", st)
+wait_state("sensor.home_assistant_status", lambda s: s == "running", 60)
+
+print(f"{len(failed)} failed")
+sys.exit(1 if failed else 0)
