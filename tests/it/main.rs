@@ -5,11 +5,11 @@
 
 /// The real binary: Last Will on SIGKILL, clean SIGTERM, `check`, config errors.
 mod binary;
+/// The bridge's own HA device: Proxmox API state, the Refresh button, node connectivity.
+mod bridge_device;
 /// The broker matrix (Mosquitto with and without persistence, a NATS cluster, rumqttd,
 /// RabbitMQ where present) and losing a broker node.
 mod brokers;
-/// The bridge's own HA device: Proxmox API state, the Refresh button, node connectivity.
-mod bridge_device;
 /// Commands: POSTs, task following, rejections, bridge requests.
 mod commands;
 /// Faults survived: broker restarts.
