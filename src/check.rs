@@ -144,12 +144,26 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    match check_broker(config).await {
-        Ok(()) => println!("mqtt: ok, connected to {}", config.mqtt.url),
-        Err(err) => {
-            println!("mqtt: FAILED to connect to {}: {err:#}", config.mqtt.url);
-            failures.push(format!("MQTT broker {}: {err:#}", config.mqtt.url));
+    // Every member of `mqtt.urls` is tried, so a dead one is seen before the day it is needed;
+    // the bridge works while one answers, so only "none answers" fails the check.
+    let mut broker_failures = Vec::new();
+    for broker in &config.mqtt.brokers {
+        match check_broker(config, broker).await {
+            Ok(()) => println!("mqtt: ok, connected to {}", broker.url),
+            Err(err) => {
+                println!("mqtt: FAILED to connect to {}: {err:#}", broker.url);
+                broker_failures.push(format!("MQTT broker {}: {err:#}", broker.url));
+            }
         }
+    }
+    if broker_failures.len() == config.mqtt.brokers.len() {
+        failures.extend(broker_failures);
+    } else if !broker_failures.is_empty() {
+        println!(
+            "mqtt: warning: {} of {} brokers unreachable; the bridge uses the others",
+            broker_failures.len(),
+            config.mqtt.brokers.len()
+        );
     }
     if let Some(first) = failures.first() {
         bail!("{first}");
@@ -160,9 +174,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 
 /// Connects with a separate client id and no Last Will, waits for the ConnAck, and
 /// disconnects: proves address, TLS and credentials without touching the bridge state.
-async fn check_broker(config: &Config) -> anyhow::Result<()> {
-    let opts =
-        crate::mqtt::base_options(&config.mqtt, &format!("{}-check", config.mqtt.client_id))?;
+async fn check_broker(config: &Config, broker: &crate::config::MqttBroker) -> anyhow::Result<()> {
+    let client_id = format!("{}-check", config.mqtt.client_id);
+    let opts = crate::mqtt::broker_options(&config.mqtt, broker, &client_id)?;
     let (client, mut eventloop) = crate::mqtt::client(opts, 10);
     let connected = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -233,14 +247,17 @@ pub fn config_summary(config: &Config) -> String {
         humantime::format_duration(config.poll.slow_interval)
     );
     let mqtt = &config.mqtt;
-    let _ = writeln!(
-        out,
-        "mqtt: {} (host {}, port {}, {})",
-        mqtt.url,
-        mqtt.host,
-        mqtt.port,
-        if mqtt.tls { "TLS" } else { "no TLS" }
-    );
+    for (index, broker) in mqtt.brokers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{} {} (host {}, port {}, {})",
+            if index == 0 { "mqtt:" } else { "   or" },
+            broker.url,
+            broker.host,
+            broker.port,
+            if broker.tls { "TLS" } else { "no TLS" }
+        );
+    }
     let _ = writeln!(
         out,
         "  user: {}, password: {}, client id: {}",

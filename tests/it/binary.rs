@@ -121,6 +121,53 @@ async fn check_reports_proxmox_and_broker_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tries_every_broker_of_mqtt_urls_and_passes_while_one_answers() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let dead = format!("mqtt://127.0.0.1:{}", free_port());
+    let live = format!("mqtt://127.0.0.1:{}", broker.port);
+    let run = |urls: Vec<String>| {
+        let cfg = TestConfig::with_urls(&sim, &urls, "");
+        async move {
+            let path = cfg.write();
+            let output = tokio::process::Command::new(BIN)
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .await
+                .expect("run check");
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            )
+        }
+    };
+
+    // The first broker is down and the second answers: the bridge would work, so check
+    // passes, and says which member of the list is down.
+    let (code, stdout) = run(vec![dead.clone(), live.clone()]).await;
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("mqtt: FAILED to connect to {dead}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("mqtt: ok, connected to {live}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("result: ok"), "{stdout}");
+
+    // No broker answers: check fails.
+    let other_dead = format!("mqtt://127.0.0.1:{}", free_port());
+    let (code, stdout) = run(vec![dead.clone(), other_dead.clone()]).await;
+    assert_ne!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("mqtt: FAILED to connect to {other_dead}")),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_with_a_wrong_token_exits_2_with_one_line_reason() {
     let broker = Mosquitto::start();
     let sim = start_sim(sim_options()).await;
