@@ -138,7 +138,8 @@ const STARTED_TOLERANCE: u64 = 120;
 
 /// The boot time (Unix seconds) from `uptime` at `now`, stable against jitter: the
 /// previous value (`before`: started, uptime as reported) is kept unless the reading
-/// moved beyond the tolerance or the uptime went down (a reboot).
+/// moved beyond the tolerance or the uptime went down (a reboot), and while the uptime
+/// is still the one reported.
 pub(super) fn started(
     now: f64,
     uptime: Option<u64>,
@@ -151,6 +152,9 @@ pub(super) fn started(
     }
     let fresh = ((raw / STARTED_GRID as f64).round() as u64) * STARTED_GRID;
     match before {
+        // The same uptime as reported: pvestatd has not refreshed it since (it stalls
+        // while a storage hangs), so `now - uptime` says nothing new.
+        Some((Some(kept), reported_uptime)) if reported_uptime == Some(uptime) => Some(kept),
         Some((Some(kept), reported_uptime))
             if fresh.abs_diff(kept) <= STARTED_TOLERANCE
                 && reported_uptime.is_none_or(|u| uptime >= u) =>
@@ -292,6 +296,13 @@ mod tests {
             let again = started(boot + now, Some(uptime), Some((Some(first), Some(5_000))));
             assert_eq!(again, Some(first), "{now} {uptime}");
         }
+        // pvestatd stalls (a hung storage): uptime stands still while time goes on.
+        let stalled = started(
+            boot + 5_600.0,
+            Some(5_000),
+            Some((Some(first), Some(5_000))),
+        );
+        assert_eq!(stalled, Some(first));
         // A reboot: uptime went down.
         let rebooted = started(boot + 5_100.0, Some(40), Some((Some(first), Some(5_000))));
         assert!(rebooted.unwrap() > first + 4_000);
