@@ -970,6 +970,7 @@ fn backup_defaults_are_checked() {
 fn reporting_defaults_and_overrides_from_file_and_env() {
     let rules = load(&minimal(), &[]).reporting;
     assert_eq!(rules.max_interval, Duration::from_secs(300));
+    assert_eq!(rules.min_interval, Duration::ZERO);
     assert_eq!(
         (
             rules.cpu,
@@ -987,10 +988,14 @@ fn reporting_defaults_and_overrides_from_file_and_env() {
             ("PVE2MQTT_REPORTING__CPU", "0.5"),
             ("PVE2MQTT_REPORTING__STORAGE_PERCENT", " 1 "),
             ("PVE2MQTT_REPORTING__MAX_INTERVAL", "30s"),
+            ("PVE2MQTT_REPORTING__MIN_INTERVAL", "1m"),
         ],
     )
     .reporting;
     assert_eq!(rules.max_interval, Duration::from_secs(30), "env wins");
+    assert_eq!(rules.min_interval, Duration::from_secs(60));
+    let off = load(&with("[reporting]\nmin_interval = \"0s\"\n"), &[]).reporting;
+    assert_eq!(off.min_interval, Duration::ZERO, "0 turns it off");
     assert_eq!(
         (
             rules.cpu,
@@ -1019,6 +1024,8 @@ fn bad_reporting_values_name_the_key() {
     );
     assert!(error(&with("[reporting]\nmax_interval = \"0s\"\n"), &[])
         .starts_with("reporting.max_interval: must be greater than 0"));
+    assert!(error(&with("[reporting]\nmin_interval = \"soon\"\n"), &[])
+        .starts_with("reporting.min_interval: expected a duration like \"10s\""));
     assert!(error(&with("[reporting]\nmax_interval = 300\n"), &[])
         .starts_with("reporting.max_interval: expected a duration like \"10s\""));
     assert_eq!(

@@ -204,6 +204,13 @@ impl RawValue {
         Ok(duration)
     }
 
+    /// `"0"` or a duration of zero (`"0s"`), where zero means "off".
+    fn is_zero_duration(&self) -> bool {
+        matches!(&self.kind, ValueKind::String(text)
+            if text.trim() == "0" || humantime::parse_duration(text.trim()).is_ok_and(|d| d.is_zero()))
+            || matches!(self.kind, ValueKind::I64(0))
+    }
+
     /// A reportable change: a number (text from the environment), 0 or more.
     fn limit(&self) -> Result<f64, ConfigError> {
         let number = match &self.kind {
@@ -405,6 +412,11 @@ fn build_reporting(raw: &Section<'_>, keys: ReportingKeys) -> Result<ReportRules
     };
     Ok(ReportRules {
         max_interval: raw.duration_or("max_interval", keys.max_interval, d.max_interval)?,
+        min_interval: match raw.take("min_interval", keys.min_interval) {
+            None => d.min_interval,
+            Some(value) if value.is_zero_duration() => Duration::ZERO,
+            Some(value) => value.duration()?,
+        },
         cpu: limit("cpu", keys.cpu, d.cpu)?,
         mem_percent: limit("mem_percent", keys.mem_percent, d.mem_percent)?,
         rates: limit("rates", keys.rates, d.rates)?,

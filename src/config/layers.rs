@@ -109,6 +109,7 @@ pub(super) struct HttpKeys {
 #[serde(deny_unknown_fields)]
 pub(super) struct ReportingKeys {
     pub max_interval: Option<Value>,
+    pub min_interval: Option<Value>,
     pub cpu: Option<Value>,
     pub mem_percent: Option<Value>,
     pub rates: Option<Value>,

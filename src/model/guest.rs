@@ -141,7 +141,7 @@ impl GuestDraft<'_> {
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
             || ReportRules::share_moved(*disk, self.disk, self.maxdisk, rules.storage_percent)
             || rules.rates_moved(rates, self.rates);
-        always || threshold || rules.due(*as_of, now, phase_of_vmid(self.vmid))
+        always || rules.threshold_or_due(threshold, *as_of, now, phase_of_vmid(self.vmid))
     }
 
     fn to_state(&self, now: f64) -> GuestState {

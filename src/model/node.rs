@@ -99,7 +99,7 @@ pub(super) fn node_needs_report(
             fresh.rootfs_total,
             rules.storage_percent,
         );
-    always || threshold || rules.due(*as_of, now, phase_of_name(&[node]))
+    always || rules.threshold_or_due(threshold, *as_of, now, phase_of_name(&[node]))
 }
 
 /// `pve-manager/9.1.2/9d436f37a0ac4172` (node status) → `9.1.2`, as users say it.

@@ -20,6 +20,10 @@ use std::time::Duration;
 pub struct ReportRules {
     /// Every state is reported again at least this often (so no value is older).
     pub max_interval: Duration,
+    /// A figure beyond its reportable change waits until the state is this old (Zigbee's
+    /// minimum interval); zero, the default: it is reported at once. Fields that always
+    /// count never wait.
+    pub min_interval: Duration,
     /// CPU, in percentage points.
     pub cpu: f64,
     /// Memory and swap in use, in percent of their total.
@@ -39,6 +43,7 @@ impl Default for ReportRules {
     fn default() -> Self {
         ReportRules {
             max_interval: Duration::from_secs(300),
+            min_interval: Duration::ZERO,
             cpu: 2.0,
             mem_percent: 1.0,
             rates: 10.0,
@@ -95,6 +100,19 @@ impl ReportRules {
 
     pub(super) fn rates_moved(&self, old: [Option<f64>; 4], new: [Option<f64>; 4]) -> bool {
         old.iter().zip(new).any(|(a, b)| self.rate_moved(*a, b))
+    }
+
+    /// Is a state reported at `as_of`, whose fields that always count are unchanged,
+    /// reported again at `now`? When a figure moved beyond its reportable change
+    /// (`threshold`) and `min_interval` has passed, or when it is due (see [`Self::due`]).
+    pub(super) fn threshold_or_due(
+        &self,
+        threshold: bool,
+        as_of: f64,
+        now: f64,
+        phase: f64,
+    ) -> bool {
+        (threshold && now - as_of >= self.min_interval.as_secs_f64()) || self.due(as_of, now, phase)
     }
 
     /// Is a state reported at `as_of` due again at `now` (seconds)? Each object has its
@@ -267,6 +285,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn min_interval_holds_back_figures_but_not_a_due_refresh() {
+        let rules = ReportRules {
+            max_interval: Duration::from_secs(100),
+            min_interval: Duration::from_secs(30),
+            ..ReportRules::default()
+        };
+        assert!(!rules.threshold_or_due(true, 1_000.0, 1_029.0, 0.3));
+        assert!(rules.threshold_or_due(true, 1_000.0, 1_030.0, 0.3));
+        assert!(!rules.threshold_or_due(false, 1_000.0, 1_040.0, 0.3));
+        assert!(rules.threshold_or_due(false, 1_000.0, 1_100.0, 0.3), "due");
+        let at_once = ReportRules::default();
+        assert!(at_once.threshold_or_due(true, 1_000.0, 1_000.5, 0.3));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub(super) fn storage_needs_report(
         || *shared != fresh.shared
         || *total != fresh.total;
     let threshold = ReportRules::share_moved(*used, fresh.used, fresh.total, rules.storage_percent);
-    always || threshold || rules.due(*as_of, now, phase_of_name(&[node, storage]))
+    always || rules.threshold_or_due(threshold, *as_of, now, phase_of_name(&[node, storage]))
 }
 
 pub(super) fn storage_state(row: &Resource, now: f64) -> Option<StorageState> {

@@ -266,3 +266,35 @@ async fn a_status_change_is_published_within_one_poll_whatever_the_thresholds() 
     );
     s.bridge.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_min_interval_a_big_move_waits_but_a_status_change_does_not() {
+    let s = setup("min_interval = \"1h\"").await;
+    let lvm_messages = count(&s.probe, LVM);
+
+    // 5 GiB more on local-lvm, beyond its reportable change, but the storage's state is
+    // younger than min_interval.
+    set_vm_disk(&s.sim, VM_DISK + 15 * GIB).await;
+    s.probe
+        .wait_topic(VM, 20 * SECS, |m| m.json()["maxdisk"] == VM_DISK + 15 * GIB)
+        .await;
+    let seen_at = polls(&s.sim);
+    wait_polls(&s.sim, seen_at, 2).await;
+    assert_eq!(count(&s.probe, LVM), lvm_messages);
+
+    // A field that always counts does not wait.
+    let polls_before = polls(&s.sim);
+    sim_send(
+        &s.sim,
+        "PATCH",
+        "/_sim/guests/101",
+        json!({"status": "stopped"}),
+    )
+    .await;
+    s.probe
+        .wait_topic(CT, 20 * SECS, |m| m.json()["status"] == "stopped")
+        .await;
+    let took = polls(&s.sim) - polls_before;
+    assert!(took <= 2, "published after {took} polls");
+    s.bridge.stop().await.unwrap();
+}
