@@ -161,6 +161,7 @@ pub async fn run_with(
         let (refresh_tx, refresh_rx) = mpsc::channel(16);
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         let poll = config.poll.clone();
+        let reporting = config.reporting;
         let publisher = publisher_tx.clone();
         let stop = stop.clone();
         let registry = registry.clone();
@@ -189,6 +190,7 @@ pub async fn run_with(
                 refresh: refresh_rx,
                 views: views_tx,
                 stats,
+                reporting,
             };
             poller.run(stop).await;
         }));

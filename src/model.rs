@@ -8,7 +8,9 @@
 //! lives in one place.
 //!
 //! Layout: `node`, `guest` and `storage` hold each object's state and how a row becomes
-//! it; `rates` the counter deltas and the rounding.
+//! it; `rates` the counter deltas and the rounding; `reporting` the reporting rules that
+//! decide when a state changed enough to be reported again (a view holds each object's
+//! state as last reported).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -21,15 +23,17 @@ use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 mod guest;
 mod node;
 mod rates;
+mod reporting;
 mod storage;
 
 use guest::guest_state;
 pub use guest::GuestState;
-use node::node_state;
 pub use node::NodeState;
+use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
-use storage::storage_state;
+pub use reporting::ReportRules;
 pub use storage::StorageState;
+use storage::{storage_needs_report, storage_state};
 
 /// One object the bridge publishes about, inside one cluster: what topics, discovery
 /// and the publisher's records are keyed by.
@@ -152,11 +156,12 @@ pub struct SlowData {
     pub last_backup: HashMap<u32, u64>,
 }
 
-/// Builds the view of one cluster from one `/cluster/resources` answer.
+/// Builds the view of one cluster from one `/cluster/resources` answer, with the default
+/// [`ReportRules`] (see [`ViewBuilder::reporting`]).
 ///
-/// `now` is the poll time in seconds (any monotonic origin); `rates` carries counter
-/// samples between polls. Guests whose state equals their state in `previous` are shared
-/// with it rather than kept twice.
+/// `now` is the poll time in Unix seconds, advancing monotonically (the poller counts it
+/// from its start); `rates` carries counter samples between polls. An object whose state
+/// needs no report against its state in `previous` keeps that state (guests share it).
 pub fn build_view(
     id: &str,
     console_url: &str,
@@ -181,6 +186,7 @@ pub struct ViewBuilder<'a> {
     rates: &'a mut RateMemory,
     now: f64,
     previous: Option<&'a ClusterView>,
+    rules: ReportRules,
 }
 
 impl<'a> ViewBuilder<'a> {
@@ -202,28 +208,48 @@ impl<'a> ViewBuilder<'a> {
             rates,
             now,
             previous,
+            rules: ReportRules::default(),
         }
+    }
+
+    /// Reports by these rules instead of the defaults.
+    pub fn reporting(mut self, rules: ReportRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     pub fn add(&mut self, row: &Resource) {
         let view = &mut self.view;
+        let (rules, now) = (&self.rules, self.now);
         match row.kind {
             ResourceKind::Node => {
-                if let Some(node) = node_state(row, self.slow) {
+                let before = row
+                    .node
+                    .as_deref()
+                    .and_then(|n| self.previous?.nodes.get(n));
+                if let Some(fresh) = node_state(row, self.slow, now, before) {
+                    let node = match before {
+                        Some(b) if !node_needs_report(&fresh, b, rules, now) => b.clone(),
+                        _ => fresh,
+                    };
                     view.nodes.insert(node.node.clone(), node);
                 }
             }
             ResourceKind::Qemu | ResourceKind::Lxc => {
                 if let Some(guest) =
-                    guest_state(row, self.slow, self.rates, self.now, self.previous)
+                    guest_state(row, self.slow, self.rates, (rules, now), self.previous)
                 {
                     view.guests.insert(guest.vmid, guest);
                 }
             }
             ResourceKind::Storage => {
-                if let Some(storage) = storage_state(row) {
-                    view.storages
-                        .insert((storage.node.clone(), storage.storage.clone()), storage);
+                if let Some(fresh) = storage_state(row, now) {
+                    let key = (fresh.node.clone(), fresh.storage.clone());
+                    let storage = match self.previous.and_then(|p| p.storages.get(&key)) {
+                        Some(b) if !storage_needs_report(&fresh, b, rules, now) => b.clone(),
+                        _ => fresh,
+                    };
+                    view.storages.insert(key, storage);
                 }
             }
             // pools, SDN zones, PVE 9 network rows and anything newer: not published (yet).

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::model::{ClusterView, RateMemory, SlowData, ViewBuilder};
+use crate::model::{ClusterView, RateMemory, ReportRules, SlowData, ViewBuilder};
 use crate::publisher::PublisherMsg;
 use crate::pve::{
     for_each_cluster_resource, ClusterStatusKind, PveClient, PveError, Resource, ResourceKind,
@@ -52,6 +52,8 @@ pub struct ClusterPoller {
     pub views: watch::Sender<Option<Arc<ClusterView>>>,
     /// Polls and their duration, for `/metrics` and `/healthz`.
     pub stats: Arc<crate::http::PollStats>,
+    /// When a state changed enough to be reported again (config `[reporting]`).
+    pub reporting: ReportRules,
 }
 
 /// How long a status read from `status/current` after a task overrides the cluster-wide
@@ -87,7 +89,7 @@ impl ClusterPoller {
         ));
         let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
 
-        let started = Instant::now();
+        let clock = PollClock::start();
         let mut rates = RateMemory::default();
         let mut failures: u32 = 0;
         // The last answer, undecoded: a view is rebuilt from it when the slow lane brings
@@ -135,7 +137,7 @@ impl ClusterPoller {
                     let spaced_until = last_poll.map(|at| at + self.refresh_spacing);
                     if let (Some(until), Some(body)) = (spaced_until, &last_body) {
                         if tokio::time::Instant::now() < until {
-                            let now = started.elapsed().as_secs_f64();
+                            let now = clock.now();
                             if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, now).await { break; }
                             next_poll = next_poll.min(until);
                             continue;
@@ -145,7 +147,7 @@ impl ClusterPoller {
                 Ok(()) = slow_rx.changed() => {
                     // New slow-lane details: rebuild from the last answer, no extra request.
                     if let Some(body) = &last_body {
-                        let now = started.elapsed().as_secs_f64();
+                        let now = clock.now();
                         if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, now).await { break; }
                     }
                     continue;
@@ -160,7 +162,7 @@ impl ClusterPoller {
             let slow = slow_rx.borrow_and_update().clone();
             let previous = self.views.borrow().clone();
             let polled = polled.and_then(|body| {
-                let now = started.elapsed().as_secs_f64();
+                let now = clock.now();
                 let built = self.view_from(&body, &slow, &mut rates, now, previous.as_deref())?;
                 Ok((body, built))
             });
@@ -249,7 +251,8 @@ impl ClusterPoller {
         now: f64,
         previous: Option<&ClusterView>,
     ) -> Result<(ClusterView, Vec<Resource>), PveError> {
-        let mut builder = ViewBuilder::new(&self.id, &self.console_url, slow, rates, now, previous);
+        let mut builder = ViewBuilder::new(&self.id, &self.console_url, slow, rates, now, previous)
+            .reporting(self.reporting);
         let mut plan_rows = Vec::new();
         for_each_cluster_resource(body, |row| {
             builder.add(&row);
@@ -265,6 +268,30 @@ impl ClusterPoller {
         let view = Arc::new(view);
         let _ = self.views.send(Some(view.clone()));
         self.publisher.send(PublisherMsg::View(view)).await.is_ok()
+    }
+}
+
+/// Poll times in Unix seconds that never go backwards: the wall clock read once at the
+/// start, advanced by the monotonic clock (rates need steady deltas, `started` needs Unix
+/// time; a wall-clock step while running moves `started` at most once).
+struct PollClock {
+    unix_start: f64,
+    start: Instant,
+}
+
+impl PollClock {
+    fn start() -> PollClock {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        PollClock {
+            unix_start: unix.as_secs_f64(),
+            start: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.unix_start + self.start.elapsed().as_secs_f64()
     }
 }
 
@@ -540,6 +567,7 @@ mod tests {
             refresh: refresh_rx,
             views: views_tx,
             stats: Default::default(),
+            reporting: ReportRules::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(poller.run(stop.clone()));

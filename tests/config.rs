@@ -967,6 +967,82 @@ fn backup_defaults_are_checked() {
 }
 
 #[test]
+fn reporting_defaults_and_overrides_from_file_and_env() {
+    let rules = load(&minimal(), &[]).reporting;
+    assert_eq!(rules.max_interval, Duration::from_secs(300));
+    assert_eq!(rules.min_interval, Duration::ZERO);
+    assert_eq!(
+        (
+            rules.cpu,
+            rules.mem_percent,
+            rules.rates,
+            rules.storage_percent
+        ),
+        (2.0, 1.0, 10.0, 0.5)
+    );
+    assert_eq!((rules.rates_floor, rules.loadavg), (10_240.0, 0.5));
+
+    let rules = load(
+        &with("[reporting]\nmax_interval = \"2m\"\ncpu = 5\nmem_percent = 2.5\nrates = 0\n"),
+        &[
+            ("PVE2MQTT_REPORTING__CPU", "0.5"),
+            ("PVE2MQTT_REPORTING__STORAGE_PERCENT", " 1 "),
+            ("PVE2MQTT_REPORTING__MAX_INTERVAL", "30s"),
+            ("PVE2MQTT_REPORTING__MIN_INTERVAL", "1m"),
+        ],
+    )
+    .reporting;
+    assert_eq!(rules.max_interval, Duration::from_secs(30), "env wins");
+    assert_eq!(rules.min_interval, Duration::from_secs(60));
+    let off = load(&with("[reporting]\nmin_interval = \"0s\"\n"), &[]).reporting;
+    assert_eq!(off.min_interval, Duration::ZERO, "0 turns it off");
+    assert_eq!(
+        (
+            rules.cpu,
+            rules.mem_percent,
+            rules.rates,
+            rules.storage_percent
+        ),
+        (0.5, 2.5, 0.0, 1.0)
+    );
+}
+
+#[test]
+fn bad_reporting_values_name_the_key() {
+    let expected = "expected a number, 0 or more (0: every change counts), got";
+    assert_eq!(
+        error(&with("[reporting]\ncpu = -1\n"), &[]),
+        format!("reporting.cpu: {expected} -1")
+    );
+    assert_eq!(
+        error(&with("[reporting]\nrates = \"lots\"\n"), &[]),
+        format!("reporting.rates: {expected} \"lots\"")
+    );
+    assert_eq!(
+        error(&minimal(), &[("PVE2MQTT_REPORTING__MEM_PERCENT", "NaN")]),
+        format!("PVE2MQTT_REPORTING__MEM_PERCENT: {expected} \"NaN\"")
+    );
+    assert!(error(&with("[reporting]\nmax_interval = \"0s\"\n"), &[])
+        .starts_with("reporting.max_interval: must be greater than 0"));
+    assert!(error(&with("[reporting]\nmin_interval = \"soon\"\n"), &[])
+        .starts_with("reporting.min_interval: expected a duration like \"10s\""));
+    assert!(error(&with("[reporting]\nmax_interval = 300\n"), &[])
+        .starts_with("reporting.max_interval: expected a duration like \"10s\""));
+    assert_eq!(
+        error(&with("[reporting]\ncpus = 3\n"), &[]),
+        "unknown key `reporting.cpus` (did you mean `cpu`?)"
+    );
+    assert_eq!(
+        error(&with("[reporting]\nmem_precent = 3\n"), &[]),
+        "unknown key `reporting.mem_precent` (did you mean `mem_percent`?)"
+    );
+    assert_eq!(
+        error(&minimal(), &[("PVE2MQTT_REPORTING__RATE", "5")]),
+        "environment variable `PVE2MQTT_REPORTING__RATE`: the [reporting] section has no key `rate` (did you mean `rates`?)"
+    );
+}
+
+#[test]
 fn unknown_keys_and_sections_in_the_file_are_named() {
     assert_eq!(
         error(&with(&format!("[mqtt]\npasword = \"{PASSWORD}\"\n")), &[]),

@@ -81,11 +81,13 @@ mod tests {
             diskread_rate: None,
             diskwrite_rate: None,
             uptime: None,
+            started: None,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             lock: None,
             hastate: None,
             pool: pool.map(str::to_string),
             last_backup: None,
+            as_of: 0.0,
         }
     }
 

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use config::{Value, ValueKind};
 
-use super::layers::{Clusters, Origins, ProxmoxKeys, Schema};
+use super::layers::{Clusters, Origins, ProxmoxKeys, ReportingKeys, Schema};
 use super::values::*;
 use super::*;
+use crate::model::ReportRules;
 use crate::types::{BackupMode, CaBundle, Compress, ProxmoxUrl, StorageId, TOKEN_SHAPE};
 
 const DEFAULT_PROXMOX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,6 +204,31 @@ impl RawValue {
         Ok(duration)
     }
 
+    /// `"0"` or a duration of zero (`"0s"`), where zero means "off".
+    fn is_zero_duration(&self) -> bool {
+        matches!(&self.kind, ValueKind::String(text)
+            if text.trim() == "0" || humantime::parse_duration(text.trim()).is_ok_and(|d| d.is_zero()))
+            || matches!(self.kind, ValueKind::I64(0))
+    }
+
+    /// A reportable change: a number (text from the environment), 0 or more.
+    fn limit(&self) -> Result<f64, ConfigError> {
+        let number = match &self.kind {
+            ValueKind::I64(n) => Some(*n as f64),
+            ValueKind::U64(n) => Some(*n as f64),
+            ValueKind::Float(n) => Some(*n),
+            ValueKind::String(text) => text.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        match number {
+            Some(n) if n.is_finite() && n >= 0.0 => Ok(n),
+            _ => Err(self.invalid(format!(
+                "expected a number, 0 or more (0: every change counts), got {}",
+                self.shown()
+            ))),
+        }
+    }
+
     /// A list: a TOML array, or comma-separated text (env, or a TOML string). Empty items
     /// from stray commas are dropped.
     fn list(&self) -> Result<Vec<(String, ListItem)>, ConfigError> {
@@ -375,6 +401,28 @@ pub(super) fn build(schema: Schema, origins: &Origins) -> Result<Config, ConfigE
         http: HttpConfig {
             listen: build_listen(&section("http"), schema.http.listen)?,
         },
+        reporting: build_reporting(&section("reporting"), schema.reporting)?,
+    })
+}
+
+fn build_reporting(raw: &Section<'_>, keys: ReportingKeys) -> Result<ReportRules, ConfigError> {
+    let d = ReportRules::default();
+    let limit = |key: &str, value: Option<Value>, default: f64| {
+        raw.take(key, value).map_or(Ok(default), |raw| raw.limit())
+    };
+    Ok(ReportRules {
+        max_interval: raw.duration_or("max_interval", keys.max_interval, d.max_interval)?,
+        min_interval: match raw.take("min_interval", keys.min_interval) {
+            None => d.min_interval,
+            Some(value) if value.is_zero_duration() => Duration::ZERO,
+            Some(value) => value.duration()?,
+        },
+        cpu: limit("cpu", keys.cpu, d.cpu)?,
+        mem_percent: limit("mem_percent", keys.mem_percent, d.mem_percent)?,
+        rates: limit("rates", keys.rates, d.rates)?,
+        rates_floor: limit("rates_floor", keys.rates_floor, d.rates_floor)?,
+        storage_percent: limit("storage_percent", keys.storage_percent, d.storage_percent)?,
+        loadavg: limit("loadavg", keys.loadavg, d.loadavg)?,
     })
 }
 

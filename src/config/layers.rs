@@ -32,6 +32,7 @@ pub(super) struct Schema {
     pub commands: CommandsKeys,
     pub backup: BackupKeys,
     pub http: HttpKeys,
+    pub reporting: ReportingKeys,
 }
 
 /// `[proxmox]` (one cluster) or `[[proxmox]]` (`array`, any number).
@@ -104,6 +105,19 @@ pub(super) struct HttpKeys {
     pub listen: Option<Value>,
 }
 
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReportingKeys {
+    pub max_interval: Option<Value>,
+    pub min_interval: Option<Value>,
+    pub cpu: Option<Value>,
+    pub mem_percent: Option<Value>,
+    pub rates: Option<Value>,
+    pub rates_floor: Option<Value>,
+    pub storage_percent: Option<Value>,
+    pub loadavg: Option<Value>,
+}
+
 impl<'de> Deserialize<'de> for Clusters {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct OneOrMany;
@@ -141,6 +155,7 @@ pub(super) fn section_keys(section: &str) -> Option<&'static [&'static str]> {
         "commands" => fields_of::<CommandsKeys>(),
         "backup" => fields_of::<BackupKeys>(),
         "http" => fields_of::<HttpKeys>(),
+        "reporting" => fields_of::<ReportingKeys>(),
         _ => return None,
     })
 }

@@ -46,6 +46,8 @@ pub struct Config {
     pub commands: CommandsConfig,
     pub backup: BackupConfig,
     pub http: HttpConfig,
+    /// `[reporting]`: when a state changed enough to be published again.
+    pub reporting: crate::model::ReportRules,
 }
 
 #[derive(Clone, Debug)]

@@ -1,10 +1,11 @@
-//! A guest's state from its `/cluster/resources` row, reusing the previous state when
-//! nothing the payload shows has changed.
+//! A guest's state from its `/cluster/resources` row, reusing the state last reported
+//! while nothing changed beyond its reportable change (see `reporting`).
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::rates::{percent, round_percent, RateMemory};
+use super::reporting::{phase_of_vmid, started, ReportRules};
 use super::{ClusterView, SlowData};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
@@ -37,13 +38,20 @@ pub struct GuestState {
     pub netout_rate: Option<f64>,
     pub diskread_rate: Option<f64>,
     pub diskwrite_rate: Option<f64>,
+    /// Seconds since boot; rides along, never a reason to publish (see `started`).
     pub uptime: Option<u64>,
+    /// Unix time of the boot, on a minute grid, stable while the guest runs: what Home
+    /// Assistant shows, as it does not tick. `null` while not running.
+    pub started: Option<u64>,
     pub tags: Vec<String>,
     pub lock: Option<String>,
     pub hastate: Option<String>,
     pub pool: Option<String>,
     /// Unix time of the newest backup found in storage content.
     pub last_backup: Option<u64>,
+    /// Poll time (Unix seconds) of the figures: when this state was reported.
+    #[serde(skip)]
+    pub as_of: f64,
 }
 
 /// A guest's state as one row says it, with every text still borrowed from the row.
@@ -66,6 +74,7 @@ struct GuestDraft<'a> {
     counters: [Option<u64>; 4],
     rates: [Option<f64>; 4],
     uptime: Option<u64>,
+    started: Option<u64>,
     /// Proxmox's tag string (`a;b`), split only when the state is built.
     tags: &'a str,
     lock: Option<&'a str>,
@@ -75,9 +84,10 @@ struct GuestDraft<'a> {
 }
 
 impl GuestDraft<'_> {
-    /// Does `state` already say exactly this? Destructures every field of [`GuestState`],
-    /// so a field added there does not compile until it is compared here.
-    fn is_described_by(&self, state: &GuestState) -> bool {
+    /// Must this draft be reported, the guest's last reported state being `reported`?
+    /// Destructures every field of [`GuestState`], so a field added there does not
+    /// compile until it is classified here: always, threshold or ride along.
+    fn needs_report(&self, reported: &GuestState, rules: &ReportRules, now: f64) -> bool {
         let GuestState {
             vmid,
             kind,
@@ -101,36 +111,40 @@ impl GuestDraft<'_> {
             diskread_rate,
             diskwrite_rate,
             uptime,
+            started,
             tags,
             lock,
             hastate,
             pool,
             last_backup,
-        } = state;
-        *vmid == self.vmid
-            && *kind == self.kind
-            && name.as_deref() == self.name
-            && node == self.node
-            && status == self.status
-            && *template == self.template
-            && *cpu == self.cpu
-            && *cpus == self.cpus
-            && *mem == self.mem
-            && *maxmem == self.maxmem
-            && *mem_percent == self.mem_percent
-            && *disk == self.disk
-            && *maxdisk == self.maxdisk
-            && [*netin, *netout, *diskread, *diskwrite] == self.counters
-            && [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate] == self.rates
-            && *uptime == self.uptime
-            && tags.iter().map(String::as_str).eq(tag_iter(self.tags))
-            && lock.as_deref() == self.lock
-            && hastate.as_deref() == self.hastate
-            && pool.as_deref() == self.pool
-            && *last_backup == self.last_backup
+            as_of,
+        } = reported;
+        // Ride along: sent with every report, never the reason for one.
+        let _ = (mem_percent, netin, netout, diskread, diskwrite, uptime);
+        let always = *vmid != self.vmid
+            || *kind != self.kind
+            || name.as_deref() != self.name
+            || node != self.node
+            || status != self.status
+            || *template != self.template
+            || *cpus != self.cpus
+            || *maxmem != self.maxmem
+            || *maxdisk != self.maxdisk
+            || *started != self.started
+            || !tags.iter().map(String::as_str).eq(tag_iter(self.tags))
+            || lock.as_deref() != self.lock
+            || hastate.as_deref() != self.hastate
+            || pool.as_deref() != self.pool
+            || *last_backup != self.last_backup;
+        let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
+        let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
+            || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
+            || ReportRules::share_moved(*disk, self.disk, self.maxdisk, rules.storage_percent)
+            || rules.rates_moved(rates, self.rates);
+        always || rules.threshold_or_due(threshold, *as_of, now, phase_of_vmid(self.vmid))
     }
 
-    fn to_state(&self) -> GuestState {
+    fn to_state(&self, now: f64) -> GuestState {
         let [netin, netout, diskread, diskwrite] = self.counters;
         let [netin_rate, netout_rate, diskread_rate, diskwrite_rate] = self.rates;
         GuestState {
@@ -156,27 +170,30 @@ impl GuestDraft<'_> {
             diskread_rate,
             diskwrite_rate,
             uptime: self.uptime,
+            started: self.started,
             tags: tag_iter(self.tags).map(str::to_owned).collect(),
             lock: self.lock.map(str::to_owned),
             hastate: self.hastate.map(str::to_owned),
             pool: self.pool.map(str::to_owned),
             last_backup: self.last_backup,
+            as_of: now,
         }
     }
 }
 
-/// The guest's state: the previous one when nothing changed, else a new one.
+/// The guest's state: the one last reported while nothing needs reporting, else a new one.
 pub(super) fn guest_state(
     row: &Resource,
     slow: &SlowData,
     rates: &mut RateMemory,
-    now: f64,
+    (rules, now): (&ReportRules, f64),
     previous: Option<&ClusterView>,
 ) -> Option<Arc<GuestState>> {
-    let draft = guest_draft(row, slow, rates, now)?;
-    match previous.and_then(|p| p.guests.get(&draft.vmid)) {
-        Some(before) if draft.is_described_by(before) => Some(before.clone()),
-        _ => Some(Arc::new(draft.to_state())),
+    let before = previous.and_then(|p| p.guests.get(&row.vmid?));
+    let draft = guest_draft(row, slow, rates, now, before.map(|b| &**b))?;
+    match before {
+        Some(before) if !draft.needs_report(before, rules, now) => Some(before.clone()),
+        _ => Some(Arc::new(draft.to_state(now))),
     }
 }
 
@@ -185,6 +202,7 @@ fn guest_draft<'a>(
     slow: &SlowData,
     rates: &mut RateMemory,
     now: f64,
+    before: Option<&GuestState>,
 ) -> Option<GuestDraft<'a>> {
     let vmid = row.vmid?;
     let node = row.node.as_deref()?;
@@ -228,6 +246,7 @@ fn guest_draft<'a>(
         counters,
         rates: guest_rates,
         uptime: row.uptime,
+        started: started(now, row.uptime, before.map(|b| (b.started, b.uptime))),
         tags: row.tags_raw.as_deref().unwrap_or(""),
         lock: row.lock.as_deref(),
         hastate: row.hastate.as_deref(),

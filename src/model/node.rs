@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::rates::{percent, round_percent};
+use super::reporting::{phase_of_name, started, ReportRules};
 use super::SlowData;
 use crate::pve::Resource;
 
@@ -24,10 +25,81 @@ pub struct NodeState {
     pub rootfs_used: Option<u64>,
     pub rootfs_total: Option<u64>,
     pub rootfs_percent: Option<f64>,
+    /// Seconds since boot; rides along, never a reason to publish.
     pub uptime: Option<u64>,
+    /// Unix time of the boot, on a minute grid, stable while the node runs.
+    pub started: Option<u64>,
     pub pve_version: Option<String>,
     pub kernel: Option<String>,
     pub cpu_model: Option<String>,
+    /// Poll time (Unix seconds) of the figures: when this state was reported.
+    #[serde(skip)]
+    pub as_of: f64,
+}
+
+/// Must `fresh` be reported, the node's last reported state being `reported`? Every
+/// field is classified here (see `reporting`): a new one does not compile until it is.
+pub(super) fn node_needs_report(
+    fresh: &NodeState,
+    reported: &NodeState,
+    rules: &ReportRules,
+    now: f64,
+) -> bool {
+    let NodeState {
+        node,
+        status,
+        cpu,
+        cpus,
+        loadavg,
+        mem,
+        maxmem,
+        mem_percent,
+        swap_used,
+        swap_total,
+        rootfs_used,
+        rootfs_total,
+        rootfs_percent,
+        uptime,
+        started,
+        pve_version,
+        kernel,
+        cpu_model,
+        as_of,
+    } = reported;
+    // Ride along: sent with every report, never the reason for one.
+    let _ = (mem_percent, rootfs_percent, uptime);
+    let always = *node != fresh.node
+        || *status != fresh.status
+        || *cpus != fresh.cpus
+        || *maxmem != fresh.maxmem
+        || *swap_total != fresh.swap_total
+        || *rootfs_total != fresh.rootfs_total
+        || *started != fresh.started
+        || *pve_version != fresh.pve_version
+        || *kernel != fresh.kernel
+        || *cpu_model != fresh.cpu_model;
+    let load_moved = match (loadavg, fresh.loadavg) {
+        (Some(a), Some(b)) => {
+            (0..3).any(|i| ReportRules::moved(Some(a[i]), Some(b[i]), rules.loadavg))
+        }
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    let threshold = ReportRules::moved(*cpu, fresh.cpu, rules.cpu)
+        || load_moved
+        || ReportRules::share_moved(*mem, fresh.mem, fresh.maxmem, rules.mem_percent)
+        || ReportRules::share_moved(
+            *swap_used,
+            fresh.swap_used,
+            fresh.swap_total,
+            rules.mem_percent,
+        )
+        || ReportRules::share_moved(
+            *rootfs_used,
+            fresh.rootfs_used,
+            fresh.rootfs_total,
+            rules.storage_percent,
+        );
+    always || rules.threshold_or_due(threshold, *as_of, now, phase_of_name(&[node]))
 }
 
 /// `pve-manager/9.1.2/9d436f37a0ac4172` (node status) → `9.1.2`, as users say it.
@@ -38,7 +110,13 @@ pub(super) fn short_pve_version(full: &str) -> String {
         .to_string()
 }
 
-pub(super) fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
+/// The node's state as of `now`; `before` (its last reported state) keeps `started` stable.
+pub(super) fn node_state(
+    row: &Resource,
+    slow: &SlowData,
+    now: f64,
+    before: Option<&NodeState>,
+) -> Option<NodeState> {
     let name = row.node.clone()?;
     let status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
     let details = slow.node_status.get(&name);
@@ -75,6 +153,8 @@ pub(super) fn node_state(row: &Resource, slow: &SlowData) -> Option<NodeState> {
         rootfs_used,
         rootfs_total,
         uptime: row.uptime,
+        started: started(now, row.uptime, before.map(|b| (b.started, b.uptime))),
+        as_of: now,
         pve_version: details
             .and_then(|d| d.pveversion.as_deref())
             .map(short_pve_version),

@@ -2,6 +2,7 @@
 use serde::Serialize;
 
 use super::rates::percent;
+use super::reporting::{phase_of_name, ReportRules};
 use crate::pve::Resource;
 
 /// `{base}/{c}/storage/{node}/{storage}`.
@@ -20,9 +21,48 @@ pub struct StorageState {
     pub total: Option<u64>,
     pub avail: Option<u64>,
     pub used_percent: Option<f64>,
+    /// Poll time (Unix seconds) of the figures: when this state was reported.
+    #[serde(skip)]
+    pub as_of: f64,
 }
 
-pub(super) fn storage_state(row: &Resource) -> Option<StorageState> {
+/// Must `fresh` be reported, the storage's last reported state being `reported`? Every
+/// field is classified here (see `reporting`): a new one does not compile until it is.
+pub(super) fn storage_needs_report(
+    fresh: &StorageState,
+    reported: &StorageState,
+    rules: &ReportRules,
+    now: f64,
+) -> bool {
+    let StorageState {
+        storage,
+        node,
+        status,
+        active,
+        plugin_type,
+        content,
+        shared,
+        used,
+        total,
+        avail,
+        used_percent,
+        as_of,
+    } = reported;
+    // Ride along: derived from `used` and `total`.
+    let _ = (avail, used_percent);
+    let always = *storage != fresh.storage
+        || *node != fresh.node
+        || *status != fresh.status
+        || *active != fresh.active
+        || *plugin_type != fresh.plugin_type
+        || *content != fresh.content
+        || *shared != fresh.shared
+        || *total != fresh.total;
+    let threshold = ReportRules::share_moved(*used, fresh.used, fresh.total, rules.storage_percent);
+    always || rules.threshold_or_due(threshold, *as_of, now, phase_of_name(&[node, storage]))
+}
+
+pub(super) fn storage_state(row: &Resource, now: f64) -> Option<StorageState> {
     let node = row.node.clone()?;
     let storage = row.storage.clone()?;
     let status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
@@ -51,5 +91,6 @@ pub(super) fn storage_state(row: &Resource) -> Option<StorageState> {
         status,
         node,
         storage,
+        as_of: now,
     })
 }

@@ -188,3 +188,156 @@ fn hibernated_vm_is_suspended_and_slow_lane_fills_backups() {
     assert_eq!(vm.last_backup, Some(1_764_679_463));
     assert_eq!(vm.tags, vec!["a".to_string(), "b".to_string()]);
 }
+
+/// One running guest, a node and a storage with the given figures.
+fn moving_rows(cpu: f64, netin: u64, uptime: u64, storage_used: u64) -> Vec<Resource> {
+    serde_json::from_value(serde_json::json!([
+        {"id": "node/pve", "type": "node", "node": "pve", "status": "online", "cpu": cpu,
+         "maxcpu": 8, "mem": 1_000_000_000u64, "maxmem": 8_000_000_000u64, "uptime": uptime},
+        {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": "running",
+         "cpu": cpu, "maxcpu": 2, "mem": 1_000_000_000u64, "maxmem": 4_000_000_000u64,
+         "netin": netin, "netout": 0, "diskread": 0, "diskwrite": 0, "uptime": uptime},
+        {"id": "storage/pve/local", "type": "storage", "node": "pve", "storage": "local",
+         "status": "available", "disk": storage_used, "maxdisk": 100_000_000_000u64}
+    ]))
+    .unwrap()
+}
+
+const T0: f64 = 1_765_000_000.0;
+
+#[test]
+fn sub_threshold_moves_keep_the_reported_state_and_bigger_ones_replace_it() {
+    let (slow, mut mem) = (SlowData::default(), RateMemory::default());
+    let build = |mem: &mut RateMemory, rows: &[Resource], t: f64, prev: Option<&ClusterView>| {
+        build_view("c", "", rows, &slow, mem, t, prev)
+    };
+    let first = build(
+        &mut mem,
+        &moving_rows(0.05, 1_000, 1_000, 50_000_000_000),
+        T0,
+        None,
+    );
+    let guest = ObjectRef::Guest(GuestKind::Qemu, 100);
+    let node = ObjectRef::Node("pve".into());
+    let storage = ObjectRef::Storage("pve".into(), "local".into());
+    // Counters and uptime move, cpu by 1.5 points, storage by 0.4 %: nothing to report.
+    // (The first counter move turns the rates from null into numbers: that counts.)
+    let rated = build(
+        &mut mem,
+        &moving_rows(0.05, 2_000, 1_010, 50_000_000_000),
+        T0 + 10.0,
+        Some(&first),
+    );
+    assert!(
+        !rated.same_state(&first, &guest),
+        "null rates became numbers"
+    );
+    let quiet = build(
+        &mut mem,
+        &moving_rows(0.065, 3_000, 1_020, 50_400_000_000),
+        T0 + 20.0,
+        Some(&rated),
+    );
+    for object in [&guest, &node, &storage] {
+        assert!(quiet.same_state(&rated, object), "{object} reported again");
+    }
+    assert!(Arc::ptr_eq(&quiet.guests[&100], &rated.guests[&100]));
+    assert_eq!(
+        quiet.guests[&100].netin,
+        Some(2_000),
+        "counters ride along, stale"
+    );
+    assert_eq!(quiet.guests[&100].uptime, Some(1_010));
+    // Measured against the state reported, not the last poll: drift adds up.
+    let drifted = build(
+        &mut mem,
+        &moving_rows(0.072, 4_000, 1_030, 50_600_000_000),
+        T0 + 30.0,
+        Some(&quiet),
+    );
+    for object in [&guest, &node, &storage] {
+        assert!(!drifted.same_state(&quiet, object), "{object} not reported");
+    }
+    let vm = &drifted.guests[&100];
+    assert_eq!(
+        (vm.cpu, vm.netin, vm.uptime),
+        (Some(7.2), Some(4_000), Some(1_030))
+    );
+    assert_eq!(
+        drifted.storages[&("pve".into(), "local".into())].used,
+        Some(50_600_000_000)
+    );
+}
+
+#[test]
+fn every_state_is_reported_again_within_max_interval_on_its_own_slot() {
+    let (slow, mut mem) = (SlowData::default(), RateMemory::default());
+    let rows = moving_rows(0.05, 1_000, 1_000, 50_000_000_000);
+    let mut previous = build_view("c", "", &rows, &slow, &mut mem, T0, None);
+    let guest = ObjectRef::Guest(GuestKind::Qemu, 100);
+    let mut refreshed_at = Vec::new();
+    // Polls every 10 s for 20 minutes of an idle world: each object is refreshed (a new
+    // state, equal in every published field) once per 5 minutes, at most.
+    for i in 1..=120 {
+        let t = T0 + 10.0 * i as f64;
+        let rows = moving_rows(0.05, 1_000, 1_000 + 10 * i, 50_000_000_000);
+        let view = build_view("c", "", &rows, &slow, &mut mem, t, Some(&previous));
+        if !view.same_state(&previous, &guest) {
+            assert_eq!(view.guests[&100].status, "running");
+            refreshed_at.push(t - T0);
+        }
+        previous = view;
+    }
+    assert!((4..=5).contains(&refreshed_at.len()), "{refreshed_at:?}");
+    let mut last = 0.0;
+    for at in refreshed_at {
+        assert!(
+            at - last <= 300.0 + 10.0 && at - last >= 150.0,
+            "{at} after {last}"
+        );
+        last = at;
+    }
+}
+
+#[test]
+fn uptime_does_not_change_the_reported_state_but_started_is_there() {
+    let (slow, mut mem) = (SlowData::default(), RateMemory::default());
+    let first = build_view(
+        "c",
+        "",
+        &moving_rows(0.05, 0, 5_000, 1),
+        &slow,
+        &mut mem,
+        T0,
+        None,
+    );
+    let started = first.guests[&100].started.unwrap();
+    assert!((started as f64 - (T0 - 5_000.0)).abs() <= 30.0);
+    assert_eq!(first.nodes["pve"].started, Some(started));
+    let later = build_view(
+        "c",
+        "",
+        &moving_rows(0.05, 0, 5_060, 1),
+        &slow,
+        &mut mem,
+        T0 + 61.0,
+        Some(&first),
+    );
+    assert!(Arc::ptr_eq(&later.guests[&100], &first.guests[&100]));
+    assert!(later.same_state(&first, &ObjectRef::Node("pve".into())));
+    let json = serde_json::to_value(&*later.guests[&100]).unwrap();
+    assert_eq!(json["started"], started);
+    assert!(json.get("as_of").is_none(), "bookkeeping is not published");
+    // A reboot: uptime restarts, `started` moves, and that is reported.
+    let rebooted = build_view(
+        "c",
+        "",
+        &moving_rows(0.05, 0, 30, 1),
+        &slow,
+        &mut mem,
+        T0 + 120.0,
+        Some(&later),
+    );
+    assert!(rebooted.guests[&100].started.unwrap() > started + 4_000);
+    assert!(!rebooted.same_state(&later, &ObjectRef::Node("pve".into())));
+}
