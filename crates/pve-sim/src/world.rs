@@ -243,6 +243,23 @@ fn phase(seed: u32) -> f64 {
     f64::from(seed.wrapping_mul(2_654_435_761) % 10_000) / 10_000.0 * TAU
 }
 
+/// How busy a generated guest is: 70 % idle, 25 % moderate, 5 % busy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activity {
+    Idle,
+    Moderate,
+    Busy,
+}
+
+/// The activity class of a generated guest, spread evenly over vmids by a multiplicative hash.
+pub fn activity(vmid: u32) -> Activity {
+    match (vmid.wrapping_mul(2_654_435_761) >> 16) % 100 {
+        0..=69 => Activity::Idle,
+        70..=94 => Activity::Moderate,
+        _ => Activity::Busy,
+    }
+}
+
 /// A monotonic counter whose rate swings between 0.5× and 1.5× `rate` with period
 /// `2π·period`: the integral of `rate·(1 + 0.5·sin(u/period))`.
 fn wavy_counter(rate: f64, uptime: f64, period: f64) -> u64 {
@@ -265,7 +282,9 @@ impl Guest {
             (self.load * (1.0 + 0.5 * (t / 17.0 + p).sin() + 0.25 * (t / 3.1 + 2.0 * p).sin()))
                 .clamp(0.0, 1.0)
         };
-        let mem = (self.maxmem as f64 * self.mem_fraction * (1.0 + 0.03 * (t / 41.0 + p).sin()))
+        // An idle guest's memory barely moves; a busy one's breathes by up to 3 %.
+        let wobble = (self.load * 0.2).min(0.03);
+        let mem = (self.maxmem as f64 * self.mem_fraction * (1.0 + wobble * (t / 41.0 + p).sin()))
             .clamp(0.0, self.maxmem as f64) as u64;
         GuestMetrics {
             cpu,
@@ -726,10 +745,19 @@ impl World {
             let mut guest = new_guest(
                 vmid, kind, node, &name, power, cpus, maxmem, maxdisk, started,
             );
-            guest.load = 0.005 + rng.f64() * 0.25;
+            // A real cluster is mostly idle: a few guests do the work, most sit at a
+            // percent or two of CPU with a trickle of traffic. The class comes from the
+            // vmid, so the draws (and the rest of the world) stay as they were.
+            let (load, net, disk) = match activity(vmid) {
+                Activity::Idle => ((0.002, 0.012), (100.0, 3_000.0), (100.0, 5_000.0)),
+                Activity::Moderate => ((0.02, 0.15), (5_000.0, 100_000.0), (5_000.0, 200_000.0)),
+                Activity::Busy => ((0.15, 0.6), (100_000.0, 2e6), (100_000.0, 4e6)),
+            };
+            let between = |(low, high): (f64, f64), draw: f64| low + draw * (high - low);
+            guest.load = between(load, rng.f64());
             guest.mem_fraction = 0.2 + rng.f64() * 0.6;
-            guest.net_rate = 1_000.0 + rng.f64() * 200_000.0;
-            guest.disk_rate = 1_000.0 + rng.f64() * 400_000.0;
+            guest.net_rate = between(net, rng.f64());
+            guest.disk_rate = between(disk, rng.f64());
             guest.disk_used = match kind {
                 GuestType::Qemu => 0,
                 GuestType::Lxc => (maxdisk as f64 * (0.1 + rng.f64() * 0.6)) as u64,
@@ -1018,6 +1046,45 @@ mod tests {
             .collect();
         assert_eq!(backups.len(), 3);
         assert_eq!(backups.iter().filter(|v| v.vmid == Some(100)).count(), 2);
+    }
+
+    #[test]
+    fn a_generated_world_is_mostly_idle_and_idle_guests_move_by_less_than_two_cpu_points() {
+        let world = World::generate(
+            (10, 5000),
+            90,
+            1_000_000.0,
+            PveVersion::parse("9.1.5").unwrap(),
+            "AA",
+        );
+        let count = |class| {
+            world
+                .guests
+                .values()
+                .filter(|g| activity(g.vmid) == class)
+                .count()
+        };
+        let (idle, busy) = (count(Activity::Idle), count(Activity::Busy));
+        assert!((3300..3700).contains(&idle), "{idle} idle guests");
+        assert!((150..350).contains(&busy), "{busy} busy guests");
+        for guest in world
+            .guests
+            .values()
+            .filter(|g| activity(g.vmid) == Activity::Idle && g.power == PowerState::Running)
+        {
+            let cpus: Vec<f64> = (0..60)
+                .map(|step| guest.metrics(1_000_000.0 + f64::from(step) * 10.0).cpu * 100.0)
+                .collect();
+            let (low, high) = cpus
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), c| (lo.min(*c), hi.max(*c)));
+            assert!(high - low < 2.0, "vmid {}: cpu {low}..{high} %", guest.vmid);
+            assert!(
+                high > 0.0,
+                "vmid {}: an idle guest still uses some CPU",
+                guest.vmid
+            );
+        }
     }
 
     #[test]
