@@ -7,9 +7,8 @@
 //!   (`proxmox[1].token`), and the plain `PVE2MQTT_PROXMOX__<KEY>` for an `[[proxmox]]` of one;
 //! - the names of unknown keys as the admin wrote them, with a "did you mean" from `strsim`.
 //!
-//! Every leaf is a `config::Value`, typed as TOML typed it (environment values are text): the
-//! value checks in `build` turn it into the typed config, so a type error can say what was
-//! given without serde echoing a secret.
+//! Each value is read with its check (`values`), and a refusal is named here by the key as
+//! given ([`refused`]).
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::path::Path;
@@ -17,21 +16,21 @@ use std::path::Path;
 use config::{Environment, File, FileFormat, Source, Value, ValueKind};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{ConfigError, NON_CONFIG_ENV_VARS};
-
-use super::ENV_PREFIX;
+use super::build::{MqttKeys, ProxmoxKeys};
+use super::values::describe;
+use super::*;
 
 /// The whole file. Each field is a section; each section struct lists its keys.
 #[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct Schema {
     pub proxmox: Clusters,
-    pub poll: PollKeys,
+    pub poll: PollConfig,
     pub mqtt: MqttKeys,
-    pub homeassistant: HaKeys,
-    pub commands: CommandsKeys,
-    pub backup: BackupKeys,
-    pub http: HttpKeys,
+    pub homeassistant: HaConfig,
+    pub commands: CommandsConfig,
+    pub backup: BackupConfig,
+    pub http: HttpConfig,
 }
 
 /// `[proxmox]` (one cluster) or `[[proxmox]]` (`array`, any number).
@@ -39,69 +38,6 @@ pub(super) struct Schema {
 pub(super) struct Clusters {
     pub array: bool,
     pub list: Vec<ProxmoxKeys>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ProxmoxKeys {
-    pub url: Option<Value>,
-    pub urls: Option<Value>,
-    pub token: Option<Value>,
-    pub token_file: Option<Value>,
-    pub tls_verify: Option<Value>,
-    pub ca_file: Option<Value>,
-    pub fingerprint: Option<Value>,
-    pub name: Option<Value>,
-    pub timeout: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PollKeys {
-    pub interval: Option<Value>,
-    pub slow_interval: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MqttKeys {
-    pub url: Option<Value>,
-    pub urls: Option<Value>,
-    pub username: Option<Value>,
-    pub password: Option<Value>,
-    pub password_file: Option<Value>,
-    pub client_id: Option<Value>,
-    pub base_topic: Option<Value>,
-    pub ca_file: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct HaKeys {
-    pub discovery: Option<Value>,
-    pub discovery_prefix: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CommandsKeys {
-    pub enabled: Option<Value>,
-    pub read_only: Option<Value>,
-    pub allow: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct BackupKeys {
-    pub storage: Option<Value>,
-    pub mode: Option<Value>,
-    pub compress: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct HttpKeys {
-    pub listen: Option<Value>,
 }
 
 impl<'de> Deserialize<'de> for Clusters {
@@ -135,12 +71,12 @@ impl<'de> Deserialize<'de> for Clusters {
 pub(super) fn section_keys(section: &str) -> Option<&'static [&'static str]> {
     Some(match section {
         "proxmox" => fields_of::<ProxmoxKeys>(),
-        "poll" => fields_of::<PollKeys>(),
+        "poll" => fields_of::<PollConfig>(),
         "mqtt" => fields_of::<MqttKeys>(),
-        "homeassistant" => fields_of::<HaKeys>(),
-        "commands" => fields_of::<CommandsKeys>(),
-        "backup" => fields_of::<BackupKeys>(),
-        "http" => fields_of::<HttpKeys>(),
+        "homeassistant" => fields_of::<HaConfig>(),
+        "commands" => fields_of::<CommandsConfig>(),
+        "backup" => fields_of::<BackupConfig>(),
+        "http" => fields_of::<HttpConfig>(),
         _ => return None,
     })
 }
@@ -290,7 +226,7 @@ pub(super) fn layer(
         reason: toml_error_without_source(&error.to_string()),
     })?;
     let schema = serde_path_to_error::deserialize(merged)
-        .map_err(|error| unknown_key(&error, &origins, &file))?;
+        .map_err(|error| refused(&error, &origins, &file))?;
     Ok((schema, origins))
 }
 
@@ -352,7 +288,7 @@ fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigE
                             key: format!("proxmox[{index}]"),
                             reason: format!(
                                 "expected a table ([[proxmox]]), got {}",
-                                super::build::describe(&item.kind)
+                                describe(&item.kind)
                             ),
                         });
                     }
@@ -366,7 +302,7 @@ fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigE
                 };
                 return Err(ConfigError::Invalid {
                     key: section.into(),
-                    reason: format!("expected {shape}, got {}", super::build::describe(other)),
+                    reason: format!("expected {shape}, got {}", describe(other)),
                 });
             }
             _ => {}
@@ -376,20 +312,33 @@ fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigE
 }
 
 /// Maps serde's refusal to the key as written: the variable for an environment key, the file
-/// path otherwise, with a hint.
-fn unknown_key(
+/// path otherwise; an unknown key with a hint.
+fn refused(
     error: &serde_path_to_error::Error<config::ConfigError>,
     origins: &Origins,
     file: &config::Map<String, Value>,
 ) -> ConfigError {
-    let message = error.inner().to_string();
+    // `config` adds "for key `…`" around our reason; the path says it better.
+    let mut inner = error.inner();
+    while let config::ConfigError::At { error, .. } = inner {
+        inner = error;
+    }
+    let message = inner.to_string();
     let Some(name) = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
     else {
-        return ConfigError::Invalid {
-            key: error.path().to_string(),
-            reason: message,
+        // A list item's reason starts with its index (`values`): `PVE2MQTT_COMMANDS__ALLOW[1]`.
+        let key = origins.at(&error.path().to_string());
+        return match message.strip_prefix('[').and_then(|m| m.split_once("]: ")) {
+            Some((index, reason)) => ConfigError::Invalid {
+                key: format!("{key}[{index}]"),
+                reason: reason.into(),
+            },
+            None => ConfigError::Invalid {
+                key,
+                reason: message,
+            },
         };
     };
     // The path ends with the unknown key itself (`mqtt.pasword`).

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::types::{CaBundle, ProxmoxUrl};
+use crate::types::{BackupMode, CaBundle, Compress, ProxmoxUrl, StorageId};
 
 pub use crate::types::{ApiToken, Secret};
 
@@ -62,9 +62,13 @@ pub struct ProxmoxConfig {
     pub timeout: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PollConfig {
+    #[serde(deserialize_with = "values::parse")]
     pub interval: Duration,
+    /// Zero until `build` gives the default (a given duration is never zero).
+    #[serde(deserialize_with = "values::parse")]
     pub slow_interval: Duration,
 }
 
@@ -96,17 +100,24 @@ pub struct MqttBroker {
     pub tls: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HaConfig {
+    #[serde(deserialize_with = "values::parse")]
     pub discovery: bool,
+    #[serde(deserialize_with = "values::topic")]
     pub discovery_prefix: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CommandsConfig {
+    #[serde(deserialize_with = "values::parse")]
     pub enabled: bool,
+    #[serde(deserialize_with = "values::parse")]
     pub read_only: bool,
     /// Empty = every guest.
+    #[serde(deserialize_with = "values::parse")]
     pub allow: Vec<AllowRule>,
 }
 
@@ -118,17 +129,63 @@ pub enum AllowRule {
 }
 
 /// `[http]`: the bridge's own listener for `/healthz` and `/metrics`; `None` = off.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
+    #[serde(deserialize_with = "values::parse")]
     pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[backup]`: the defaults of a backup asked for without options, checked at start-up.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
-    pub storage: crate::types::StorageId,
-    pub mode: crate::types::BackupMode,
-    pub compress: crate::types::Compress,
+    #[serde(deserialize_with = "values::parse")]
+    pub storage: StorageId,
+    #[serde(deserialize_with = "values::parse")]
+    pub mode: BackupMode,
+    #[serde(deserialize_with = "values::parse")]
+    pub compress: Compress,
+}
+
+/// The defaults of the sections read straight into their config.
+impl Default for PollConfig {
+    fn default() -> Self {
+        let (interval, slow_interval) = (Duration::from_secs(10), Duration::ZERO);
+        PollConfig {
+            interval,
+            slow_interval,
+        }
+    }
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            discovery: true,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            enabled: true,
+            read_only: false,
+            allow: Vec::new(),
+        }
+    }
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            storage: StorageId::parse("local").expect("a valid storage id"),
+            mode: BackupMode::Snapshot,
+            compress: Compress::Zstd,
+        }
+    }
 }
 
 impl std::fmt::Display for AllowRule {
