@@ -7,61 +7,42 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use config::ValueKind;
-use serde::Deserialize;
 
 use super::layers::{Clusters, Origins, Schema};
-use super::values::{check_cluster_name, given, parse, NonEmpty, Parse, Topic};
+use super::values::{check_cluster_name, NonEmpty, Parse, Topic};
 use super::*;
 use crate::types::{CaBundle, ProxmoxUrl, TOKEN_SHAPE};
 
-const DEFAULT_PROXMOX_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SLOW_INTERVAL: Duration = Duration::from_secs(60);
 const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_MQTT_URL: &str = "mqtt://127.0.0.1:1883";
 
-/// `[proxmox]`, or one `[[proxmox]]`.
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct ProxmoxKeys {
-    #[serde(deserialize_with = "parse")]
-    url: Option<ProxmoxUrl>,
-    #[serde(deserialize_with = "parse")]
-    urls: Option<Vec<ProxmoxUrl>>,
-    #[serde(deserialize_with = "parse")]
-    token: Option<Secret>,
-    #[serde(deserialize_with = "parse")]
-    token_file: Option<PathBuf>,
-    #[serde(deserialize_with = "parse")]
-    tls_verify: Option<bool>,
-    #[serde(deserialize_with = "parse")]
-    ca_file: Option<PathBuf>,
-    #[serde(deserialize_with = "parse")]
-    fingerprint: Option<[u8; 32]>,
-    #[serde(deserialize_with = "parse")]
-    name: Option<String>,
-    #[serde(deserialize_with = "parse")]
-    timeout: Option<Duration>,
+section! {
+    /// `[proxmox]`, or one `[[proxmox]]`.
+    pub(super) struct ProxmoxKeys {
+        url: Option<ProxmoxUrl> = None,
+        urls: Option<Vec<ProxmoxUrl>> = None,
+        token: Option<Secret> = None,
+        token_file: Option<PathBuf> = None,
+        tls_verify: bool = true,
+        ca_file: Option<PathBuf> = None,
+        fingerprint: Option<[u8; 32]> = None,
+        name: Option<String> = None,
+        timeout: Duration = Duration::from_secs(10),
+    }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct MqttKeys {
-    #[serde(deserialize_with = "parse")]
-    url: Option<MqttBroker>,
-    #[serde(deserialize_with = "parse")]
-    urls: Option<Vec<MqttBroker>>,
-    #[serde(deserialize_with = "parse")]
-    username: Option<String>,
-    #[serde(deserialize_with = "parse")]
-    password: Option<Secret>,
-    #[serde(deserialize_with = "parse")]
-    password_file: Option<PathBuf>,
-    #[serde(deserialize_with = "given")]
-    client_id: Option<NonEmpty>,
-    #[serde(deserialize_with = "given")]
-    base_topic: Option<Topic>,
-    #[serde(deserialize_with = "parse")]
-    ca_file: Option<PathBuf>,
+section! {
+    pub(super) struct MqttKeys {
+        url: Option<MqttBroker> = None,
+        urls: Option<Vec<MqttBroker>> = None,
+        username: Option<String> = None,
+        password: Option<Secret> = None,
+        password_file: Option<PathBuf> = None,
+        client_id: NonEmpty = NonEmpty("pve2mqtt".into()),
+        base_topic: Topic = Topic("pve2mqtt".into()),
+        ca_file: Option<PathBuf> = None,
+    }
 }
 
 /// A section (or one cluster), to name its keys in messages.
@@ -172,11 +153,21 @@ pub(super) fn build(schema: Schema, origins: &Origins) -> Result<Config, ConfigE
             },
             schema.mqtt,
         )?,
-        homeassistant: schema.homeassistant,
+        homeassistant: check_ha(schema.homeassistant, origins)?,
         commands: schema.commands,
         backup: schema.backup,
         http: schema.http,
     })
+}
+
+fn check_ha(ha: HaConfig, origins: &Origins) -> Result<HaConfig, ConfigError> {
+    match Topic::parse(ValueKind::String(ha.discovery_prefix.clone())) {
+        Ok(_) => Ok(ha),
+        Err(reason) => Err(ConfigError::Invalid {
+            key: origins.at("homeassistant.discovery_prefix"),
+            reason,
+        }),
+    }
 }
 
 fn check_poll(mut poll: PollConfig, origins: &Origins) -> Result<PollConfig, ConfigError> {
@@ -265,11 +256,11 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
     Ok(ProxmoxConfig {
         urls,
         token,
-        tls_verify: keys.tls_verify.unwrap_or(true),
+        tls_verify: keys.tls_verify,
         ca_file: raw.ca_file(keys.ca_file)?,
         fingerprint: keys.fingerprint,
         name: keys.name,
-        timeout: keys.timeout.unwrap_or(DEFAULT_PROXMOX_TIMEOUT),
+        timeout: keys.timeout,
     })
 }
 
@@ -351,10 +342,8 @@ fn build_mqtt(raw: &Section<'_>, keys: MqttKeys) -> Result<MqttConfig, ConfigErr
         brokers,
         username: keys.username,
         password,
-        client_id: keys.client_id.map_or("pve2mqtt".into(), |NonEmpty(id)| id),
-        base_topic: keys
-            .base_topic
-            .map_or("pve2mqtt".into(), |Topic(topic)| topic),
+        client_id: keys.client_id.0,
+        base_topic: keys.base_topic.0,
         ca_file: raw.ca_file(keys.ca_file)?,
     })
 }

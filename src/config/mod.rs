@@ -24,6 +24,26 @@
 //! - Relative paths (`ca_file`, `*_file`) are relative to the working directory.
 //! - `fingerprint` pins one certificate, and each node has its own, so it is refused with
 //!   several `urls` (failover could never succeed); `ca_file` trusts every node instead.
+/// A section as serde reads it: each key with its type, checked by [`values::Parse`] as it is
+/// read, and its default. The field list is also the list of known keys (`layers`).
+macro_rules! section {
+    ($(#[$attr:meta])* $vis:vis struct $name:ident {
+        $($(#[$doc:meta])* $fvis:vis $key:ident: $ty:ty = $default:expr,)*
+    }) => {
+        $(#[$attr])*
+        #[derive(Clone, Debug, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        $vis struct $name {
+            $($(#[$doc])* #[serde(deserialize_with = "values::parse")] $fvis $key: $ty,)*
+        }
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($key: $default,)* }
+            }
+        }
+    };
+}
+
 mod build;
 mod layers;
 mod values;
@@ -62,14 +82,12 @@ pub struct ProxmoxConfig {
     pub timeout: Duration,
 }
 
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PollConfig {
-    #[serde(deserialize_with = "values::parse")]
-    pub interval: Duration,
-    /// Zero until `build` gives the default (a given duration is never zero).
-    #[serde(deserialize_with = "values::parse")]
-    pub slow_interval: Duration,
+section! {
+    pub struct PollConfig {
+        pub interval: Duration = Duration::from_secs(10),
+        /// Zero until `build` gives the default (a given duration is never zero).
+        pub slow_interval: Duration = Duration::ZERO,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -100,25 +118,21 @@ pub struct MqttBroker {
     pub tls: bool,
 }
 
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HaConfig {
-    #[serde(deserialize_with = "values::parse")]
-    pub discovery: bool,
-    #[serde(deserialize_with = "values::topic")]
-    pub discovery_prefix: String,
+section! {
+    pub struct HaConfig {
+        pub discovery: bool = true,
+        /// A topic prefix (`values::Topic`), checked in `build`.
+        pub discovery_prefix: String = "homeassistant".into(),
+    }
 }
 
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CommandsConfig {
-    #[serde(deserialize_with = "values::parse")]
-    pub enabled: bool,
-    #[serde(deserialize_with = "values::parse")]
-    pub read_only: bool,
-    /// Empty = every guest.
-    #[serde(deserialize_with = "values::parse")]
-    pub allow: Vec<AllowRule>,
+section! {
+    pub struct CommandsConfig {
+        pub enabled: bool = true,
+        pub read_only: bool = false,
+        /// Empty = every guest.
+        pub allow: Vec<AllowRule> = Vec::new(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,63 +142,19 @@ pub enum AllowRule {
     Pool(String),
 }
 
-/// `[http]`: the bridge's own listener for `/healthz` and `/metrics`; `None` = off.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    #[serde(deserialize_with = "values::parse")]
-    pub listen: Option<std::net::SocketAddr>,
-}
-
-/// `[backup]`: the defaults of a backup asked for without options, checked at start-up.
-#[derive(Clone, Debug, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackupConfig {
-    #[serde(deserialize_with = "values::parse")]
-    pub storage: StorageId,
-    #[serde(deserialize_with = "values::parse")]
-    pub mode: BackupMode,
-    #[serde(deserialize_with = "values::parse")]
-    pub compress: Compress,
-}
-
-/// The defaults of the sections read straight into their config.
-impl Default for PollConfig {
-    fn default() -> Self {
-        let (interval, slow_interval) = (Duration::from_secs(10), Duration::ZERO);
-        PollConfig {
-            interval,
-            slow_interval,
-        }
+section! {
+    /// `[http]`: the bridge's own listener for `/healthz` and `/metrics`; `None` = off.
+    pub struct HttpConfig {
+        pub listen: Option<std::net::SocketAddr> = None,
     }
 }
 
-impl Default for HaConfig {
-    fn default() -> Self {
-        HaConfig {
-            discovery: true,
-            discovery_prefix: "homeassistant".into(),
-        }
-    }
-}
-
-impl Default for CommandsConfig {
-    fn default() -> Self {
-        CommandsConfig {
-            enabled: true,
-            read_only: false,
-            allow: Vec::new(),
-        }
-    }
-}
-
-impl Default for BackupConfig {
-    fn default() -> Self {
-        BackupConfig {
-            storage: StorageId::parse("local").expect("a valid storage id"),
-            mode: BackupMode::Snapshot,
-            compress: Compress::Zstd,
-        }
+section! {
+    /// `[backup]`: the defaults of a backup asked for without options, checked at start-up.
+    pub struct BackupConfig {
+        pub storage: StorageId = StorageId::parse("local").expect("a valid storage id"),
+        pub mode: BackupMode = BackupMode::Snapshot,
+        pub compress: Compress = Compress::Zstd,
     }
 }
 

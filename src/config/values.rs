@@ -21,20 +21,13 @@ pub(super) fn parse<'de, D: Deserializer<'de>, T: Parse>(value: D) -> Result<T, 
     T::parse(Value::deserialize(value)?.kind).map_err(de::Error::custom)
 }
 
-/// `deserialize_with` for a key whose empty value is refused rather than "not given".
-pub(super) fn given<'de, D: Deserializer<'de>, T: Parse>(value: D) -> Result<Option<T>, D::Error> {
-    parse(value).map(Some)
-}
-
 /// A string that must not be empty (`mqtt.client_id`, `backup.storage`).
+#[derive(Clone, Debug)]
 pub(super) struct NonEmpty(pub String);
 
 /// A topic prefix we publish under (`mqtt.base_topic`, `homeassistant.discovery_prefix`).
+#[derive(Clone, Debug)]
 pub(super) struct Topic(pub String);
-
-pub(super) fn topic<'de, D: Deserializer<'de>>(value: D) -> Result<String, D::Error> {
-    parse(value).map(|Topic(topic)| topic)
-}
 
 fn text(kind: ValueKind, expected: &str) -> Result<String, String> {
     match kind {
