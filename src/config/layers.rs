@@ -20,17 +20,33 @@ use super::build::{MqttKeys, ProxmoxKeys};
 use super::values::describe;
 use super::*;
 
-/// The whole file. Each field is a section; each section struct lists its keys.
-#[derive(serde::Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct Schema {
-    pub proxmox: Clusters,
-    pub poll: PollConfig,
-    pub mqtt: MqttKeys,
-    pub homeassistant: HaConfig,
-    pub commands: CommandsConfig,
-    pub backup: BackupConfig,
-    pub http: HttpConfig,
+/// The whole file: each section with the type that reads it, and the list of sections and
+/// their keys for hints.
+macro_rules! schema {
+    ($($section:ident: $ty:ty,)*) => {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default, deny_unknown_fields)]
+        pub(super) struct Schema {
+            $(pub $section: $ty,)*
+        }
+        const SECTIONS: &[&str] = &[$(stringify!($section)),*];
+        fn section_keys(section: &str) -> Option<&'static [&'static str]> {
+            match section {
+                $(stringify!($section) => Some(<$ty>::KEYS),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+schema! {
+    proxmox: Clusters,
+    poll: PollConfig,
+    mqtt: MqttKeys,
+    homeassistant: HaConfig,
+    commands: CommandsConfig,
+    backup: BackupConfig,
+    http: HttpConfig,
 }
 
 /// `[proxmox]` (one cluster) or `[[proxmox]]` (`array`, any number).
@@ -38,6 +54,10 @@ pub(super) struct Schema {
 pub(super) struct Clusters {
     pub array: bool,
     pub list: Vec<ProxmoxKeys>,
+}
+
+impl Clusters {
+    const KEYS: &[&str] = ProxmoxKeys::KEYS;
 }
 
 impl<'de> Deserialize<'de> for Clusters {
@@ -65,53 +85,6 @@ impl<'de> Deserialize<'de> for Clusters {
         }
         deserializer.deserialize_any(OneOrMany)
     }
-}
-
-/// The keys of a section, read from its serde struct (so the struct is the only list).
-pub(super) fn section_keys(section: &str) -> Option<&'static [&'static str]> {
-    Some(match section {
-        "proxmox" => fields_of::<ProxmoxKeys>(),
-        "poll" => fields_of::<PollConfig>(),
-        "mqtt" => fields_of::<MqttKeys>(),
-        "homeassistant" => fields_of::<HaConfig>(),
-        "commands" => fields_of::<CommandsConfig>(),
-        "backup" => fields_of::<BackupConfig>(),
-        "http" => fields_of::<HttpConfig>(),
-        _ => return None,
-    })
-}
-
-pub(super) fn sections() -> &'static [&'static str] {
-    fields_of::<Schema>()
-}
-
-/// The field names serde derived for `T`: a deserializer that only records what
-/// `deserialize_struct` is told.
-fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-    impl<'de> Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("not a struct"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(de::Error::custom("probed"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(Probe(&mut fields));
-    fields
 }
 
 /// Which keys the environment gave, by path (`mqtt.url`, `proxmox[1].token`), with the
@@ -294,7 +267,7 @@ fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigE
                     }
                 }
             }
-            (section, other) if sections().contains(&section) => {
+            (section, other) if SECTIONS.contains(&section) => {
                 let shape = if section == "proxmox" {
                     "a table [proxmox] or an array of tables [[proxmox]]".to_owned()
                 } else {
@@ -358,7 +331,7 @@ fn refused(
             format!("the [{section}] section has no key `{name}`")
         };
         let hint = if at_root {
-            closest(name, sections()).map(|s| format!("did you mean `{}`?", s.to_uppercase()))
+            closest(name, SECTIONS).map(|s| format!("did you mean `{}`?", s.to_uppercase()))
         } else {
             unknown_key_hint(section, name)
         };
@@ -377,21 +350,18 @@ fn refused(
         };
     }
     if let Some(ValueKind::Table(_) | ValueKind::Array(_)) = file.get(name).map(|v| &v.kind) {
-        let hint = closest(name, sections())
+        let hint = closest(name, SECTIONS)
             .map(|s| format!("did you mean `{s}`?"))
-            .unwrap_or_else(|| format!("known sections: {}", sections().join(", ")));
+            .unwrap_or_else(|| format!("known sections: {}", SECTIONS.join(", ")));
         return ConfigError::UnknownSection {
             section: full,
             hint: Some(hint),
         };
     }
-    let hint = match sections()
-        .iter()
-        .find(|s| section_keys(s).is_some_and(|keys| keys.contains(&name)))
-    {
+    let hint = match home_of(name) {
         Some(section) => format!("`{name}` belongs in the [{section}] section"),
         None => {
-            let all: Vec<String> = sections().iter().map(|s| format!("[{s}]")).collect();
+            let all: Vec<String> = SECTIONS.iter().map(|s| format!("[{s}]")).collect();
             format!("keys belong in a section: {}", all.join(", "))
         }
     };
@@ -406,10 +376,15 @@ fn unknown_key_hint(section: &str, key: &str) -> Option<String> {
     if let Some(close) = closest(key, section_keys(section)?) {
         return Some(format!("did you mean `{close}`?"));
     }
-    sections()
+    home_of(key).map(|other| format!("`{key}` belongs in the [{other}] section"))
+}
+
+/// The section that has `key`.
+fn home_of(key: &str) -> Option<&'static str> {
+    SECTIONS
         .iter()
+        .copied()
         .find(|s| section_keys(s).is_some_and(|keys| keys.contains(&key)))
-        .map(|other| format!("`{key}` belongs in the [{other}] section"))
 }
 
 /// The candidate within a small edit distance of `word`, for typo hints.
@@ -430,7 +405,7 @@ fn malformed_env_var(var: &str, rest: &str) -> ConfigError {
     let mut reason =
         "expected PVE2MQTT_<SECTION>__<KEY> (two underscores between section and key)".to_owned();
     let trimmed = rest.trim_start_matches('_').to_ascii_lowercase();
-    let guess = sections().iter().find_map(|section| {
+    let guess = SECTIONS.iter().find_map(|section| {
         let key = trimmed.strip_prefix(section)?.trim_start_matches('_');
         section_keys(section)?.contains(&key).then(|| {
             format!(

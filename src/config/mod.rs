@@ -41,6 +41,10 @@ macro_rules! section {
                 $name { $($key: $default,)* }
             }
         }
+        impl $name {
+            /// The section's keys, for "did you mean" hints.
+            pub(super) const KEYS: &[&str] = &[$(stringify!($key)),*];
+        }
     };
 }
 

@@ -29,11 +29,89 @@ pub(super) struct NonEmpty(pub String);
 #[derive(Clone, Debug)]
 pub(super) struct Topic(pub String);
 
-fn text(kind: ValueKind, expected: &str) -> Result<String, String> {
-    match kind {
-        ValueKind::String(text) => Ok(text),
-        other => Err(format!("expected {expected}, got {}", describe(&other))),
+/// `impl Parse for Type` from `Type => |kind| check;`.
+macro_rules! parse {
+    ($($(#[$doc:meta])* $ty:ty => |$kind:ident| $check:expr;)*) => {
+        $($(#[$doc])* impl Parse for $ty {
+            fn parse($kind: ValueKind) -> Result<Self, String> {
+                $check
+            }
+        })*
+    };
+}
+
+parse! {
+    String => |kind| text(kind, "a string");
+    PathBuf => |kind| Ok(PathBuf::from(text(kind, "a file path")?.trim()));
+    NonEmpty => |kind| match text(kind, "a string")? {
+        text if text.trim().is_empty() => Err("must not be empty".into()),
+        text => Ok(NonEmpty(text)),
+    };
+    Topic => |kind| {
+        let NonEmpty(topic) = NonEmpty::parse(kind)?;
+        check_topic_root(&topic).map(|()| Topic(topic))
+    };
+    /// A secret: a type error names the type, never the value.
+    Secret => |kind| match kind {
+        ValueKind::String(text) => Ok(Secret::new(text)),
+        other => Err(format!("expected a string, got {} (value not shown)", type_name(&other))),
+    };
+    /// `true/false`, `yes/no`, `on/off`, `1/0` (any case), from env or file.
+    bool => |kind| {
+        let text = match &kind {
+            ValueKind::Boolean(value) => return Ok(*value),
+            ValueKind::I64(0) => return Ok(false),
+            ValueKind::I64(1) => return Ok(true),
+            ValueKind::String(text) => text.trim().to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        match text.as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(format!("expected a boolean (true or false), got {}", describe(&kind))),
+        }
+    };
+    /// A humantime duration ("10s", "2m", "1h30m"), greater than zero.
+    Duration => |kind| {
+        let (expected, got) = ("expected a duration like \"10s\"", describe(&kind));
+        let ValueKind::String(text) = kind else {
+            return Err(format!("{expected}, got {got}"));
+        };
+        match humantime::parse_duration(text.trim()) {
+            Err(error) => Err(format!("{expected}, got {got} ({error})")),
+            Ok(duration) if duration.is_zero() => Err(format!("must be greater than 0, got {got}")),
+            Ok(duration) => Ok(duration),
+        }
+    };
+    ProxmoxUrl => |kind| {
+        ProxmoxUrl::parse(&text(kind, "a URL string like \"https://pve.example.lan:8006\"")?)
+    };
+    MqttBroker => |kind| {
+        let url = text(kind, "a URL string like \"mqtt://127.0.0.1:1883\"")?.trim().to_owned();
+        let (host, port, tls) = parse_mqtt_url(&url)?;
+        Ok(MqttBroker { url, host, port, tls })
+    };
+    /// SHA-256 of a certificate, see [`parse_fingerprint`].
+    [u8; 32] => |kind| parse_fingerprint(&text(kind, "a string")?);
+    /// `http.listen`: `host:port` (an IP address, `[::1]:9102` for IPv6).
+    SocketAddr => |kind| match &kind {
+        ValueKind::String(text) => text.trim().parse().ok(),
+        _ => None,
     }
+    .ok_or_else(|| {
+        let got = describe(&kind);
+        format!("expected an address and port like \"127.0.0.1:9102\", got {got}")
+    });
+    StorageId => |kind| {
+        let NonEmpty(text) = NonEmpty::parse(kind)?;
+        StorageId::parse(&text).ok_or_else(|| {
+            format!("`{}` is not a Proxmox storage id ({})", text.trim(), StorageId::RULE)
+        })
+    };
+    BackupMode => |kind| choice(kind, BackupMode::parse, BackupMode::CHOICES);
+    Compress => |kind| choice(kind, Compress::parse, Compress::CHOICES);
+    /// A `commands.allow` entry: a vmid, `tag:NAME` or `pool:NAME`.
+    AllowRule => |kind| allow_rule(kind);
 }
 
 /// An optional key: an empty string means "not given", as the SPEC example (`ca_file = ""`)
@@ -75,172 +153,26 @@ impl<T: Parse> Parse for Vec<T> {
     }
 }
 
-impl Parse for String {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        text(kind, "a string")
+fn text(kind: ValueKind, expected: &str) -> Result<String, String> {
+    match kind {
+        ValueKind::String(text) => Ok(text),
+        other => Err(format!("expected {expected}, got {}", describe(&other))),
     }
 }
 
-impl Parse for PathBuf {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        Ok(PathBuf::from(text(kind, "a file path")?.trim()))
-    }
-}
-
-impl Parse for NonEmpty {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let text = text(kind, "a string")?;
-        match text.trim().is_empty() {
-            true => Err("must not be empty".into()),
-            false => Ok(NonEmpty(text)),
-        }
-    }
-}
-
-impl Parse for Topic {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let NonEmpty(topic) = NonEmpty::parse(kind)?;
-        check_topic_root(&topic)?;
-        Ok(Topic(topic))
-    }
-}
-
-/// A secret: a type error names the type, never the value.
-impl Parse for Secret {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        match kind {
-            ValueKind::String(text) => Ok(Secret::new(text)),
-            other => Err(format!(
-                "expected a string, got {} (value not shown)",
-                type_name(&other)
-            )),
-        }
-    }
-}
-
-/// `true/false`, `yes/no`, `on/off`, `1/0` (any case), from env or file.
-impl Parse for bool {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let text = match &kind {
-            ValueKind::Boolean(value) => return Ok(*value),
-            ValueKind::I64(0) => return Ok(false),
-            ValueKind::I64(1) => return Ok(true),
-            ValueKind::String(text) => text.trim().to_ascii_lowercase(),
-            _ => String::new(),
-        };
-        match text.as_str() {
-            "true" | "yes" | "on" | "1" => Ok(true),
-            "false" | "no" | "off" | "0" => Ok(false),
-            _ => Err(format!(
-                "expected a boolean (true or false), got {}",
-                describe(&kind)
-            )),
-        }
-    }
-}
-
-/// A humantime duration ("10s", "2m", "1h30m"), greater than zero.
-impl Parse for Duration {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let (expected, got) = ("expected a duration like \"10s\"", describe(&kind));
-        let ValueKind::String(text) = kind else {
-            return Err(format!("{expected}, got {got}"));
-        };
-        let duration = humantime::parse_duration(text.trim())
-            .map_err(|error| format!("{expected}, got {got} ({error})"))?;
-        match duration.is_zero() {
-            true => Err(format!("must be greater than 0, got {got}")),
-            false => Ok(duration),
-        }
-    }
-}
-
-impl Parse for ProxmoxUrl {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        ProxmoxUrl::parse(&text(
-            kind,
-            "a URL string like \"https://pve.example.lan:8006\"",
-        )?)
-    }
-}
-
-impl Parse for MqttBroker {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let url = text(kind, "a URL string like \"mqtt://127.0.0.1:1883\"")?;
-        let url = url.trim().to_owned();
-        let (host, port, tls) = parse_mqtt_url(&url)?;
-        Ok(MqttBroker {
-            url,
-            host,
-            port,
-            tls,
-        })
-    }
-}
-
-/// SHA-256 of a certificate, see [`parse_fingerprint`].
-impl Parse for [u8; 32] {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        parse_fingerprint(&text(kind, "a string")?)
-    }
-}
-
-/// `http.listen`: `host:port` (an IP address, `[::1]:9102` for IPv6).
-impl Parse for SocketAddr {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let got = describe(&kind);
-        let text = if let ValueKind::String(text) = kind {
-            text
-        } else {
-            String::new()
-        };
-        text.trim()
-            .parse()
-            .map_err(|_| format!("expected an address and port like \"127.0.0.1:9102\", got {got}"))
-    }
-}
-
-impl Parse for StorageId {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let NonEmpty(text) = NonEmpty::parse(kind)?;
-        StorageId::parse(&text).ok_or_else(|| {
-            let rule = StorageId::RULE;
-            format!("`{}` is not a Proxmox storage id ({rule})", text.trim())
-        })
-    }
-}
-
-impl Parse for BackupMode {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let mode = match &kind {
-            ValueKind::String(text) => BackupMode::parse(text),
-            _ => None,
-        };
-        mode.ok_or_else(|| {
-            let choices = BackupMode::CHOICES;
-            format!("expected one of {choices}, got {}", describe(&kind))
-        })
-    }
-}
-
-impl Parse for Compress {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        let compress = match &kind {
-            ValueKind::I64(number) => Compress::parse(&number.to_string()),
-            ValueKind::String(text) => Compress::parse(text),
-            _ => None,
-        };
-        compress.ok_or_else(|| {
-            let choices = Compress::CHOICES;
-            format!("expected one of {choices}, got {}", describe(&kind))
-        })
-    }
+/// One of a few words (`backup.mode`, `backup.compress`); a TOML integer is read as its text.
+fn choice<T>(kind: ValueKind, parse: fn(&str) -> Option<T>, choices: &str) -> Result<T, String> {
+    let chosen = match &kind {
+        ValueKind::I64(number) => parse(&number.to_string()),
+        ValueKind::String(text) => parse(text),
+        _ => None,
+    };
+    chosen.ok_or_else(|| format!("expected one of {choices}, got {}", describe(&kind)))
 }
 
 /// A value as shown after "got" in messages. Never called for secret keys.
 pub(super) fn describe(kind: &ValueKind) -> String {
     match kind {
-        ValueKind::Nil => "nothing".into(),
         ValueKind::Boolean(value) => value.to_string(),
         ValueKind::I64(value) => value.to_string(),
         ValueKind::I128(value) => value.to_string(),
@@ -256,13 +188,11 @@ fn type_name(kind: &ValueKind) -> &'static str {
     match kind {
         ValueKind::Nil => "nothing",
         ValueKind::Boolean(_) => "a boolean",
-        ValueKind::I64(_) | ValueKind::I128(_) | ValueKind::U64(_) | ValueKind::U128(_) => {
-            "an integer"
-        }
         ValueKind::Float(_) => "a float",
         ValueKind::String(_) => "a string",
         ValueKind::Array(_) => "an array",
         ValueKind::Table(_) => "a table",
+        _ => "an integer",
     }
 }
 
@@ -365,13 +295,6 @@ fn check_topic_root(topic: &str) -> Result<(), String> {
         return Err(format!("`{topic}` must not contain an empty level (`//`)"));
     }
     Ok(())
-}
-
-/// A `commands.allow` entry: a vmid, `tag:NAME` or `pool:NAME`.
-impl Parse for AllowRule {
-    fn parse(kind: ValueKind) -> Result<Self, String> {
-        allow_rule(kind)
-    }
 }
 
 fn allow_rule(kind: ValueKind) -> Result<AllowRule, String> {
