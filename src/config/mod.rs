@@ -238,21 +238,14 @@ impl Config {
         let mut env = HashMap::new();
         for (name, value) in std::env::vars_os() {
             // A variable whose name is not UTF-8 cannot spell our prefix.
-            let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(ENV_PREFIX) {
+            let Some(name) = name.to_str().filter(|name| name.starts_with(ENV_PREFIX)) else {
                 continue;
-            }
-            match value.into_string() {
-                Ok(value) => {
-                    env.insert(name.to_owned(), value);
-                }
-                Err(_) => {
-                    return Err(ConfigError::EnvVar {
-                        var: name.to_owned(),
-                        reason: "the value is not valid UTF-8".into(),
-                    })
-                }
-            }
+            };
+            let value = value.into_string().map_err(|_| ConfigError::EnvVar {
+                var: name.to_owned(),
+                reason: "the value is not valid UTF-8".into(),
+            })?;
+            env.insert(name.to_owned(), value);
         }
         Self::load_with_env(path, &env)
     }
@@ -262,17 +255,14 @@ impl Config {
         path: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        match path {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-                        path: path.to_owned(),
-                        source,
-                    })?;
-                Self::from_toml_with_origin(&text, Some(path), env)
-            }
-            None => Self::from_toml_with_origin("", None, env),
-        }
+        let text = match path {
+            None => String::new(),
+            Some(path) => std::fs::read_to_string(path).map_err(|source| {
+                let path = path.to_owned();
+                ConfigError::ReadFile { path, source }
+            })?,
+        };
+        Self::from_toml_with_origin(&text, path, env)
     }
 
     /// Parse from TOML text + env (unit tests, and the Home Assistant add-on later).
