@@ -248,35 +248,28 @@ fn cluster_named(var: &str, name: &str, names: &[Option<String>]) -> Result<usiz
 
 /// A section given as a value (`poll = 5`), named before serde would say "expected struct".
 fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigError> {
-    let mut names: Vec<&String> = file.keys().collect();
-    names.sort();
-    for name in names {
-        let kind = &file[name].kind;
-        match (name.as_str(), kind) {
+    let refuse = |key: String, shape: &str, got: &ValueKind| ConfigError::Invalid {
+        key,
+        reason: format!("expected {shape}, got {}", describe(got)),
+    };
+    for (name, value) in file {
+        match (name.as_str(), &value.kind) {
             (_, ValueKind::Table(_)) => {}
             ("proxmox", ValueKind::Array(items)) => {
-                for (index, item) in items.iter().enumerate() {
-                    if !matches!(item.kind, ValueKind::Table(_)) {
-                        return Err(ConfigError::Invalid {
-                            key: format!("proxmox[{index}]"),
-                            reason: format!(
-                                "expected a table ([[proxmox]]), got {}",
-                                describe(&item.kind)
-                            ),
-                        });
-                    }
+                let mut items = items.iter().enumerate();
+                if let Some((index, item)) =
+                    items.find(|(_, item)| !matches!(item.kind, ValueKind::Table(_)))
+                {
+                    let key = format!("proxmox[{index}]");
+                    return Err(refuse(key, "a table ([[proxmox]])", &item.kind));
                 }
             }
+            ("proxmox", other) => {
+                let shape = "a table [proxmox] or an array of tables [[proxmox]]";
+                return Err(refuse(name.clone(), shape, other));
+            }
             (section, other) if SECTIONS.contains(&section) => {
-                let shape = if section == "proxmox" {
-                    "a table [proxmox] or an array of tables [[proxmox]]".to_owned()
-                } else {
-                    format!("a table [{section}]")
-                };
-                return Err(ConfigError::Invalid {
-                    key: section.into(),
-                    reason: format!("expected {shape}, got {}", describe(other)),
-                });
+                return Err(refuse(name.clone(), &format!("a table [{section}]"), other));
             }
             _ => {}
         }

@@ -2,9 +2,11 @@
 //!
 //! Layers, lowest first: built-in defaults, the TOML file, the environment, merged by the
 //! `config` crate's `File` and `Environment` sources into one serde schema that refuses
-//! unknown keys (`layers`), then checked value by value (`build`, `values`). Every error names
-//! the key exactly as the admin wrote it: `mqtt.base_topic` in the file, or
-//! `PVE2MQTT_MQTT__BASE_TOPIC` when the environment gave it.
+//! unknown keys (`layers`). Each key is declared once, with its type and default
+//! (`section!`); each value type checks itself as serde reads it (`values::Parse`); `build`
+//! keeps only the keys that depend on each other. Every error names the key exactly as the
+//! admin wrote it: `mqtt.base_topic` in the file, or `PVE2MQTT_MQTT__BASE_TOPIC` when the
+//! environment gave it.
 //!
 //! Rules where SPEC is silent (documented for the README):
 //! - Environment section and key names are case-insensitive; the `PVE2MQTT_` prefix is not.
@@ -15,6 +17,8 @@
 //! - Mutually exclusive keys (`url`/`urls`, `token`/`token_file`, `password`/`password_file`)
 //!   are an error when one layer sets both; a higher layer setting one replaces the other from
 //!   a lower layer (an env `TOKEN_FILE` overrides a file `token`). An empty string counts as unset.
+//!   The replaced value is still checked on its own (a bad file `url` is refused even when
+//!   the environment gives `urls`); a token's shape is only checked when it is the one used.
 //! - Optional strings (`ca_file`, `fingerprint`, `name`, `username`, `password`, ...) treat an
 //!   empty string as not given, as the SPEC example (`ca_file = ""`) implies.
 //! - `poll.slow_interval` defaults to the larger of 60s and `poll.interval`.
