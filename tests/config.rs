@@ -1346,3 +1346,14 @@ fn a_bad_http_listen_names_the_key() {
     let message = error(&minimal(), &[("PVE2MQTT_HTTP__LISTEN", "9102")]);
     assert!(message.contains("PVE2MQTT_HTTP__LISTEN"), "{message}");
 }
+
+#[test]
+fn of_several_bad_keys_the_first_in_the_file_is_named() {
+    for _ in 0..16 {
+        let message = error(
+            &with("[poll]\nslow_interval = \"soon\"\ninterval = \"often\"\n[mqtt]\nport = 1\n"),
+            &[],
+        );
+        assert!(message.starts_with("poll.slow_interval: "), "{message}");
+    }
+}

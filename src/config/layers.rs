@@ -7,9 +7,8 @@
 //!   (`proxmox[1].token`), and the plain `PVE2MQTT_PROXMOX__<KEY>` for an `[[proxmox]]` of one;
 //! - the names of unknown keys as the admin wrote them, with a "did you mean" from `strsim`.
 //!
-//! Every leaf is a `config::Value`, typed as TOML typed it (environment values are text): the
-//! value checks in `build` turn it into the typed config, so a type error can say what was
-//! given without serde echoing a secret.
+//! Each value is read with its check (`values`), and a refusal is named here by the key as
+//! given ([`refused`]).
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::path::Path;
@@ -17,22 +16,38 @@ use std::path::Path;
 use config::{Environment, File, FileFormat, Source, Value, ValueKind};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use super::{ConfigError, NON_CONFIG_ENV_VARS};
+use super::build::{MqttKeys, ProxmoxKeys};
+use super::values::describe;
+use super::*;
 
-use super::ENV_PREFIX;
+/// The whole file: each section with the type that reads it, and the list of sections and
+/// their keys for hints.
+macro_rules! schema {
+    ($($section:ident: $ty:ty,)*) => {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default, deny_unknown_fields)]
+        pub(super) struct Schema {
+            $(pub $section: $ty,)*
+        }
+        const SECTIONS: &[&str] = &[$(stringify!($section)),*];
+        fn section_keys(section: &str) -> Option<&'static [&'static str]> {
+            match section {
+                $(stringify!($section) => Some(<$ty>::KEYS),)*
+                _ => None,
+            }
+        }
+    };
+}
 
-/// The whole file. Each field is a section; each section struct lists its keys.
-#[derive(serde::Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub(super) struct Schema {
-    pub proxmox: Clusters,
-    pub poll: PollKeys,
-    pub mqtt: MqttKeys,
-    pub homeassistant: HaKeys,
-    pub commands: CommandsKeys,
-    pub backup: BackupKeys,
-    pub http: HttpKeys,
-    pub reporting: ReportingKeys,
+schema! {
+    proxmox: Clusters,
+    poll: PollConfig,
+    mqtt: MqttKeys,
+    homeassistant: HaConfig,
+    commands: CommandsConfig,
+    backup: BackupConfig,
+    http: HttpConfig,
+    reporting: ReportingConfig,
 }
 
 /// `[proxmox]` (one cluster) or `[[proxmox]]` (`array`, any number).
@@ -42,80 +57,8 @@ pub(super) struct Clusters {
     pub list: Vec<ProxmoxKeys>,
 }
 
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ProxmoxKeys {
-    pub url: Option<Value>,
-    pub urls: Option<Value>,
-    pub token: Option<Value>,
-    pub token_file: Option<Value>,
-    pub tls_verify: Option<Value>,
-    pub ca_file: Option<Value>,
-    pub fingerprint: Option<Value>,
-    pub name: Option<Value>,
-    pub timeout: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PollKeys {
-    pub interval: Option<Value>,
-    pub slow_interval: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct MqttKeys {
-    pub url: Option<Value>,
-    pub urls: Option<Value>,
-    pub username: Option<Value>,
-    pub password: Option<Value>,
-    pub password_file: Option<Value>,
-    pub client_id: Option<Value>,
-    pub base_topic: Option<Value>,
-    pub ca_file: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct HaKeys {
-    pub discovery: Option<Value>,
-    pub discovery_prefix: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CommandsKeys {
-    pub enabled: Option<Value>,
-    pub read_only: Option<Value>,
-    pub allow: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct BackupKeys {
-    pub storage: Option<Value>,
-    pub mode: Option<Value>,
-    pub compress: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct HttpKeys {
-    pub listen: Option<Value>,
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReportingKeys {
-    pub max_interval: Option<Value>,
-    pub min_interval: Option<Value>,
-    pub cpu: Option<Value>,
-    pub mem_percent: Option<Value>,
-    pub rates: Option<Value>,
-    pub rates_floor: Option<Value>,
-    pub storage_percent: Option<Value>,
-    pub loadavg: Option<Value>,
+impl Clusters {
+    const KEYS: &[&str] = ProxmoxKeys::KEYS;
 }
 
 impl<'de> Deserialize<'de> for Clusters {
@@ -143,54 +86,6 @@ impl<'de> Deserialize<'de> for Clusters {
         }
         deserializer.deserialize_any(OneOrMany)
     }
-}
-
-/// The keys of a section, read from its serde struct (so the struct is the only list).
-pub(super) fn section_keys(section: &str) -> Option<&'static [&'static str]> {
-    Some(match section {
-        "proxmox" => fields_of::<ProxmoxKeys>(),
-        "poll" => fields_of::<PollKeys>(),
-        "mqtt" => fields_of::<MqttKeys>(),
-        "homeassistant" => fields_of::<HaKeys>(),
-        "commands" => fields_of::<CommandsKeys>(),
-        "backup" => fields_of::<BackupKeys>(),
-        "http" => fields_of::<HttpKeys>(),
-        "reporting" => fields_of::<ReportingKeys>(),
-        _ => return None,
-    })
-}
-
-pub(super) fn sections() -> &'static [&'static str] {
-    fields_of::<Schema>()
-}
-
-/// The field names serde derived for `T`: a deserializer that only records what
-/// `deserialize_struct` is told.
-fn fields_of<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-    impl<'de> Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("not a struct"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(de::Error::custom("probed"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(Probe(&mut fields));
-    fields
 }
 
 /// Which keys the environment gave, by path (`mqtt.url`, `proxmox[1].token`), with the
@@ -305,7 +200,7 @@ pub(super) fn layer(
         reason: toml_error_without_source(&error.to_string()),
     })?;
     let schema = serde_path_to_error::deserialize(merged)
-        .map_err(|error| unknown_key(&error, &origins, &file))?;
+        .map_err(|error| refused(&error, &origins, &file))?;
     Ok((schema, origins))
 }
 
@@ -354,35 +249,28 @@ fn cluster_named(var: &str, name: &str, names: &[Option<String>]) -> Result<usiz
 
 /// A section given as a value (`poll = 5`), named before serde would say "expected struct".
 fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigError> {
-    let mut names: Vec<&String> = file.keys().collect();
-    names.sort();
-    for name in names {
-        let kind = &file[name].kind;
-        match (name.as_str(), kind) {
+    let refuse = |key: String, shape: &str, got: &ValueKind| ConfigError::Invalid {
+        key,
+        reason: format!("expected {shape}, got {}", describe(got)),
+    };
+    for (name, value) in file {
+        match (name.as_str(), &value.kind) {
             (_, ValueKind::Table(_)) => {}
             ("proxmox", ValueKind::Array(items)) => {
-                for (index, item) in items.iter().enumerate() {
-                    if !matches!(item.kind, ValueKind::Table(_)) {
-                        return Err(ConfigError::Invalid {
-                            key: format!("proxmox[{index}]"),
-                            reason: format!(
-                                "expected a table ([[proxmox]]), got {}",
-                                super::build::describe(&item.kind)
-                            ),
-                        });
-                    }
+                let mut items = items.iter().enumerate();
+                if let Some((index, item)) =
+                    items.find(|(_, item)| !matches!(item.kind, ValueKind::Table(_)))
+                {
+                    let key = format!("proxmox[{index}]");
+                    return Err(refuse(key, "a table ([[proxmox]])", &item.kind));
                 }
             }
-            (section, other) if sections().contains(&section) => {
-                let shape = if section == "proxmox" {
-                    "a table [proxmox] or an array of tables [[proxmox]]".to_owned()
-                } else {
-                    format!("a table [{section}]")
-                };
-                return Err(ConfigError::Invalid {
-                    key: section.into(),
-                    reason: format!("expected {shape}, got {}", super::build::describe(other)),
-                });
+            ("proxmox", other) => {
+                let shape = "a table [proxmox] or an array of tables [[proxmox]]";
+                return Err(refuse(name.clone(), shape, other));
+            }
+            (section, other) if SECTIONS.contains(&section) => {
+                return Err(refuse(name.clone(), &format!("a table [{section}]"), other));
             }
             _ => {}
         }
@@ -391,20 +279,33 @@ fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigE
 }
 
 /// Maps serde's refusal to the key as written: the variable for an environment key, the file
-/// path otherwise, with a hint.
-fn unknown_key(
+/// path otherwise; an unknown key with a hint.
+fn refused(
     error: &serde_path_to_error::Error<config::ConfigError>,
     origins: &Origins,
     file: &config::Map<String, Value>,
 ) -> ConfigError {
-    let message = error.inner().to_string();
+    // `config` adds "for key `…`" around our reason; the path says it better.
+    let mut inner = error.inner();
+    while let config::ConfigError::At { error, .. } = inner {
+        inner = error;
+    }
+    let message = inner.to_string();
     let Some(name) = message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
     else {
-        return ConfigError::Invalid {
-            key: error.path().to_string(),
-            reason: message,
+        // A list item's reason starts with its index (`values`): `PVE2MQTT_COMMANDS__ALLOW[1]`.
+        let key = origins.at(&error.path().to_string());
+        return match message.strip_prefix('[').and_then(|m| m.split_once("]: ")) {
+            Some((index, reason)) => ConfigError::Invalid {
+                key: format!("{key}[{index}]"),
+                reason: reason.into(),
+            },
+            None => ConfigError::Invalid {
+                key,
+                reason: message,
+            },
         };
     };
     // The path ends with the unknown key itself (`mqtt.pasword`).
@@ -424,7 +325,7 @@ fn unknown_key(
             format!("the [{section}] section has no key `{name}`")
         };
         let hint = if at_root {
-            closest(name, sections()).map(|s| format!("did you mean `{}`?", s.to_uppercase()))
+            closest(name, SECTIONS).map(|s| format!("did you mean `{}`?", s.to_uppercase()))
         } else {
             unknown_key_hint(section, name)
         };
@@ -443,21 +344,18 @@ fn unknown_key(
         };
     }
     if let Some(ValueKind::Table(_) | ValueKind::Array(_)) = file.get(name).map(|v| &v.kind) {
-        let hint = closest(name, sections())
+        let hint = closest(name, SECTIONS)
             .map(|s| format!("did you mean `{s}`?"))
-            .unwrap_or_else(|| format!("known sections: {}", sections().join(", ")));
+            .unwrap_or_else(|| format!("known sections: {}", SECTIONS.join(", ")));
         return ConfigError::UnknownSection {
             section: full,
             hint: Some(hint),
         };
     }
-    let hint = match sections()
-        .iter()
-        .find(|s| section_keys(s).is_some_and(|keys| keys.contains(&name)))
-    {
+    let hint = match home_of(name) {
         Some(section) => format!("`{name}` belongs in the [{section}] section"),
         None => {
-            let all: Vec<String> = sections().iter().map(|s| format!("[{s}]")).collect();
+            let all: Vec<String> = SECTIONS.iter().map(|s| format!("[{s}]")).collect();
             format!("keys belong in a section: {}", all.join(", "))
         }
     };
@@ -472,10 +370,15 @@ fn unknown_key_hint(section: &str, key: &str) -> Option<String> {
     if let Some(close) = closest(key, section_keys(section)?) {
         return Some(format!("did you mean `{close}`?"));
     }
-    sections()
+    home_of(key).map(|other| format!("`{key}` belongs in the [{other}] section"))
+}
+
+/// The section that has `key`.
+fn home_of(key: &str) -> Option<&'static str> {
+    SECTIONS
         .iter()
+        .copied()
         .find(|s| section_keys(s).is_some_and(|keys| keys.contains(&key)))
-        .map(|other| format!("`{key}` belongs in the [{other}] section"))
 }
 
 /// The candidate within a small edit distance of `word`, for typo hints.
@@ -496,7 +399,7 @@ fn malformed_env_var(var: &str, rest: &str) -> ConfigError {
     let mut reason =
         "expected PVE2MQTT_<SECTION>__<KEY> (two underscores between section and key)".to_owned();
     let trimmed = rest.trim_start_matches('_').to_ascii_lowercase();
-    let guess = sections().iter().find_map(|section| {
+    let guess = SECTIONS.iter().find_map(|section| {
         let key = trimmed.strip_prefix(section)?.trim_start_matches('_');
         section_keys(section)?.contains(&key).then(|| {
             format!(

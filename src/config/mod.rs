@@ -2,9 +2,11 @@
 //!
 //! Layers, lowest first: built-in defaults, the TOML file, the environment, merged by the
 //! `config` crate's `File` and `Environment` sources into one serde schema that refuses
-//! unknown keys (`layers`), then checked value by value (`build`, `values`). Every error names
-//! the key exactly as the admin wrote it: `mqtt.base_topic` in the file, or
-//! `PVE2MQTT_MQTT__BASE_TOPIC` when the environment gave it.
+//! unknown keys (`layers`). Each key is declared once, with its type and default
+//! (`section!`); each value type checks itself as serde reads it (`values::Parse`); `build`
+//! keeps only the keys that depend on each other. Every error names the key exactly as the
+//! admin wrote it: `mqtt.base_topic` in the file, or `PVE2MQTT_MQTT__BASE_TOPIC` when the
+//! environment gave it.
 //!
 //! Rules where SPEC is silent (documented for the README):
 //! - Environment section and key names are case-insensitive; the `PVE2MQTT_` prefix is not.
@@ -15,6 +17,8 @@
 //! - Mutually exclusive keys (`url`/`urls`, `token`/`token_file`, `password`/`password_file`)
 //!   are an error when one layer sets both; a higher layer setting one replaces the other from
 //!   a lower layer (an env `TOKEN_FILE` overrides a file `token`). An empty string counts as unset.
+//!   The replaced value is still checked on its own (a bad file `url` is refused even when
+//!   the environment gives `urls`); a token's shape is only checked when it is the one used.
 //! - Optional strings (`ca_file`, `fingerprint`, `name`, `username`, `password`, ...) treat an
 //!   empty string as not given, as the SPEC example (`ca_file = ""`) implies.
 //! - `poll.slow_interval` defaults to the larger of 60s and `poll.interval`.
@@ -24,6 +28,30 @@
 //! - Relative paths (`ca_file`, `*_file`) are relative to the working directory.
 //! - `fingerprint` pins one certificate, and each node has its own, so it is refused with
 //!   several `urls` (failover could never succeed); `ca_file` trusts every node instead.
+/// A section as serde reads it: each key with its type, checked by [`values::Parse`] as it is
+/// read, and its default. The field list is also the list of known keys (`layers`).
+macro_rules! section {
+    ($(#[$attr:meta])* $vis:vis struct $name:ident {
+        $($(#[$doc:meta])* $fvis:vis $key:ident: $ty:ty = $default:expr,)*
+    }) => {
+        $(#[$attr])*
+        #[derive(Clone, Debug, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        $vis struct $name {
+            $($(#[$doc])* #[serde(deserialize_with = "values::parse")] $fvis $key: $ty,)*
+        }
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($key: $default,)* }
+            }
+        }
+        impl $name {
+            /// The section's keys, for "did you mean" hints.
+            pub(super) const KEYS: &[&str] = &[$(stringify!($key)),*];
+        }
+    };
+}
+
 mod build;
 mod layers;
 mod values;
@@ -32,7 +60,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::types::{CaBundle, ProxmoxUrl};
+use crate::model::ReportRules;
+use crate::types::{BackupMode, CaBundle, Compress, ProxmoxUrl, StorageId};
 
 pub use crate::types::{ApiToken, Secret};
 
@@ -47,7 +76,7 @@ pub struct Config {
     pub backup: BackupConfig,
     pub http: HttpConfig,
     /// `[reporting]`: when a state changed enough to be published again.
-    pub reporting: crate::model::ReportRules,
+    pub reporting: ReportRules,
 }
 
 #[derive(Clone, Debug)]
@@ -64,10 +93,12 @@ pub struct ProxmoxConfig {
     pub timeout: Duration,
 }
 
-#[derive(Clone, Debug)]
-pub struct PollConfig {
-    pub interval: Duration,
-    pub slow_interval: Duration,
+section! {
+    pub struct PollConfig {
+        pub interval: Duration = Duration::from_secs(10),
+        /// Zero until `build` gives the default (a given duration is never zero).
+        pub slow_interval: Duration = Duration::ZERO,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -98,18 +129,21 @@ pub struct MqttBroker {
     pub tls: bool,
 }
 
-#[derive(Clone, Debug)]
-pub struct HaConfig {
-    pub discovery: bool,
-    pub discovery_prefix: String,
+section! {
+    pub struct HaConfig {
+        pub discovery: bool = true,
+        /// A topic prefix (`values::Topic`), checked in `build`.
+        pub discovery_prefix: String = "homeassistant".into(),
+    }
 }
 
-#[derive(Clone, Debug)]
-pub struct CommandsConfig {
-    pub enabled: bool,
-    pub read_only: bool,
-    /// Empty = every guest.
-    pub allow: Vec<AllowRule>,
+section! {
+    pub struct CommandsConfig {
+        pub enabled: bool = true,
+        pub read_only: bool = false,
+        /// Empty = every guest.
+        pub allow: Vec<AllowRule> = Vec::new(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,18 +153,50 @@ pub enum AllowRule {
     Pool(String),
 }
 
-/// `[http]`: the bridge's own listener for `/healthz` and `/metrics`; `None` = off.
-#[derive(Clone, Debug, Default)]
-pub struct HttpConfig {
-    pub listen: Option<std::net::SocketAddr>,
+section! {
+    /// `[http]`: the bridge's own listener for `/healthz` and `/metrics`; `None` = off.
+    pub struct HttpConfig {
+        pub listen: Option<std::net::SocketAddr> = None,
+    }
 }
 
-/// `[backup]`: the defaults of a backup asked for without options, checked at start-up.
-#[derive(Clone, Debug)]
-pub struct BackupConfig {
-    pub storage: crate::types::StorageId,
-    pub mode: crate::types::BackupMode,
-    pub compress: crate::types::Compress,
+section! {
+    /// `[reporting]`: when a state changed enough to be published again (README: Reporting).
+    pub struct ReportingConfig {
+        pub max_interval: Duration = ReportRules::DEFAULT.max_interval,
+        /// `0` or `"0s"`: off.
+        pub min_interval: values::OrZero = values::OrZero(ReportRules::DEFAULT.min_interval),
+        pub cpu: f64 = ReportRules::DEFAULT.cpu,
+        pub mem_percent: f64 = ReportRules::DEFAULT.mem_percent,
+        pub rates: f64 = ReportRules::DEFAULT.rates,
+        pub rates_floor: f64 = ReportRules::DEFAULT.rates_floor,
+        pub storage_percent: f64 = ReportRules::DEFAULT.storage_percent,
+        pub loadavg: f64 = ReportRules::DEFAULT.loadavg,
+    }
+}
+
+impl From<ReportingConfig> for ReportRules {
+    fn from(c: ReportingConfig) -> Self {
+        ReportRules {
+            max_interval: c.max_interval,
+            min_interval: c.min_interval.0,
+            cpu: c.cpu,
+            mem_percent: c.mem_percent,
+            rates: c.rates,
+            rates_floor: c.rates_floor,
+            storage_percent: c.storage_percent,
+            loadavg: c.loadavg,
+        }
+    }
+}
+
+section! {
+    /// `[backup]`: the defaults of a backup asked for without options, checked at start-up.
+    pub struct BackupConfig {
+        pub storage: StorageId = StorageId::parse("local").expect("a valid storage id"),
+        pub mode: BackupMode = BackupMode::Snapshot,
+        pub compress: Compress = Compress::Zstd,
+    }
 }
 
 impl std::fmt::Display for AllowRule {
@@ -209,21 +275,14 @@ impl Config {
         let mut env = HashMap::new();
         for (name, value) in std::env::vars_os() {
             // A variable whose name is not UTF-8 cannot spell our prefix.
-            let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(ENV_PREFIX) {
+            let Some(name) = name.to_str().filter(|name| name.starts_with(ENV_PREFIX)) else {
                 continue;
-            }
-            match value.into_string() {
-                Ok(value) => {
-                    env.insert(name.to_owned(), value);
-                }
-                Err(_) => {
-                    return Err(ConfigError::EnvVar {
-                        var: name.to_owned(),
-                        reason: "the value is not valid UTF-8".into(),
-                    })
-                }
-            }
+            };
+            let value = value.into_string().map_err(|_| ConfigError::EnvVar {
+                var: name.to_owned(),
+                reason: "the value is not valid UTF-8".into(),
+            })?;
+            env.insert(name.to_owned(), value);
         }
         Self::load_with_env(path, &env)
     }
@@ -233,17 +292,14 @@ impl Config {
         path: Option<&Path>,
         env: &HashMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        match path {
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
-                        path: path.to_owned(),
-                        source,
-                    })?;
-                Self::from_toml_with_origin(&text, Some(path), env)
-            }
-            None => Self::from_toml_with_origin("", None, env),
-        }
+        let text = match path {
+            None => String::new(),
+            Some(path) => std::fs::read_to_string(path).map_err(|source| {
+                let path = path.to_owned();
+                ConfigError::ReadFile { path, source }
+            })?,
+        };
+        Self::from_toml_with_origin(&text, path, env)
     }
 
     /// Parse from TOML text + env (unit tests, and the Home Assistant add-on later).

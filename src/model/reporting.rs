@@ -39,18 +39,23 @@ pub struct ReportRules {
     pub loadavg: f64,
 }
 
+impl ReportRules {
+    /// The defaults of `[reporting]` (README: Reporting).
+    pub const DEFAULT: ReportRules = ReportRules {
+        max_interval: Duration::from_secs(300),
+        min_interval: Duration::ZERO,
+        cpu: 2.0,
+        mem_percent: 1.0,
+        rates: 10.0,
+        rates_floor: 10_240.0,
+        storage_percent: 0.5,
+        loadavg: 0.5,
+    };
+}
+
 impl Default for ReportRules {
     fn default() -> Self {
-        ReportRules {
-            max_interval: Duration::from_secs(300),
-            min_interval: Duration::ZERO,
-            cpu: 2.0,
-            mem_percent: 1.0,
-            rates: 10.0,
-            rates_floor: 10_240.0,
-            storage_percent: 0.5,
-            loadavg: 0.5,
-        }
+        Self::DEFAULT
     }
 }
 
