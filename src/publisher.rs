@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::command::report::{Phase, TaskReport};
-use crate::ha::discovery::{device_config, device_info, DeviceInfo, DiscoveryContext};
+use crate::ha::discovery::{device_config, device_info, DiscoveryContext};
 use crate::ha::topics::Topics;
 use crate::model::{ClusterView, ObjectRef};
 use crate::mqtt::{Inbound, LinkEvent};
@@ -165,24 +165,27 @@ pub struct PublishStats {
 }
 
 /// What the broker holds for one object. Payloads themselves are not kept: at 5,000
-/// guests the discovery payloads alone would be ~20 MB. A hash tells whether the state
-/// changed, and a republish renders again from the cluster's last view.
+/// guests the discovery payloads alone would be ~20 MB. Hashes tell whether the state or
+/// the discovery inputs changed, and a republish renders again from the cluster's last
+/// view. (Keeping the discovery inputs themselves, five strings per object, cost ~1.5 MB
+/// of the heap at 5,000 guests; bench/RESULTS.md, issue 10.)
 #[derive(Debug, Default)]
 struct ObjectRecord {
     /// Hash of the state JSON last published; 0 = nothing yet.
     state_hash: u64,
     available: bool,
-    /// The inputs of the discovery message last sent.
-    discovery: Option<DeviceInfo>,
+    /// Hash of the inputs ([`DeviceInfo`](crate::ha::discovery::DeviceInfo)) of the discovery message last sent; `None`
+    /// = none sent.
+    discovery: Option<u64>,
     /// The view generation that last contained this object (finds vanished objects
     /// without building a set of every object on every poll).
     seen: u64,
 }
 
-fn hash_of(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
+fn hash_of<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
+    value.hash(&mut hasher);
     // 0 is reserved for "nothing published yet".
     hasher.finish().max(1)
 }
@@ -454,8 +457,8 @@ impl<O: Outbox> Publisher<O> {
                 continue;
             };
             if let Some(ctx) = &self.discovery {
-                let info = device_info(ctx, view, &object);
-                let stale = match (&entry.discovery, &info) {
+                let info = device_info(ctx, view, &object).map(|info| hash_of(&info));
+                let stale = match (entry.discovery, info) {
                     (Some(old), Some(new)) => old != new,
                     (None, Some(_)) => true,
                     _ => false,
