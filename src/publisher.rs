@@ -789,6 +789,50 @@ mod tests {
         );
     }
 
+    /// A one-node cluster `home` with one VM, 100, of the given name and status.
+    fn view_named(name: &str, status: &str) -> PublisherMsg {
+        let rows = serde_json::json!([
+            {"id": "node/pve", "type": "node", "node": "pve", "status": "online"},
+            {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": status, "name": name}
+        ]);
+        let rows: Vec<Resource> = serde_json::from_value(rows).unwrap();
+        PublisherMsg::View(Arc::new(build_view(
+            "home",
+            "https://pve:8006",
+            &rows,
+            &SlowData::default(),
+            &mut RateMemory::default(),
+            0.0,
+            None,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_renamed_guest_gets_its_discovery_again_and_a_new_status_does_not() {
+        const CONFIG: &str = "homeassistant/device/pve2mqtt_home_100/config";
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(view_named("web", "running")).await;
+        assert!(topics_of(&out.take()).contains(&CONFIG));
+
+        p.handle(view_named("web", "stopped")).await;
+        let stopped = out.take();
+        assert!(
+            topics_of(&stopped).contains(&"pve2mqtt/home/qemu/100"),
+            "{stopped:?}"
+        );
+        assert!(!topics_of(&stopped).contains(&CONFIG), "{stopped:?}");
+
+        p.handle(view_named("db", "stopped")).await;
+        let renamed = out.take();
+        let configs: Vec<&Sent> = renamed.iter().filter(|(t, _, _)| t == CONFIG).collect();
+        assert_eq!(configs.len(), 1, "{renamed:?}");
+        assert!(configs[0].1.contains(r#""name":"db""#), "{renamed:?}");
+
+        p.handle(view_named("db", "stopped")).await;
+        assert_eq!(out.take(), vec![], "an idle poll sends nothing");
+    }
+
     #[tokio::test]
     async fn nothing_is_sent_while_disconnected_and_everything_after_a_reconnect() {
         let (mut p, out) = publisher();
