@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::command::report::{Phase, TaskReport};
-use crate::ha::discovery::{device_config, device_info, DeviceInfo, DiscoveryContext};
+use crate::ha::discovery::{device_config, device_info, DiscoveryContext};
 use crate::ha::topics::Topics;
 use crate::model::{ClusterView, ObjectRef};
 use crate::mqtt::{Inbound, LinkEvent};
@@ -165,24 +165,27 @@ pub struct PublishStats {
 }
 
 /// What the broker holds for one object. Payloads themselves are not kept: at 5,000
-/// guests the discovery payloads alone would be ~20 MB. A hash tells whether the state
-/// changed, and a republish renders again from the cluster's last view.
+/// guests the discovery payloads alone would be ~20 MB. Hashes tell whether the state or
+/// the discovery inputs changed, and a republish renders again from the cluster's last
+/// view. (Keeping the discovery inputs themselves, five strings per object, cost ~1.5 MB
+/// of the heap at 5,000 guests; bench/RESULTS.md, issue 10.)
 #[derive(Debug, Default)]
 struct ObjectRecord {
     /// Hash of the state JSON last published; 0 = nothing yet.
     state_hash: u64,
     available: bool,
-    /// The inputs of the discovery message last sent.
-    discovery: Option<DeviceInfo>,
+    /// Hash of the inputs ([`DeviceInfo`](crate::ha::discovery::DeviceInfo)) of the discovery message last sent; `None`
+    /// = none sent.
+    discovery: Option<u64>,
     /// The view generation that last contained this object (finds vanished objects
     /// without building a set of every object on every poll).
     seen: u64,
 }
 
-fn hash_of(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
+fn hash_of<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
+    value.hash(&mut hasher);
     // 0 is reserved for "nothing published yet".
     hasher.finish().max(1)
 }
@@ -454,8 +457,8 @@ impl<O: Outbox> Publisher<O> {
                 continue;
             };
             if let Some(ctx) = &self.discovery {
-                let info = device_info(ctx, view, &object);
-                let stale = match (&entry.discovery, &info) {
+                let info = device_info(ctx, view, &object).map(|info| hash_of(&info));
+                let stale = match (entry.discovery, info) {
                     (Some(old), Some(new)) => old != new,
                     (None, Some(_)) => true,
                     _ => false,
@@ -784,6 +787,50 @@ mod tests {
                 .any(|t| t.contains("lxc/101") || t.contains("config")),
             "only the guest's state (and the cluster's counts) change: {changed:?}"
         );
+    }
+
+    /// A one-node cluster `home` with one VM, 100, of the given name and status.
+    fn view_named(name: &str, status: &str) -> PublisherMsg {
+        let rows = serde_json::json!([
+            {"id": "node/pve", "type": "node", "node": "pve", "status": "online"},
+            {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": status, "name": name}
+        ]);
+        let rows: Vec<Resource> = serde_json::from_value(rows).unwrap();
+        PublisherMsg::View(Arc::new(build_view(
+            "home",
+            "https://pve:8006",
+            &rows,
+            &SlowData::default(),
+            &mut RateMemory::default(),
+            0.0,
+            None,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_renamed_guest_gets_its_discovery_again_and_a_new_status_does_not() {
+        const CONFIG: &str = "homeassistant/device/pve2mqtt_home_100/config";
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(view_named("web", "running")).await;
+        assert!(topics_of(&out.take()).contains(&CONFIG));
+
+        p.handle(view_named("web", "stopped")).await;
+        let stopped = out.take();
+        assert!(
+            topics_of(&stopped).contains(&"pve2mqtt/home/qemu/100"),
+            "{stopped:?}"
+        );
+        assert!(!topics_of(&stopped).contains(&CONFIG), "{stopped:?}");
+
+        p.handle(view_named("db", "stopped")).await;
+        let renamed = out.take();
+        let configs: Vec<&Sent> = renamed.iter().filter(|(t, _, _)| t == CONFIG).collect();
+        assert_eq!(configs.len(), 1, "{renamed:?}");
+        assert!(configs[0].1.contains(r#""name":"db""#), "{renamed:?}");
+
+        p.handle(view_named("db", "stopped")).await;
+        assert_eq!(out.take(), vec![], "an idle poll sends nothing");
     }
 
     #[tokio::test]

@@ -50,8 +50,9 @@ fn origin(ctx: &DiscoveryContext) -> Value {
 }
 
 /// The inputs that shape one object's discovery payload. Cheap to compute on every
-/// poll; the payload itself is rendered only when these change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// poll; the payload itself is rendered only when these change (the publisher keeps
+/// their hash).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DeviceInfo {
     pub name: String,
     pub model: String,
