@@ -61,6 +61,18 @@ async fn set_vm_disk(sim: &SimHandle, maxdisk: u64) {
     .await;
 }
 
+/// Gives VM 100 a disk of `maxdisk` and waits until the bridge published it (a disk size
+/// always counts, so its state shows that a poll saw the change) and two more polls ran:
+/// anything those polls had to publish beside it, the storage's state included, is out.
+async fn move_vm_disk_and_let_two_polls_pass(s: &Setup, maxdisk: u64) {
+    set_vm_disk(&s.sim, maxdisk).await;
+    s.probe
+        .wait_topic(VM, 20 * SECS, |m| m.json()["maxdisk"] == maxdisk)
+        .await;
+    let seen_at = polls(&s.sim);
+    wait_polls(&s.sim, seen_at, 2).await;
+}
+
 fn count(probe: &Probe, topic: &str) -> usize {
     probe.messages().iter().filter(|m| m.topic == topic).count()
 }
@@ -124,15 +136,7 @@ async fn a_change_below_its_reportable_change_is_not_published() {
     let lvm_messages = count(&s.probe, LVM);
 
     // 3 GiB more disk for VM 100: local-lvm grows by 1 GiB, 0.125 % of its total.
-    set_vm_disk(&s.sim, VM_DISK + 3 * GIB).await;
-
-    // The VM's own disk size always counts: its state shows that a poll saw the change,
-    // and the storage's state, from the same poll, would have been published with it.
-    s.probe
-        .wait_topic(VM, 20 * SECS, |m| m.json()["maxdisk"] == VM_DISK + 3 * GIB)
-        .await;
-    let seen_at = polls(&s.sim);
-    wait_polls(&s.sim, seen_at, 2).await;
+    move_vm_disk_and_let_two_polls_pass(&s, VM_DISK + 3 * GIB).await;
     assert_eq!(
         count(&s.probe, LVM),
         lvm_messages,
@@ -274,12 +278,7 @@ async fn with_a_min_interval_a_big_move_waits_but_a_status_change_does_not() {
 
     // 5 GiB more on local-lvm, beyond its reportable change, but the storage's state is
     // younger than min_interval.
-    set_vm_disk(&s.sim, VM_DISK + 15 * GIB).await;
-    s.probe
-        .wait_topic(VM, 20 * SECS, |m| m.json()["maxdisk"] == VM_DISK + 15 * GIB)
-        .await;
-    let seen_at = polls(&s.sim);
-    wait_polls(&s.sim, seen_at, 2).await;
+    move_vm_disk_and_let_two_polls_pass(&s, VM_DISK + 15 * GIB).await;
     assert_eq!(count(&s.probe, LVM), lvm_messages);
 
     // A field that always counts does not wait.
