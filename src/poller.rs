@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 mod slow;
 
 use slow::slow_lane;
+pub use slow::Cadence;
 
 use crate::model::{ClusterView, RateMemory, ReportRules, SlowData, ViewBuilder};
 use crate::publisher::PublisherMsg;
@@ -44,6 +45,8 @@ pub struct ClusterPoller {
     pub console_url: String,
     pub interval: Duration,
     pub slow_interval: Duration,
+    /// How often the slow lane's detail requests run, and how many a round may add.
+    pub cadence: Cadence,
     /// The least time between two polls that refreshes may cause
     /// ([`MIN_REFRESH_SPACING`] in the bridge; tests set their own).
     pub refresh_spacing: Duration,
@@ -84,6 +87,7 @@ impl ClusterPoller {
         let slow_lane = tokio::spawn(slow_lane(
             self.client.clone(),
             self.slow_interval,
+            self.cadence.clone(),
             resources_rx,
             slow_tx,
             reread.clone(),
@@ -414,6 +418,7 @@ mod tests {
             client,
             interval: Duration::from_secs(3600),
             slow_interval: Duration::from_secs(3600),
+            cadence: Cadence::default(),
             refresh_spacing,
             publisher,
             refresh: refresh_rx,
