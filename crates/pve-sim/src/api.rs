@@ -971,17 +971,15 @@ fn node_tasks(state: &State, node: &str, params: &Params, token: &Token, now: f6
         .collect()
 }
 
+/// `GET /cluster/tasks`: each node's last broadcast list (see `tasklist`).
 fn cluster_tasks(state: &State, token: &Token, now: f64) -> Vec<Value> {
-    let mut rows: Vec<&tasks::Task> = state
-        .tasks
-        .iter()
-        .filter(|task| task_visible(task, token))
-        .collect();
-    rows.sort_by(|a, b| b.created.total_cmp(&a.created));
-    rows.into_iter()
-        .take(100)
-        .map(|task| render::task_list_row(task, now))
-        .collect()
+    // A frozen clock (the benchmark's still world) freezes figures, not tasks.
+    let at = match state.config.stats.frozen_at {
+        Some(_) => now,
+        None => state.config.stats_time(now),
+    };
+    let nodes = state.world.nodes.iter().map(|n| n.name.as_str());
+    crate::tasklist::cluster_tasks(&state.tasks, nodes, token, at)
 }
 
 /// Finds a task by UPID on the node in the path; anything else is `no such task`.

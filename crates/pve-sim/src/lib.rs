@@ -46,6 +46,7 @@ mod render;
 mod respond;
 mod rows;
 mod state;
+mod tasklist;
 mod tasks;
 mod tls;
 mod world;
@@ -54,6 +55,8 @@ mod world;
 mod motion_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tasklist_tests;
 
 use std::convert::Infallible;
 use std::future::Future;
