@@ -159,6 +159,7 @@ pub async fn run_with(
     for (index, (cluster_cfg, client)) in clients.into_iter().enumerate() {
         let stats = metrics.cluster(index);
         let (refresh_tx, refresh_rx) = mpsc::channel(16);
+        let refresh_self_tx = refresh_tx.clone();
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         let poll = config.poll.clone();
         let reporting = config.reporting;
@@ -189,6 +190,8 @@ pub async fn run_with(
                 refresh_spacing: MIN_REFRESH_SPACING,
                 publisher,
                 refresh: refresh_rx,
+                tasks_interval: poll.tasks_interval,
+                refresh_self: refresh_self_tx,
                 views: views_tx,
                 stats,
                 reporting,

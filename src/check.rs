@@ -37,6 +37,13 @@ const READ_NEEDS: &[Need] = &[
         purpose: "storage state and backups",
     },
 ];
+/// `/cluster/tasks` shows an API token no row without it (reference round 2 §14), and
+/// `/cluster/backup-info/not-backed-up` answers 403.
+const TASK_NEEDS: &[Need] = &[Need {
+    path: "/",
+    privilege: "Sys.Audit",
+    purpose: "tasks of any origin, backup verdicts and coverage",
+}];
 const CONTROL_NEEDS: &[Need] = &[Need {
     path: "/vms",
     privilege: "VM.PowerMgmt",
@@ -134,6 +141,15 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                     println!("  backups: yes{note}");
                 } else {
                     println!("  backups: no — missing {}{note}", describe(&backup));
+                }
+                let tasks = missing(&perms, TASK_NEEDS);
+                if tasks.is_empty() {
+                    println!("  tasks of any origin, backup health: yes");
+                } else {
+                    println!(
+                        "  tasks of any origin, backup health: no — missing {} (last_task, failed tasks and backup verdicts stay empty)",
+                        describe(&tasks)
+                    );
                 }
             }
             Err(err) => {

@@ -25,6 +25,7 @@ mod node;
 mod rates;
 mod reporting;
 mod storage;
+mod tasks;
 
 use guest::guest_state;
 pub use guest::GuestState;
@@ -33,6 +34,7 @@ use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
 pub use reporting::ReportRules;
 pub use storage::StorageState;
+pub use tasks::{row_failed, LastTask, TaskFacts};
 use storage::{storage_needs_report, storage_state};
 
 /// One object the bridge publishes about, inside one cluster: what topics, discovery
@@ -187,6 +189,8 @@ pub struct ViewBuilder<'a> {
     now: f64,
     previous: Option<&'a ClusterView>,
     rules: ReportRules,
+    /// What the task list says (`None` = not read: nodes carry `failed_tasks_24h: null`).
+    tasks: Option<&'a TaskFacts>,
 }
 
 impl<'a> ViewBuilder<'a> {
@@ -209,7 +213,14 @@ impl<'a> ViewBuilder<'a> {
             now,
             previous,
             rules: ReportRules::default(),
+            tasks: None,
         }
+    }
+
+    /// Merges what the task list says (failed tasks per node).
+    pub fn tasks(mut self, facts: &'a TaskFacts) -> Self {
+        self.tasks = Some(facts);
+        self
     }
 
     /// Reports by these rules instead of the defaults.
@@ -227,7 +238,8 @@ impl<'a> ViewBuilder<'a> {
                     .node
                     .as_deref()
                     .and_then(|n| self.previous?.nodes.get(n));
-                if let Some(fresh) = node_state(row, self.slow, now, before) {
+                if let Some(mut fresh) = node_state(row, self.slow, now, before) {
+                    fresh.failed_tasks_24h = self.tasks.and_then(|t| t.failed_for(&fresh.node));
                     let node = match before {
                         Some(b) if !node_needs_report(&fresh, b, rules, now) => b.clone(),
                         _ => fresh,

@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 mod slow;
+mod tasks;
 
 use slow::slow_lane;
 pub use slow::Cadence;
 
-use crate::model::{ClusterView, RateMemory, ReportRules, SlowData, ViewBuilder};
+use crate::model::{ClusterView, RateMemory, ReportRules, SlowData, TaskFacts, ViewBuilder};
 use crate::publisher::PublisherMsg;
 use crate::pve::{for_each_cluster_resource, PveClient, PveError, Resource, ResourceKind};
 
@@ -59,6 +60,11 @@ pub struct ClusterPoller {
     pub stats: Arc<crate::http::PollStats>,
     /// When a state changed enough to be reported again (config `[reporting]`).
     pub reporting: ReportRules,
+    /// `GET /cluster/tasks` at most this often (`poll.tasks_interval`; see `poller/tasks.rs`).
+    pub tasks_interval: Duration,
+    /// The sending side of `refresh`: a guest whose task (of any origin) ended is
+    /// refreshed through it, like after a command.
+    pub refresh_self: mpsc::Sender<Refresh>,
 }
 
 /// How long a status read from `status/current` after a task overrides the cluster-wide
@@ -94,6 +100,7 @@ impl ClusterPoller {
             shutdown.clone(),
         ));
         let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
+        let mut tasks = tasks::TaskWatch::new(self.tasks_interval, self.client.token_id());
 
         let clock = PollClock::start();
         let mut rates = RateMemory::default();
@@ -148,7 +155,7 @@ impl ClusterPoller {
                         if tokio::time::Instant::now() < until {
                             if let Some(body) = &last_body {
                                 let now = clock.now();
-                                if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, now).await { break; }
+                                if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, &tasks.facts, now).await { break; }
                             }
                             next_poll = next_poll.min(until);
                             continue;
@@ -159,11 +166,17 @@ impl ClusterPoller {
                     // New slow-lane details: rebuild from the last answer, no extra request.
                     if let Some(body) = &last_body {
                         let now = clock.now();
-                        if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, now).await { break; }
+                        if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, &tasks.facts, now).await { break; }
                     }
                     continue;
                 }
             }
+            // The task list first (when due and allowed): this poll's view then carries
+            // what it says, and a task that just ended is refreshed right after it.
+            let task_news = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                news = tasks.step(&self.client, clock.now() as u64) => news,
+            };
             // The last answer goes before the next one arrives, so the bridge never holds
             // two (1.6 MB each at 5,000 guests): a failed poll drops it anyway, and an answer
             // held back by `sudden_loss` is confirmed or replaced by the next poll.
@@ -178,7 +191,8 @@ impl ClusterPoller {
             let previous = self.views.borrow().clone();
             let polled = polled.and_then(|body| {
                 let now = clock.now();
-                let built = self.view_from(&body, &slow, &mut rates, now, previous.as_deref())?;
+                let built =
+                    self.view_from(&body, &slow, &mut rates, &tasks.facts, now, previous.as_deref())?;
                 Ok((body, built))
             });
             let before = previous.as_deref().map(Inventory::of);
@@ -207,6 +221,9 @@ impl ClusterPoller {
                     apply_overrides(&mut view, &mut overrides);
                     last_body = Some(body);
                     if !self.emit(view).await {
+                        break;
+                    }
+                    if !self.after_tasks(&mut tasks, task_news).await {
                         break;
                     }
                     next_poll = tokio::time::Instant::now() + self.interval;
@@ -242,13 +259,15 @@ impl ClusterPoller {
         slow_rx: &mut watch::Receiver<Arc<SlowData>>,
         rates: &mut RateMemory,
         overrides: &mut HashMap<u32, (String, Instant)>,
+        facts: &TaskFacts,
         now: f64,
     ) -> bool {
         let slow = slow_rx.borrow_and_update().clone();
         let previous = self.views.borrow().clone();
         // This body was decoded before, so this cannot fail; if it did, the next poll
         // brings a fresh answer anyway.
-        let Ok((mut view, _)) = self.view_from(body, &slow, rates, now, previous.as_deref()) else {
+        let Ok((mut view, _)) = self.view_from(body, &slow, rates, facts, now, previous.as_deref())
+        else {
             return true;
         };
         drop(previous);
@@ -263,11 +282,13 @@ impl ClusterPoller {
         body: &[u8],
         slow: &SlowData,
         rates: &mut RateMemory,
+        facts: &TaskFacts,
         now: f64,
         previous: Option<&ClusterView>,
     ) -> Result<(ClusterView, Vec<Resource>), PveError> {
         let mut builder = ViewBuilder::new(&self.id, &self.console_url, slow, rates, now, previous)
-            .reporting(self.reporting);
+            .reporting(self.reporting)
+            .tasks(facts);
         let mut plan_rows = Vec::new();
         for_each_cluster_resource(body, |row| {
             builder.add(&row);
@@ -276,6 +297,56 @@ impl ClusterPoller {
             }
         })?;
         Ok((builder.finish(), plan_rows))
+    }
+
+    /// After a poll's view went out: hands changed last tasks to the publisher and
+    /// refreshes the guests whose task ended (their own `status/current`, read off the
+    /// fast lane, as after a command); false once the publisher is gone.
+    async fn after_tasks(&self, tasks: &mut tasks::TaskWatch, news: Option<tasks::TaskNews>) -> bool {
+        let Some(view) = self.views.borrow().clone() else {
+            return true;
+        };
+        tasks.retain_guests(|vmid| view.guests.contains_key(&vmid));
+        for (vmid, task) in tasks.take_unsent() {
+            let Some(guest) = view.guests.get(&vmid) else {
+                continue;
+            };
+            let msg = PublisherMsg::LastTask {
+                cluster: self.id.clone(),
+                kind: guest.kind,
+                vmid,
+                task,
+            };
+            if self.publisher.send(msg).await.is_err() {
+                return false;
+            }
+        }
+        let Some(news) = news else {
+            return true;
+        };
+        for (vmid, _) in news.ended.into_iter().take(tasks::MAX_REFRESHES_PER_READ) {
+            let Some(guest) = view.guests.get(&vmid) else {
+                continue;
+            };
+            let (client, refresh) = (self.client.clone(), self.refresh_self.clone());
+            let (node, kind) = (guest.node.clone(), guest.kind);
+            tokio::spawn(async move {
+                if let Ok(status) = client.guest_status(&node, kind, vmid).await {
+                    let _ = refresh.try_send(Refresh {
+                        status_override: tasks::status_word(&status).map(|s| (vmid, s)),
+                        reread_backups: false,
+                    });
+                }
+            });
+        }
+        if !news.finished_backups.is_empty() {
+            // A backup of any origin finished: the slow lane reads the backup storages.
+            let _ = self.refresh_self.try_send(Refresh {
+                reread_backups: true,
+                ..Refresh::default()
+            });
+        }
+        true
     }
 
     /// Hands a view to the publisher and the command handler; false once the publisher is gone.
@@ -411,6 +482,7 @@ mod tests {
         let (publisher, mut published) = mpsc::channel(64);
         tokio::spawn(async move { while published.recv().await.is_some() {} });
         let (refresh, refresh_rx) = mpsc::channel(16);
+        let refresh_self = refresh.clone();
         let (views_tx, views) = watch::channel(None);
         let poller = ClusterPoller {
             id: "pve".into(),
@@ -425,6 +497,8 @@ mod tests {
             views: views_tx,
             stats: Default::default(),
             reporting: ReportRules::default(),
+            tasks_interval: Duration::from_secs(3600),
+            refresh_self,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(poller.run(stop.clone()));

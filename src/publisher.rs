@@ -27,6 +27,7 @@ use crate::mqtt::{Inbound, LinkEvent};
 use crate::pve::GuestKind;
 
 mod bridge;
+mod last_task;
 
 /// What other tasks ask the publisher to do.
 #[derive(Debug)]
@@ -56,6 +57,14 @@ pub enum PublisherMsg {
         kind: GuestKind,
         vmid: u32,
         report: TaskReport,
+    },
+    /// A guest's latest Proxmox task of any origin changed: retained on its
+    /// `…/last_task` topic (`model::LastTask`).
+    LastTask {
+        cluster: String,
+        kind: GuestKind,
+        vmid: u32,
+        task: crate::model::LastTask,
     },
     /// The answer to a bridge request, on `{base}/bridge/response/{name}` (not retained).
     Response {
@@ -235,6 +244,8 @@ pub struct Publisher<O: Outbox = AsyncClient> {
     leftovers: HashSet<(String, ObjectRef)>,
     /// The retained command reports, to republish after a reconnect.
     task_reports: HashMap<TaskKey, String>,
+    /// The retained `…/last_task` payloads (`publisher/last_task.rs`).
+    last_tasks: HashMap<TaskKey, String>,
     bridge_info: String,
     /// The bridge's own device (`publisher/bridge.rs`).
     bridge_device: bridge::BridgeDeviceRecord,
@@ -258,6 +269,7 @@ impl<O: Outbox> Publisher<O> {
             clusters: BTreeMap::new(),
             leftovers: HashSet::new(),
             task_reports: HashMap::new(),
+            last_tasks: HashMap::new(),
             bridge_info: String::new(),
             bridge_device: Default::default(),
         }
@@ -348,6 +360,12 @@ impl<O: Outbox> Publisher<O> {
                 let topic = self.topics.task(&cluster, kind, vmid);
                 self.sink.send(&topic, report.to_json(), false).await;
             }
+            PublisherMsg::LastTask {
+                cluster,
+                kind,
+                vmid,
+                task,
+            } => self.apply_last_task(cluster, kind, vmid, &task).await,
             PublisherMsg::Response { name, body } => {
                 let topic = self.topics.bridge_response(&name);
                 self.sink.send(&topic, body.to_string(), false).await;
@@ -521,6 +539,13 @@ impl<O: Outbox> Publisher<O> {
             self.task_reports
                 .remove(&(cluster.to_string(), *kind, *vmid));
             clear.push(self.topics.task(cluster, *kind, *vmid));
+            if self
+                .last_tasks
+                .remove(&(cluster.to_string(), *kind, *vmid))
+                .is_some()
+            {
+                clear.push(self.topics.last_task(cluster, *kind, *vmid));
+            }
         }
         for topic in clear {
             self.sink.send(&topic, Vec::new(), true).await;
@@ -598,6 +623,10 @@ impl<O: Outbox> Publisher<O> {
         }
         for ((cluster, kind, vmid), payload) in &self.task_reports {
             let topic = self.topics.task(cluster, *kind, *vmid);
+            self.sink.send(&topic, payload.clone(), true).await;
+        }
+        for ((cluster, kind, vmid), payload) in &self.last_tasks {
+            let topic = self.topics.last_task(cluster, *kind, *vmid);
             self.sink.send(&topic, payload.clone(), true).await;
         }
         self.publish_bridge_info(true).await;

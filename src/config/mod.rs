@@ -98,6 +98,8 @@ section! {
         pub interval: Duration = Duration::from_secs(10),
         /// Zero until `build` gives the default (a given duration is never zero).
         pub slow_interval: Duration = Duration::ZERO,
+        /// `GET /cluster/tasks` at most this often (pvestatd broadcasts the list every ~10 s).
+        pub tasks_interval: Duration = Duration::from_secs(10),
     }
 }
 

@@ -160,6 +160,15 @@ impl Topics {
         )
     }
 
+    /// `{base}/{c}/{qemu|lxc}/{vmid}/last_task`: the guest's latest Proxmox task of any
+    /// origin (GUI, schedules, HA manager, the bridge), from `/cluster/tasks`.
+    pub fn last_task(&self, cluster: &str, kind: GuestKind, vmid: u32) -> String {
+        format!(
+            "{}/last_task",
+            self.state(cluster, &ObjectRef::Guest(kind, vmid))
+        )
+    }
+
     /// Home Assistant's birth/will topic.
     pub fn ha_status(&self) -> String {
         format!("{}/status", self.discovery_prefix)

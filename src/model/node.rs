@@ -32,6 +32,9 @@ pub struct NodeState {
     pub pve_version: Option<String>,
     pub kernel: Option<String>,
     pub cpu_model: Option<String>,
+    /// Tasks on this node that ended with an error in the last 24 hours, from
+    /// `/cluster/tasks`; `null` when the token may not read it (no `Sys.Audit` on `/`).
+    pub failed_tasks_24h: Option<u32>,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
@@ -64,6 +67,7 @@ pub(super) fn node_needs_report(
         pve_version,
         kernel,
         cpu_model,
+        failed_tasks_24h,
         as_of,
     } = reported;
     // Ride along: sent with every report, never the reason for one.
@@ -77,7 +81,8 @@ pub(super) fn node_needs_report(
         || *started != fresh.started
         || *pve_version != fresh.pve_version
         || *kernel != fresh.kernel
-        || *cpu_model != fresh.cpu_model;
+        || *cpu_model != fresh.cpu_model
+        || *failed_tasks_24h != fresh.failed_tasks_24h;
     let load_moved = match (loadavg, fresh.loadavg) {
         (Some(a), Some(b)) => {
             (0..3).any(|i| ReportRules::moved(Some(a[i]), Some(b[i]), rules.loadavg))
@@ -160,6 +165,7 @@ pub(super) fn node_state(
             .map(short_pve_version),
         kernel: details.and_then(|d| d.kversion.clone()),
         cpu_model: details.and_then(|d| d.cpuinfo.as_ref().and_then(|c| c.model.clone())),
+        failed_tasks_24h: None,
         status,
         node: name,
     })

@@ -431,6 +431,13 @@ pub struct TaskListEntry {
     pub starttime: Option<u64>,
     #[serde(default, deserialize_with = "de::opt_u64")]
     pub endtime: Option<u64>,
+    /// `/cluster/tasks` rows name their node; so does the UPID.
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub node: Option<String>,
+    /// Token tasks: `user` is `root@pam`, this is the token's name (`user@realm!tokenid`
+    /// split, as Proxmox renders task rows).
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub tokenid: Option<String>,
 }
 
 impl TaskListEntry {

@@ -31,3 +31,5 @@ mod security;
 mod state;
 /// Broker, simulator, probe and bridge helpers.
 mod support;
+/// Tasks of any origin: `/cluster/tasks`, `…/last_task`, failed tasks per node.
+mod tasks;

@@ -98,6 +98,12 @@ impl PveClient {
         .await
     }
 
+    /// `GET /cluster/tasks`: every node's running and most recent finished tasks (about
+    /// 25 per node, up to ~10 s stale). Without `Sys.Audit` on `/` an API token sees none.
+    pub async fn cluster_tasks(&self) -> Result<Vec<TaskListEntry>, PveError> {
+        self.get_data(&Call::get(&["cluster", "tasks"])).await
+    }
+
     /// `POST /nodes/{node}/{qemu|lxc}/{vmid}/status/{action}` (form-encoded `params`;
     /// booleans must be `0`/`1`). Returns the task to follow. Never retried.
     pub async fn guest_action(
