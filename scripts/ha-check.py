@@ -78,12 +78,18 @@ for eid, options in [
     ("sensor.home_assistant_status", ["running", "stopped", "paused", "suspended", "unknown"]),
     ("sensor.pve_status", ["online", "offline", "unknown"]),
     ("sensor.home_assistant_last_command", ["accepted", "running", "ok", "failed", "rejected"]),
+    ("sensor.home_assistant_last_task", ["running", "ok", "failed"]),
 ]:
     e = entity(eid)
     check(f"{eid} is an enum with its options",
           e.get("device_class") == "enum" and e["attributes"].get("options") == options,
           f"{e.get('device_class')} {e['attributes'].get('options')}")
 check("guest status reads running", entity("sensor.home_assistant_status").get("state") == "running")
+
+# --- tasks of any origin (issue 12) ----------------------------------------------------
+failed_tasks = [x for x in by_id if x.startswith("sensor.pve_failed_tasks")]
+check("node: a 'Failed tasks (24 h)' sensor with a count",
+      len(failed_tasks) == 1 and by_id[failed_tasks[0]].get("state", "x").isdigit(), str(failed_tasks))
 
 # --- Started instead of uptime --------------------------------------------------------
 for eid in ["sensor.home_assistant_started", "sensor.mqtt_started", "sensor.pve_started"]:

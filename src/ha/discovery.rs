@@ -25,9 +25,11 @@ use crate::pve::GuestKind;
 mod bridge;
 mod controls;
 mod specs;
+mod tasks;
 
 pub use bridge::bridge_config;
 use controls::control_components;
+use tasks::last_task_component;
 use specs::{
     cluster_specs, guest_specs, node_specs, storage_specs, Availability, GUEST_RETIRED,
     NODE_RETIRED, STORAGE_RETIRED,
@@ -275,6 +277,8 @@ pub fn device_config(
     }
     if let ObjectRef::Guest(kind, vmid) = object {
         control_components(ctx, c, *kind, *vmid, &device_id, controls, &mut components);
+        let (key, component) = last_task_component(ctx, c, *kind, *vmid, &device_id);
+        components.insert(key, component);
     }
     let mut device = Map::new();
     device.insert("ids".into(), Value::from(vec![device_id.clone()]));

@@ -304,8 +304,21 @@ pub(super) fn node_specs() -> Vec<Spec> {
         Spec::sensor("kernel", "Kernel", "{{ value_json.kernel }}")
             .diagnostic()
             .icon("mdi:linux"),
+        // From `/cluster/tasks`: unknown when the token may not read it.
+        Spec {
+            state_class: Some("measurement"),
+            ..Spec::sensor(
+                "failed_tasks",
+                "Failed tasks (24 h)",
+                "{{ value_json.failed_tasks_24h if value_json.failed_tasks_24h is number else None }}",
+            )
+        }
+        .icon("mdi:alert-circle-outline"),
     ]
 }
+
+/// The values of a `…/last_task` payload's `status` (`model::LastTask`).
+pub(super) const LAST_TASK_STATES: &[&str] = &["running", "ok", "failed"];
 
 pub(super) fn storage_specs() -> Vec<Spec> {
     vec![

@@ -370,3 +370,26 @@ fn a_guest_without_name_gets_a_readable_device_name() {
         "CT 101"
     );
 }
+
+/// Issue 12: a guest's "Last task" reads its own retained topic, with the task as
+/// attributes; a node counts its failed tasks of the last 24 h (unknown when unread).
+#[test]
+fn a_guest_has_a_last_task_sensor_and_a_node_a_failed_tasks_sensor() {
+    let guest = payload(&ObjectRef::Guest(GuestKind::Qemu, 100));
+    let last = &guest["cmps"]["last_task"];
+    assert_eq!(last["p"], "sensor");
+    assert_eq!(last["uniq_id"], "pve2mqtt_home_100_last_task");
+    assert_eq!(last["stat_t"], "pve2mqtt/home/qemu/100/last_task");
+    assert_eq!(last["json_attr_t"], "pve2mqtt/home/qemu/100/last_task");
+    assert_eq!(last["dev_cla"], "enum");
+    assert_eq!(last["ent_cat"], "diagnostic");
+    assert!(last.get("en").is_none(), "enabled by default");
+    let node = payload(&ObjectRef::Node("pve".into()));
+    let failed = &node["cmps"]["failed_tasks"];
+    assert_eq!(failed["uniq_id"], "pve2mqtt_home_node_pve_failed_tasks");
+    assert_eq!(failed["stat_cla"], "measurement");
+    assert!(failed["val_tpl"]
+        .as_str()
+        .unwrap()
+        .contains("value_json.failed_tasks_24h is number"));
+}
