@@ -53,6 +53,8 @@ enum Route {
     ClusterResources,
     ClusterStatus,
     ClusterTasks,
+    ClusterBackup,
+    NotBackedUp,
     ClusterHaStatus,
     Nodes,
     StorageIndex,
@@ -116,6 +118,11 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
         }
         ("GET", ["cluster", "status"]) => (Route::ClusterStatus, "GET /cluster/status".into()),
         ("GET", ["cluster", "tasks"]) => (Route::ClusterTasks, "GET /cluster/tasks".into()),
+        ("GET", ["cluster", "backup"]) => (Route::ClusterBackup, "GET /cluster/backup".into()),
+        ("GET", ["cluster", "backup-info", "not-backed-up"]) => (
+            Route::NotBackedUp,
+            "GET /cluster/backup-info/not-backed-up".into(),
+        ),
         ("GET", ["cluster", "ha", "status", "current"]) => (
             Route::ClusterHaStatus,
             "GET /cluster/ha/status/current".into(),
@@ -237,7 +244,10 @@ impl Route {
     /// The endpoint's own permission check: an ACL path and privileges (any of them).
     fn permission(&self) -> Option<(String, &'static [&'static str])> {
         match self {
-            Route::ClusterStatus | Route::ClusterHaStatus => Some(("/".into(), &["Sys.Audit"])),
+            Route::ClusterStatus
+            | Route::ClusterHaStatus
+            | Route::ClusterBackup
+            | Route::NotBackedUp => Some(("/".into(), &["Sys.Audit"])),
             Route::NodeStatus { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::AptUpdates { node } => Some((format!("/nodes/{node}"), &["Sys.Modify"])),
             Route::GuestCurrent { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.Audit"])),
@@ -275,6 +285,8 @@ impl Route {
             Route::Version
             | Route::ClusterStatus
             | Route::ClusterTasks
+            | Route::ClusterBackup
+            | Route::NotBackedUp
             | Route::ClusterHaStatus
             | Route::Nodes => params::none(),
             Route::ClusterResources => params::cluster_resources(),
@@ -713,6 +725,8 @@ fn dispatch(
         )),
         Route::ClusterStatus => list(render::cluster_status(&state.world)),
         Route::ClusterTasks => list(cluster_tasks(state, token, now)),
+        Route::ClusterBackup => list(crate::jobs::list(state, now)),
+        Route::NotBackedUp => list(crate::jobs::not_backed_up(state, token)),
         Route::ClusterHaStatus => list(render::ha_status(&state.world, version, now)),
         Route::Nodes => list(render::nodes(&state.world, token, stats_time)),
         Route::StorageIndex => list(render::storage_index(

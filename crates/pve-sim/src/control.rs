@@ -79,7 +79,29 @@ pub(crate) fn router(sim: Sim) -> Router {
             get(list_faults).post(add_fault).delete(clear_faults),
         )
         .route("/_sim/config", get(config).post(set_config))
+        .route("/_sim/backup-jobs", get(backup_jobs).post(put_backup_job))
+        .route("/_sim/backup-jobs/{id}/run", post(run_backup_job))
         .with_state(sim)
+}
+
+async fn backup_jobs(State(sim): State<Sim>) -> Json<Value> {
+    Json(json!(sim.backup_jobs()))
+}
+
+async fn put_backup_job(
+    State(sim): State<Sim>,
+    Json(job): Json<super::jobs::BackupJob>,
+) -> Json<Value> {
+    sim.put_backup_job(job);
+    ok()
+}
+
+/// Runs a job now, as pvescheduler would: `{"upids": [...]}`.
+async fn run_backup_job(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, SimError> {
+    Ok(Json(json!({"upids": sim.run_backup_job(&id)?})))
 }
 
 async fn counters(State(sim): State<Sim>) -> Json<BTreeMap<String, u64>> {

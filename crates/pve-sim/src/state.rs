@@ -282,6 +282,8 @@ pub(crate) struct State {
     overrides: Vec<TaskOverride>,
     /// Tokens by `user@realm!tokenid`.
     pub tokens: HashMap<String, Arc<Token>>,
+    /// Scheduled backup jobs (`jobs.cfg`), run through the control API.
+    pub backup_jobs: Vec<super::jobs::BackupJob>,
     faults: Vec<Fault>,
     counters: BTreeMap<String, u64>,
     requests: VecDeque<RecordedRequest>,
@@ -293,7 +295,9 @@ impl State {
     pub fn new(world: World, version: PveVersion, config: RuntimeConfig, token: Token) -> Self {
         let mut tokens = HashMap::new();
         tokens.insert(token.full_id.clone(), Arc::new(token));
+        let backup_jobs = super::jobs::default_jobs(&world);
         Self {
+            backup_jobs,
             world,
             version,
             config,
@@ -1010,6 +1014,27 @@ impl Sim {
             .filter(|request| request.seq > since)
             .cloned()
             .collect()
+    }
+
+    /// Adds a backup job, or replaces the one with its id.
+    pub fn put_backup_job(&self, job: super::jobs::BackupJob) {
+        let mut state = self.lock();
+        state.backup_jobs.retain(|j| j.id != job.id);
+        state.backup_jobs.push(job);
+    }
+
+    pub fn backup_jobs(&self) -> Vec<super::jobs::BackupJob> {
+        self.lock().backup_jobs.clone()
+    }
+
+    /// Runs a backup job now, as the scheduler would (user `root@pam`, `job-id`,
+    /// `quiet`); returns its UPIDs, one per node with a selected guest.
+    pub fn run_backup_job(&self, id: &str) -> Result<Vec<String>, SimError> {
+        let now = now();
+        let mut state = self.lock();
+        state.advance(now);
+        super::jobs::run(&mut state, id, now)
+            .ok_or_else(|| SimError::Invalid(format!("no backup job '{id}'")))
     }
 
     /// Makes the next matching task fail, hang or end with warnings.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::*;
+use crate::jobs;
 
 /// A simulator with live figures and short tasks, and a client that trusts its CA.
 struct Sim2 {
@@ -134,5 +135,92 @@ async fn cluster_tasks_show_the_last_broadcast() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(sim.tasks(DEFAULT_TOKEN).await.len(), before, "not broadcast yet");
+    sim.sim.stop().await;
+}
+
+#[tokio::test]
+async fn not_backed_up_lists_guests_in_no_job_and_needs_sys_audit() {
+    let sim = Sim2::start().await;
+    let (status, body) = sim
+        .call("GET", "/cluster/backup-info/not-backed-up", DEFAULT_TOKEN)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["data"],
+        serde_json::json!([{"vmid": 101, "type": "lxc", "name": "mqtt"}])
+    );
+    let (_, jobs) = sim.call("GET", "/cluster/backup", DEFAULT_TOKEN).await;
+    assert_eq!(jobs["data"][0]["type"], "vzdump");
+    assert_eq!(jobs["data"][0]["all"], 1);
+    assert_eq!(jobs["data"][0]["exclude"], "101");
+    assert!(jobs["data"][0]["next-run"].is_u64());
+    sim.sim
+        .world()
+        .add_token(
+            "bridge@pve!vm=secret",
+            [("/vms".to_string(), vec!["VM.Audit".to_string()])]
+                .into_iter()
+                .collect(),
+        )
+        .unwrap();
+    let (status, body) = sim
+        .call("GET", "/cluster/backup-info/not-backed-up", "bridge@pve!vm=secret")
+        .await;
+    assert_eq!(status, 403);
+    assert!(body.to_string().contains("Permission check failed (/, Sys.Audit)") || body.is_null());
+    sim.sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_scheduled_job_runs_as_root_with_one_task_per_node_and_fails_one_guest() {
+    let sim = Sim2::start().await;
+    let world = sim.sim.world();
+    world.put_backup_job(jobs::BackupJob {
+        id: "backup-5d7a9f1c-1a2b".into(),
+        schedule: "03:00".into(),
+        enabled: true,
+        all: true,
+        vmid: None,
+        exclude: None,
+        node: None,
+        storage: "local".into(),
+        mode: "snapshot".into(),
+    });
+    world.next_task(TaskOverride {
+        vmid: Some(101),
+        action: Some("backup".into()),
+        outcome: OverrideOutcome::Fail,
+        error: None,
+    });
+    let upids = world.run_backup_job("backup-5d7a9f1c-1a2b").unwrap();
+    assert_eq!(upids.len(), 1);
+    assert!(upids[0].ends_with(":vzdump::root@pam:"), "{}", upids[0]);
+    let upid = &upids[0];
+    let log = loop {
+        let (_, status) = sim
+            .call("GET", &format!("/nodes/pve/tasks/{upid}/status"), DEFAULT_TOKEN)
+            .await;
+        if status["data"]["status"] == "stopped" {
+            assert_eq!(status["data"]["exitstatus"], "job errors");
+            let (_, log) = sim
+                .call("GET", &format!("/nodes/pve/tasks/{upid}/log?limit=0"), DEFAULT_TOKEN)
+                .await;
+            break log["data"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["t"].as_str().unwrap())
+        .collect();
+    assert!(lines[0].contains("--job-id backup-5d7a9f1c-1a2b"), "{}", lines[0]);
+    assert!(lines[0].contains("--quiet 1"));
+    assert!(lines.iter().any(|l| l.starts_with("INFO: Finished Backup of VM 100 (")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("ERROR: Backup of VM 101 failed - ")));
+    assert_eq!(lines.last().copied(), Some("TASK ERROR: job errors"));
     sim.sim.stop().await;
 }
