@@ -162,7 +162,8 @@ pub async fn run_with(
         let refresh_self_tx = refresh_tx.clone();
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         let poll = config.poll.clone();
-        let reporting = config.reporting;
+        let mut reporting = config.reporting;
+        reporting.backup_stale_after = config.backup.stale_after;
         let publisher = publisher_tx.clone();
         let stop = stop.clone();
         let registry = registry.clone();

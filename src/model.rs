@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 
+mod backup;
 mod guest;
 mod node;
 mod rates;
@@ -27,6 +28,7 @@ mod reporting;
 mod storage;
 mod tasks;
 
+pub use backup::{parse_vzdump_log, BackupVerdict, NewestBackup};
 use guest::guest_state;
 pub use guest::GuestState;
 pub use node::NodeState;
@@ -34,8 +36,8 @@ use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
 pub use reporting::ReportRules;
 pub use storage::StorageState;
-pub use tasks::{row_failed, LastTask, TaskFacts};
 use storage::{storage_needs_report, storage_state};
+pub use tasks::{row_failed, LastTask, TaskFacts};
 
 /// One object the bridge publishes about, inside one cluster: what topics, discovery
 /// and the publisher's records are keyed by.
@@ -156,6 +158,17 @@ pub struct SlowData {
     pub node_status: HashMap<String, NodeStatus>,
     /// vmid -> ctime of the newest backup.
     pub last_backup: HashMap<u32, u64>,
+    /// The backup storages were read at least once (until then no guest is "stale").
+    pub backups_read: bool,
+    /// vmid -> the newest backup in storage content (size, PBS verification).
+    pub newest_backup: HashMap<u32, NewestBackup>,
+    /// vmid -> verdict of the newest vzdump task that logged the guest (`model::backup`).
+    pub backup_verdicts: HashMap<u32, BackupVerdict>,
+    /// Guests in no backup job (`/cluster/backup-info/not-backed-up`); `None` = not
+    /// read (the token lacks `Sys.Audit` on `/`).
+    pub not_backed_up: Option<std::collections::HashSet<u32>>,
+    /// `not-backed-up` answered 403: not asked again.
+    pub not_backed_up_denied: bool,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default

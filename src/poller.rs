@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod backup_log;
 mod slow;
 mod tasks;
 
@@ -90,6 +91,8 @@ impl ClusterPoller {
         let (slow_tx, mut slow_rx) = watch::channel(Arc::new(SlowData::default()));
         let (resources_tx, resources_rx) = watch::channel(Arc::new(Vec::<Resource>::new()));
         let reread = Arc::new(tokio::sync::Notify::new());
+        // Finished vzdump tasks (node, UPID) whose log the slow lane reads once.
+        let (backup_logs, backup_logs_rx) = mpsc::channel(256);
         let slow_lane = tokio::spawn(slow_lane(
             self.client.clone(),
             self.slow_interval,
@@ -97,6 +100,7 @@ impl ClusterPoller {
             resources_rx,
             slow_tx,
             reread.clone(),
+            backup_logs_rx,
             shutdown.clone(),
         ));
         let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
@@ -191,8 +195,14 @@ impl ClusterPoller {
             let previous = self.views.borrow().clone();
             let polled = polled.and_then(|body| {
                 let now = clock.now();
-                let built =
-                    self.view_from(&body, &slow, &mut rates, &tasks.facts, now, previous.as_deref())?;
+                let built = self.view_from(
+                    &body,
+                    &slow,
+                    &mut rates,
+                    &tasks.facts,
+                    now,
+                    previous.as_deref(),
+                )?;
                 Ok((body, built))
             });
             let before = previous.as_deref().map(Inventory::of);
@@ -223,7 +233,7 @@ impl ClusterPoller {
                     if !self.emit(view).await {
                         break;
                     }
-                    if !self.after_tasks(&mut tasks, task_news).await {
+                    if !self.after_tasks(&mut tasks, task_news, &backup_logs).await {
                         break;
                     }
                     next_poll = tokio::time::Instant::now() + self.interval;
@@ -302,7 +312,12 @@ impl ClusterPoller {
     /// After a poll's view went out: hands changed last tasks to the publisher and
     /// refreshes the guests whose task ended (their own `status/current`, read off the
     /// fast lane, as after a command); false once the publisher is gone.
-    async fn after_tasks(&self, tasks: &mut tasks::TaskWatch, news: Option<tasks::TaskNews>) -> bool {
+    async fn after_tasks(
+        &self,
+        tasks: &mut tasks::TaskWatch,
+        news: Option<tasks::TaskNews>,
+        backup_logs: &mpsc::Sender<(String, String)>,
+    ) -> bool {
         let Some(view) = self.views.borrow().clone() else {
             return true;
         };
@@ -339,8 +354,14 @@ impl ClusterPoller {
                 }
             });
         }
+        for finished in &news.finished_backups {
+            if backup_logs.try_send(finished.clone()).is_err() {
+                debug!(cluster = %self.id, "backup log queue full: a verdict is skipped");
+            }
+        }
         if !news.finished_backups.is_empty() {
-            // A backup of any origin finished: the slow lane reads the backup storages.
+            // A backup of any origin finished: the slow lane reads the backup storages
+            // and the task's log.
             let _ = self.refresh_self.try_send(Refresh {
                 reread_backups: true,
                 ..Refresh::default()

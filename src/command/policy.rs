@@ -87,6 +87,12 @@ mod tests {
             hastate: None,
             pool: pool.map(str::to_string),
             last_backup: None,
+            last_backup_size: None,
+            last_backup_verification: None,
+            last_backup_status: None,
+            last_backup_error: None,
+            backup_stale: None,
+            backup_covered: None,
             as_of: 0.0,
         }
     }

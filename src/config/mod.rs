@@ -188,6 +188,7 @@ impl From<ReportingConfig> for ReportRules {
             rates_floor: c.rates_floor,
             storage_percent: c.storage_percent,
             loadavg: c.loadavg,
+            backup_stale_after: ReportRules::DEFAULT.backup_stale_after,
         }
     }
 }
@@ -198,6 +199,8 @@ section! {
         pub storage: StorageId = StorageId::parse("local").expect("a valid storage id"),
         pub mode: BackupMode = BackupMode::Snapshot,
         pub compress: Compress = Compress::Zstd,
+        /// A guest whose newest backup is older than this is "Backup stale".
+        pub stale_after: Duration = Duration::from_secs(48 * 3600),
     }
 }
 

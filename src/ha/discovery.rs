@@ -29,11 +29,11 @@ mod tasks;
 
 pub use bridge::bridge_config;
 use controls::control_components;
-use tasks::last_task_component;
 use specs::{
     cluster_specs, guest_specs, node_specs, storage_specs, Availability, GUEST_RETIRED,
     NODE_RETIRED, STORAGE_RETIRED,
 };
+use tasks::last_task_component;
 
 /// Who we are, in every discovery payload (`origin` is required for device discovery).
 const ORIGIN_NAME: &str = "pve2mqtt";

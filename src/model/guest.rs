@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
-use super::{ClusterView, SlowData};
+use super::{BackupVerdict, ClusterView, NewestBackup, SlowData};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
@@ -49,6 +49,21 @@ pub struct GuestState {
     pub pool: Option<String>,
     /// Unix time of the newest backup found in storage content.
     pub last_backup: Option<u64>,
+    /// Size in bytes of that backup.
+    pub last_backup_size: Option<u64>,
+    /// PBS verification of that backup: `ok`, `failed`, or `null` (not verified / not PBS).
+    pub last_backup_verification: Option<String>,
+    /// Verdict of the newest vzdump task (any origin) that backed the guest up, from its
+    /// log: `ok`, `warnings` or `failed`; `null` until such a task was seen.
+    pub last_backup_status: Option<&'static str>,
+    /// Proxmox's error text when `last_backup_status` is `failed`.
+    pub last_backup_error: Option<String>,
+    /// No backup newer than `backup.stale_after` (none at all counts); `null` until the
+    /// backup storages were read.
+    pub backup_stale: Option<bool>,
+    /// Selected by some backup job (disabled ones too, as Proxmox counts); `null` when
+    /// the token may not ask (`Sys.Audit` on `/`).
+    pub backup_covered: Option<bool>,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
@@ -81,6 +96,30 @@ struct GuestDraft<'a> {
     hastate: Option<&'a str>,
     pool: Option<&'a str>,
     last_backup: Option<u64>,
+    backup: BackupDraft<'a>,
+}
+
+/// The backup health fields of a draft, borrowed from the slow lane's data.
+#[derive(Clone, Copy)]
+struct BackupDraft<'a> {
+    newest: Option<&'a NewestBackup>,
+    verdict: Option<&'a BackupVerdict>,
+    stale: Option<bool>,
+    covered: Option<bool>,
+}
+
+impl BackupDraft<'_> {
+    /// Equal to what `reported` says? (all "always" fields)
+    fn same_as(&self, reported: &GuestState) -> bool {
+        reported.last_backup_size == self.newest.and_then(|n| n.size)
+            && reported.last_backup_verification.as_deref()
+                == self.newest.and_then(|n| n.verification.as_deref())
+            && reported.last_backup_status == self.verdict.map(|v| v.status)
+            && reported.last_backup_error.as_deref()
+                == self.verdict.and_then(|v| v.error.as_deref())
+            && reported.backup_stale == self.stale
+            && reported.backup_covered == self.covered
+    }
 }
 
 impl GuestDraft<'_> {
@@ -117,6 +156,13 @@ impl GuestDraft<'_> {
             hastate,
             pool,
             last_backup,
+            // Backup health: all "always", compared by `BackupDraft::same_as`.
+            last_backup_size: _,
+            last_backup_verification: _,
+            last_backup_status: _,
+            last_backup_error: _,
+            backup_stale: _,
+            backup_covered: _,
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -135,7 +181,8 @@ impl GuestDraft<'_> {
             || lock.as_deref() != self.lock
             || hastate.as_deref() != self.hastate
             || pool.as_deref() != self.pool
-            || *last_backup != self.last_backup;
+            || *last_backup != self.last_backup
+            || !self.backup.same_as(reported);
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
         let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
@@ -176,6 +223,12 @@ impl GuestDraft<'_> {
             hastate: self.hastate.map(str::to_owned),
             pool: self.pool.map(str::to_owned),
             last_backup: self.last_backup,
+            last_backup_size: self.backup.newest.and_then(|n| n.size),
+            last_backup_verification: self.backup.newest.and_then(|n| n.verification.clone()),
+            last_backup_status: self.backup.verdict.map(|v| v.status),
+            last_backup_error: self.backup.verdict.and_then(|v| v.error.clone()),
+            backup_stale: self.backup.stale,
+            backup_covered: self.backup.covered,
             as_of: now,
         }
     }
@@ -190,7 +243,13 @@ pub(super) fn guest_state(
     previous: Option<&ClusterView>,
 ) -> Option<Arc<GuestState>> {
     let before = previous.and_then(|p| p.guests.get(&row.vmid?));
-    let draft = guest_draft(row, slow, rates, now, before.map(|b| &**b))?;
+    let mut draft = guest_draft(row, slow, rates, now, before.map(|b| &**b))?;
+    // Templates are no backup targets of their own.
+    draft.backup.stale = (slow.backups_read && !draft.template).then(|| {
+        draft
+            .last_backup
+            .is_none_or(|at| now - at as f64 > rules.backup_stale_after.as_secs_f64())
+    });
     match before {
         Some(before) if !draft.needs_report(before, rules, now) => Some(before.clone()),
         _ => Some(Arc::new(draft.to_state(now))),
@@ -199,7 +258,7 @@ pub(super) fn guest_state(
 
 fn guest_draft<'a>(
     row: &'a Resource,
-    slow: &SlowData,
+    slow: &'a SlowData,
     rates: &mut RateMemory,
     now: f64,
     before: Option<&GuestState>,
@@ -252,5 +311,14 @@ fn guest_draft<'a>(
         hastate: row.hastate.as_deref(),
         pool: row.pool.as_deref(),
         last_backup: slow.last_backup.get(&vmid).copied(),
+        backup: BackupDraft {
+            newest: slow.newest_backup.get(&vmid),
+            verdict: slow.backup_verdicts.get(&vmid),
+            stale: None,
+            covered: slow
+                .not_backed_up
+                .as_ref()
+                .map(|list| !list.contains(&vmid)),
+        },
     })
 }

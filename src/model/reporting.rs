@@ -37,6 +37,9 @@ pub struct ReportRules {
     pub storage_percent: f64,
     /// Load average (any of the three).
     pub loadavg: f64,
+    /// A guest's `backup_stale` turns true when its newest backup is older than this
+    /// (config `backup.stale_after`).
+    pub backup_stale_after: Duration,
 }
 
 impl ReportRules {
@@ -50,6 +53,7 @@ impl ReportRules {
         rates_floor: 10_240.0,
         storage_percent: 0.5,
         loadavg: 0.5,
+        backup_stale_after: Duration::from_secs(48 * 3600),
     };
 }
 

@@ -122,7 +122,13 @@ mod tests {
         assert_eq!(LastTask::from_row(&failed).unwrap().1.status, "failed");
         assert!(row_failed(&failed));
         // Not a guest's task: no id, or not a vmid.
-        assert!(LastTask::from_row(&row(r#"{"upid":"U","type":"aptupdate","id":"","starttime":1}"#)).is_none());
-        assert!(LastTask::from_row(&row(r#"{"upid":"U","type":"srvstart","id":"pveproxy","starttime":1}"#)).is_none());
+        assert!(LastTask::from_row(&row(
+            r#"{"upid":"U","type":"aptupdate","id":"","starttime":1}"#
+        ))
+        .is_none());
+        assert!(LastTask::from_row(&row(
+            r#"{"upid":"U","type":"srvstart","id":"pveproxy","starttime":1}"#
+        ))
+        .is_none());
     }
 }

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::model::SlowData;
+use crate::model::{NewestBackup, SlowData};
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
 
 /// How often the slow lane's detail requests run, and how many a round may add.
@@ -94,6 +94,7 @@ pub(super) async fn slow_lane(
     mut resources: watch::Receiver<Arc<Vec<Resource>>>,
     out: watch::Sender<Arc<SlowData>>,
     reread: Arc<tokio::sync::Notify>,
+    mut backup_logs: mpsc::Receiver<(String, String)>,
     shutdown: CancellationToken,
 ) {
     // Wait for the fast lane's first answer: it says which nodes and storages exist.
@@ -110,13 +111,34 @@ pub(super) async fn slow_lane(
     let mut schedule = Schedule::default();
     let mut only_backups = false;
     let mut round_start = Instant::now();
+    // Finished vzdump tasks whose log is still to be read: (node, UPID, attempts left).
+    let mut logs_due: Vec<(String, String, u8)> = Vec::new();
     loop {
+        while let Ok((node, upid)) = backup_logs.try_recv() {
+            logs_due.push((node, upid, LOG_ATTEMPTS));
+        }
         // Plan from the node and storage rows of the latest answer (the fast lane sends
         // only those: the guest rows are thousands and not needed here).
         let candidates = plan(&resources.borrow_and_update());
         let mut requests = select_due(candidates, &cadence, &schedule, Instant::now());
+        if data.not_backed_up_denied {
+            requests.retain(|r| *r != SlowRequest::NotBackedUp);
+        }
+        requests.extend(
+            logs_due
+                .iter()
+                .map(|(node, upid, _)| SlowRequest::BackupLog {
+                    node: node.clone(),
+                    upid: upid.clone(),
+                }),
+        );
         if only_backups {
-            requests.retain(|r| matches!(r, SlowRequest::StorageContent { .. }));
+            requests.retain(|r| {
+                matches!(
+                    r,
+                    SlowRequest::StorageContent { .. } | SlowRequest::BackupLog { .. }
+                )
+            });
         }
         // Spread the requests over half the interval: never a burst of N at once.
         let spacing = if only_backups {
@@ -124,7 +146,7 @@ pub(super) async fn slow_lane(
         } else {
             (interval / (2 * requests.len().max(1) as u32)).min(Duration::from_secs(2))
         };
-        let mut backups: HashMap<u32, u64> = HashMap::new();
+        let mut backups: HashMap<u32, NewestBackup> = HashMap::new();
         let mut backups_complete = true;
         for (i, request) in requests.iter().enumerate() {
             if i > 0 {
@@ -138,6 +160,17 @@ pub(super) async fn slow_lane(
                 _ = shutdown.cancelled() => return,
                 done = run_request(&client, request, &mut data, &mut backups) => done,
             };
+            if let SlowRequest::BackupLog { upid, .. } = request {
+                // Each log is read once; a failed read is tried again a few times.
+                let failed = done.is_err();
+                logs_due.retain_mut(|(_, due, left)| {
+                    if due != upid {
+                        return true;
+                    }
+                    *left = left.saturating_sub(1);
+                    failed && *left > 0
+                });
+            }
             if let Err(err) = done {
                 debug!(?request, error = %err, "slow-lane request failed");
                 if matches!(request, SlowRequest::StorageContent { .. }) {
@@ -146,14 +179,22 @@ pub(super) async fn slow_lane(
             }
         }
         // Keep older backup times for storages we could not read this round.
-        if backups_complete {
-            data.last_backup = backups;
+        let read_backups = requests
+            .iter()
+            .any(|r| matches!(r, SlowRequest::StorageContent { .. }));
+        if backups_complete && read_backups {
+            data.newest_backup = backups;
+            data.backups_read = true;
         } else {
-            for (vmid, ctime) in backups {
-                let entry = data.last_backup.entry(vmid).or_insert(ctime);
-                *entry = (*entry).max(ctime);
+            for (vmid, newest) in backups {
+                data.newest_backup.entry(vmid).or_default().merge(newest);
             }
         }
+        data.last_backup = data
+            .newest_backup
+            .iter()
+            .map(|(vmid, newest)| (*vmid, newest.ctime))
+            .collect();
         let _ = out.send(Arc::new(data.clone()));
         schedule.forget_older_than(FORGET_AFTER.max(interval * 4), Instant::now());
         tokio::select! {
@@ -169,6 +210,9 @@ pub(super) async fn slow_lane(
     }
 }
 
+/// How often a finished vzdump task's log is tried before it is given up.
+const LOG_ATTEMPTS: u8 = 3;
+
 /// A schedule entry not attempted for this long is dropped (its node or guest is gone;
 /// longer than any detail's cadence).
 const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
@@ -178,7 +222,17 @@ enum SlowRequest {
     Version,
     ClusterStatus,
     NodeStatus(String),
-    StorageContent { node: String, storage: String },
+    StorageContent {
+        node: String,
+        storage: String,
+    },
+    /// Guests in no backup job (issue 12); needs `Sys.Audit` on `/`.
+    NotBackedUp,
+    /// The log of a finished vzdump task, read once for the per-guest verdicts.
+    BackupLog {
+        node: String,
+        upid: String,
+    },
 }
 
 impl SlowRequest {
@@ -188,7 +242,9 @@ impl SlowRequest {
             SlowRequest::Version
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
-            | SlowRequest::StorageContent { .. } => Duration::ZERO,
+            | SlowRequest::StorageContent { .. }
+            | SlowRequest::NotBackedUp
+            | SlowRequest::BackupLog { .. } => Duration::ZERO,
         }
     }
 
@@ -197,7 +253,9 @@ impl SlowRequest {
             SlowRequest::Version
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
-            | SlowRequest::StorageContent { .. } => Budget::Base,
+            | SlowRequest::StorageContent { .. }
+            | SlowRequest::NotBackedUp
+            | SlowRequest::BackupLog { .. } => Budget::Base,
         }
     }
 }
@@ -251,7 +309,11 @@ fn plan(rows: &[Resource]) -> Vec<SlowRequest> {
         .filter(|r| r.kind == ResourceKind::Node && r.status.as_deref() == Some("online"))
         .filter_map(|r| r.node.as_deref())
         .collect();
-    let mut requests = vec![SlowRequest::Version, SlowRequest::ClusterStatus];
+    let mut requests = vec![
+        SlowRequest::Version,
+        SlowRequest::ClusterStatus,
+        SlowRequest::NotBackedUp,
+    ];
     requests.extend(
         online
             .iter()
@@ -284,7 +346,7 @@ async fn run_request(
     client: &PveClient,
     request: &SlowRequest,
     data: &mut SlowData,
-    backups: &mut HashMap<u32, u64>,
+    backups: &mut HashMap<u32, NewestBackup>,
 ) -> Result<(), PveError> {
     match request {
         SlowRequest::Version => {
@@ -307,10 +369,29 @@ async fn run_request(
                 .await?
             {
                 if let (Some(vmid), Some(ctime)) = (item.vmid, item.ctime) {
-                    let entry = backups.entry(vmid).or_insert(ctime);
-                    *entry = (*entry).max(ctime);
+                    backups.entry(vmid).or_default().merge(NewestBackup {
+                        ctime,
+                        size: item.size,
+                        verification: item.verification.and_then(|v| v.state),
+                    });
                 }
             }
+        }
+        SlowRequest::NotBackedUp => match client.not_backed_up().await {
+            Ok(rows) => {
+                data.not_backed_up = Some(rows.iter().filter_map(|r| r.vmid).collect());
+            }
+            Err(err) => {
+                if matches!(err, PveError::Api { status: 403, .. }) {
+                    // Not asked again until a restart: the answer would stay the same.
+                    data.not_backed_up_denied = true;
+                    data.not_backed_up = None;
+                }
+                return Err(err);
+            }
+        },
+        SlowRequest::BackupLog { upid, .. } => {
+            super::backup_log::read_verdicts(client, upid, data).await?;
         }
     }
     Ok(())

@@ -150,9 +150,10 @@ impl TaskWatch {
                 .unwrap_or_default();
             let guest = LastTask::from_row(row);
             if let Some((vmid, task)) = &guest {
-                let newer = self.last.get(vmid).is_none_or(|old| {
-                    (task.start, &task.upid) >= (old.start, &old.upid)
-                });
+                let newer = self
+                    .last
+                    .get(vmid)
+                    .is_none_or(|old| (task.start, &task.upid) >= (old.start, &old.upid));
                 if newer && self.last.get(vmid) != Some(task) {
                     self.last.insert(*vmid, task.clone());
                     self.unsent.insert(*vmid, task.clone());

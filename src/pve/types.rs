@@ -347,6 +347,19 @@ pub struct StorageItem {
     pub ctime: Option<u64>,
     #[serde(default, deserialize_with = "de::opt_vmid")]
     pub vmid: Option<u32>,
+    /// Bytes.
+    #[serde(default, deserialize_with = "de::opt_u64")]
+    pub size: Option<u64>,
+    /// PBS backups after a verify job: `{"state": "ok"|"failed", "upid": …}`.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+}
+
+/// `verification` of a PBS backup in storage content.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct Verification {
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub state: Option<String>,
 }
 
 /// `GET /nodes/{node}/{qemu|lxc}/{vmid}/status/current` (also the shape of one row of the

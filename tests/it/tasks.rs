@@ -28,7 +28,11 @@ async fn pve(sim: &pve2mqtt::sim::SimHandle, method: &str, path: &str, token: &s
         .send()
         .await
         .expect("Proxmox API request");
-    assert!(response.status().is_success(), "{method} {path}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "{method} {path}: {}",
+        response.status()
+    );
     response.json().await.expect("JSON")
 }
 
@@ -41,8 +45,20 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
     // Given VM 100 stopped, live task lists, and a bridge polling every 2 s
     let broker = Mosquitto::start();
     let sim = start_sim(sim_options()).await;
-    sim_send(&sim, "PATCH", "/_sim/guests/100", json!({"status": "stopped"})).await;
-    sim_send(&sim, "POST", "/_sim/config", json!({"stats_interval_ms": 0})).await;
+    sim_send(
+        &sim,
+        "PATCH",
+        "/_sim/guests/100",
+        json!({"status": "stopped"}),
+    )
+    .await;
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/config",
+        json!({"stats_interval_ms": 0}),
+    )
+    .await;
     sim.world()
         .add_token(
             "root@pam!gui=gui-secret",
@@ -52,11 +68,7 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
         )
         .unwrap();
     let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(
-        &sim,
-        broker.port,
-        "",
-    );
+    let cfg = TestConfig::new(&sim, broker.port, "");
     let toml = cfg.toml.replace(
         "interval = \"1s\"\n",
         "interval = \"2s\"\ntasks_interval = \"2s\"\n",
@@ -64,17 +76,30 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
     let config = pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
     let bridge = Bridge::start(config);
     probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| m.json()["status"] == "stopped")
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            m.json()["status"] == "stopped"
+        })
         .await;
 
     // When someone starts it in the Proxmox GUI
-    let upid = pve(&sim, "POST", "/nodes/pve/qemu/100/status/start", "root@pam!gui=gui-secret")
-        .await["data"]
+    let upid = pve(
+        &sim,
+        "POST",
+        "/nodes/pve/qemu/100/status/start",
+        "root@pam!gui=gui-secret",
+    )
+    .await["data"]
         .as_str()
         .unwrap()
         .to_string();
     let ended = loop {
-        let status = pve(&sim, "GET", &format!("/nodes/pve/tasks/{upid}/status"), pve2mqtt::sim::DEFAULT_TOKEN).await;
+        let status = pve(
+            &sim,
+            "GET",
+            &format!("/nodes/pve/tasks/{upid}/status"),
+            pve2mqtt::sim::DEFAULT_TOKEN,
+        )
+        .await;
         if status["data"]["status"] == "stopped" {
             break Instant::now();
         }
@@ -84,7 +109,9 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
     // Then within one poll interval plus a second: running, and its last task
     let budget = Duration::from_secs(3);
     probe
-        .wait_topic("pve2mqtt/pve/qemu/100", budget, |m| m.json()["status"] == "running")
+        .wait_topic("pve2mqtt/pve/qemu/100", budget, |m| {
+            m.json()["status"] == "running"
+        })
         .await;
     let left = budget.saturating_sub(ended.elapsed());
     let last = probe
@@ -94,8 +121,10 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
         .await;
     // Retained: a client connecting later gets it at once.
     let late = Probe::connect(broker.port, &["pve2mqtt/pve/qemu/100/last_task"]).await;
-    late.wait_for("the retained last_task", 5 * SECS, |m| m.retain && !m.payload.is_empty())
-        .await;
+    late.wait_for("the retained last_task", 5 * SECS, |m| {
+        m.retain && !m.payload.is_empty()
+    })
+    .await;
     let task = last.json();
     assert_eq!(task["type"], "qmstart");
     assert_eq!(task["user"], "root@pam!gui");
@@ -108,7 +137,9 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
     // And when the VM is gone, its last_task is cleared
     sim_send(&sim, "DELETE", "/_sim/guests/100", json!({})).await;
     probe
-        .wait_topic("pve2mqtt/pve/qemu/100/last_task", 20 * SECS, |m| m.payload.is_empty())
+        .wait_topic("pve2mqtt/pve/qemu/100/last_task", 20 * SECS, |m| {
+            m.payload.is_empty()
+        })
         .await;
     bridge.stop().await.unwrap();
     sim.stop().await;
@@ -118,12 +149,19 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
 async fn the_task_list_is_read_at_most_once_per_tasks_interval_and_failures_count_per_node() {
     let broker = Mosquitto::start();
     let sim = start_sim(sim_options()).await;
-    sim_send(&sim, "POST", "/_sim/config", json!({"stats_interval_ms": 0})).await;
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/config",
+        json!({"stats_interval_ms": 0}),
+    )
+    .await;
     let probe = Probe::connect(broker.port, ALL).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg
-        .toml
-        .replace("slow_interval = \"2s\"\n", "slow_interval = \"2s\"\ntasks_interval = \"3s\"\n");
+    let toml = cfg.toml.replace(
+        "slow_interval = \"2s\"\n",
+        "slow_interval = \"2s\"\ntasks_interval = \"3s\"\n",
+    );
     let config = pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
     // A failed task of another origin on node pve.
     sim_send(
@@ -133,7 +171,13 @@ async fn the_task_list_is_read_at_most_once_per_tasks_interval_and_failures_coun
         json!({"vmid": 101, "action": "stop", "outcome": "fail"}),
     )
     .await;
-    pve(&sim, "POST", "/nodes/pve/lxc/101/status/stop", pve2mqtt::sim::DEFAULT_TOKEN).await;
+    pve(
+        &sim,
+        "POST",
+        "/nodes/pve/lxc/101/status/stop",
+        pve2mqtt::sim::DEFAULT_TOKEN,
+    )
+    .await;
     let bridge = Bridge::start(config);
 
     // Every change of the request count, timed: polls every 1 s, the task list every 3 s.
@@ -156,10 +200,15 @@ async fn the_task_list_is_read_at_most_once_per_tasks_interval_and_failures_coun
     let resources = sim.world().counters()["GET /cluster/resources"];
     assert!(resources >= 5, "the fast lane kept polling: {resources}");
     let node = probe
-        .wait_topic("pve2mqtt/pve/node/pve", 5 * SECS, |m| m.json()["failed_tasks_24h"] == 1)
+        .wait_topic("pve2mqtt/pve/node/pve", 5 * SECS, |m| {
+            m.json()["failed_tasks_24h"] == 1
+        })
         .await;
     assert_eq!(node.json()["failed_tasks_24h"], 1);
-    let last = probe.latest("pve2mqtt/pve/lxc/101/last_task").expect("last task").json();
+    let last = probe
+        .latest("pve2mqtt/pve/lxc/101/last_task")
+        .expect("last task")
+        .json();
     assert_eq!(last["status"], "failed");
     assert_eq!(last["type"], "vzstop");
     bridge.stop().await.unwrap();
@@ -177,7 +226,12 @@ async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
         ("/storage", vec!["Datastore.Audit"]),
     ]
     .into_iter()
-    .map(|(path, privs)| (path.to_string(), privs.into_iter().map(str::to_string).collect()))
+    .map(|(path, privs)| {
+        (
+            path.to_string(),
+            privs.into_iter().map(str::to_string).collect(),
+        )
+    })
     .collect();
     sim.world().add_token(token, privileges).unwrap();
     let probe = Probe::connect(broker.port, ALL).await;
@@ -202,12 +256,21 @@ async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
     let config = pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
     let bridge = Bridge::start(config);
     let state = probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| m.json()["status"] == "running")
+        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
+            m.json()["status"] == "running"
+        })
         .await;
     assert_eq!(state.json()["vmid"], 100);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(tasks_requests(&sim), 0, "no request that can only return nothing");
-    let node = probe.latest("pve2mqtt/pve/node/pve").expect("node state").json();
+    assert_eq!(
+        tasks_requests(&sim),
+        0,
+        "no request that can only return nothing"
+    );
+    let node = probe
+        .latest("pve2mqtt/pve/node/pve")
+        .expect("node state")
+        .json();
     assert_eq!(node["failed_tasks_24h"], Value::Null);
     assert!(probe.latest("pve2mqtt/pve/qemu/100/last_task").is_none());
     bridge.stop().await.unwrap();

@@ -178,7 +178,14 @@ pub fn run(state: &mut State, id: &str, now: f64) -> Option<Vec<String>> {
             }
             s
         } else {
-            format!(" {}", local.iter().map(u32::to_string).collect::<Vec<_>>().join(" "))
+            format!(
+                " {}",
+                local
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
         };
         let vzdump = VzdumpJob {
             node: node.clone(),

@@ -55,9 +55,9 @@ mod world;
 #[cfg(test)]
 mod motion_tests;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod tasklist_tests;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::future::Future;

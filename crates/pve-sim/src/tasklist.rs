@@ -30,11 +30,7 @@ pub fn cluster_tasks<'a>(
             .iter()
             .filter(|t| t.upid.node == node && t.created <= at)
             .collect();
-        let mut running: Vec<&Task> = known
-            .iter()
-            .copied()
-            .filter(|t| t.is_running(at))
-            .collect();
+        let mut running: Vec<&Task> = known.iter().copied().filter(|t| t.is_running(at)).collect();
         running.sort_by(|a, b| b.created.total_cmp(&a.created));
         let mut finished: Vec<&Task> = known
             .iter()

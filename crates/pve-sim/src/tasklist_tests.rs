@@ -62,19 +62,34 @@ async fn cluster_tasks_split_token_users_and_show_running_tasks_without_status()
     // A VM start as a GUI user's token would do it.
     sim.sim
         .world()
-        .add_token("root@pam!gui=secret", [("/".to_string(), vec!["Sys.Audit".to_string(), "VM.PowerMgmt".to_string()])].into_iter().collect())
+        .add_token(
+            "root@pam!gui=secret",
+            [(
+                "/".to_string(),
+                vec!["Sys.Audit".to_string(), "VM.PowerMgmt".to_string()],
+            )]
+            .into_iter()
+            .collect(),
+        )
         .unwrap();
     sim.sim.world().set_config(ConfigPatch {
         task_duration_ms: Some(60_000),
         ..ConfigPatch::default()
     });
     let (status, body) = sim
-        .call("POST", "/nodes/pve/qemu/100/status/stop", "root@pam!gui=secret")
+        .call(
+            "POST",
+            "/nodes/pve/qemu/100/status/stop",
+            "root@pam!gui=secret",
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let upid = body["data"].as_str().unwrap().to_string();
     let rows = sim.tasks(DEFAULT_TOKEN).await;
-    let row = rows.iter().find(|r| r["upid"] == upid.as_str()).expect("listed");
+    let row = rows
+        .iter()
+        .find(|r| r["upid"] == upid.as_str())
+        .expect("listed");
     assert_eq!(row["user"], "root@pam");
     assert_eq!(row["tokenid"], "gui");
     assert_eq!(row["type"], "qmstop");
@@ -108,13 +123,20 @@ async fn cluster_tasks_keep_25_per_node_and_need_sys_audit_on_root() {
         .world()
         .add_token(
             "bridge@pve!nosys=secret",
-            [("/".to_string(), vec!["VM.Audit".to_string(), "VM.PowerMgmt".to_string()])]
-                .into_iter()
-                .collect(),
+            [(
+                "/".to_string(),
+                vec!["VM.Audit".to_string(), "VM.PowerMgmt".to_string()],
+            )]
+            .into_iter()
+            .collect(),
         )
         .unwrap();
     let (status, _) = sim
-        .call("POST", "/nodes/pve/qemu/100/status/stop", "bridge@pve!nosys=secret")
+        .call(
+            "POST",
+            "/nodes/pve/qemu/100/status/stop",
+            "bridge@pve!nosys=secret",
+        )
         .await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -134,7 +156,11 @@ async fn cluster_tasks_show_the_last_broadcast() {
         .call("POST", "/nodes/pve/qemu/100/status/stop", DEFAULT_TOKEN)
         .await;
     assert_eq!(status, 200);
-    assert_eq!(sim.tasks(DEFAULT_TOKEN).await.len(), before, "not broadcast yet");
+    assert_eq!(
+        sim.tasks(DEFAULT_TOKEN).await.len(),
+        before,
+        "not broadcast yet"
+    );
     sim.sim.stop().await;
 }
 
@@ -164,10 +190,18 @@ async fn not_backed_up_lists_guests_in_no_job_and_needs_sys_audit() {
         )
         .unwrap();
     let (status, body) = sim
-        .call("GET", "/cluster/backup-info/not-backed-up", "bridge@pve!vm=secret")
+        .call(
+            "GET",
+            "/cluster/backup-info/not-backed-up",
+            "bridge@pve!vm=secret",
+        )
         .await;
     assert_eq!(status, 403);
-    assert!(body.to_string().contains("Permission check failed (/, Sys.Audit)") || body.is_null());
+    assert!(
+        body.to_string()
+            .contains("Permission check failed (/, Sys.Audit)")
+            || body.is_null()
+    );
     sim.sim.stop().await;
 }
 
@@ -198,12 +232,20 @@ async fn a_scheduled_job_runs_as_root_with_one_task_per_node_and_fails_one_guest
     let upid = &upids[0];
     let log = loop {
         let (_, status) = sim
-            .call("GET", &format!("/nodes/pve/tasks/{upid}/status"), DEFAULT_TOKEN)
+            .call(
+                "GET",
+                &format!("/nodes/pve/tasks/{upid}/status"),
+                DEFAULT_TOKEN,
+            )
             .await;
         if status["data"]["status"] == "stopped" {
             assert_eq!(status["data"]["exitstatus"], "job errors");
             let (_, log) = sim
-                .call("GET", &format!("/nodes/pve/tasks/{upid}/log?limit=0"), DEFAULT_TOKEN)
+                .call(
+                    "GET",
+                    &format!("/nodes/pve/tasks/{upid}/log?limit=0"),
+                    DEFAULT_TOKEN,
+                )
                 .await;
             break log["data"].clone();
         }
@@ -215,9 +257,15 @@ async fn a_scheduled_job_runs_as_root_with_one_task_per_node_and_fails_one_guest
         .iter()
         .map(|l| l["t"].as_str().unwrap())
         .collect();
-    assert!(lines[0].contains("--job-id backup-5d7a9f1c-1a2b"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("--job-id backup-5d7a9f1c-1a2b"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains("--quiet 1"));
-    assert!(lines.iter().any(|l| l.starts_with("INFO: Finished Backup of VM 100 (")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("INFO: Finished Backup of VM 100 (")));
     assert!(lines
         .iter()
         .any(|l| l.starts_with("ERROR: Backup of VM 101 failed - ")));

@@ -10,6 +10,13 @@ use crate::pve::types::{
     ClusterStatusRow, GuestKind, GuestStatus, NodeStatus, Permissions, Resource, StorageItem,
     TaskListEntry, TaskLog, TaskLogLine, TaskStatus, Version, VzdumpStarted,
 };
+
+/// One row of `/cluster/backup-info/not-backed-up`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct NotBackedUp {
+    #[serde(default, deserialize_with = "crate::pve::de::opt_vmid")]
+    pub vmid: Option<u32>,
+}
 use crate::pve::upid::{Upid, UpidParseError};
 
 impl PveClient {
@@ -102,6 +109,13 @@ impl PveClient {
     /// 25 per node, up to ~10 s stale). Without `Sys.Audit` on `/` an API token sees none.
     pub async fn cluster_tasks(&self) -> Result<Vec<TaskListEntry>, PveError> {
         self.get_data(&Call::get(&["cluster", "tasks"])).await
+    }
+
+    /// `GET /cluster/backup-info/not-backed-up` (needs `Sys.Audit` on `/`): guests that no
+    /// backup job selects.
+    pub async fn not_backed_up(&self) -> Result<Vec<NotBackedUp>, PveError> {
+        self.get_data(&Call::get(&["cluster", "backup-info", "not-backed-up"]))
+            .await
     }
 
     /// `POST /nodes/{node}/{qemu|lxc}/{vmid}/status/{action}` (form-encoded `params`;
