@@ -91,6 +91,17 @@ failed_tasks = [x for x in by_id if x.startswith("sensor.pve_failed_tasks")]
 check("node: a 'Failed tasks (24 h)' sensor with a count",
       len(failed_tasks) == 1 and by_id[failed_tasks[0]].get("state", "x").isdigit(), str(failed_tasks))
 
+# --- backup health (issue 12) -----------------------------------------------------------
+e = entity("sensor.home_assistant_last_backup_status")
+check("guest: 'Last backup status' is an enum ok/warnings/failed",
+      e.get("device_class") == "enum" and e["attributes"].get("options") == ["ok", "warnings", "failed"],
+      str(e["attributes"].get("options")))
+for eid in ["binary_sensor.home_assistant_backup_stale", "binary_sensor.mqtt_in_no_backup_job"]:
+    e = entity(eid)
+    check(f"{eid} is a problem sensor", e.get("device_class") == "problem", str(e.get("device_class")))
+check("demo: CT 101 is in no backup job (problem on)",
+      entity("binary_sensor.mqtt_in_no_backup_job").get("state") == "on")
+
 # --- Started instead of uptime --------------------------------------------------------
 for eid in ["sensor.home_assistant_started", "sensor.mqtt_started", "sensor.pve_started"]:
     e = entity(eid)

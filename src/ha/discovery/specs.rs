@@ -52,6 +52,10 @@ pub(super) const GUEST_STATUSES: &[&str] =
     &["running", "stopped", "paused", "suspended", "unknown"];
 /// A node's `status` in `/cluster/resources`.
 pub(super) const NODE_STATUSES: &[&str] = &["online", "offline", "unknown"];
+/// A guest's `last_backup_status` (issue 12).
+pub(super) const BACKUP_STATUSES: &[&str] = &["ok", "warnings", "failed"];
+/// PBS's `verification.state` of the newest backup.
+pub(super) const VERIFICATION_STATES: &[&str] = &["ok", "failed"];
 /// A command report's `state` (SPEC §4).
 pub(super) const COMMAND_STATES: &[&str] = &["accepted", "running", "ok", "failed", "rejected"];
 
@@ -235,6 +239,42 @@ pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
             ..Spec::sensor("last_backup", "Last backup", TPL_LAST_BACKUP)
         }
         .icon("mdi:backup-restore"),
+        // Backup health (issue 12).
+        Spec::status(
+            "last_backup_status",
+            "Last backup status",
+            "last_backup_status",
+            BACKUP_STATUSES,
+        )
+        .icon("mdi:backup-restore"),
+        Spec {
+            device_class: Some("problem"),
+            ..Spec::binary(
+                "backup_stale",
+                "Backup stale",
+                "{{ None if value_json.backup_stale is none else ('ON' if value_json.backup_stale else 'OFF') }}",
+            )
+        },
+        Spec {
+            device_class: Some("problem"),
+            ..Spec::binary(
+                "backup_uncovered",
+                "In no backup job",
+                "{{ None if value_json.backup_covered is none else ('OFF' if value_json.backup_covered else 'ON') }}",
+            )
+        },
+        Spec::bytes("last_backup_size", "Last backup size", "last_backup_size")
+            .fixed()
+            .diagnostic(),
+        // Only PBS verifies backups: off by default.
+        Spec::status(
+            "backup_verification",
+            "Backup verification",
+            "last_backup_verification",
+            VERIFICATION_STATES,
+        )
+        .diagnostic()
+        .disabled(),
     ];
     // Proxmox only knows a container's disk usage; a VM's `disk` is always 0 without
     // the guest agent, so announcing it would show a false 0 B.

@@ -393,3 +393,22 @@ fn a_guest_has_a_last_task_sensor_and_a_node_a_failed_tasks_sensor() {
         .unwrap()
         .contains("value_json.failed_tasks_24h is number"));
 }
+
+/// Issue 12: backup health per guest, as HA entities.
+#[test]
+fn a_guest_has_backup_health_entities() {
+    let guest = payload(&ObjectRef::Guest(GuestKind::Lxc, 101));
+    let c = &guest["cmps"];
+    assert_eq!(c["last_backup_status"]["dev_cla"], "enum");
+    assert_eq!(
+        c["last_backup_status"]["ops"],
+        serde_json::json!(["ok", "warnings", "failed"])
+    );
+    assert_eq!(c["backup_stale"]["p"], "binary_sensor");
+    assert_eq!(c["backup_stale"]["dev_cla"], "problem");
+    assert_eq!(c["backup_uncovered"]["dev_cla"], "problem");
+    assert_eq!(c["backup_uncovered"]["uniq_id"], "pve2mqtt_home_101_backup_uncovered");
+    assert_eq!(c["last_backup_size"]["unit_of_meas"], "GiB");
+    assert_eq!(c["last_backup_size"]["ent_cat"], "diagnostic");
+    assert_eq!(c["backup_verification"]["en"], false);
+}
