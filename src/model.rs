@@ -169,6 +169,10 @@ pub struct SlowData {
     pub not_backed_up: Option<std::collections::HashSet<u32>>,
     /// `not-backed-up` answered 403: not asked again.
     pub not_backed_up_denied: bool,
+    /// (node, storage) -> the space Proxmox does not count as available although it is
+    /// not used (`total - used - avail` of `/nodes/{node}/storage`: a directory
+    /// storage's reserved blocks). `avail` is `total - used - reserve` on every poll.
+    pub storage_reserve: HashMap<(String, String), u64>,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default
@@ -268,7 +272,7 @@ impl<'a> ViewBuilder<'a> {
                 }
             }
             ResourceKind::Storage => {
-                if let Some(fresh) = storage_state(row, now) {
+                if let Some(fresh) = storage_state(row, self.slow, now) {
                     let key = (fresh.node.clone(), fresh.storage.clone());
                     let storage = match self.previous.and_then(|p| p.storages.get(&key)) {
                         Some(b) if !storage_needs_report(&fresh, b, rules, now) => b.clone(),

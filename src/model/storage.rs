@@ -3,6 +3,7 @@ use serde::Serialize;
 
 use super::rates::percent;
 use super::reporting::{phase_of_name, ReportRules};
+use super::SlowData;
 use crate::pve::Resource;
 
 /// `{base}/{c}/storage/{node}/{storage}`.
@@ -48,7 +49,7 @@ pub(super) fn storage_needs_report(
         used_percent,
         as_of,
     } = reported;
-    // Ride along: derived from `used` and `total`.
+    // Ride along: derived from `used`, `total` (and the reserve, which hardly changes).
     let _ = (avail, used_percent);
     let always = *storage != fresh.storage
         || *node != fresh.node
@@ -57,19 +58,32 @@ pub(super) fn storage_needs_report(
         || *plugin_type != fresh.plugin_type
         || *content != fresh.content
         || *shared != fresh.shared
-        || *total != fresh.total;
+        || *total != fresh.total
+        || reserve_of(*total, *used, *avail) != reserve_of(fresh.total, fresh.used, fresh.avail);
     let threshold = ReportRules::share_moved(*used, fresh.used, fresh.total, rules.storage_percent);
     always || rules.threshold_or_due(threshold, *as_of, now, phase_of_name(&[node, storage]))
 }
 
-pub(super) fn storage_state(row: &Resource, now: f64) -> Option<StorageState> {
+/// The space neither used nor available (reserved blocks): a change always counts.
+fn reserve_of(total: Option<u64>, used: Option<u64>, avail: Option<u64>) -> Option<u64> {
+    Some(total?.saturating_sub(used?).saturating_sub(avail?))
+}
+
+pub(super) fn storage_state(row: &Resource, slow: &SlowData, now: f64) -> Option<StorageState> {
     let node = row.node.clone()?;
     let storage = row.storage.clone()?;
     let status = row.status.clone().unwrap_or_else(|| "unknown".to_string());
     let used = row.disk;
     let total = row.maxdisk;
+    // Proxmox's own figure where the slow lane read it (the node's storage list), moved
+    // with `used` on every poll; `total - used` until then.
+    let reserve = slow
+        .storage_reserve
+        .get(&(node.clone(), storage.clone()))
+        .copied()
+        .unwrap_or(0);
     let avail = match (used, total) {
-        (Some(u), Some(t)) => Some(t.saturating_sub(u)),
+        (Some(u), Some(t)) => Some(t.saturating_sub(u).saturating_sub(reserve)),
         _ => None,
     };
     Some(StorageState {

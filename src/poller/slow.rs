@@ -228,6 +228,8 @@ enum SlowRequest {
     },
     /// Guests in no backup job (issue 12); needs `Sys.Audit` on `/`.
     NotBackedUp,
+    /// The node's storage list: Proxmox's own `avail` (issue 12).
+    NodeStorage(String),
     /// The log of a finished vzdump task, read once for the per-guest verdicts.
     BackupLog {
         node: String,
@@ -245,6 +247,8 @@ impl SlowRequest {
             | SlowRequest::StorageContent { .. }
             | SlowRequest::NotBackedUp
             | SlowRequest::BackupLog { .. } => Duration::ZERO,
+            // Only the reserved space is taken from it, which hardly ever changes.
+            SlowRequest::NodeStorage(_) => Duration::from_secs(15 * 60),
         }
     }
 
@@ -256,6 +260,7 @@ impl SlowRequest {
             | SlowRequest::StorageContent { .. }
             | SlowRequest::NotBackedUp
             | SlowRequest::BackupLog { .. } => Budget::Base,
+            SlowRequest::NodeStorage(node) => Budget::Node(node),
         }
     }
 }
@@ -319,6 +324,11 @@ fn plan(rows: &[Resource]) -> Vec<SlowRequest> {
             .iter()
             .map(|n| SlowRequest::NodeStatus(n.to_string())),
     );
+    requests.extend(
+        online
+            .iter()
+            .map(|n| SlowRequest::NodeStorage(n.to_string())),
+    );
     let mut shared_done = std::collections::HashSet::new();
     for row in rows.iter().filter(|r| r.kind == ResourceKind::Storage) {
         let (Some(node), Some(storage)) = (row.node.as_deref(), row.storage.as_deref()) else {
@@ -374,6 +384,18 @@ async fn run_request(
                         size: item.size,
                         verification: item.verification.and_then(|v| v.state),
                     });
+                }
+            }
+        }
+        SlowRequest::NodeStorage(node) => {
+            data.storage_reserve.retain(|(n, _), _| n != node);
+            for row in client.node_storage(node).await? {
+                if let (Some(storage), Some(total), Some(used), Some(avail)) =
+                    (row.storage, row.total, row.used, row.avail)
+                {
+                    let reserve = total.saturating_sub(used).saturating_sub(avail);
+                    data.storage_reserve
+                        .insert((node.clone(), storage), reserve);
                 }
             }
         }

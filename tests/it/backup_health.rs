@@ -139,3 +139,40 @@ async fn a_scheduled_backup_that_fails_for_one_guest_of_three_gives_exactly_one_
     bridge.stop().await.unwrap();
     sim.stop().await;
 }
+
+/// Issue 12, smaller item: a directory storage's `avail` is Proxmox's (df's `bavail`,
+/// without the reserved blocks), not `total - used`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dir_storage_shows_the_avail_proxmox_reports() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let bridge = Bridge::start(config(&sim, broker.port));
+    let state = probe
+        .wait_topic("pve2mqtt/pve/storage/pve/local", 20 * SECS, |m| {
+            let s = m.json();
+            let (total, used, avail) = (
+                s["total"].as_u64().unwrap_or(0),
+                s["used"].as_u64().unwrap_or(0),
+                s["avail"].as_u64().unwrap_or(0),
+            );
+            total > 0 && avail + used < total
+        })
+        .await
+        .json();
+    let total = state["total"].as_u64().unwrap();
+    let used = state["used"].as_u64().unwrap();
+    assert_eq!(state["avail"].as_u64().unwrap(), total - used - total / 20);
+    // Thin pools report total - used, and so does the bridge.
+    let thin = probe
+        .latest("pve2mqtt/pve/storage/pve/local-lvm")
+        .unwrap()
+        .json();
+    assert_eq!(
+        thin["avail"].as_u64().unwrap(),
+        thin["total"].as_u64().unwrap() - thin["used"].as_u64().unwrap()
+    );
+    assert!(sim.world().counters()["GET /nodes/{node}/storage"] >= 1);
+    bridge.stop().await.unwrap();
+    sim.stop().await;
+}

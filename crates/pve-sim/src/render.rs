@@ -638,7 +638,7 @@ pub fn node_storage_row(
     put(&mut row, "shared", flag(storage.shared));
     put(&mut row, "total", storage.total);
     put(&mut row, "used", used);
-    put(&mut row, "avail", storage.total - used);
+    put(&mut row, "avail", storage.avail(used));
     put(
         &mut row,
         "used_fraction",

@@ -272,3 +272,25 @@ async fn a_scheduled_job_runs_as_root_with_one_task_per_node_and_fails_one_guest
     assert_eq!(lines.last().copied(), Some("TASK ERROR: job errors"));
     sim.sim.stop().await;
 }
+
+#[tokio::test]
+async fn a_dir_storage_reports_avail_without_its_reserved_blocks() {
+    let sim = Sim2::start().await;
+    let (status, body) = sim.call("GET", "/nodes/pve/storage", DEFAULT_TOKEN).await;
+    assert_eq!(status, 200);
+    let rows = body["data"].as_array().unwrap();
+    let row = |id: &str| rows.iter().find(|r| r["storage"] == id).unwrap().clone();
+    let local = row("local");
+    let (total, used, avail) = (
+        local["total"].as_u64().unwrap(),
+        local["used"].as_u64().unwrap(),
+        local["avail"].as_u64().unwrap(),
+    );
+    assert_eq!(avail, total - used - total / 20);
+    let thin = row("local-lvm");
+    assert_eq!(
+        thin["avail"].as_u64().unwrap(),
+        thin["total"].as_u64().unwrap() - thin["used"].as_u64().unwrap()
+    );
+    sim.sim.stop().await;
+}

@@ -407,7 +407,10 @@ fn a_guest_has_backup_health_entities() {
     assert_eq!(c["backup_stale"]["p"], "binary_sensor");
     assert_eq!(c["backup_stale"]["dev_cla"], "problem");
     assert_eq!(c["backup_uncovered"]["dev_cla"], "problem");
-    assert_eq!(c["backup_uncovered"]["uniq_id"], "pve2mqtt_home_101_backup_uncovered");
+    assert_eq!(
+        c["backup_uncovered"]["uniq_id"],
+        "pve2mqtt_home_101_backup_uncovered"
+    );
     assert_eq!(c["last_backup_size"]["unit_of_meas"], "GiB");
     assert_eq!(c["last_backup_size"]["ent_cat"], "diagnostic");
     assert_eq!(c["backup_verification"]["en"], false);

@@ -11,6 +11,20 @@ use crate::pve::types::{
     TaskListEntry, TaskLog, TaskLogLine, TaskStatus, Version, VzdumpStarted,
 };
 
+/// One row of `GET /nodes/{node}/storage`: the storage as the node sees it, with the
+/// `avail` that `/cluster/resources` lacks.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct NodeStorageRow {
+    #[serde(default, deserialize_with = "crate::pve::de::opt_string")]
+    pub storage: Option<String>,
+    #[serde(default, deserialize_with = "crate::pve::de::opt_u64")]
+    pub total: Option<u64>,
+    #[serde(default, deserialize_with = "crate::pve::de::opt_u64")]
+    pub used: Option<u64>,
+    #[serde(default, deserialize_with = "crate::pve::de::opt_u64")]
+    pub avail: Option<u64>,
+}
+
 /// One row of `/cluster/backup-info/not-backed-up`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct NotBackedUp {
@@ -109,6 +123,11 @@ impl PveClient {
     /// 25 per node, up to ~10 s stale). Without `Sys.Audit` on `/` an API token sees none.
     pub async fn cluster_tasks(&self) -> Result<Vec<TaskListEntry>, PveError> {
         self.get_data(&Call::get(&["cluster", "tasks"])).await
+    }
+
+    /// `GET /nodes/{node}/storage`: every storage enabled on the node, with `avail`.
+    pub async fn node_storage(&self, node: &str) -> Result<Vec<NodeStorageRow>, PveError> {
+        self.get_data(&Call::get(&["nodes", node, "storage"])).await
     }
 
     /// `GET /cluster/backup-info/not-backed-up` (needs `Sys.Audit` on `/`): guests that no
