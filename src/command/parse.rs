@@ -20,7 +20,9 @@ const MAX_ID_LEN: usize = 128;
 fn allowed_options(action: Action, kind: GuestKind) -> &'static [&'static str] {
     match (action, kind) {
         (Action::Reboot, _) => &["timeout"],
-        (Action::Shutdown, _) => &["timeout", "force_stop"],
+        // `keepActive` exists for VMs only (qemu-server), as the seed lists it.
+        (Action::Shutdown, GuestKind::Qemu) => &["timeout", "force_stop", "keep_active"],
+        (Action::Shutdown, GuestKind::Lxc) => &["timeout", "force_stop"],
         (Action::Suspend, GuestKind::Qemu) => &["to_disk"],
         (Action::Backup, _) => &[
             "storage",
@@ -53,6 +55,9 @@ pub struct Command {
     pub id: Option<String>,
     pub timeout: Option<u64>,
     pub force_stop: Option<bool>,
+    /// VM shutdown: leave the storage volumes active (`keepActive`). Only `false` can
+    /// reach Proxmox: it allows `true` to `root@pam` alone, never to an API token.
+    pub keep_active: Option<bool>,
     pub to_disk: bool,
     pub backup: BackupOptions,
 }
@@ -64,6 +69,7 @@ impl Command {
             id: None,
             timeout: None,
             force_stop: None,
+            keep_active: None,
             to_disk: action == Action::Hibernate,
             backup: BackupOptions::default(),
         }
@@ -78,6 +84,9 @@ impl Command {
         }
         if let Some(f) = self.force_stop {
             form.push(("forceStop", bit(f)));
+        }
+        if let Some(k) = self.keep_active {
+            form.push(("keepActive", bit(k)));
         }
         if self.to_disk {
             form.push(("todisk", "1".to_string()));
@@ -246,6 +255,17 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
         match key.as_str() {
             "timeout" => command.timeout = Some(positive_int(key, value, 86_400)?),
             "force_stop" => command.force_stop = Some(boolean(key, value)?),
+            "keep_active" => {
+                if boolean(key, value)? {
+                    // qemu-server: `raise_param_exc({ keepActive => "Only root may use
+                    // this option." }) if $keepActive && $authuser ne 'root@pam'`; a
+                    // token's user is `user@realm!tokenid`, so the POST could only fail.
+                    return reject(
+                        "keep_active: Proxmox allows keepActive only for root@pam itself, never for an API token such as the bridge's (Only root may use this option.)",
+                    );
+                }
+                command.keep_active = Some(false);
+            }
             "to_disk" => command.to_disk = boolean(key, value)?,
             "storage" => command.backup.storage = Some(storage_id(value)?),
             "mode" => {
@@ -358,6 +378,24 @@ mod tests {
         assert_eq!(c.backup.compress, Some(Compress::Zstd));
         assert_eq!(c.backup.remove, Some(false));
         assert_eq!(c.backup.protected, Some(true));
+    }
+
+    /// The seed's VM shutdown option: passed as `keepActive=0/1`; `true` is refused
+    /// before any POST (Proxmox allows it to root@pam alone, never to a token); a
+    /// container's shutdown has no such option.
+    #[test]
+    fn keep_active_is_a_vm_shutdown_option_that_a_token_can_only_turn_off() {
+        let c = parse(br#"{"action":"shutdown","keep_active":false}"#, Qemu).unwrap();
+        assert_eq!(c.lifecycle_form(), vec![("keepActive", "0".to_string())]);
+        let (_, rejection) =
+            parse(br#"{"action":"shutdown","keep_active":true}"#, Qemu).unwrap_err();
+        assert!(
+            rejection.reason.contains("root@pam"),
+            "{}",
+            rejection.reason
+        );
+        assert!(parse(br#"{"action":"shutdown","keep_active":false}"#, Lxc).is_err());
+        assert!(parse(br#"{"action":"stop","keep_active":false}"#, Qemu).is_err());
     }
 
     #[test]

@@ -29,6 +29,8 @@ mod reporting;
 mod retained;
 /// TLS to Proxmox and the broker, passwords, secrets kept out of logs and payloads.
 mod security;
+/// Issue 12's smaller items: `keep_active` on VM shutdown, storage `avail` from Proxmox.
+mod seed_items;
 /// Discovery and state: what Home Assistant and scripts see after a poll.
 mod state;
 /// Broker, simulator, probe and bridge helpers.
