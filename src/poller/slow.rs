@@ -87,6 +87,7 @@ impl Schedule {
 }
 
 /// The slow lane of one cluster (see the module docs).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn slow_lane(
     client: PveClient,
     interval: Duration,
