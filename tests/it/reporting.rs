@@ -99,6 +99,15 @@ async fn setup(reporting: &str) -> Setup {
             .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
             .await;
     }
+    // `local` is a directory storage: its `avail` changes once more when the slow lane
+    // has read Proxmox's own figure (issue 12), a change that always counts.
+    probe
+        .wait_topic(LOCAL, 20 * SECS, |m| {
+            let s = m.json();
+            let figure = |k: &str| s[k].as_u64().unwrap_or(0);
+            figure("avail") + figure("used") < figure("total")
+        })
+        .await;
     Setup {
         _broker: broker,
         sim,
