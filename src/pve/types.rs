@@ -789,6 +789,19 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].vmid, Some(931));
         assert_eq!(items[1].ctime, Some(1_702_582_560));
+        assert_eq!(items[1].size, Some(273_804_166_059));
+        assert_eq!(items[1].verification, None);
+        // After a PBS verify job (schema: `verification: {state, upid}`).
+        let verified: Vec<StorageItem> = data(
+            r#"{"data":[{"volid":"pbs:backup/vm/100/2025-03-11T01:00:02Z","ctime":1741654802,"vmid":100,
+            "size":"3021554176","format":"pbs-vm","content":"backup","subtype":"qemu",
+            "verification":{"state":"failed","upid":"UPID:pbs:00001234:00005678:00000000:67CF8A00:verificationjob:pbs\\x3av\\x2dabc:root@pam:"}}]}"#,
+        );
+        assert_eq!(verified[0].size, Some(3_021_554_176));
+        assert_eq!(
+            verified[0].verification.as_ref().and_then(|v| v.state.as_deref()),
+            Some("failed")
+        );
     }
 
     #[test]
