@@ -42,7 +42,8 @@ pub(super) struct TaskNews {
     /// Guests (vmid, node) whose task ended since the last read, started by someone else
     /// than the bridge (the bridge refreshes after its own commands already).
     pub ended: Vec<(u32, String)>,
-    /// vzdump tasks that finished since the last read: (node, UPID).
+    /// vzdump tasks that finished since the last read (on the first read: every finished
+    /// one listed, so the verdicts survive a restart): (node, UPID).
     pub finished_backups: Vec<(String, String)>,
 }
 
@@ -168,11 +169,16 @@ impl TaskWatch {
                     self.failed.insert(upid.to_string(), (node.clone(), end));
                 }
             }
-            if self.first_read || self.seen_finished.contains(upid) {
+            if self.seen_finished.contains(upid) {
                 continue;
             }
+            // Backups that finished before the bridge started count too: last night's
+            // job is the verdict a user wants after a restart (a log read each).
             if row.task_type.as_deref() == Some("vzdump") {
                 news.finished_backups.push((node.clone(), upid.to_string()));
+            }
+            if self.first_read {
+                continue;
             }
             let user = guest.as_ref().map(|(_, t)| t.user.as_str());
             if let (Some((vmid, _)), false) = (&guest, user == Some(self.own_user.as_str())) {
@@ -248,6 +254,15 @@ mod tests {
         // Read again: nothing new, nothing to publish.
         assert_eq!(watch.absorb(&rows(ENDED), 100), TaskNews::default());
         assert!(watch.take_unsent().is_empty());
+    }
+
+    #[test]
+    fn backups_that_finished_before_the_first_read_have_their_log_read_too() {
+        let mut watch = TaskWatch::new(Duration::from_secs(10), "x@pve!y");
+        let first = watch.absorb(&rows(ENDED), 100);
+        assert!(first.ended.is_empty(), "no refresh storm at start");
+        assert_eq!(first.finished_backups.len(), 1);
+        assert!(watch.absorb(&rows(ENDED), 100).finished_backups.is_empty());
     }
 
     #[test]

@@ -799,7 +799,10 @@ mod tests {
         );
         assert_eq!(verified[0].size, Some(3_021_554_176));
         assert_eq!(
-            verified[0].verification.as_ref().and_then(|v| v.state.as_deref()),
+            verified[0]
+                .verification
+                .as_ref()
+                .and_then(|v| v.state.as_deref()),
             Some("failed")
         );
     }
