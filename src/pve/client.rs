@@ -26,10 +26,12 @@ use crate::config::ProxmoxConfig;
 use crate::types::ProxmoxUrl;
 
 mod calls;
+mod node_power;
 mod decode;
 
 use decode::decode_data;
 pub use decode::{decode_cluster_resources, for_each_cluster_resource};
+pub use node_power::ClusterNodeRow;
 
 /// Below pveproxy's 5 s keep-alive timeout, so the pool rarely picks a connection the server
 /// is closing at that very moment.

@@ -27,6 +27,7 @@ use super::render;
 use super::respond::{failure, success, ApiError, Reply};
 use super::rows;
 use super::state::{Fault, FaultKind, RecordedRequest, RuntimeConfig, Sim, State};
+use super::nodepower::{self, Bulk};
 use super::tasks::{self, Upid, VzdumpJob};
 use super::world::{now, GuestType, PveVersion, World};
 
@@ -101,6 +102,19 @@ enum Route {
         node: String,
     },
     AptUpdates {
+        node: String,
+    },
+    /// `POST /nodes/{node}/status` (reboot/shutdown).
+    NodeCommand {
+        node: String,
+    },
+    /// `POST /nodes/{node}/{startall|stopall|suspendall}`.
+    BulkPower {
+        node: String,
+        bulk: Bulk,
+    },
+    /// `POST /nodes/{node}/wakeonlan` (no proxying: `node` is the target).
+    WakeOnLan {
         node: String,
     },
 }
@@ -209,6 +223,24 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             Route::AptUpdates { node: node(n) },
             "GET /nodes/{node}/apt/update".into(),
         ),
+        ("POST", ["nodes", n, "status"]) => (
+            Route::NodeCommand { node: n.to_string() },
+            "POST /nodes/{node}/status".into(),
+        ),
+        ("POST", ["nodes", n, "wakeonlan"]) => (
+            Route::WakeOnLan { node: n.to_string() },
+            "POST /nodes/{node}/wakeonlan".into(),
+        ),
+        ("POST", ["nodes", n, action]) if Bulk::parse(action).is_some() => {
+            let bulk = Bulk::parse(action)?;
+            (
+                Route::BulkPower {
+                    node: n.to_string(),
+                    bulk,
+                },
+                format!("POST /nodes/{{node}}/{}", bulk.as_str()),
+            )
+        }
         _ => return None,
     };
     Some(route)
@@ -229,7 +261,9 @@ impl Route {
             | Route::TaskLog { node, .. }
             | Route::TaskStop { node, .. }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => Some(node),
+            | Route::AptUpdates { node }
+            | Route::NodeCommand { node }
+            | Route::BulkPower { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -240,6 +274,9 @@ impl Route {
             Route::ClusterStatus | Route::ClusterHaStatus => Some(("/".into(), &["Sys.Audit"])),
             Route::NodeStatus { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::AptUpdates { node } => Some((format!("/nodes/{node}"), &["Sys.Modify"])),
+            Route::NodeCommand { node } | Route::WakeOnLan { node } => {
+                Some((format!("/nodes/{node}"), &["Sys.PowerMgmt"]))
+            }
             Route::GuestCurrent { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.Audit"])),
             Route::GuestAction { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.PowerMgmt"])),
             Route::StorageContent { storage, .. } => Some((
@@ -258,7 +295,10 @@ impl Route {
             | Route::NodeStorage { node }
             | Route::NodeTasks { node }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => vec![("node", node)],
+            | Route::AptUpdates { node }
+            | Route::NodeCommand { node }
+            | Route::BulkPower { node, .. }
+            | Route::WakeOnLan { node } => vec![("node", node)],
             Route::GuestCurrent { node, vmid, .. } | Route::GuestAction { node, vmid, .. } => {
                 vec![("node", node), ("vmid", vmid)]
             }
@@ -293,6 +333,9 @@ impl Route {
             Route::TaskStatus { .. } | Route::TaskStop { .. } => params::task_status(),
             Route::TaskLog { .. } => params::task_log(),
             Route::Vzdump { .. } => params::vzdump(version),
+            Route::NodeCommand { .. } => nodepower::status_specs(),
+            Route::BulkPower { bulk, .. } => nodepower::bulk_specs(*bulk),
+            Route::WakeOnLan { .. } => nodepower::wakeonlan_specs(),
         }
     }
 }
@@ -795,6 +838,9 @@ fn dispatch(
         }
         Route::Vzdump { node } => vzdump(state, node, params, token, now),
         Route::AptUpdates { .. } => list(render::apt_updates(version)),
+        Route::NodeCommand { node } => state.node_command(node, params, now),
+        Route::BulkPower { node, bulk } => state.bulk_power(node, *bulk, params, token, now),
+        Route::WakeOnLan { node } => state.wake_on_lan(node, now),
     }
 }
 
