@@ -383,8 +383,16 @@ impl<O: Outbox> Publisher<O> {
                 retain,
             } => {
                 if report.state.is_final() {
-                    let result = if report.state == Phase::Ok { "ok" } else { "failed" };
-                    let result = if report.state == Phase::Rejected { "rejected" } else { result };
+                    let result = if report.state == Phase::Ok {
+                        "ok"
+                    } else {
+                        "failed"
+                    };
+                    let result = if report.state == Phase::Rejected {
+                        "rejected"
+                    } else {
+                        result
+                    };
                     self.sink.stats.commands.count(&report.action, result);
                 }
                 let topic = self.topics.node_task(&cluster, &node);

@@ -71,7 +71,11 @@ pub fn overloaded(topics: &Topics, msg: &Inbound) -> Option<PublisherMsg> {
         });
     }
     if let Some((cluster, node)) = topics.parse_node_command(&msg.topic) {
-        return Some(super::node_run::overloaded_node(cluster, node, &msg.payload));
+        return Some(super::node_run::overloaded_node(
+            cluster,
+            node,
+            &msg.payload,
+        ));
     }
     let name = topics.parse_bridge_request(&msg.topic)?;
     Some(PublisherMsg::Response {

@@ -251,8 +251,8 @@ fn parse_object(object: &Map<String, Value>) -> Result<NodeCommand, Rejection> {
                 Some(t) if t <= MAX_STOPALL_TIMEOUT => command.timeout = Some(t),
                 _ => {
                     return invalid(format!(
-                        "'timeout' must be a whole number of seconds from 0 to {MAX_STOPALL_TIMEOUT}"
-                    ))
+                    "'timeout' must be a whole number of seconds from 0 to {MAX_STOPALL_TIMEOUT}"
+                ))
                 }
             },
             _ => return invalid(format!("unknown option '{key}'")),
@@ -263,7 +263,8 @@ fn parse_object(object: &Map<String, Value>) -> Result<NodeCommand, Rejection> {
 
 /// `vms`: a JSON list of vmids, or Proxmox's own comma-separated text.
 fn vms(value: &Value) -> Result<Vec<u32>, Rejection> {
-    const RULE: &str = "'vms' must be a list of vmids (100 to 999999999), e.g. [100, 101] or \"100,101\"";
+    const RULE: &str =
+        "'vms' must be a list of vmids (100 to 999999999), e.g. [100, 101] or \"100,101\"";
     let items: Vec<Value> = match value {
         Value::Array(list) => list.clone(),
         Value::String(text) => text
@@ -438,7 +439,10 @@ mod tests {
             (b"[1]", "must be an object"),
             (br#"{"vms":[100]}"#, "missing"),
             (br#"{"action":7}"#, "must be a string"),
-            (br#"{"action":"wakeonlan","force":true}"#, "takes no options"),
+            (
+                br#"{"action":"wakeonlan","force":true}"#,
+                "takes no options",
+            ),
             (br#"{"action":"suspendall","force":true}"#, "unknown option"),
             (br#"{"action":"stopall","vms":[99]}"#, "list of vmids"),
             (br#"{"action":"stopall","vms":["abc"]}"#, "list of vmids"),
@@ -452,7 +456,12 @@ mod tests {
         ];
         for (payload, reason) in cases {
             let (_, r) = parse_node(payload).expect_err(&String::from_utf8_lossy(payload));
-            assert!(r.reason.contains(reason), "{:?}: {}", String::from_utf8_lossy(payload), r.reason);
+            assert!(
+                r.reason.contains(reason),
+                "{:?}: {}",
+                String::from_utf8_lossy(payload),
+                r.reason
+            );
         }
         let big = vec![b' '; MAX_PAYLOAD + 1];
         assert!(parse_node(&big).unwrap_err().1.reason.contains("too large"));
@@ -471,6 +480,9 @@ mod tests {
         policy.node_power = true;
         assert!(authorize_node(&policy).is_ok());
         policy.read_only = true;
-        assert!(authorize_node(&policy).unwrap_err().reason.contains("read-only"));
+        assert!(authorize_node(&policy)
+            .unwrap_err()
+            .reason
+            .contains("read-only"));
     }
 }

@@ -56,7 +56,8 @@ impl NodeSlots {
     }
 
     pub fn is_busy(&self, cluster: &str, node: &str) -> bool {
-        self.lock().contains(&(cluster.to_string(), node.to_string()))
+        self.lock()
+            .contains(&(cluster.to_string(), node.to_string()))
     }
 
     /// Takes the node's slot, or `None` while another command holds it.
@@ -166,8 +167,14 @@ impl CommandHandler {
             }
         };
         if let Err(rejection) = self.node_submit(cluster, node, &command, shutdown).await {
-            self.node_reject(cluster, node, command.id.clone(), Some(command.action), &rejection)
-                .await;
+            self.node_reject(
+                cluster,
+                node,
+                command.id.clone(),
+                Some(command.action),
+                &rejection,
+            )
+            .await;
         }
         self.reporter.clear_node_command(cluster, node).await;
     }
@@ -283,8 +290,7 @@ pub async fn host_node(client: &PveClient, view: &ClusterView) -> Option<String>
     let own: Vec<IpAddr> = addrs.iter().filter_map(|a| source_address(*a)).collect();
     rows.iter()
         .find(|r| {
-            r.ip
-                .as_deref()
+            r.ip.as_deref()
                 .and_then(|ip| ip.parse::<IpAddr>().ok())
                 .is_some_and(|ip| own.contains(&ip))
         })
@@ -365,15 +371,16 @@ impl NodeRunner {
         let action = self.command.action;
         match action {
             NodeAction::Reboot | NodeAction::Shutdown => {
+                let booted = self.booted();
                 client.node_power(&self.node, action.as_str()).await?;
                 self.running(None).await;
-                self.watch_node(action).await
+                self.watch_node(action, booted).await
             }
             NodeAction::WakeOnLan => {
                 let mac = client.wake_on_lan(&self.node).await?;
                 info!(node = %self.node, mac = %mac, via = %client.current_url(), "Wake-on-LAN packet sent");
                 self.running(None).await;
-                self.watch_node(action).await
+                self.watch_node(action, None).await
             }
             NodeAction::StartAll | NodeAction::StopAll | NodeAction::SuspendAll => {
                 let upid = client
@@ -389,6 +396,15 @@ impl NodeRunner {
                 }
             }
         }
+    }
+
+    /// The node's boot time as the latest poll saw it.
+    fn booted(&self) -> Option<u64> {
+        self.handle
+            .view
+            .borrow()
+            .as_ref()
+            .and_then(|v| v.nodes.get(&self.node).and_then(|n| n.started))
     }
 
     async fn running(&mut self, upid: Option<&Upid>) {
@@ -448,7 +464,13 @@ impl NodeRunner {
     /// Watches the polls until the node is offline (shutdown), offline then online
     /// (reboot), or online (Wake-on-LAN), looking every second; asks the poller for a poll
     /// every 5 s.
-    async fn watch_node(&self, action: NodeAction) -> Result<(), NodeRunError> {
+    /// A reboot also counts as done when the node is online with another boot time than
+    /// `booted` (a reboot quicker than the polls).
+    async fn watch_node(
+        &self,
+        action: NodeAction,
+        booted: Option<u64>,
+    ) -> Result<(), NodeRunError> {
         let deadline = match action {
             NodeAction::Shutdown => SHUTDOWN_DEADLINE,
             NodeAction::Reboot => REBOOT_DEADLINE,
@@ -459,14 +481,18 @@ impl NodeRunner {
         let mut seen_offline = false;
         let mut tick: u32 = 0;
         loop {
-            let online = view
+            let (online, rebooted) = view
                 .borrow()
                 .as_ref()
-                .and_then(|v| v.nodes.get(&self.node).map(|n| n.status == "online"));
+                .and_then(|v| v.nodes.get(&self.node))
+                .map_or((None, false), |n| {
+                    let rebooted = booted.is_some() && n.started.is_some() && n.started != booted;
+                    (Some(n.status == "online"), rebooted)
+                });
             match (action, online) {
                 (NodeAction::Shutdown, Some(false)) => return Ok(()),
                 (NodeAction::Reboot, Some(false)) => seen_offline = true,
-                (NodeAction::Reboot, Some(true)) if seen_offline => return Ok(()),
+                (NodeAction::Reboot, Some(true)) if seen_offline || rebooted => return Ok(()),
                 (NodeAction::WakeOnLan, Some(true)) => return Ok(()),
                 _ => {}
             }

@@ -162,12 +162,18 @@ impl Topics {
 
     /// `{base}/{c}/node/{node}/set`: node commands in (SPEC §7).
     pub fn node_command(&self, cluster: &str, node: &str) -> String {
-        format!("{}/set", self.state(cluster, &ObjectRef::Node(node.to_string())))
+        format!(
+            "{}/set",
+            self.state(cluster, &ObjectRef::Node(node.to_string()))
+        )
     }
 
     /// `{base}/{c}/node/{node}/task`: the node's latest command and its outcome.
     pub fn node_task(&self, cluster: &str, node: &str) -> String {
-        format!("{}/task", self.state(cluster, &ObjectRef::Node(node.to_string())))
+        format!(
+            "{}/task",
+            self.state(cluster, &ObjectRef::Node(node.to_string()))
+        )
     }
 
     /// Parses `{base}/{c}/node/{node}/set` into (cluster, node). The command filter

@@ -26,8 +26,8 @@ use crate::config::ProxmoxConfig;
 use crate::types::ProxmoxUrl;
 
 mod calls;
-mod node_power;
 mod decode;
+mod node_power;
 
 use decode::decode_data;
 pub use decode::{decode_cluster_resources, for_each_cluster_resource};

@@ -80,7 +80,13 @@ async fn wait_error(probe: &Probe, topic: &str, needle: &str) -> Msg {
 }
 
 async fn set_node_online(sim: &pve2mqtt::sim::SimHandle, node: &str, online: bool) {
-    sim_send(sim, "POST", &format!("/_sim/nodes/{node}"), json!({ "online": online })).await;
+    sim_send(
+        sim,
+        "POST",
+        &format!("/_sim/nodes/{node}"),
+        json!({ "online": online }),
+    )
+    .await;
 }
 
 async fn wait_node_status(probe: &Probe, c: &str, node: &str, status: &str) {
@@ -109,14 +115,20 @@ async fn a_stopall_reaches_the_simulator_as_the_right_post_and_ends_ok_on_the_no
     assert_eq!(result["action"], "stopall");
     assert_eq!(result["exitstatus"], "OK");
     let upid = result["upid"].as_str().expect("a UPID");
-    assert!(upid.starts_with("UPID:pve:") && upid.ends_with(":stopall::root@pam!pve2mqtt:"), "{upid}");
+    assert!(
+        upid.starts_with("UPID:pve:") && upid.ends_with(":stopall::root@pam!pve2mqtt:"),
+        "{upid}"
+    );
     let states: Vec<String> = task_states(&w.probe, topic, "n1")
         .iter()
         .map(|v| v["state"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(states, ["accepted", "running", "ok"]);
     let posts = posts(&w.sim, since).await;
-    let bulk: Vec<&Value> = posts.iter().filter(|p| p["path"] == "/nodes/pve/stopall").collect();
+    let bulk: Vec<&Value> = posts
+        .iter()
+        .filter(|p| p["path"] == "/nodes/pve/stopall")
+        .collect();
     assert_eq!(bulk.len(), 1, "{posts:?}");
     assert_eq!(bulk[0]["form"], json!({"vms": "100", "timeout": "30"}));
     // Only the guest named was stopped, by its own sub-task.
@@ -140,24 +152,36 @@ async fn node_power_is_refused_when_commands_node_power_is_off() {
     let w = world(None, "").await;
     let since = last_seq(&w.sim).await;
     w.probe
-        .publish("pve2mqtt/pve/node/pve/set", r#"{"action":"stopall","id":"off"}"#, false)
+        .publish(
+            "pve2mqtt/pve/node/pve/set",
+            r#"{"action":"stopall","id":"off"}"#,
+            false,
+        )
         .await;
     let result = wait_final(&w.probe, "pve2mqtt/pve/node/pve/task", "off").await;
     assert_eq!(result["state"], "rejected");
     assert!(
-        result["error"].as_str().unwrap().contains("[commands] node_power = false"),
+        result["error"]
+            .as_str()
+            .unwrap()
+            .contains("[commands] node_power = false"),
         "{result}"
     );
     let kept = retained_on(w.broker.port, "pve2mqtt/pve/node/pve/task").await;
     assert_eq!(kept.len(), 1, "the refusal is the node's report");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(posts(&w.sim, since).await.is_empty(), "nothing reached Proxmox");
+    assert!(
+        posts(&w.sim, since).await.is_empty(),
+        "nothing reached Proxmox"
+    );
     // No buttons either: discovery removes them.
     let discovery = w
         .probe
-        .wait_topic("homeassistant/device/pve2mqtt_pve_node_pve/config", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
+        .wait_topic(
+            "homeassistant/device/pve2mqtt_pve_node_pve/config",
+            20 * SECS,
+            |m| !m.payload.is_empty(),
+        )
         .await
         .json();
     assert_eq!(discovery["cmps"]["power_stopall"], json!({"p": "button"}));
@@ -171,10 +195,16 @@ async fn a_retained_node_command_is_never_executed_and_is_cleared() {
     let probe = Probe::connect(broker.port, ALL).await;
     // Left on the broker before the bridge starts.
     probe
-        .publish("pve2mqtt/pve/node/pve/set", r#"{"action":"stopall","id":"old"}"#, true)
+        .publish(
+            "pve2mqtt/pve/node/pve/set",
+            r#"{"action":"stopall","id":"old"}"#,
+            true,
+        )
         .await;
     probe
-        .wait_for("stored", 10 * SECS, |m| m.topic == "pve2mqtt/pve/node/pve/set")
+        .wait_for("stored", 10 * SECS, |m| {
+            m.topic == "pve2mqtt/pve/node/pve/set"
+        })
         .await;
     let since = last_seq(&sim).await;
     let cfg = TestConfig::new(&sim, broker.port, ON);
@@ -190,9 +220,13 @@ async fn a_retained_node_command_is_never_executed_and_is_cleared() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent = posts(&sim, since).await;
     assert!(sent.is_empty(), "{sent:?}");
-    assert!(retained_on(broker.port, "pve2mqtt/pve/node/pve/set").await.is_empty());
+    assert!(retained_on(broker.port, "pve2mqtt/pve/node/pve/set")
+        .await
+        .is_empty());
     assert!(
-        retained_on(broker.port, "pve2mqtt/pve/node/pve/task").await.is_empty(),
+        retained_on(broker.port, "pve2mqtt/pve/node/pve/task")
+            .await
+            .is_empty(),
         "a replay does not become the node's report"
     );
     bridge.stop().await.unwrap();
@@ -211,7 +245,11 @@ async fn a_second_node_command_while_one_runs_is_refused_as_busy() {
     .await;
     let topic = "pve2mqtt/pve/node/pve/task";
     w.probe
-        .publish("pve2mqtt/pve/node/pve/set", r#"{"action":"stopall","id":"first"}"#, false)
+        .publish(
+            "pve2mqtt/pve/node/pve/set",
+            r#"{"action":"stopall","id":"first"}"#,
+            false,
+        )
         .await;
     w.probe
         .wait_for("first running", 20 * SECS, |m| {
@@ -220,13 +258,23 @@ async fn a_second_node_command_while_one_runs_is_refused_as_busy() {
         .await;
     let since = last_seq(&w.sim).await;
     w.probe
-        .publish("pve2mqtt/pve/node/pve/set", r#"{"action":"startall","id":"second"}"#, false)
+        .publish(
+            "pve2mqtt/pve/node/pve/set",
+            r#"{"action":"startall","id":"second"}"#,
+            false,
+        )
         .await;
     let second = wait_final(&w.probe, topic, "second").await;
     assert_eq!(second["state"], "rejected");
-    assert!(second["error"].as_str().unwrap().contains("busy"), "{second}");
+    assert!(
+        second["error"].as_str().unwrap().contains("busy"),
+        "{second}"
+    );
     let sent = posts(&w.sim, since).await;
-    assert!(sent.iter().all(|p| p["path"] != "/nodes/pve/startall"), "{sent:?}");
+    assert!(
+        sent.iter().all(|p| p["path"] != "/nodes/pve/startall"),
+        "{sent:?}"
+    );
     // The retained report is still the running one.
     let kept = retained_on(w.broker.port, topic).await;
     assert_eq!(kept[0].json()["id"], "first", "{:?}", kept[0].text());
@@ -241,19 +289,39 @@ async fn shutting_down_the_last_quorate_node_is_refused_without_force_and_follow
     let since = last_seq(&w.sim).await;
     let topic = "pve2mqtt/simcluster/node/pve3/task";
     w.probe
-        .publish("pve2mqtt/simcluster/node/pve3/set", r#"{"action":"shutdown","id":"s1"}"#, false)
+        .publish(
+            "pve2mqtt/simcluster/node/pve3/set",
+            r#"{"action":"shutdown","id":"s1"}"#,
+            false,
+        )
         .await;
     let refused = wait_final(&w.probe, topic, "s1").await;
     assert_eq!(refused["state"], "rejected");
     let reason = refused["error"].as_str().unwrap();
-    assert!(reason.contains("lose quorum") && reason.contains("force"), "{reason}");
+    assert!(
+        reason.contains("lose quorum") && reason.contains("force"),
+        "{reason}"
+    );
     // The node the bridge talks to (loopback URL: the `local` node) is its own.
     w.probe
-        .publish("pve2mqtt/simcluster/node/pve1/set", r#"{"action":"reboot","id":"own"}"#, false)
+        .publish(
+            "pve2mqtt/simcluster/node/pve1/set",
+            r#"{"action":"reboot","id":"own"}"#,
+            false,
+        )
         .await;
     let own = wait_final(&w.probe, "pve2mqtt/simcluster/node/pve1/task", "own").await;
-    assert!(own["error"].as_str().unwrap().contains("the bridge runs on node pve1"), "{own}");
-    assert!(posts(&w.sim, since).await.is_empty(), "nothing reached Proxmox");
+    assert!(
+        own["error"]
+            .as_str()
+            .unwrap()
+            .contains("the bridge runs on node pve1"),
+        "{own}"
+    );
+    assert!(
+        posts(&w.sim, since).await.is_empty(),
+        "nothing reached Proxmox"
+    );
 
     // With force it goes through, and the report ends when the node is seen offline.
     let since = last_seq(&w.sim).await;
@@ -276,7 +344,11 @@ async fn shutting_down_the_last_quorate_node_is_refused_without_force_and_follow
     // Wake-on-LAN brings it back, sent through an online node.
     let since = last_seq(&w.sim).await;
     w.probe
-        .publish("pve2mqtt/simcluster/node/pve3/set", r#"{"action":"wakeonlan","id":"w1"}"#, false)
+        .publish(
+            "pve2mqtt/simcluster/node/pve3/set",
+            r#"{"action":"wakeonlan","id":"w1"}"#,
+            false,
+        )
         .await;
     let woke = wait_final(&w.probe, topic, "w1").await;
     assert_eq!(woke["state"], "ok", "{woke}");
@@ -296,24 +368,122 @@ async fn junk_node_payloads_are_rejected_with_a_reason_and_nothing_is_sent() {
         (huge, "too large"),
         ("{not json".into(), "not valid JSON"),
         ("explode".into(), "unknown node action"),
-        (r#"{"action":"stopall","vms":"100,abc"}"#.into(), "'vms' must be a list"),
-        (r#"{"action":"stopall","vms":[7]}"#.into(), "'vms' must be a list"),
-        (r#"{"action":"stopall","vms":[555]}"#.into(), "unknown guest 555"),
-        (r#"{"action":"shutdown","force":"yes"}"#.into(), "true or false"),
+        (
+            r#"{"action":"stopall","vms":"100,abc"}"#.into(),
+            "'vms' must be a list",
+        ),
+        (
+            r#"{"action":"stopall","vms":[7]}"#.into(),
+            "'vms' must be a list",
+        ),
+        (
+            r#"{"action":"stopall","vms":[555]}"#.into(),
+            "unknown guest 555",
+        ),
+        (
+            r#"{"action":"shutdown","force":"yes"}"#.into(),
+            "true or false",
+        ),
         (r#"{"action":"stopall","timeout":-5}"#.into(), "0 to 7200"),
         (r#"{"action":"wakeonlan"}"#.into(), "is online"),
     ];
     for (payload, reason) in &cases {
-        w.probe.publish("pve2mqtt/pve/node/pve/set", payload, false).await;
+        w.probe
+            .publish("pve2mqtt/pve/node/pve/set", payload, false)
+            .await;
         wait_error(&w.probe, topic, reason).await;
     }
     w.probe
         .publish("pve2mqtt/pve/node/nope/set", "stopall", false)
         .await;
-    let unknown = wait_error(&w.probe, "pve2mqtt/pve/node/nope/task", "unknown node 'nope'").await;
-    assert!(!unknown.retain, "no report is kept for a node that does not exist");
+    let unknown = wait_error(
+        &w.probe,
+        "pve2mqtt/pve/node/nope/task",
+        "unknown node 'nope'",
+    )
+    .await;
+    assert!(
+        !unknown.retain,
+        "no report is kept for a node that does not exist"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = posts(&w.sim, since).await;
     assert!(sent.is_empty(), "{sent:?}");
     w.bridge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reboot_is_followed_until_the_node_is_back() {
+    let w = world(Some(3), ON).await;
+    let since = last_seq(&w.sim).await;
+    let topic = "pve2mqtt/simcluster/node/pve2/task";
+    w.probe
+        .publish(
+            "pve2mqtt/simcluster/node/pve2/set",
+            r#"{"action":"reboot","id":"r1"}"#,
+            false,
+        )
+        .await;
+    let done = wait_final(&w.probe, topic, "r1").await;
+    assert_eq!(done["state"], "ok", "{done}");
+    let states: Vec<String> = task_states(&w.probe, topic, "r1")
+        .iter()
+        .map(|v| v["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["accepted", "running", "ok"]);
+    let sent = posts(&w.sim, since).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["path"], "/nodes/pve2/status");
+    assert_eq!(sent[0]["form"], json!({"command": "reboot"}));
+    wait_node_status(&w.probe, "simcluster", "pve2", "online").await;
+    w.bridge.stop().await.unwrap();
+}
+
+/// `pve2mqtt check` (the real binary) on the config `extra`, with `token`; its stdout.
+async fn check_output(
+    sim: &pve2mqtt::sim::SimHandle,
+    port: u16,
+    token: &str,
+    extra: &str,
+) -> String {
+    let mut cfg = TestConfig::new(sim, port, extra);
+    cfg.toml = cfg.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
+    let path = cfg.write();
+    let output = tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .expect("run check");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_whether_the_token_may_do_node_power() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let full = pve2mqtt::sim::DEFAULT_TOKEN;
+    let out = check_output(&sim, broker.port, full, ON).await;
+    assert!(out.contains("  node power: yes\n"), "{out}");
+    let out = check_output(&sim, broker.port, full, "").await;
+    assert!(
+        out.contains("node power: off in the config ([commands] node_power = false)"),
+        "{out}"
+    );
+    let token = "ops@pve!np=0b1c2d3e-0000-4000-8000-00000000000a";
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/tokens",
+        json!({
+            "token": token,
+            "privileges": {"/": ["Sys.Audit", "VM.Audit", "Datastore.Audit", "VM.PowerMgmt"]},
+        }),
+    )
+    .await;
+    let out = check_output(&sim, broker.port, token, ON).await;
+    assert!(
+        out.contains("node power: no — missing Sys.PowerMgmt on /nodes (node reboot/shutdown/wakeonlan), VM.Config.Disk on / (suspendall of every guest)"),
+        "{out}"
+    );
 }

@@ -22,12 +22,12 @@ use axum::http::{HeaderMap, Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::access::{permission_denied, Token};
+use super::nodepower::{self, Bulk};
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
 use super::rows;
 use super::state::{Fault, FaultKind, RecordedRequest, RuntimeConfig, Sim, State};
-use super::nodepower::{self, Bulk};
 use super::tasks::{self, Upid, VzdumpJob};
 use super::world::{now, GuestType, PveVersion, World};
 
@@ -224,11 +224,15 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             "GET /nodes/{node}/apt/update".into(),
         ),
         ("POST", ["nodes", n, "status"]) => (
-            Route::NodeCommand { node: n.to_string() },
+            Route::NodeCommand {
+                node: n.to_string(),
+            },
             "POST /nodes/{node}/status".into(),
         ),
         ("POST", ["nodes", n, "wakeonlan"]) => (
-            Route::WakeOnLan { node: n.to_string() },
+            Route::WakeOnLan {
+                node: n.to_string(),
+            },
             "POST /nodes/{node}/wakeonlan".into(),
         ),
         ("POST", ["nodes", n, action]) if Bulk::parse(action).is_some() => {

@@ -28,26 +28,26 @@ pub struct NodePower {
 /// The bulk actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bulk {
-    StartAll,
-    StopAll,
-    SuspendAll,
+    Start,
+    Stop,
+    Suspend,
 }
 
 impl Bulk {
     pub fn parse(text: &str) -> Option<Bulk> {
         match text {
-            "startall" => Some(Bulk::StartAll),
-            "stopall" => Some(Bulk::StopAll),
-            "suspendall" => Some(Bulk::SuspendAll),
+            "startall" => Some(Bulk::Start),
+            "stopall" => Some(Bulk::Stop),
+            "suspendall" => Some(Bulk::Suspend),
             _ => None,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Bulk::StartAll => "startall",
-            Bulk::StopAll => "stopall",
-            Bulk::SuspendAll => "suspendall",
+            Bulk::Start => "startall",
+            Bulk::Stop => "stopall",
+            Bulk::Suspend => "suspendall",
         }
     }
 }
@@ -82,8 +82,8 @@ pub fn bulk_specs(bulk: Bulk) -> Vec<Spec> {
     );
     let vms = spec("vms", Kind::VmidList, true);
     match bulk {
-        Bulk::StartAll => vec![NODE, spec("force", Kind::Bool, true), vms, workers],
-        Bulk::StopAll => vec![
+        Bulk::Start => vec![NODE, spec("force", Kind::Bool, true), vms, workers],
+        Bulk::Stop => vec![
             NODE,
             spec("force-stop", Kind::Bool, true),
             spec(
@@ -97,7 +97,7 @@ pub fn bulk_specs(bulk: Bulk) -> Vec<Spec> {
             vms,
             workers,
         ],
-        Bulk::SuspendAll => vec![NODE, vms, workers],
+        Bulk::Suspend => vec![NODE, vms, workers],
     }
 }
 
@@ -108,7 +108,11 @@ pub fn wakeonlan_specs() -> Vec<Spec> {
 
 /// The MAC of a node's `wakeonlan` setting (every simulated node has one).
 pub fn mac_of(nodeid: u32) -> String {
-    format!("52:54:00:00:{:02x}:{:02x}", (nodeid >> 8) & 0xff, nodeid & 0xff)
+    format!(
+        "52:54:00:00:{:02x}:{:02x}",
+        (nodeid >> 8) & 0xff,
+        nodeid & 0xff
+    )
 }
 
 fn vms_param(params: &Params) -> Option<Vec<u32>> {
@@ -146,7 +150,12 @@ impl State {
 
     /// `POST /nodes/{node}/status`: the node goes down after a moment (the real one
     /// sleeps 2 s); a reboot brings it back later. No task: `null`.
-    pub(crate) fn node_command(&mut self, node: &str, params: &Params, now: f64) -> Result<Reply, ApiError> {
+    pub(crate) fn node_command(
+        &mut self,
+        node: &str,
+        params: &Params,
+        now: f64,
+    ) -> Result<Reply, ApiError> {
         let step = self.config.task_duration.as_secs_f64();
         let command = params.str("command").unwrap_or_default();
         self.node_power
@@ -171,9 +180,7 @@ impl State {
             )));
         }
         let Some(node) = self.world.node(target) else {
-            return Err(ApiError::server(format!(
-                "no such cluster node '{target}'"
-            )));
+            return Err(ApiError::server(format!("no such cluster node '{target}'")));
         };
         let mac = mac_of(node.nodeid);
         if !node.online {
@@ -198,7 +205,7 @@ impl State {
     ) -> Result<Reply, ApiError> {
         let vms = vms_param(params);
         let root_privs: &[&str] = match bulk {
-            Bulk::SuspendAll => &["VM.PowerMgmt", "VM.Config.Disk"],
+            Bulk::Suspend => &["VM.PowerMgmt", "VM.Config.Disk"],
             _ => &["VM.PowerMgmt"],
         };
         if !root_privs.iter().all(|p| token.has("/", p)) {
@@ -238,7 +245,7 @@ impl State {
             .map(|g| (g.vmid, g.kind, g.power.process_running()))
             .collect();
         guests.sort_by_key(|(vmid, _, _)| *vmid);
-        if bulk != Bulk::StartAll {
+        if bulk != Bulk::Start {
             guests.reverse();
         }
         let _ = force; // every simulated guest is `onboot=1`: force changes nothing
@@ -247,39 +254,45 @@ impl State {
         let mut end = now + 0.05;
         let mut warnings = 0;
         let mut hangs = false;
-        if bulk == Bulk::StartAll {
+        if bulk == Bulk::Start {
             lines.push((now, "waiting for quorum ...".into()));
             lines.push((now, "got quorum".into()));
         }
         for (vmid, kind, running) in guests {
             let label = kind.label();
             let (action, raw): (Action, BTreeMap<String, RawValue>) = match bulk {
-                Bulk::StartAll if running => continue,
-                Bulk::StartAll => {
+                Bulk::Start if running => continue,
+                Bulk::Start => {
                     lines.push((now, format!("Starting {label} {vmid}")));
                     (Action::Start, BTreeMap::new())
                 }
-                Bulk::StopAll if !running => continue,
-                Bulk::StopAll => {
+                Bulk::Stop if !running => continue,
+                Bulk::Stop => {
                     lines.push((
                         now,
                         format!("Stopping {label} {vmid} (timeout = {timeout} seconds)"),
                     ));
                     let mut raw = BTreeMap::new();
-                    raw.insert("forceStop".into(), RawValue::Text(if force_stop { "1" } else { "0" }.into()));
+                    raw.insert(
+                        "forceStop".into(),
+                        RawValue::Text(if force_stop { "1" } else { "0" }.into()),
+                    );
                     raw.insert("timeout".into(), RawValue::Text(timeout.to_string()));
                     (Action::Shutdown, raw)
                 }
-                Bulk::SuspendAll if kind == GuestType::Lxc => {
-                    lines.push((now, format!("WARN: skipping {vmid}, only VMs can be suspended")));
+                Bulk::Suspend if kind == GuestType::Lxc => {
+                    lines.push((
+                        now,
+                        format!("WARN: skipping {vmid}, only VMs can be suspended"),
+                    ));
                     warnings += 1;
                     continue;
                 }
-                Bulk::SuspendAll if !running => {
+                Bulk::Suspend if !running => {
                     lines.push((now, format!("VM {vmid} not running, skipping suspension")));
                     continue;
                 }
-                Bulk::SuspendAll => {
+                Bulk::Suspend => {
                     lines.push((now, format!("Suspending VM {vmid}")));
                     let mut raw = BTreeMap::new();
                     raw.insert("todisk".into(), RawValue::Text("1".into()));
@@ -293,7 +306,15 @@ impl State {
                 .map_err(|e| format!("{e:?}"))
                 .and_then(|sub| {
                     let guest = self.world.guests.get(&vmid).cloned();
-                    tasks::plan(kind, action, vmid, node, guest.as_ref(), &sub, self.world.quorate())
+                    tasks::plan(
+                        kind,
+                        action,
+                        vmid,
+                        node,
+                        guest.as_ref(),
+                        &sub,
+                        self.world.quorate(),
+                    )
                 });
             match checked {
                 Ok(plan) => {
@@ -313,19 +334,25 @@ impl State {
                             .and_then(|i| self.tasks[*i].schedule.exitstatus.clone())
                             .filter(|e| e != "OK" && !e.starts_with("WARNINGS: "))
                         {
-                            if bulk == Bulk::StartAll {
-                                lines.push((sub_end, format!("Starting {label} {vmid} failed: {exit}")));
+                            if bulk == Bulk::Start {
+                                lines.push((
+                                    sub_end,
+                                    format!("Starting {label} {vmid} failed: {exit}"),
+                                ));
                             }
                         }
                     }
                 }
                 Err(message) => {
                     let verb = match bulk {
-                        Bulk::StartAll => "Starting",
-                        Bulk::StopAll => "Stopping",
-                        Bulk::SuspendAll => "Suspending",
+                        Bulk::Start => "Starting",
+                        Bulk::Stop => "Stopping",
+                        Bulk::Suspend => "Suspending",
                     };
-                    lines.push((now, format!("WARN: {verb} {label} {vmid} failed: {message}")));
+                    lines.push((
+                        now,
+                        format!("WARN: {verb} {label} {vmid} failed: {message}"),
+                    ));
                     warnings += 1;
                 }
             }
@@ -344,6 +371,8 @@ impl State {
         }
         let upid = self.new_upid(node, bulk.as_str(), "", &user, now);
         let index = self.register_task(upid, now, schedule);
-        Ok(Reply::data(Value::String(self.tasks[index].upid_text.clone())))
+        Ok(Reply::data(Value::String(
+            self.tasks[index].upid_text.clone(),
+        )))
     }
 }

@@ -462,7 +462,14 @@ impl State {
     }
 
     /// A new UPID for a task on `node`, started at `at` by `user`.
-    pub(crate) fn new_upid(&mut self, node: &str, kind: &str, id: &str, user: &str, at: f64) -> Upid {
+    pub(crate) fn new_upid(
+        &mut self,
+        node: &str,
+        kind: &str,
+        id: &str,
+        user: &str,
+        at: f64,
+    ) -> Upid {
         let boot = self.world.node(node).map_or(at - 86_400.0, |n| n.boot_time);
         let seed = self
             .world

@@ -140,7 +140,10 @@ mod tests {
             );
         }
         assert_eq!(cmps["power_reboot"]["dev_cla"], "restart");
-        assert!(cmps["power_wakeonlan"]["avty"].is_array(), "usable while the node is off");
+        assert!(
+            cmps["power_wakeonlan"]["avty"].is_array(),
+            "usable while the node is off"
+        );
         let last = &cmps["last_command"];
         assert_eq!(last["stat_t"], "pve2mqtt/home/node/pve/task");
         assert_eq!(last["ent_cat"], "diagnostic");
@@ -148,8 +151,14 @@ mod tests {
 
         let off = payload(false);
         for action in NodeAction::ALL {
-            assert_eq!(off["cmps"][button_key(action)], serde_json::json!({"p": "button"}));
+            assert_eq!(
+                off["cmps"][button_key(action)],
+                serde_json::json!({"p": "button"})
+            );
         }
-        assert_eq!(off["cmps"]["last_command"], serde_json::json!({"p": "sensor"}));
+        assert_eq!(
+            off["cmps"]["last_command"],
+            serde_json::json!({"p": "sensor"})
+        );
     }
 }

@@ -28,7 +28,11 @@ pub struct ClusterNodeRow {
 }
 
 impl PveClient {
-    async fn post_value(&self, segments: &[&str], form: &[(&str, String)]) -> Result<(String, Value), PveError> {
+    async fn post_value(
+        &self,
+        segments: &[&str],
+        form: &[(&str, String)],
+    ) -> Result<(String, Value), PveError> {
         let call = Call {
             method: Method::POST,
             segments,
@@ -43,9 +47,12 @@ impl PveClient {
     /// `POST /nodes/{node}/status` with `command=reboot|shutdown`. Proxmox answers
     /// `{"data":null}` at once: there is no task. Never retried.
     pub async fn node_power(&self, node: &str, command: &str) -> Result<(), PveError> {
-        self.post_value(&["nodes", node, "status"], &[("command", command.to_string())])
-            .await
-            .map(|_| ())
+        self.post_value(
+            &["nodes", node, "status"],
+            &[("command", command.to_string())],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `POST /nodes/{node}/{startall|stopall|suspendall}`: the bulk task's UPID (its id
@@ -73,9 +80,7 @@ impl PveClient {
 
     /// The node rows of `GET /cluster/status`.
     pub async fn cluster_nodes(&self) -> Result<Vec<ClusterNodeRow>, PveError> {
-        let rows: Vec<ClusterNodeRow> = self
-            .get_data(&Call::get(&["cluster", "status"]))
-            .await?;
+        let rows: Vec<ClusterNodeRow> = self.get_data(&Call::get(&["cluster", "status"])).await?;
         Ok(rows.into_iter().filter(|r| r.kind == "node").collect())
     }
 
