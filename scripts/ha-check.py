@@ -135,6 +135,20 @@ check("bridge: Refresh button presses {} on bridge/request/refresh",
       e["discovery_payload"].get("command_topic") == "pve2mqtt/bridge/request/refresh"
       and e["discovery_payload"].get("payload_press") == "{}")
 
+# --- node power buttons (issue 11; the demo turns [commands] node_power on) ----------
+for eid, action in [("button.pve_reboot_node", "reboot"), ("button.pve_shut_down_node", "shutdown"),
+                    ("button.pve_start_all_guests", "startall"), ("button.pve_stop_all_guests", "stopall"),
+                    ("button.pve_suspend_all_guests", "suspendall"), ("button.pve_wake_on_lan", "wakeonlan")]:
+    e = entity(eid)
+    p = e["discovery_payload"]
+    check(f"{eid}: presses {action} on node/pve/set, disabled by default",
+          p.get("command_topic") == "pve2mqtt/pve/node/pve/set" and p.get("payload_press") == action
+          and e.get("disabled_by") == "integration", f"{p.get('payload_press')} {e.get('disabled_by')}")
+e = entity("sensor.pve_last_command")
+check("node: Last command is an enum on node/pve/task",
+      e.get("device_class") == "enum" and e["discovery_payload"].get("state_topic") == "pve2mqtt/pve/node/pve/task",
+      str(e.get("device_class")))
+
 # --- sizes ----------------------------------------------------------------------------
 for eid in ["sensor.home_assistant_disk_size", "sensor.local_on_pve_total"]:
     e = entity(eid)

@@ -49,6 +49,26 @@ const CONTROL_NEEDS: &[Need] = &[Need {
     privilege: "VM.PowerMgmt",
     purpose: "start/stop/… commands",
 }];
+/// Node power (reference pve-api-round2.md §10): `Sys.PowerMgmt` on the node for
+/// reboot/shutdown/wakeonlan; the bulk actions without `vms` need `VM.PowerMgmt` on `/`
+/// (suspendall also `VM.Config.Disk`).
+const NODE_POWER_NEEDS: &[Need] = &[
+    Need {
+        path: "/nodes",
+        privilege: "Sys.PowerMgmt",
+        purpose: "node reboot/shutdown/wakeonlan",
+    },
+    Need {
+        path: "/",
+        privilege: "VM.PowerMgmt",
+        purpose: "startall/stopall/suspendall of every guest",
+    },
+    Need {
+        path: "/",
+        privilege: "VM.Config.Disk",
+        purpose: "suspendall of every guest",
+    },
+];
 const BACKUP_NEEDS: &[Need] = &[
     Need {
         path: "/vms",
@@ -75,6 +95,19 @@ fn describe(needs: &[&Need]) -> String {
         .map(|n| format!("{} on {} ({})", n.privilege, n.path, n.purpose))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `node power:` line: whether the token may do node power, when the switch is on.
+fn node_power_line(config: &Config, perms: &Permissions) -> String {
+    if !crate::command::node::node_power_possible(&config.commands) {
+        return "node power: off in the config ([commands] node_power = false)".into();
+    }
+    let lacking = missing(perms, NODE_POWER_NEEDS);
+    if lacking.is_empty() {
+        "node power: yes".into()
+    } else {
+        format!("node power: no — missing {}", describe(&lacking))
+    }
 }
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
@@ -137,6 +170,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                 } else {
                     println!("  power control: no — missing {}{note}", describe(&control));
                 }
+                println!("  {}", node_power_line(config, &perms));
                 if backup.is_empty() {
                     println!("  backups: yes{note}");
                 } else {

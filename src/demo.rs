@@ -128,6 +128,9 @@ slow_interval = "30s"
 [mqtt]
 url = "{mqtt_url}"
 client_id = "pve2mqtt-demo"
+
+[commands]
+node_power = true
 "#,
         url = simulator.base_url(),
         token = sim::DEFAULT_TOKEN,

@@ -81,6 +81,16 @@ pub enum PublisherMsg {
     /// Clears a bridge request on `{base}/bridge/request/{name}` (an empty retained
     /// message), so a copy retained there is not delivered again.
     ClearRequest { name: String },
+    /// A node command's report on `{base}/{c}/node/{node}/task`: retained, or (a
+    /// rejection that must not bury the latest real report) for live subscribers only.
+    NodeTask {
+        cluster: String,
+        node: String,
+        report: TaskReport,
+        retain: bool,
+    },
+    /// Clears a retained node command on `{base}/{c}/node/{node}/set`.
+    ClearNodeCommand { cluster: String, node: String },
 }
 
 impl PublisherMsg {
@@ -94,6 +104,8 @@ impl PublisherMsg {
                 | PublisherMsg::Response { .. }
                 | PublisherMsg::ClearCommand { .. }
                 | PublisherMsg::ClearRequest { .. }
+                | PublisherMsg::NodeTask { .. }
+                | PublisherMsg::ClearNodeCommand { .. }
         )
     }
 }
@@ -380,6 +392,32 @@ impl<O: Outbox> Publisher<O> {
             }
             PublisherMsg::ClearRequest { name } => {
                 let topic = self.topics.bridge_request(&name);
+                self.sink.send(&topic, Vec::new(), true).await;
+            }
+            PublisherMsg::NodeTask {
+                cluster,
+                node,
+                report,
+                retain,
+            } => {
+                if report.state.is_final() {
+                    let result = if report.state == Phase::Ok {
+                        "ok"
+                    } else {
+                        "failed"
+                    };
+                    let result = if report.state == Phase::Rejected {
+                        "rejected"
+                    } else {
+                        result
+                    };
+                    self.sink.stats.commands.count(&report.action, result);
+                }
+                let topic = self.topics.node_task(&cluster, &node);
+                self.sink.send(&topic, report.to_json(), retain).await;
+            }
+            PublisherMsg::ClearNodeCommand { cluster, node } => {
+                let topic = self.topics.node_command(&cluster, &node);
                 self.sink.send(&topic, Vec::new(), true).await;
             }
         }

@@ -70,6 +70,13 @@ pub fn overloaded(topics: &Topics, msg: &Inbound) -> Option<PublisherMsg> {
             report,
         });
     }
+    if let Some((cluster, node)) = topics.parse_node_command(&msg.topic) {
+        return Some(super::node_run::overloaded_node(
+            cluster,
+            node,
+            &msg.payload,
+        ));
+    }
     let name = topics.parse_bridge_request(&msg.topic)?;
     Some(PublisherMsg::Response {
         name: name.to_string(),
@@ -80,17 +87,19 @@ pub fn overloaded(topics: &Topics, msg: &Inbound) -> Option<PublisherMsg> {
 /// The command task: one at a time through the inbox, runners in parallel.
 pub struct CommandHandler {
     topics: Topics,
-    policy: CommandsConfig,
+    pub(super) policy: CommandsConfig,
     backup: BackupConfig,
     pub(super) registry: Registry,
     pub(super) reporter: Reporter,
     /// (cluster, vmid) with a command in flight.
     pub(super) busy: BusySet,
-    runners: TaskTracker,
-    limiter: RateLimiter,
+    pub(super) runners: TaskTracker,
+    pub(super) limiter: RateLimiter,
     /// When the last "rate limited" warning was logged (one per 10 s at most).
     last_limit_log: Option<Instant>,
     pub(super) pending_resumes: Vec<PendingResume>,
+    /// Nodes with a command in flight (`node_run`).
+    pub(super) nodes: super::node_run::NodeSlots,
 }
 
 impl CommandHandler {
@@ -112,6 +121,7 @@ impl CommandHandler {
             limiter: RateLimiter::new(Instant::now()),
             last_limit_log: None,
             pending_resumes: Vec::new(),
+            nodes: Default::default(),
         }
     }
 
@@ -159,6 +169,9 @@ impl CommandHandler {
             if decided {
                 self.reporter.clear_command(&cluster, kind, vmid).await;
             }
+        } else if let Some((cluster, node)) = self.topics.parse_node_command(&msg.topic) {
+            self.node_set(&cluster, &node, &msg.payload, msg.retain, shutdown)
+                .await;
         } else if let Some((cluster, kind, vmid)) = self.topics.parse_task(&msg.topic) {
             // Only the broker's retained copy (at connect) can be an earlier run's task.
             if msg.retain {

@@ -12,6 +12,8 @@
 pub mod busy;
 pub mod inbox;
 pub mod links;
+pub mod node;
+pub mod node_run;
 pub mod parse;
 pub mod policy;
 pub mod ratelimit;

@@ -44,7 +44,9 @@ pub fn allowed(policy: &CommandsConfig, guest: &GuestState) -> bool {
 /// The policy's answer for discovery: which guests get control entities in HA.
 pub fn guest_controls(policy: &CommandsConfig) -> GuestControls {
     let policy = policy.clone();
+    let node_power = super::node::node_power_possible(&policy);
     GuestControls::new(move |guest| commands_possible(&policy) && allowed(&policy, guest))
+        .with_node_power(node_power)
 }
 
 /// Does this config let any command through at all?
@@ -102,6 +104,7 @@ mod tests {
             enabled,
             read_only,
             allow,
+            ..CommandsConfig::default()
         }
     }
 

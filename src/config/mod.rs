@@ -145,6 +145,9 @@ section! {
         pub read_only: bool = false,
         /// Empty = every guest.
         pub allow: Vec<AllowRule> = Vec::new(),
+        /// Node `reboot`/`shutdown`/`startall`/`stopall`/`suspendall`/`wakeonlan` on
+        /// `{base}/{c}/node/{node}/set` (SPEC §7); off by default.
+        pub node_power: bool = false,
     }
 }
 

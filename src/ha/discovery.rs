@@ -24,6 +24,7 @@ use crate::pve::GuestKind;
 
 mod bridge;
 mod controls;
+mod node_controls;
 mod specs;
 mod tasks;
 
@@ -69,12 +70,23 @@ pub struct DeviceInfo {
 /// Which guests get control entities: the command policy's answer per guest (built by
 /// `command::policy::guest_controls`), so discovery announces exactly what the command
 /// side would accept without knowing the policy's rules.
+/// It also carries whether nodes get their power buttons (`[commands] node_power`).
 #[derive(Clone)]
-pub struct GuestControls(Arc<dyn Fn(&GuestState) -> bool + Send + Sync>);
+pub struct GuestControls(Arc<dyn Fn(&GuestState) -> bool + Send + Sync>, bool);
 
 impl GuestControls {
     pub fn new(answer: impl Fn(&GuestState) -> bool + Send + Sync + 'static) -> Self {
-        GuestControls(Arc::new(answer))
+        GuestControls(Arc::new(answer), false)
+    }
+
+    /// Nodes get their power buttons and last-command sensor too.
+    pub fn with_node_power(mut self, node_power: bool) -> Self {
+        self.1 = node_power;
+        self
+    }
+
+    pub fn node_power(&self) -> bool {
+        self.1
     }
 
     /// No guest gets controls.
@@ -136,7 +148,7 @@ pub fn device_info(
                 via_device: Some(Topics::device_id(c, &ObjectRef::Cluster)),
                 sw_version: state.pve_version.clone(),
                 configuration_url: console(&format!("node%2F{node}")),
-                controls: false,
+                controls: ctx.controls.node_power(),
             }
         }
         ObjectRef::Guest(kind, vmid) => {
@@ -279,6 +291,9 @@ pub fn device_config(
         control_components(ctx, c, *kind, *vmid, &device_id, controls, &mut components);
         let (key, component) = last_task_component(ctx, c, *kind, *vmid, &device_id);
         components.insert(key, component);
+    }
+    if let ObjectRef::Node(node) = object {
+        node_controls::node_control_components(ctx, c, node, &device_id, controls, &mut components);
     }
     let mut device = Map::new();
     device.insert("ids".into(), Value::from(vec![device_id.clone()]));

@@ -169,6 +169,33 @@ impl Topics {
         )
     }
 
+    /// `{base}/{c}/node/{node}/set`: node commands in (SPEC §7).
+    pub fn node_command(&self, cluster: &str, node: &str) -> String {
+        format!(
+            "{}/set",
+            self.state(cluster, &ObjectRef::Node(node.to_string()))
+        )
+    }
+
+    /// `{base}/{c}/node/{node}/task`: the node's latest command and its outcome.
+    pub fn node_task(&self, cluster: &str, node: &str) -> String {
+        format!(
+            "{}/task",
+            self.state(cluster, &ObjectRef::Node(node.to_string()))
+        )
+    }
+
+    /// Parses `{base}/{c}/node/{node}/set` into (cluster, node). The command filter
+    /// (`{base}/+/+/+/set`) already covers it.
+    pub fn parse_node_command(&self, topic: &str) -> Option<(String, String)> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let rest = rest.strip_suffix("/set")?;
+        match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [cluster, "node", node] => Some((cluster.to_string(), node.to_string())),
+            _ => None,
+        }
+    }
+
     /// Home Assistant's birth/will topic.
     pub fn ha_status(&self) -> String {
         format!("{}/status", self.discovery_prefix)
@@ -266,6 +293,7 @@ impl Topics {
         if topic == self.ha_status() || self.parse_availability(topic).is_some() {
             InboundRoute::Publisher
         } else if self.parse_command(topic).is_some()
+            || self.parse_node_command(topic).is_some()
             || self.parse_task(topic).is_some()
             || self.parse_bridge_request(topic).is_some()
         {
@@ -457,6 +485,7 @@ mod tests {
             "pve2mqtt/bridge/request/",
             // A cluster may be called `bridge`: its guests' commands are still commands.
             "pve2mqtt/bridge/qemu/100/set",
+            "pve2mqtt/home/node/pve1/set",
         ] {
             assert_eq!(t.route_inbound(topic), InboundRoute::Commands, "{topic}");
         }
@@ -464,7 +493,7 @@ mod tests {
             "pve2mqtt/bridge/state",
             "pve2mqtt/bridge/response/refresh",
             "pve2mqtt/home/qemu/100",
-            "pve2mqtt/home/node/pve1/set",
+            "pve2mqtt/home/node/pve1/task",
             "pve2mqtt/home/qemu/abc/set",
             "homeassistant/device/pve2mqtt_home_100/config",
             "other/home/qemu/100/set",
@@ -488,5 +517,39 @@ mod tests {
                 .replace('+', "x");
             assert_ne!(t.route_inbound(&sample), InboundRoute::Ignore, "{filter}");
         }
+        // The node command topic is one the command filter covers, and it routes.
+        let node_set = t.node_command("home", "pve1");
+        assert_eq!(node_set, "pve2mqtt/home/node/pve1/set");
+        assert!(topic_matches(&t.command_filter(), &node_set));
+        assert_eq!(t.route_inbound(&node_set), InboundRoute::Commands);
+    }
+
+    /// MQTT filter matching (`+` one level, `#` the rest), for the routing test.
+    fn topic_matches(filter: &str, topic: &str) -> bool {
+        let mut f = filter.split('/');
+        let mut t = topic.split('/');
+        loop {
+            match (f.next(), t.next()) {
+                (Some("#"), _) => return true,
+                (Some("+"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn node_command_topics_parse_back() {
+        let t = topics();
+        assert_eq!(
+            t.parse_node_command("pve2mqtt/home/node/pve1/set"),
+            Some(("home".to_string(), "pve1".to_string()))
+        );
+        assert_eq!(t.node_task("home", "pve1"), "pve2mqtt/home/node/pve1/task");
+        assert_eq!(t.parse_node_command("pve2mqtt/home/qemu/100/set"), None);
+        assert_eq!(t.parse_node_command("pve2mqtt/home/node/pve1/task"), None);
+        assert_eq!(t.parse_task("pve2mqtt/home/node/pve1/task"), None);
+        assert_eq!(t.parse_command("pve2mqtt/home/node/pve1/set"), None);
     }
 }

@@ -23,6 +23,8 @@ mod field;
 mod followers;
 /// The bridge's own HTTP listener: /healthz and /metrics; JSON logs.
 mod health;
+/// Node commands (issue 11): node power, bulk guest actions, Wake-on-LAN, safety rules.
+mod node_commands;
 /// Reporting rules: reportable changes, counters that ride along, `max_interval`.
 mod reporting;
 /// Retained input never runs; rejections that are not about a real command are not retained.

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::access::{permission_denied, Token};
+use super::nodepower::{self, Bulk};
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
@@ -103,6 +104,19 @@ enum Route {
         node: String,
     },
     AptUpdates {
+        node: String,
+    },
+    /// `POST /nodes/{node}/status` (reboot/shutdown).
+    NodeCommand {
+        node: String,
+    },
+    /// `POST /nodes/{node}/{startall|stopall|suspendall}`.
+    BulkPower {
+        node: String,
+        bulk: Bulk,
+    },
+    /// `POST /nodes/{node}/wakeonlan` (no proxying: `node` is the target).
+    WakeOnLan {
         node: String,
     },
 }
@@ -216,6 +230,28 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             Route::AptUpdates { node: node(n) },
             "GET /nodes/{node}/apt/update".into(),
         ),
+        ("POST", ["nodes", n, "status"]) => (
+            Route::NodeCommand {
+                node: n.to_string(),
+            },
+            "POST /nodes/{node}/status".into(),
+        ),
+        ("POST", ["nodes", n, "wakeonlan"]) => (
+            Route::WakeOnLan {
+                node: n.to_string(),
+            },
+            "POST /nodes/{node}/wakeonlan".into(),
+        ),
+        ("POST", ["nodes", n, action]) if Bulk::parse(action).is_some() => {
+            let bulk = Bulk::parse(action)?;
+            (
+                Route::BulkPower {
+                    node: n.to_string(),
+                    bulk,
+                },
+                format!("POST /nodes/{{node}}/{}", bulk.as_str()),
+            )
+        }
         _ => return None,
     };
     Some(route)
@@ -236,7 +272,9 @@ impl Route {
             | Route::TaskLog { node, .. }
             | Route::TaskStop { node, .. }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => Some(node),
+            | Route::AptUpdates { node }
+            | Route::NodeCommand { node }
+            | Route::BulkPower { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -250,6 +288,9 @@ impl Route {
             | Route::NotBackedUp => Some(("/".into(), &["Sys.Audit"])),
             Route::NodeStatus { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::AptUpdates { node } => Some((format!("/nodes/{node}"), &["Sys.Modify"])),
+            Route::NodeCommand { node } | Route::WakeOnLan { node } => {
+                Some((format!("/nodes/{node}"), &["Sys.PowerMgmt"]))
+            }
             Route::GuestCurrent { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.Audit"])),
             Route::GuestAction { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.PowerMgmt"])),
             Route::StorageContent { storage, .. } => Some((
@@ -268,7 +309,10 @@ impl Route {
             | Route::NodeStorage { node }
             | Route::NodeTasks { node }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => vec![("node", node)],
+            | Route::AptUpdates { node }
+            | Route::NodeCommand { node }
+            | Route::BulkPower { node, .. }
+            | Route::WakeOnLan { node } => vec![("node", node)],
             Route::GuestCurrent { node, vmid, .. } | Route::GuestAction { node, vmid, .. } => {
                 vec![("node", node), ("vmid", vmid)]
             }
@@ -305,6 +349,9 @@ impl Route {
             Route::TaskStatus { .. } | Route::TaskStop { .. } => params::task_status(),
             Route::TaskLog { .. } => params::task_log(),
             Route::Vzdump { .. } => params::vzdump(version),
+            Route::NodeCommand { .. } => nodepower::status_specs(),
+            Route::BulkPower { bulk, .. } => nodepower::bulk_specs(*bulk),
+            Route::WakeOnLan { .. } => nodepower::wakeonlan_specs(),
         }
     }
 }
@@ -809,6 +856,9 @@ fn dispatch(
         }
         Route::Vzdump { node } => vzdump(state, node, params, token, now),
         Route::AptUpdates { .. } => list(render::apt_updates(version)),
+        Route::NodeCommand { node } => state.node_command(node, params, now),
+        Route::BulkPower { node, bulk } => state.bulk_power(node, *bulk, params, token, now),
+        Route::WakeOnLan { node } => state.wake_on_lan(node, now),
     }
 }
 

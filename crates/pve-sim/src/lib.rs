@@ -42,6 +42,7 @@ mod api;
 mod clock;
 mod control;
 mod jobs;
+mod nodepower;
 mod params;
 mod render;
 mod respond;

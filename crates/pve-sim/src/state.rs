@@ -289,6 +289,8 @@ pub(crate) struct State {
     requests: VecDeque<RecordedRequest>,
     next_request_seq: u64,
     next_pid: HashMap<String, u32>,
+    /// Node reboots, shutdowns and wake-ups waiting for their moment (`nodepower`).
+    pub(crate) node_power: super::nodepower::NodePower,
 }
 
 impl State {
@@ -314,11 +316,13 @@ impl State {
             requests: VecDeque::new(),
             next_request_seq: 1,
             next_pid: HashMap::new(),
+            node_power: Default::default(),
         }
     }
 
     /// Applies every scheduled effect due at or before `now`, in time order.
     pub fn advance(&mut self, now: f64) {
+        self.advance_node_power(now);
         while self.events.peek().is_some_and(|event| event.at <= now) {
             let Some(event) = self.events.pop() else {
                 break;
@@ -462,7 +466,14 @@ impl State {
     }
 
     /// A new UPID for a task on `node`, started at `at` by `user`.
-    fn new_upid(&mut self, node: &str, kind: &str, id: &str, user: &str, at: f64) -> Upid {
+    pub(crate) fn new_upid(
+        &mut self,
+        node: &str,
+        kind: &str,
+        id: &str,
+        user: &str,
+        at: f64,
+    ) -> Upid {
         let boot = self.world.node(node).map_or(at - 86_400.0, |n| n.boot_time);
         let seed = self
             .world
@@ -486,7 +497,7 @@ impl State {
         }
     }
 
-    fn register_task(&mut self, upid: Upid, created: f64, schedule: Schedule) -> usize {
+    pub(crate) fn register_task(&mut self, upid: Upid, created: f64, schedule: Schedule) -> usize {
         let index = self.tasks.len();
         let upid_text = upid.to_string();
         self.task_by_upid.insert(upid_text.clone(), index);

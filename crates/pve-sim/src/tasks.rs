@@ -471,7 +471,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    fn finish(&mut self, at: f64, exitstatus: String) {
+    pub(crate) fn finish(&mut self, at: f64, exitstatus: String) {
         let last = if exitstatus == "OK" {
             "TASK OK".to_string()
         } else if exitstatus.starts_with("WARNINGS: ") {

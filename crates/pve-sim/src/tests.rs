@@ -1056,3 +1056,7 @@ async fn start_rejects_a_malformed_token_or_version() {
     .await;
     assert!(bad_version.is_err());
 }
+
+/// Node power and bulk guest actions (issue 11).
+#[path = "nodepower_tests.rs"]
+mod nodepower_tests;

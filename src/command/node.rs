@@ -1,0 +1,488 @@
+//! Node commands on `{base}/{c}/node/{node}/set` (SPEC §7, issue 11): `reboot`,
+//! `shutdown`, `startall`, `stopall`, `suspendall`, `wakeonlan`.
+//!
+//! Pure parsing, the policy switch (`[commands] node_power`) and the safety rules; the
+//! inbox and the runner are in [`super::node_run`]. The payload is a bare word or JSON,
+//! as for guest commands:
+//! `{"action": "stopall", "vms": [100, 101], "force": true, "timeout": 60, "id": "x"}`.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use super::parse::{Rejection, RejectionKind, MAX_PAYLOAD};
+use super::requests::Vmid;
+use crate::config::CommandsConfig;
+use crate::model::ClusterView;
+
+/// The longest `id` echoed back (as for guest commands).
+const MAX_ID_LEN: usize = 128;
+
+/// The most guests one `vms` list may name.
+pub const MAX_VMS: usize = 500;
+
+/// stopall's `timeout` range in Proxmox (`0..7200`).
+pub const MAX_STOPALL_TIMEOUT: u64 = 7200;
+
+/// A node power action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeAction {
+    Reboot,
+    Shutdown,
+    StartAll,
+    StopAll,
+    SuspendAll,
+    WakeOnLan,
+}
+
+impl NodeAction {
+    pub const ALL: [NodeAction; 6] = [
+        NodeAction::Reboot,
+        NodeAction::Shutdown,
+        NodeAction::StartAll,
+        NodeAction::StopAll,
+        NodeAction::SuspendAll,
+        NodeAction::WakeOnLan,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Reboot => "reboot",
+            NodeAction::Shutdown => "shutdown",
+            NodeAction::StartAll => "startall",
+            NodeAction::StopAll => "stopall",
+            NodeAction::SuspendAll => "suspendall",
+            NodeAction::WakeOnLan => "wakeonlan",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<NodeAction> {
+        NodeAction::ALL.into_iter().find(|a| a.as_str() == word)
+    }
+
+    /// Options this action accepts in JSON payloads.
+    fn options(self) -> &'static [&'static str] {
+        match self {
+            NodeAction::Reboot | NodeAction::Shutdown => &["force"],
+            NodeAction::StartAll => &["vms", "force"],
+            NodeAction::StopAll => &["vms", "force", "timeout"],
+            NodeAction::SuspendAll => &["vms"],
+            NodeAction::WakeOnLan => &[],
+        }
+    }
+
+    /// Reboot and shutdown take the node itself down.
+    pub fn powers_off(self) -> bool {
+        matches!(self, NodeAction::Reboot | NodeAction::Shutdown)
+    }
+
+    /// The bulk guest actions, each a Proxmox task.
+    pub fn is_bulk(self) -> bool {
+        matches!(
+            self,
+            NodeAction::StartAll | NodeAction::StopAll | NodeAction::SuspendAll
+        )
+    }
+}
+
+impl fmt::Display for NodeAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parsed, well-formed node command (not yet authorised).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCommand {
+    pub action: NodeAction,
+    pub id: Option<String>,
+    /// Only these guests (`vms`), in the order given.
+    pub vms: Vec<u32>,
+    /// reboot/shutdown: override the safety rules; startall: also guests without
+    /// `onboot`; stopall: `force-stop` (Proxmox's default is on).
+    pub force: Option<bool>,
+    /// stopall: seconds per guest before the force stop (Proxmox's default 180).
+    pub timeout: Option<u64>,
+}
+
+impl NodeCommand {
+    pub fn new(action: NodeAction) -> NodeCommand {
+        NodeCommand {
+            action,
+            id: None,
+            vms: Vec::new(),
+            force: None,
+            timeout: None,
+        }
+    }
+
+    /// The safety override of reboot/shutdown.
+    pub fn forced(&self) -> bool {
+        self.force == Some(true)
+    }
+
+    /// The form of the bulk POST, booleans as `0`/`1`.
+    pub fn bulk_form(&self) -> Vec<(&'static str, String)> {
+        let mut form = Vec::new();
+        if !self.vms.is_empty() {
+            let list: Vec<String> = self.vms.iter().map(u32::to_string).collect();
+            form.push(("vms", list.join(",")));
+        }
+        match (self.action, self.force) {
+            (NodeAction::StartAll, Some(f)) => form.push(("force", bit(f))),
+            (NodeAction::StopAll, Some(f)) => form.push(("force-stop", bit(f))),
+            _ => {}
+        }
+        if let (NodeAction::StopAll, Some(t)) = (self.action, self.timeout) {
+            form.push(("timeout", t.to_string()));
+        }
+        form
+    }
+}
+
+fn bit(b: bool) -> String {
+    if b { "1" } else { "0" }.to_string()
+}
+
+fn invalid<T>(reason: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection::invalid(reason))
+}
+
+fn unknown_action(word: &str) -> Rejection {
+    let shown: String = word.chars().take(40).collect();
+    let all: Vec<&str> = NodeAction::ALL.iter().map(|a| a.as_str()).collect();
+    Rejection::invalid(format!(
+        "unknown node action '{shown}' (one of: {})",
+        all.join(", ")
+    ))
+}
+
+/// Parses a node command payload. The `id` is recovered even from payloads that are
+/// otherwise rejected.
+pub fn parse_node(payload: &[u8]) -> Result<NodeCommand, (Option<String>, Rejection)> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err((
+            None,
+            Rejection::invalid(format!(
+                "payload too large ({} bytes, at most {MAX_PAYLOAD})",
+                payload.len()
+            )),
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return Err((None, Rejection::invalid("payload is not UTF-8")));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err((None, Rejection::invalid("empty payload")));
+    }
+    if !text.starts_with('{') && !text.starts_with('[') {
+        let action = NodeAction::parse(text).ok_or_else(|| (None, unknown_action(text)))?;
+        return Ok(NodeCommand::new(action));
+    }
+    let object: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err((None, Rejection::invalid("JSON payload must be an object"))),
+        Err(e) => {
+            return Err((
+                None,
+                Rejection::invalid(format!("payload is not valid JSON: {e}")),
+            ))
+        }
+    };
+    let id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return Err((
+                None,
+                Rejection::invalid(format!(
+                    "id must be a string of at most {MAX_ID_LEN} characters"
+                )),
+            ))
+        }
+    };
+    match parse_object(&object) {
+        Ok(mut command) => {
+            command.id = id;
+            Ok(command)
+        }
+        Err(rejection) => Err((id, rejection)),
+    }
+}
+
+/// The `id` of a payload, whatever else is wrong with it.
+pub fn id_of(payload: &[u8]) -> Option<String> {
+    parse_node(payload).map_or_else(|(id, _)| id, |c| c.id)
+}
+
+fn parse_object(object: &Map<String, Value>) -> Result<NodeCommand, Rejection> {
+    let action = match object.get("action") {
+        Some(Value::String(word)) => NodeAction::parse(word).ok_or_else(|| unknown_action(word))?,
+        Some(_) => return invalid("action must be a string"),
+        None => return invalid("missing \"action\""),
+    };
+    let allowed = action.options();
+    let mut command = NodeCommand::new(action);
+    for (key, value) in object {
+        if key == "action" || key == "id" {
+            continue;
+        }
+        if !allowed.contains(&key.as_str()) {
+            return if allowed.is_empty() {
+                invalid(format!("'{action}' takes no options, got '{key}'"))
+            } else {
+                invalid(format!(
+                    "unknown option '{key}' for '{action}' (allowed: {})",
+                    allowed.join(", ")
+                ))
+            };
+        }
+        match key.as_str() {
+            "vms" => command.vms = vms(value)?,
+            "force" => match value {
+                Value::Bool(b) => command.force = Some(*b),
+                Value::Number(n) if n.as_u64() == Some(0) => command.force = Some(false),
+                Value::Number(n) if n.as_u64() == Some(1) => command.force = Some(true),
+                _ => return invalid("'force' must be true or false"),
+            },
+            "timeout" => match value.as_u64() {
+                Some(t) if t <= MAX_STOPALL_TIMEOUT => command.timeout = Some(t),
+                _ => {
+                    return invalid(format!(
+                    "'timeout' must be a whole number of seconds from 0 to {MAX_STOPALL_TIMEOUT}"
+                ))
+                }
+            },
+            _ => return invalid(format!("unknown option '{key}'")),
+        }
+    }
+    Ok(command)
+}
+
+/// `vms`: a JSON list of vmids, or Proxmox's own comma-separated text.
+fn vms(value: &Value) -> Result<Vec<u32>, Rejection> {
+    const RULE: &str =
+        "'vms' must be a list of vmids (100 to 999999999), e.g. [100, 101] or \"100,101\"";
+    let items: Vec<Value> = match value {
+        Value::Array(list) => list.clone(),
+        Value::String(text) => text
+            .split(',')
+            .map(|part| match part.trim().parse::<u64>() {
+                Ok(n) if part.trim().chars().all(|c| c.is_ascii_digit()) => Value::from(n),
+                _ => Value::Null,
+            })
+            .collect(),
+        _ => return invalid(RULE),
+    };
+    if items.is_empty() {
+        return invalid(format!("{RULE}; the list is empty"));
+    }
+    if items.len() > MAX_VMS {
+        return invalid(format!("'vms' names at most {MAX_VMS} guests"));
+    }
+    let mut list = Vec::with_capacity(items.len());
+    for item in &items {
+        let vmid = item
+            .as_u64()
+            .and_then(|n| Vmid::new(n).ok())
+            .ok_or_else(|| Rejection::invalid(RULE))?;
+        if !list.contains(&vmid.get()) {
+            list.push(vmid.get());
+        }
+    }
+    Ok(list)
+}
+
+/// The `[commands]` switches for node power: `enabled`, `read_only` and `node_power`.
+pub fn authorize_node(policy: &CommandsConfig) -> Result<(), Rejection> {
+    let refuse = |reason: &str| Err(Rejection::new(RejectionKind::Policy, reason));
+    if !policy.enabled {
+        return refuse("commands are disabled ([commands] enabled = false)");
+    }
+    if policy.read_only {
+        return refuse("the bridge is read-only ([commands] read_only = true)");
+    }
+    if !policy.node_power {
+        return refuse("node power commands are off ([commands] node_power = false)");
+    }
+    Ok(())
+}
+
+/// Whether node power is possible at all (discovery announces the buttons then).
+pub fn node_power_possible(policy: &CommandsConfig) -> bool {
+    authorize_node(policy).is_ok()
+}
+
+/// Checks the command against the latest view: the node is known, its state fits the
+/// action, `vms` are guests on it; reboot/shutdown of the bridge's own node or of the
+/// node whose loss would cost quorum need `force`. `host_node` is the node the bridge
+/// runs on, if it could tell (see `node_run::host_node`).
+pub fn check_against_view(
+    view: &ClusterView,
+    node: &str,
+    command: &NodeCommand,
+    host_node: Option<&str>,
+) -> Result<(), Rejection> {
+    let Some(state) = view.nodes.get(node) else {
+        return Err(Rejection::new(
+            RejectionKind::Unknown,
+            format!("unknown node '{node}' in cluster '{}'", view.id),
+        ));
+    };
+    let online = state.status == "online";
+    let action = command.action;
+    if action == NodeAction::WakeOnLan {
+        if online {
+            return invalid(format!(
+                "node {node} is online: Wake-on-LAN only wakes a node that is off"
+            ));
+        }
+        if !view
+            .nodes
+            .values()
+            .any(|n| n.node != node && n.status == "online")
+        {
+            return invalid(format!(
+                "no other node is online to send the Wake-on-LAN packet for {node} (Proxmox sends it from the node the request reaches)"
+            ));
+        }
+        return Ok(());
+    }
+    if !online {
+        return invalid(format!(
+            "node {node} is {}: '{action}' needs it online",
+            state.status
+        ));
+    }
+    for vmid in &command.vms {
+        match view.guests.get(vmid) {
+            None => return invalid(format!("'vms': unknown guest {vmid}")),
+            Some(g) if g.node != node => {
+                return invalid(format!(
+                    "'vms': guest {vmid} is on node {}, not {node}",
+                    g.node
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if action.powers_off() && !command.forced() {
+        if host_node == Some(node) {
+            return invalid(format!(
+                "refused: the bridge runs on node {node}, and would {} with it; send {{\"action\":\"{action}\",\"force\":true}} to do it anyway",
+                if action == NodeAction::Shutdown { "go down" } else { "go down while it reboots" }
+            ));
+        }
+        let total = view.nodes.len();
+        let online_after = view
+            .nodes
+            .values()
+            .filter(|n| n.node != node && n.status == "online")
+            .count();
+        if total <= 1 || online_after == 0 {
+            return invalid(format!(
+                "refused: node {node} is the last online node (nothing would be left to wake it or to answer the bridge); send {{\"action\":\"{action}\",\"force\":true}} to do it anyway"
+            ));
+        }
+        if online_after * 2 <= total {
+            return invalid(format!(
+                "refused: without node {node} only {online_after} of {total} nodes would be online and the cluster would lose quorum; send {{\"action\":\"{action}\",\"force\":true}} to do it anyway"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_words_and_json_become_node_commands() {
+        assert_eq!(
+            parse_node(b"stopall").unwrap(),
+            NodeCommand::new(NodeAction::StopAll)
+        );
+        let c = parse_node(
+            br#"{"action":"stopall","vms":[101,100,101],"force":false,"timeout":60,"id":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.id.as_deref(), Some("x"));
+        assert_eq!(c.vms, [101, 100]);
+        assert_eq!(
+            c.bulk_form(),
+            vec![
+                ("vms", "101,100".to_string()),
+                ("force-stop", "0".to_string()),
+                ("timeout", "60".to_string())
+            ]
+        );
+        let c = parse_node(br#"{"action":"startall","vms":"100, 102","force":true}"#).unwrap();
+        assert_eq!(
+            c.bulk_form(),
+            vec![("vms", "100,102".to_string()), ("force", "1".to_string())]
+        );
+        let c = parse_node(br#"{"action":"shutdown","force":true}"#).unwrap();
+        assert!(c.forced());
+        assert!(c.bulk_form().is_empty());
+    }
+
+    #[test]
+    fn junk_is_rejected_with_a_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b"explode", "unknown node action"),
+            (b"start", "unknown node action"),
+            (b"{not json", "not valid JSON"),
+            (b"[1]", "must be an object"),
+            (br#"{"vms":[100]}"#, "missing"),
+            (br#"{"action":7}"#, "must be a string"),
+            (
+                br#"{"action":"wakeonlan","force":true}"#,
+                "takes no options",
+            ),
+            (br#"{"action":"suspendall","force":true}"#, "unknown option"),
+            (br#"{"action":"stopall","vms":[99]}"#, "list of vmids"),
+            (br#"{"action":"stopall","vms":["abc"]}"#, "list of vmids"),
+            (br#"{"action":"stopall","vms":"100,x"}"#, "list of vmids"),
+            (br#"{"action":"stopall","vms":[]}"#, "empty"),
+            (br#"{"action":"stopall","vms":100}"#, "list of vmids"),
+            (br#"{"action":"stopall","timeout":9000}"#, "0 to 7200"),
+            (br#"{"action":"stopall","timeout":"5"}"#, "0 to 7200"),
+            (br#"{"action":"reboot","force":"yes"}"#, "true or false"),
+            (&[0xff], "UTF-8"),
+        ];
+        for (payload, reason) in cases {
+            let (_, r) = parse_node(payload).expect_err(&String::from_utf8_lossy(payload));
+            assert!(
+                r.reason.contains(reason),
+                "{:?}: {}",
+                String::from_utf8_lossy(payload),
+                r.reason
+            );
+        }
+        let big = vec![b' '; MAX_PAYLOAD + 1];
+        assert!(parse_node(&big).unwrap_err().1.reason.contains("too large"));
+        assert_eq!(
+            id_of(br#"{"action":"fly","id":"r-1"}"#).as_deref(),
+            Some("r-1")
+        );
+    }
+
+    #[test]
+    fn node_power_is_off_unless_switched_on() {
+        let mut policy = CommandsConfig::default();
+        let refused = authorize_node(&policy).unwrap_err();
+        assert_eq!(refused.kind, RejectionKind::Policy);
+        assert!(refused.reason.contains("node_power = false"));
+        policy.node_power = true;
+        assert!(authorize_node(&policy).is_ok());
+        policy.read_only = true;
+        assert!(authorize_node(&policy)
+            .unwrap_err()
+            .reason
+            .contains("read-only"));
+    }
+}
