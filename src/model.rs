@@ -20,12 +20,17 @@ use serde::Serialize;
 
 use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 
+mod cluster_health;
 mod guest;
 mod node;
 mod rates;
 mod reporting;
 mod storage;
 
+pub use cluster_health::{
+    replication_by_guest, CephState, GuestReplication, HaState, HealthData, HealthKnown,
+    HA_PROBLEM_STATES,
+};
 use guest::guest_state;
 pub use guest::GuestState;
 pub use node::NodeState;
@@ -142,6 +147,13 @@ pub struct ClusterState {
     pub guests: usize,
     pub guests_running: usize,
     pub pve_version: Option<String>,
+    /// Ceph health and usage; `null` without Ceph (or without the privilege to read it).
+    pub ceph: Option<CephState>,
+    /// The HA manager; `null` while no HA resource is configured.
+    pub ha: Option<HaState>,
+    /// Whether the slow lane has asked for Ceph, HA and replication yet.
+    #[serde(skip)]
+    pub health_known: HealthKnown,
 }
 
 /// What the slow lane learned; merged into every view until it is read again.
@@ -154,6 +166,8 @@ pub struct SlowData {
     pub node_status: HashMap<String, NodeStatus>,
     /// vmid -> ctime of the newest backup.
     pub last_backup: HashMap<u32, u64>,
+    /// Ceph, HA and replication (issue 11).
+    pub health: HealthData,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default
@@ -278,6 +292,9 @@ impl<'a> ViewBuilder<'a> {
                 .filter(|g| g.status == "running")
                 .count(),
             pve_version: slow.pve_version.clone(),
+            ceph: slow.health.ceph.clone(),
+            ha: slow.health.ha.clone(),
+            health_known: slow.health.known,
         };
         view
     }

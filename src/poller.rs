@@ -18,8 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod cluster_health;
 mod slow;
 
+pub use cluster_health::check_lines as cluster_health_check;
 use slow::slow_lane;
 pub use slow::Cadence;
 
@@ -269,9 +271,13 @@ impl ClusterPoller {
         let mut builder = ViewBuilder::new(&self.id, &self.console_url, slow, rates, now, previous)
             .reporting(self.reporting);
         let mut plan_rows = Vec::new();
+        // One HA-managed guest row tells the slow lane that HA is configured.
+        let mut managed_sent = false;
         for_each_cluster_resource(body, |row| {
             builder.add(&row);
-            if matches!(row.kind, ResourceKind::Node | ResourceKind::Storage) {
+            let managed = row.is_guest() && row.hastate.is_some() && !managed_sent;
+            managed_sent |= managed;
+            if managed || matches!(row.kind, ResourceKind::Node | ResourceKind::Storage) {
                 plan_rows.push(row);
             }
         })?;

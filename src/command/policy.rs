@@ -87,6 +87,8 @@ mod tests {
             hastate: None,
             pool: pool.map(str::to_string),
             last_backup: None,
+            ha_state: None,
+            replication: None,
             as_of: 0.0,
         }
     }

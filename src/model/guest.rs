@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
-use super::{ClusterView, SlowData};
+use super::{ClusterView, GuestReplication, SlowData};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
@@ -49,9 +49,23 @@ pub struct GuestState {
     pub pool: Option<String>,
     /// Unix time of the newest backup found in storage content.
     pub last_backup: Option<u64>,
+    /// The verbose HA service state (`started`, `error`, …) from the HA manager's
+    /// status; `null` when not HA-managed (`hastate` is the cluster list's short form).
+    pub ha_state: Option<String>,
+    /// The guest's replication jobs; `null` when it has none.
+    #[serde(serialize_with = "serialize_shared")]
+    pub replication: Option<Arc<GuestReplication>>,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
+}
+
+/// Serialises shared slow-lane data as the value it points to.
+fn serialize_shared<S: serde::Serializer, T: Serialize>(
+    value: &Option<Arc<T>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    value.as_deref().serialize(serializer)
 }
 
 /// A guest's state as one row says it, with every text still borrowed from the row.
@@ -81,6 +95,8 @@ struct GuestDraft<'a> {
     hastate: Option<&'a str>,
     pool: Option<&'a str>,
     last_backup: Option<u64>,
+    ha_state: Option<&'a str>,
+    replication: Option<&'a Arc<GuestReplication>>,
 }
 
 impl GuestDraft<'_> {
@@ -117,6 +133,8 @@ impl GuestDraft<'_> {
             hastate,
             pool,
             last_backup,
+            ha_state,
+            replication,
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -135,7 +153,9 @@ impl GuestDraft<'_> {
             || lock.as_deref() != self.lock
             || hastate.as_deref() != self.hastate
             || pool.as_deref() != self.pool
-            || *last_backup != self.last_backup;
+            || *last_backup != self.last_backup
+            || ha_state.as_deref() != self.ha_state
+            || replication.as_ref() != self.replication;
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
         let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
@@ -176,6 +196,8 @@ impl GuestDraft<'_> {
             hastate: self.hastate.map(str::to_owned),
             pool: self.pool.map(str::to_owned),
             last_backup: self.last_backup,
+            ha_state: self.ha_state.map(str::to_owned),
+            replication: self.replication.cloned(),
             as_of: now,
         }
     }
@@ -199,7 +221,7 @@ pub(super) fn guest_state(
 
 fn guest_draft<'a>(
     row: &'a Resource,
-    slow: &SlowData,
+    slow: &'a SlowData,
     rates: &mut RateMemory,
     now: f64,
     before: Option<&GuestState>,
@@ -252,5 +274,7 @@ fn guest_draft<'a>(
         hastate: row.hastate.as_deref(),
         pool: row.pool.as_deref(),
         last_backup: slow.last_backup.get(&vmid).copied(),
+        ha_state: slow.health.ha_services.get(&vmid).map(String::as_str),
+        replication: slow.health.replication.get(&vmid),
     })
 }

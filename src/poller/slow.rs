@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::cluster_health::HealthProbes;
 use crate::model::SlowData;
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
 
@@ -108,12 +109,16 @@ pub(super) async fn slow_lane(
     }
     let mut data = SlowData::default();
     let mut schedule = Schedule::default();
+    let mut health = HealthProbes::default();
     let mut only_backups = false;
     let mut round_start = Instant::now();
     loop {
         // Plan from the node and storage rows of the latest answer (the fast lane sends
         // only those: the guest rows are thousands and not needed here).
-        let candidates = plan(&resources.borrow_and_update());
+        let rows = resources.borrow_and_update().clone();
+        let mut candidates = plan(&rows);
+        candidates.extend(health.requests(&rows, Instant::now()));
+        drop(rows);
         let mut requests = select_due(candidates, &cadence, &schedule, Instant::now());
         if only_backups {
             requests.retain(|r| matches!(r, SlowRequest::StorageContent { .. }));
@@ -136,7 +141,7 @@ pub(super) async fn slow_lane(
             schedule.attempted(request, Instant::now());
             let done = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                done = run_request(&client, request, &mut data, &mut backups) => done,
+                done = run_request(&client, request, &mut data, &mut backups, &mut health) => done,
             };
             if let Err(err) = done {
                 debug!(?request, error = %err, "slow-lane request failed");
@@ -174,11 +179,19 @@ pub(super) async fn slow_lane(
 const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum SlowRequest {
+pub(super) enum SlowRequest {
     Version,
     ClusterStatus,
     NodeStatus(String),
-    StorageContent { node: String, storage: String },
+    StorageContent {
+        node: String,
+        storage: String,
+    },
+    /// Cluster health (`cluster_health`): probed, then skipped while absent.
+    CephStatus,
+    HaStatus,
+    ReplicationConfig,
+    ReplicationStatus(String),
 }
 
 impl SlowRequest {
@@ -189,6 +202,11 @@ impl SlowRequest {
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
             | SlowRequest::StorageContent { .. } => Duration::ZERO,
+            // Every round while present; `cluster_health` plans them only then.
+            SlowRequest::CephStatus
+            | SlowRequest::HaStatus
+            | SlowRequest::ReplicationConfig
+            | SlowRequest::ReplicationStatus(_) => Duration::ZERO,
         }
     }
 
@@ -198,6 +216,10 @@ impl SlowRequest {
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
             | SlowRequest::StorageContent { .. } => Budget::Base,
+            SlowRequest::CephStatus | SlowRequest::HaStatus | SlowRequest::ReplicationConfig => {
+                Budget::Base
+            }
+            SlowRequest::ReplicationStatus(node) => Budget::Node(node),
         }
     }
 }
@@ -285,6 +307,7 @@ async fn run_request(
     request: &SlowRequest,
     data: &mut SlowData,
     backups: &mut HashMap<u32, u64>,
+    health: &mut HealthProbes,
 ) -> Result<(), PveError> {
     match request {
         SlowRequest::Version => {
@@ -311,6 +334,12 @@ async fn run_request(
                     *entry = (*entry).max(ctime);
                 }
             }
+        }
+        SlowRequest::CephStatus
+        | SlowRequest::HaStatus
+        | SlowRequest::ReplicationConfig
+        | SlowRequest::ReplicationStatus(_) => {
+            health.run(client, request, &mut data.health).await?;
         }
     }
     Ok(())

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::access::{permission_denied, Token};
+use super::health::{self, HealthRoute};
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
@@ -103,6 +104,8 @@ enum Route {
     AptUpdates {
         node: String,
     },
+    /// Ceph status and replication (`health`).
+    Health(HealthRoute),
 }
 
 /// Matches a method and path; returns the route and its template (the counter key).
@@ -209,7 +212,10 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             Route::AptUpdates { node: node(n) },
             "GET /nodes/{node}/apt/update".into(),
         ),
-        _ => return None,
+        _ => {
+            let (route, template) = health::match_route(method, &s)?;
+            (Route::Health(route), template)
+        }
     };
     Some(route)
 }
@@ -230,6 +236,7 @@ impl Route {
             | Route::TaskStop { node, .. }
             | Route::Vzdump { node }
             | Route::AptUpdates { node } => Some(node),
+            Route::Health(route) => route.proxy_node(),
             _ => None,
         }
     }
@@ -246,6 +253,7 @@ impl Route {
                 format!("/storage/{storage}"),
                 &["Datastore.Audit", "Datastore.AllocateSpace"],
             )),
+            Route::Health(route) => route.permission(),
             _ => None,
         }
     }
@@ -266,6 +274,7 @@ impl Route {
             Route::TaskStatus { node, upid }
             | Route::TaskLog { node, upid }
             | Route::TaskStop { node, upid } => vec![("node", node), ("upid", upid)],
+            Route::Health(route) => route.path_params(),
             _ => Vec::new(),
         }
     }
@@ -293,6 +302,7 @@ impl Route {
             Route::TaskStatus { .. } | Route::TaskStop { .. } => params::task_status(),
             Route::TaskLog { .. } => params::task_log(),
             Route::Vzdump { .. } => params::vzdump(version),
+            Route::Health(route) => route.specs(),
         }
     }
 }
@@ -795,6 +805,9 @@ fn dispatch(
         }
         Route::Vzdump { node } => vzdump(state, node, params, token, now),
         Route::AptUpdates { .. } => list(render::apt_updates(version)),
+        Route::Health(route) => route
+            .answer(&state.world, token, params.int("guest"), live)
+            .map(Reply::data),
     }
 }
 

@@ -58,7 +58,7 @@ struct NewToken {
 
 /// The `/_sim` routes.
 pub(crate) fn router(sim: Sim) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/_sim/counters", get(counters))
         .route("/_sim/counters/reset", post(reset_counters))
         .route("/_sim/requests", get(requests))
@@ -78,8 +78,8 @@ pub(crate) fn router(sim: Sim) -> Router {
             "/_sim/faults",
             get(list_faults).post(add_fault).delete(clear_faults),
         )
-        .route("/_sim/config", get(config).post(set_config))
-        .with_state(sim)
+        .route("/_sim/config", get(config).post(set_config));
+    super::health::control(router).with_state(sim)
 }
 
 async fn counters(State(sim): State<Sim>) -> Json<BTreeMap<String, u64>> {

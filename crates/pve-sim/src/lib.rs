@@ -41,6 +41,7 @@ mod access;
 mod api;
 mod clock;
 mod control;
+mod health;
 mod params;
 mod render;
 mod respond;
@@ -69,6 +70,7 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::Router;
 
+pub use health::{CephCheck, CephPatch, NewReplicationJob, ReplicationPatch};
 pub use state::{
     ConfigPatch, Fault, FaultKind, GuestPatch, NewGuest, RecordedRequest, Sim, SimError, Tags,
 };
