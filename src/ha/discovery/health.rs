@@ -275,3 +275,121 @@ pub(super) fn health_components(
     }
     announce
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::{device_config, DiscoveryContext, GuestControls};
+    use crate::ha::topics::Topics;
+    use crate::model::{ClusterView, HealthKnown, ObjectRef};
+    use crate::pve::{CephStatus, GuestKind, Resource};
+
+    fn view(known: HealthKnown, ceph: bool) -> ClusterView {
+        let rows: Vec<Resource> = serde_json::from_value(json!([
+            {"id": "node/pve", "type": "node", "node": "pve", "status": "online"},
+            {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": "running", "hastate": "started"},
+            {"id": "lxc/101", "type": "lxc", "vmid": 101, "node": "pve", "status": "running", "lock": "backup"}
+        ]))
+        .unwrap();
+        let mut view = crate::model::tests::first_view("home", "https://pve:8006", &rows);
+        view.cluster.health_known = known;
+        if ceph {
+            let status: CephStatus = serde_json::from_value(json!({
+                "health": {"status": "HEALTH_WARN", "checks": {}},
+                "pgmap": {"bytes_used": 1, "bytes_total": 4}
+            }))
+            .unwrap();
+            view.cluster.ceph = Some(crate::model::CephState::from_status(&status));
+        }
+        let replicated = crate::model::replication_by_guest(&[serde_json::from_value(json!(
+            {"id": "100-0", "guest": 100, "target": "pve2", "last_sync": 5, "fail_count": 0}
+        ))
+        .unwrap()]);
+        let vm = Arc::make_mut(view.guests.get_mut(&100).unwrap());
+        vm.replication = replicated.get(&100).cloned();
+        view
+    }
+
+    fn payload(view: &ClusterView, object: &ObjectRef) -> serde_json::Value {
+        let ctx = DiscoveryContext {
+            topics: Topics::new("pve2mqtt", "homeassistant"),
+            bridge_version: "0.1.0".into(),
+            controls: GuestControls::none(),
+            cluster_count: 1,
+        };
+        serde_json::from_str(&device_config(&ctx, view, object).unwrap()).unwrap()
+    }
+
+    const ALL_KNOWN: HealthKnown = HealthKnown {
+        ceph: true,
+        ha: true,
+        replication: true,
+    };
+
+    #[test]
+    fn ceph_entities_sit_on_the_cluster_device_with_the_checks_as_attributes() {
+        let p = payload(&view(ALL_KNOWN, true), &ObjectRef::Cluster);
+        let problem = &p["cmps"]["ceph_problem"];
+        assert_eq!(problem["p"], "binary_sensor");
+        assert_eq!(problem["dev_cla"], "problem");
+        assert_eq!(problem["uniq_id"], "pve2mqtt_home_cluster_ceph_problem");
+        assert_eq!(problem["json_attr_t"], "pve2mqtt/home/cluster");
+        assert!(problem.get("ent_cat").is_none(), "a primary sensor");
+        let health = &p["cmps"]["ceph_health"];
+        assert_eq!(health["dev_cla"], "enum");
+        assert_eq!(
+            health["ops"],
+            json!(["HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR"])
+        );
+        assert_eq!(p["cmps"]["ceph_usage"]["unit_of_meas"], "%");
+        assert_eq!(p["cmps"]["ceph_usage"]["stat_cla"], "measurement");
+        // No HA resource: the HA entities are removed.
+        assert_eq!(p["cmps"]["ha_problem"], json!({"p": "binary_sensor"}));
+        assert_eq!(p["cmps"]["ha_master"], json!({"p": "sensor"}));
+    }
+
+    #[test]
+    fn health_entities_are_left_alone_until_the_slow_lane_has_asked() {
+        let p = payload(&view(HealthKnown::default(), false), &ObjectRef::Cluster);
+        for key in [
+            "ceph_health",
+            "ceph_problem",
+            "ceph_usage",
+            "ha_problem",
+            "ha_master",
+        ] {
+            assert!(p["cmps"].get(key).is_none(), "{key}");
+        }
+        let vm = payload(
+            &view(HealthKnown::default(), false),
+            &ObjectRef::Guest(GuestKind::Qemu, 100),
+        );
+        assert!(vm["cmps"].get("replication").is_none());
+        // The HA state needs no slow-lane answer: `hastate` is in the cluster list.
+        assert_eq!(vm["cmps"]["ha_state"]["dev_cla"], "enum");
+    }
+
+    #[test]
+    fn guests_get_lock_and_ha_managed_and_replication_where_they_have_it() {
+        let v = view(ALL_KNOWN, false);
+        let vm = payload(&v, &ObjectRef::Guest(GuestKind::Qemu, 100));
+        let replication = &vm["cmps"]["replication"];
+        assert_eq!(replication["dev_cla"], "problem");
+        assert_eq!(replication["uniq_id"], "pve2mqtt_home_100_replication");
+        assert_eq!(replication["json_attr_t"], "pve2mqtt/home/qemu/100");
+        assert_eq!(vm["cmps"]["last_replication"]["dev_cla"], "timestamp");
+        assert_eq!(vm["cmps"]["ha_managed"]["ent_cat"], "diagnostic");
+        assert_eq!(vm["cmps"]["lock"]["dev_cla"], "enum");
+        let ct = payload(&v, &ObjectRef::Guest(GuestKind::Lxc, 101));
+        assert_eq!(ct["cmps"]["replication"], json!({"p": "binary_sensor"}));
+        assert_eq!(ct["cmps"]["last_replication"], json!({"p": "sensor"}));
+        assert_eq!(ct["cmps"]["ha_state"], json!({"p": "sensor"}));
+        assert!(ct["cmps"]["lock"]["val_tpl"]
+            .as_str()
+            .unwrap()
+            .contains("'backup'"));
+    }
+}
