@@ -566,12 +566,21 @@ impl ClusterHealth {
 }
 
 /// The health of a generated cluster: a healthy Ceph over its nodes, and with two nodes or
-/// more a replication job for every 50th VM to the next node, the first one failing.
+/// more a replication job for every 50th VM to the next node, the first one failing. The
+/// first stopped HA-managed guest is an HA service in `error` (asked to start, failed).
 pub fn generated_health(
     nodes: &[super::world::Node],
-    guests: &BTreeMap<u32, super::world::Guest>,
+    guests: &mut BTreeMap<u32, super::world::Guest>,
     now: f64,
 ) -> ClusterHealth {
+    if let Some(ha) = guests
+        .values_mut()
+        .filter(|g| g.power == super::world::PowerState::Stopped)
+        .find_map(|g| g.ha.as_mut())
+    {
+        ha.request = "started".into();
+        ha.crm = "error".into();
+    }
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let mut replication = Vec::new();
     if names.len() > 1 {

@@ -807,7 +807,7 @@ impl World {
             dump_dir: "/mnt/pve/nfs-backup/dump".into(),
         });
 
-        let health = generated_health(&nodes, &guests, now);
+        let health = generated_health(&nodes, &mut guests, now);
         let mut world = World {
             cluster_name: Some("simcluster".into()),
             nodes,
