@@ -148,6 +148,25 @@ e = entity("sensor.pve_last_command")
 check("node: Last command is an enum on node/pve/task",
       e.get("device_class") == "enum" and e["discovery_payload"].get("state_topic") == "pve2mqtt/pve/node/pve/task",
       str(e.get("device_class")))
+# --- cluster health (issue 11) ---------------------------------------------------------
+e = entity("sensor.proxmox_pve_ceph_health")
+check("Ceph health: enum with its options, reads HEALTH_WARN (the demo's single-node Ceph)",
+      e.get("device_class") == "enum"
+      and e["attributes"].get("options") == ["HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR"]
+      and e.get("state") == "HEALTH_WARN", f"{e.get('device_class')} {e.get('state')}")
+e = entity("binary_sensor.proxmox_pve_ceph")
+check("Ceph: a problem sensor, on, with the check as attribute",
+      e.get("device_class") == "problem" and e.get("state") == "on"
+      and "POOL_NO_REDUNDANCY" in e["attributes"], f"{e.get('state')} {list(e['attributes'])}")
+e = entity("sensor.proxmox_pve_ceph_usage")
+check("Ceph usage: a percentage", e["attributes"].get("unit_of_measurement") == "%", str(e.get("state")))
+e = entity("sensor.home_assistant_lock")
+check("guest lock: enum, reads none", e.get("device_class") == "enum" and e.get("state") == "none",
+      f"{e.get('device_class')} {e.get('state')}")
+e = entity("binary_sensor.home_assistant_ha_managed")
+check("guest HA managed: off (the demo has no HA resource)", e.get("state") == "off", str(e.get("state")))
+check("no HA manager or replication entity without HA or replication",
+      not [x for x in by_id if x.endswith("_ha_manager") or x.endswith("_replication")])
 
 # --- sizes ----------------------------------------------------------------------------
 for eid in ["sensor.home_assistant_disk_size", "sensor.local_on_pve_total"]:

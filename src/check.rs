@@ -193,6 +193,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                 ));
             }
         }
+        // Cluster health: asked for real, since "absent" and "not permitted" are answers.
+        for line in crate::poller::cluster_health_check(&client).await {
+            println!("  {line}");
+        }
     }
     // Every member of `mqtt.urls` is tried, so a dead one is seen before the day it is needed;
     // the bridge works while one answers, so only "none answers" fails the check.

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 
 mod backup;
+mod cluster_health;
 mod guest;
 mod node;
 mod rates;
@@ -29,6 +30,10 @@ mod storage;
 mod tasks;
 
 pub use backup::{parse_vzdump_log, BackupVerdict, NewestBackup};
+pub use cluster_health::{
+    replication_by_guest, CephState, GuestReplication, HaState, HealthData, HealthKnown,
+    HA_PROBLEM_STATES,
+};
 use guest::guest_state;
 pub use guest::GuestState;
 pub use node::NodeState;
@@ -146,6 +151,13 @@ pub struct ClusterState {
     pub guests: usize,
     pub guests_running: usize,
     pub pve_version: Option<String>,
+    /// Ceph health and usage; `null` without Ceph (or without the privilege to read it).
+    pub ceph: Option<CephState>,
+    /// The HA manager; `null` while no HA resource is configured.
+    pub ha: Option<HaState>,
+    /// Whether the slow lane has asked for Ceph, HA and replication yet.
+    #[serde(skip)]
+    pub health_known: HealthKnown,
 }
 
 /// What the slow lane learned; merged into every view until it is read again.
@@ -173,6 +185,8 @@ pub struct SlowData {
     /// not used (`total - used - avail` of `/nodes/{node}/storage`: a directory
     /// storage's reserved blocks). `avail` is `total - used - reserve` on every poll.
     pub storage_reserve: HashMap<(String, String), u64>,
+    /// Ceph, HA and replication (issue 11).
+    pub health: HealthData,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default
@@ -307,6 +321,9 @@ impl<'a> ViewBuilder<'a> {
                 .filter(|g| g.status == "running")
                 .count(),
             pve_version: slow.pve_version.clone(),
+            ceph: slow.health.ceph.clone(),
+            ha: slow.health.ha.clone(),
+            health_known: slow.health.known,
         };
         view
     }

@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 mod backup_log;
+mod cluster_health;
 mod slow;
 mod tasks;
 
+pub use cluster_health::check_lines as cluster_health_check;
 use slow::slow_lane;
 pub use slow::Cadence;
 
@@ -300,9 +302,13 @@ impl ClusterPoller {
             .reporting(self.reporting)
             .tasks(facts);
         let mut plan_rows = Vec::new();
+        // One HA-managed guest row tells the slow lane that HA is configured.
+        let mut managed_sent = false;
         for_each_cluster_resource(body, |row| {
             builder.add(&row);
-            if matches!(row.kind, ResourceKind::Node | ResourceKind::Storage) {
+            let managed = row.is_guest() && row.hastate.is_some() && !managed_sent;
+            managed_sent |= managed;
+            if managed || matches!(row.kind, ResourceKind::Node | ResourceKind::Storage) {
                 plan_rows.push(row);
             }
         })?;

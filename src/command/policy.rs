@@ -95,6 +95,8 @@ mod tests {
             last_backup_error: None,
             backup_stale: None,
             backup_covered: None,
+            ha_state: None,
+            replication: None,
             as_of: 0.0,
         }
     }

@@ -25,11 +25,14 @@ use crate::pve::GuestKind;
 mod bridge;
 mod controls;
 mod node_controls;
+mod health;
 mod specs;
 mod tasks;
 
 pub use bridge::bridge_config;
 use controls::control_components;
+pub use health::HealthEntities;
+use health::{health_components, health_entities};
 use specs::{
     cluster_specs, guest_specs, node_specs, storage_specs, Availability, GUEST_RETIRED,
     NODE_RETIRED, STORAGE_RETIRED,
@@ -65,6 +68,8 @@ pub struct DeviceInfo {
     /// Guests: announce the power switch, buttons and last-command sensor (commands are
     /// possible and the `[commands]` policy admits this guest).
     pub controls: bool,
+    /// Which cluster-health entities (Ceph, HA, replication) to announce or remove.
+    pub health: HealthEntities,
 }
 
 /// Which guests get control entities: the command policy's answer per guest (built by
@@ -139,6 +144,7 @@ pub fn device_info(
             sw_version: view.cluster.pve_version.clone(),
             configuration_url: (!view.console_url.is_empty()).then(|| view.console_url.clone()),
             controls: false,
+            health: health_entities(view, object),
         },
         ObjectRef::Node(node) => {
             let state = view.nodes.get(node)?;
@@ -149,6 +155,7 @@ pub fn device_info(
                 sw_version: state.pve_version.clone(),
                 configuration_url: console(&format!("node%2F{node}")),
                 controls: ctx.controls.node_power(),
+                health: health_entities(view, object),
             }
         }
         ObjectRef::Guest(kind, vmid) => {
@@ -166,6 +173,7 @@ pub fn device_info(
                 sw_version: None,
                 configuration_url: console(&format!("{}%2F{vmid}", kind.as_str())),
                 controls: ctx.controls.allows(guest) && !guest.template,
+                health: health_entities(view, object),
             }
         }
         ObjectRef::Storage(node, storage) => {
@@ -180,6 +188,7 @@ pub fn device_info(
                 sw_version: None,
                 configuration_url: console(&format!("storage%2F{node}%2F{storage}")),
                 controls: false,
+                health: health_entities(view, object),
             }
         }
     };
@@ -228,6 +237,8 @@ struct Component {
     stat_t: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     json_attr_t: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_attr_tpl: Option<&'static str>,
     /// Overrides the device-level availability list.
     #[serde(skip_serializing_if = "Option::is_none")]
     avty: Option<Value>,
@@ -256,7 +267,12 @@ pub fn device_config(
     for (key, platform) in retired {
         components.insert(key.to_string(), serde_json::json!({ "p": platform }));
     }
-    for spec in specs {
+    let health = health_components(object, info.health, &mut components);
+    let with_attributes = specs
+        .iter()
+        .map(|spec| (spec, None))
+        .chain(health.iter().map(|(spec, tpl)| (spec, *tpl)));
+    for (spec, attributes) in with_attributes {
         let avty = match spec.availability {
             Availability::Object => None,
             Availability::BridgeAndApi => Some(serde_json::json!([
@@ -268,7 +284,9 @@ pub fn device_config(
             p: spec.platform,
             uniq_id: format!("{device_id}_{}", spec.key),
             name: spec.name.into(),
-            val_tpl: Some(spec.template),
+            val_tpl: Some(spec.template.clone()),
+            json_attr_t: attributes.map(|_| topics.state(c, object)),
+            json_attr_tpl: attributes,
             dev_cla: spec.device_class,
             stat_cla: spec.state_class,
             unit_of_meas: spec.unit,

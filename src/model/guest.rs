@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
-use super::{BackupVerdict, ClusterView, NewestBackup, SlowData};
+use super::{BackupVerdict, ClusterView, GuestReplication, NewestBackup, SlowData};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
@@ -64,9 +64,23 @@ pub struct GuestState {
     /// Selected by some backup job (disabled ones too, as Proxmox counts); `null` when
     /// the token may not ask (`Sys.Audit` on `/`).
     pub backup_covered: Option<bool>,
+    /// The verbose HA service state (`started`, `error`, …) from the HA manager's
+    /// status; `null` when not HA-managed (`hastate` is the cluster list's short form).
+    pub ha_state: Option<String>,
+    /// The guest's replication jobs; `null` when it has none.
+    #[serde(serialize_with = "serialize_shared")]
+    pub replication: Option<Arc<GuestReplication>>,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
+}
+
+/// Serialises shared slow-lane data as the value it points to.
+fn serialize_shared<S: serde::Serializer, T: Serialize>(
+    value: &Option<Arc<T>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    value.as_deref().serialize(serializer)
 }
 
 /// A guest's state as one row says it, with every text still borrowed from the row.
@@ -97,6 +111,8 @@ struct GuestDraft<'a> {
     pool: Option<&'a str>,
     last_backup: Option<u64>,
     backup: BackupDraft<'a>,
+    ha_state: Option<&'a str>,
+    replication: Option<&'a Arc<GuestReplication>>,
 }
 
 /// The backup health fields of a draft, borrowed from the slow lane's data.
@@ -163,6 +179,8 @@ impl GuestDraft<'_> {
             last_backup_error: _,
             backup_stale: _,
             backup_covered: _,
+            ha_state,
+            replication,
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -182,7 +200,9 @@ impl GuestDraft<'_> {
             || hastate.as_deref() != self.hastate
             || pool.as_deref() != self.pool
             || *last_backup != self.last_backup
-            || !self.backup.same_as(reported);
+            || !self.backup.same_as(reported)
+            || ha_state.as_deref() != self.ha_state
+            || replication.as_ref() != self.replication;
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
         let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
@@ -229,6 +249,8 @@ impl GuestDraft<'_> {
             last_backup_error: self.backup.verdict.and_then(|v| v.error.clone()),
             backup_stale: self.backup.stale,
             backup_covered: self.backup.covered,
+            ha_state: self.ha_state.map(str::to_owned),
+            replication: self.replication.cloned(),
             as_of: now,
         }
     }
@@ -320,5 +342,7 @@ fn guest_draft<'a>(
                 .as_ref()
                 .map(|list| !list.contains(&vmid)),
         },
+        ha_state: slow.health.ha_services.get(&vmid).map(String::as_str),
+        replication: slow.health.replication.get(&vmid),
     })
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::cluster_health::HealthProbes;
 use crate::model::{NewestBackup, SlowData};
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
 
@@ -110,6 +111,7 @@ pub(super) async fn slow_lane(
     }
     let mut data = SlowData::default();
     let mut schedule = Schedule::default();
+    let mut health = HealthProbes::default();
     let mut only_backups = false;
     let mut round_start = Instant::now();
     // Finished vzdump tasks whose log is still to be read: (node, UPID, attempts left).
@@ -120,7 +122,10 @@ pub(super) async fn slow_lane(
         }
         // Plan from the node and storage rows of the latest answer (the fast lane sends
         // only those: the guest rows are thousands and not needed here).
-        let candidates = plan(&resources.borrow_and_update());
+        let rows = resources.borrow_and_update().clone();
+        let mut candidates = plan(&rows);
+        candidates.extend(health.requests(&rows, Instant::now()));
+        drop(rows);
         let mut requests = select_due(candidates, &cadence, &schedule, Instant::now());
         if data.not_backed_up_denied {
             requests.retain(|r| *r != SlowRequest::NotBackedUp);
@@ -159,7 +164,7 @@ pub(super) async fn slow_lane(
             schedule.attempted(request, Instant::now());
             let done = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                done = run_request(&client, request, &mut data, &mut backups) => done,
+                done = run_request(&client, request, &mut data, &mut backups, &mut health) => done,
             };
             if let SlowRequest::BackupLog { upid, .. } = request {
                 // Each log is read once; a failed read is tried again a few times.
@@ -219,7 +224,7 @@ const LOG_ATTEMPTS: u8 = 3;
 const FORGET_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum SlowRequest {
+pub(super) enum SlowRequest {
     Version,
     ClusterStatus,
     NodeStatus(String),
@@ -236,6 +241,11 @@ enum SlowRequest {
         node: String,
         upid: String,
     },
+    /// Cluster health (`cluster_health`): probed, then skipped while absent.
+    CephStatus,
+    HaStatus,
+    ReplicationConfig,
+    ReplicationStatus(String),
 }
 
 impl SlowRequest {
@@ -250,6 +260,11 @@ impl SlowRequest {
             | SlowRequest::BackupLog { .. } => Duration::ZERO,
             // Only the reserved space is taken from it, which hardly ever changes.
             SlowRequest::NodeStorage(_) => Duration::from_secs(15 * 60),
+            // Every round while present; `cluster_health` plans them only then.
+            SlowRequest::CephStatus
+            | SlowRequest::HaStatus
+            | SlowRequest::ReplicationConfig
+            | SlowRequest::ReplicationStatus(_) => Duration::ZERO,
         }
     }
 
@@ -262,6 +277,10 @@ impl SlowRequest {
             | SlowRequest::NotBackedUp
             | SlowRequest::BackupLog { .. } => Budget::Base,
             SlowRequest::NodeStorage(node) => Budget::Node(node),
+            SlowRequest::CephStatus | SlowRequest::HaStatus | SlowRequest::ReplicationConfig => {
+                Budget::Base
+            }
+            SlowRequest::ReplicationStatus(node) => Budget::Node(node),
         }
     }
 }
@@ -358,6 +377,7 @@ async fn run_request(
     request: &SlowRequest,
     data: &mut SlowData,
     backups: &mut HashMap<u32, NewestBackup>,
+    health: &mut HealthProbes,
 ) -> Result<(), PveError> {
     match request {
         SlowRequest::Version => {
@@ -415,6 +435,12 @@ async fn run_request(
         },
         SlowRequest::BackupLog { upid, .. } => {
             super::backup_log::read_verdicts(client, upid, data).await?;
+        }
+        SlowRequest::CephStatus
+        | SlowRequest::HaStatus
+        | SlowRequest::ReplicationConfig
+        | SlowRequest::ReplicationStatus(_) => {
+            health.run(client, request, &mut data.health).await?;
         }
     }
     Ok(())

@@ -32,6 +32,11 @@ mod node_power;
 use decode::decode_data;
 pub use decode::{decode_cluster_resources, for_each_cluster_resource};
 pub use node_power::ClusterNodeRow;
+mod health;
+
+pub use health::{
+    CephCheck, CephHealth, CephOsdMap, CephPgMap, CephStatus, HaStatusRow, ReplicationJob,
+};
 
 /// Below pveproxy's 5 s keep-alive timeout, so the pool rarely picks a connection the server
 /// is closing at that very moment.

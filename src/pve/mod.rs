@@ -21,6 +21,9 @@ mod upid;
 
 pub use action::Action;
 pub use client::{decode_cluster_resources, for_each_cluster_resource, ClusterNodeRow, PveClient};
+pub use client::{
+    CephCheck, CephHealth, CephOsdMap, CephPgMap, CephStatus, HaStatusRow, ReplicationJob,
+};
 pub use error::PveError;
 pub use types::{
     exitstatus_is_success, split_tags, tag_iter, ClusterStatusKind, ClusterStatusRow, CpuInfo,

@@ -12,6 +12,8 @@ mod bridge_device;
 /// The broker matrix (Mosquitto with and without persistence, a NATS cluster, rumqttd,
 /// RabbitMQ where present) and losing a broker node.
 mod brokers;
+/// Cluster health (issue 11): Ceph, the HA manager, guest HA state and lock, replication.
+mod cluster_health;
 /// Commands: POSTs, task following, rejections, bridge requests.
 mod commands;
 /// Faults survived: broker restarts.

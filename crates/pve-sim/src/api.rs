@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::access::{permission_denied, Token};
 use super::nodepower::{self, Bulk};
+use super::health::{self, HealthRoute};
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
@@ -119,6 +120,8 @@ enum Route {
     WakeOnLan {
         node: String,
     },
+    /// Ceph status and replication (`health`).
+    Health(HealthRoute),
 }
 
 /// Matches a method and path; returns the route and its template (the counter key).
@@ -252,7 +255,10 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
                 format!("POST /nodes/{{node}}/{}", bulk.as_str()),
             )
         }
-        _ => return None,
+        _ => {
+            let (route, template) = health::match_route(method, &s)?;
+            (Route::Health(route), template)
+        }
     };
     Some(route)
 }
@@ -275,6 +281,7 @@ impl Route {
             | Route::AptUpdates { node }
             | Route::NodeCommand { node }
             | Route::BulkPower { node, .. } => Some(node),
+            Route::Health(route) => route.proxy_node(),
             _ => None,
         }
     }
@@ -297,6 +304,7 @@ impl Route {
                 format!("/storage/{storage}"),
                 &["Datastore.Audit", "Datastore.AllocateSpace"],
             )),
+            Route::Health(route) => route.permission(),
             _ => None,
         }
     }
@@ -320,6 +328,7 @@ impl Route {
             Route::TaskStatus { node, upid }
             | Route::TaskLog { node, upid }
             | Route::TaskStop { node, upid } => vec![("node", node), ("upid", upid)],
+            Route::Health(route) => route.path_params(),
             _ => Vec::new(),
         }
     }
@@ -352,6 +361,7 @@ impl Route {
             Route::NodeCommand { .. } => nodepower::status_specs(),
             Route::BulkPower { bulk, .. } => nodepower::bulk_specs(*bulk),
             Route::WakeOnLan { .. } => nodepower::wakeonlan_specs(),
+            Route::Health(route) => route.specs(),
         }
     }
 }
@@ -859,6 +869,9 @@ fn dispatch(
         Route::NodeCommand { node } => state.node_command(node, params, now),
         Route::BulkPower { node, bulk } => state.bulk_power(node, *bulk, params, token, now),
         Route::WakeOnLan { node } => state.wake_on_lan(node, now),
+        Route::Health(route) => route
+            .answer(&state.world, token, params.int("guest"), live)
+            .map(Reply::data),
     }
 }
 

@@ -58,7 +58,7 @@ struct NewToken {
 
 /// The `/_sim` routes.
 pub(crate) fn router(sim: Sim) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/_sim/counters", get(counters))
         .route("/_sim/counters/reset", post(reset_counters))
         .route("/_sim/requests", get(requests))
@@ -80,8 +80,8 @@ pub(crate) fn router(sim: Sim) -> Router {
         )
         .route("/_sim/config", get(config).post(set_config))
         .route("/_sim/backup-jobs", get(backup_jobs).post(put_backup_job))
-        .route("/_sim/backup-jobs/{id}/run", post(run_backup_job))
-        .with_state(sim)
+        .route("/_sim/backup-jobs/{id}/run", post(run_backup_job));
+    super::health::control(router).with_state(sim)
 }
 
 async fn backup_jobs(State(sim): State<Sim>) -> Json<Value> {

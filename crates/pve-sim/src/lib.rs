@@ -43,6 +43,7 @@ mod clock;
 mod control;
 mod jobs;
 mod nodepower;
+mod health;
 mod params;
 mod render;
 mod respond;
@@ -53,6 +54,8 @@ mod tasks;
 mod tls;
 mod world;
 
+#[cfg(test)]
+mod health_tests;
 #[cfg(test)]
 mod motion_tests;
 #[cfg(test)]
@@ -74,6 +77,7 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::Router;
 
+pub use health::{CephCheck, CephPatch, NewReplicationJob, ReplicationPatch};
 pub use state::{
     ConfigPatch, Fault, FaultKind, GuestPatch, NewGuest, RecordedRequest, Sim, SimError, Tags,
 };

@@ -361,6 +361,11 @@ pub fn qemu_list() -> Vec<Spec> {
     vec![NODE, opt("full", BOOL)]
 }
 
+/// `GET /nodes/{node}/replication`: `guest` filters by vmid.
+pub fn node_replication() -> Vec<Spec> {
+    vec![NODE, opt("guest", Kind::Vmid)]
+}
+
 pub fn guest_current() -> Vec<Spec> {
     vec![NODE, VMID]
 }

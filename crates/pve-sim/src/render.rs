@@ -795,7 +795,7 @@ pub fn ha_status(world: &World, version: PveVersion, now: f64) -> Vec<Value> {
         "id": "quorum",
         "type": "quorum",
         "node": master,
-        "status": if world.quorate() { "OK" } else { "No quorum on node" },
+        "status": if world.quorate() { "OK".to_string() } else { format!("No quorum on node '{master}'!") },
         "quorate": flag(world.quorate()),
     })];
     let managed: Vec<&Guest> = world.guests.values().filter(|g| g.ha.is_some()).collect();

@@ -13,6 +13,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::health::{generated_health, Ceph, ClusterHealth};
+
 /// Current wall-clock time as Unix seconds with sub-second precision.
 pub(crate) fn now() -> f64 {
     std::time::SystemTime::now()
@@ -438,6 +440,8 @@ pub struct World {
     pub guests: BTreeMap<u32, Guest>,
     pub storages: Vec<Storage>,
     pub volumes: Vec<Volume>,
+    /// Ceph and replication jobs (issue 11; `health`).
+    pub health: ClusterHealth,
 }
 
 /// Formats Unix seconds (UTC) with the given separators: `2026_11_27-10_00_00` for
@@ -630,6 +634,11 @@ impl World {
             guests: BTreeMap::from([(100, vm), (101, ct)]),
             storages: local_storages(100 * GIB),
             volumes: Vec::new(),
+            // A single-node Ceph warns that its pools have no replicas.
+            health: ClusterHealth {
+                ceph: Some(Ceph::single_node("pve")),
+                replication: Vec::new(),
+            },
         };
         // Nightly backups at 03:00 UTC on the previous days.
         let last_night = ((now as u64) / 86_400) * 86_400 + 3 * 3600;
@@ -811,12 +820,14 @@ impl World {
             dump_dir: "/mnt/pve/nfs-backup/dump".into(),
         });
 
+        let health = generated_health(&nodes, &mut guests, now);
         let mut world = World {
             cluster_name: Some("simcluster".into()),
             nodes,
             guests,
             storages,
             volumes: Vec::new(),
+            health,
         };
         let midnight = ((now as u64) / 86_400) * 86_400;
         let backed_up: Vec<(u32, GuestType, u64, String)> = world

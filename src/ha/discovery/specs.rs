@@ -56,6 +56,24 @@ pub(super) const NODE_STATUSES: &[&str] = &["online", "offline", "unknown"];
 pub(super) const BACKUP_STATUSES: &[&str] = &["ok", "warnings", "failed"];
 /// PBS's `verification.state` of the newest backup.
 pub(super) const VERIFICATION_STATES: &[&str] = &["ok", "failed"];
+/// A guest's `lock` (qemu-server and pve-container schemas), `none` when unlocked.
+pub(super) const GUEST_LOCKS: &[&str] = &[
+    "none",
+    "backup",
+    "clone",
+    "copy",
+    "create",
+    "destroyed",
+    "disk",
+    "fstrim",
+    "migrate",
+    "mounted",
+    "rollback",
+    "snapshot",
+    "snapshot-delete",
+    "suspended",
+    "suspending",
+];
 /// A command report's `state` (SPEC §4).
 pub(super) const COMMAND_STATES: &[&str] = &["accepted", "running", "ok", "failed", "rejected"];
 
@@ -141,6 +159,28 @@ impl Spec {
             device_class: Some("enum"),
             options: Some(options),
             ..Spec::sensor(key, name, enum_template(field, options))
+        }
+    }
+    /// An `enum` sensor with its own template; `GUEST_LOCKS` in it becomes the list.
+    fn status_with(
+        key: &'static str,
+        name: &'static str,
+        template: &str,
+        options: &'static [&'static str],
+    ) -> Self {
+        let list = options
+            .iter()
+            .map(|o| format!("'{o}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Spec {
+            device_class: Some("enum"),
+            options: Some(options),
+            ..Spec::sensor(
+                key,
+                name,
+                template.replace("GUEST_LOCKS", &format!("[{list}]")),
+            )
         }
     }
     fn percent(key: &'static str, name: &'static str, template: &'static str) -> Self {
@@ -275,6 +315,21 @@ pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
         )
         .diagnostic()
         .disabled(),
+        // Issue 11: from `hastate` and `lock` of the cluster list, no extra request.
+        Spec::binary(
+            "ha_managed",
+            "HA managed",
+            "{{ 'ON' if value_json.hastate else 'OFF' }}",
+        )
+        .diagnostic()
+        .icon("mdi:shield-check"),
+        Spec::status_with(
+            "lock",
+            "Lock",
+            "{% set l = value_json.lock or 'none' %}{{ l if l in GUEST_LOCKS else None }}",
+            GUEST_LOCKS,
+        )
+        .icon("mdi:lock"),
     ];
     // Proxmox only knows a container's disk usage; a VM's `disk` is always 0 without
     // the guest agent, so announcing it would show a false 0 B.
