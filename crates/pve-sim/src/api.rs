@@ -26,6 +26,7 @@ use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
 use super::rows;
+use super::snapshots::{self, SnapAction};
 use super::state::{Fault, FaultKind, RecordedRequest, RuntimeConfig, Sim, State};
 use super::tasks::{self, Upid, VzdumpJob};
 use super::world::{now, GuestType, PveVersion, World};
@@ -102,6 +103,14 @@ enum Route {
     },
     AptUpdates {
         node: String,
+    },
+    /// `…/{qemu|lxc}/{vmid}/snapshot[/{snapname}[/rollback]]`; `action` `None` = the list.
+    Snapshot {
+        node: String,
+        kind: GuestType,
+        vmid: String,
+        snapname: Option<String>,
+        action: Option<SnapAction>,
     },
 }
 
@@ -209,6 +218,33 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             Route::AptUpdates { node: node(n) },
             "GET /nodes/{node}/apt/update".into(),
         ),
+        (method, ["nodes", n, kind, vmid, "snapshot", rest @ ..]) => {
+            let kind = GuestType::parse(kind)?;
+            let (action, snapname, tail) = match (method, rest) {
+                ("GET", []) => (None, None, ""),
+                ("POST", []) => (Some(SnapAction::Create), None, ""),
+                ("DELETE", [name]) => (Some(SnapAction::Delete), Some(*name), "/{snapname}"),
+                ("POST", [name, "rollback"]) => (
+                    Some(SnapAction::Rollback),
+                    Some(*name),
+                    "/{snapname}/rollback",
+                ),
+                _ => return None,
+            };
+            (
+                Route::Snapshot {
+                    node: node(n),
+                    kind,
+                    vmid: vmid.to_string(),
+                    snapname: snapname.map(str::to_string),
+                    action,
+                },
+                format!(
+                    "{method} /nodes/{{node}}/{}/{{vmid}}/snapshot{tail}",
+                    kind.as_str()
+                ),
+            )
+        }
         _ => return None,
     };
     Some(route)
@@ -229,7 +265,8 @@ impl Route {
             | Route::TaskLog { node, .. }
             | Route::TaskStop { node, .. }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => Some(node),
+            | Route::AptUpdates { node }
+            | Route::Snapshot { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -245,6 +282,14 @@ impl Route {
             Route::StorageContent { storage, .. } => Some((
                 format!("/storage/{storage}"),
                 &["Datastore.Audit", "Datastore.AllocateSpace"],
+            )),
+            Route::Snapshot { vmid, action, .. } => Some((
+                format!("/vms/{vmid}"),
+                match action {
+                    None => &["VM.Audit"],
+                    Some(SnapAction::Rollback) => &["VM.Snapshot", "VM.Snapshot.Rollback"],
+                    Some(_) => &["VM.Snapshot"],
+                },
             )),
             _ => None,
         }
@@ -263,6 +308,18 @@ impl Route {
                 vec![("node", node), ("vmid", vmid)]
             }
             Route::StorageContent { node, storage } => vec![("node", node), ("storage", storage)],
+            Route::Snapshot {
+                node,
+                vmid,
+                snapname,
+                ..
+            } => {
+                let mut params = vec![("node", node.as_str()), ("vmid", vmid.as_str())];
+                if let Some(name) = snapname {
+                    params.push(("snapname", name.as_str()));
+                }
+                params
+            }
             Route::TaskStatus { node, upid }
             | Route::TaskLog { node, upid }
             | Route::TaskStop { node, upid } => vec![("node", node), ("upid", upid)],
@@ -293,6 +350,12 @@ impl Route {
             Route::TaskStatus { .. } | Route::TaskStop { .. } => params::task_status(),
             Route::TaskLog { .. } => params::task_log(),
             Route::Vzdump { .. } => params::vzdump(version),
+            Route::Snapshot { kind, action, .. } => match action {
+                None => params::guest_current(),
+                Some(SnapAction::Create) => params::snapshot_create(*kind),
+                Some(SnapAction::Rollback) => params::snapshot_rollback(),
+                Some(SnapAction::Delete) => params::snapshot_delete(),
+            },
         }
     }
 }
@@ -795,6 +858,9 @@ fn dispatch(
         }
         Route::Vzdump { node } => vzdump(state, node, params, token, now),
         Route::AptUpdates { .. } => list(render::apt_updates(version)),
+        Route::Snapshot {
+            node, kind, action, ..
+        } => snapshots::handle(state, (node, *kind), *action, params, token, now),
     }
 }
 

@@ -45,6 +45,7 @@ mod params;
 mod render;
 mod respond;
 mod rows;
+mod snapshots;
 mod state;
 mod tasks;
 mod tls;

@@ -1056,3 +1056,6 @@ async fn start_rejects_a_malformed_token_or_version() {
     .await;
     assert!(bad_version.is_err());
 }
+
+#[path = "snapshot_tests.rs"]
+mod snapshots;

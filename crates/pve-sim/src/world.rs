@@ -425,6 +425,8 @@ pub struct World {
     pub guests: BTreeMap<u32, Guest>,
     pub storages: Vec<Storage>,
     pub volumes: Vec<Volume>,
+    /// Snapshots per vmid (guests without any have no entry).
+    pub snapshots: BTreeMap<u32, super::snapshots::GuestSnapshots>,
 }
 
 /// Formats Unix seconds (UTC) with the given separators: `2026_11_27-10_00_00` for
@@ -617,6 +619,7 @@ impl World {
             guests: BTreeMap::from([(100, vm), (101, ct)]),
             storages: local_storages(100 * GIB),
             volumes: Vec::new(),
+            snapshots: super::snapshots::seed(now),
         };
         // Nightly backups at 03:00 UTC on the previous days.
         let last_night = ((now as u64) / 86_400) * 86_400 + 3 * 3600;
@@ -804,7 +807,9 @@ impl World {
             guests,
             storages,
             volumes: Vec::new(),
+            snapshots: BTreeMap::new(),
         };
+        world.snapshots = super::snapshots::generated(&world, now);
         let midnight = ((now as u64) / 86_400) * 86_400;
         let backed_up: Vec<(u32, GuestType, u64, String)> = world
             .guests
