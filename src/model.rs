@@ -24,6 +24,7 @@ mod guest;
 mod node;
 mod rates;
 mod reporting;
+mod snapshots;
 mod storage;
 
 use guest::guest_state;
@@ -32,6 +33,7 @@ pub use node::NodeState;
 use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
 pub use reporting::ReportRules;
+pub use snapshots::SnapshotInfo;
 pub use storage::StorageState;
 use storage::{storage_needs_report, storage_state};
 
@@ -154,6 +156,8 @@ pub struct SlowData {
     pub node_status: HashMap<String, NodeStatus>,
     /// vmid -> ctime of the newest backup.
     pub last_backup: HashMap<u32, u64>,
+    /// vmid -> its snapshots, for the guests whose list was read.
+    pub snapshots: HashMap<u32, SnapshotInfo>,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default

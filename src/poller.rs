@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 mod slow;
+mod snapshots;
 
 use slow::slow_lane;
 pub use slow::Cadence;
@@ -36,6 +37,8 @@ pub struct Refresh {
     pub status_override: Option<(u32, String)>,
     /// Re-read backup storage content (a backup just finished).
     pub reread_backups: bool,
+    /// Re-read this guest's snapshot list now (a snapshot command just ended).
+    pub reread_snapshots: Option<u32>,
 }
 
 /// Everything one cluster's poller needs.
@@ -84,6 +87,7 @@ impl ClusterPoller {
         let (slow_tx, mut slow_rx) = watch::channel(Arc::new(SlowData::default()));
         let (resources_tx, resources_rx) = watch::channel(Arc::new(Vec::<Resource>::new()));
         let reread = Arc::new(tokio::sync::Notify::new());
+        let (snapshots_tx, snapshots_rx) = mpsc::channel::<u32>(64);
         let slow_lane = tokio::spawn(slow_lane(
             self.client.clone(),
             self.slow_interval,
@@ -91,6 +95,10 @@ impl ClusterPoller {
             resources_rx,
             slow_tx,
             reread.clone(),
+            snapshots::GuestFeed {
+                views: self.views.subscribe(),
+                reread: snapshots_rx,
+            },
             shutdown.clone(),
         ));
         let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
@@ -125,6 +133,9 @@ impl ClusterPoller {
                         }
                         if refresh.reread_backups {
                             reread.notify_one();
+                        }
+                        if let Some(vmid) = refresh.reread_snapshots {
+                            let _ = snapshots_tx.try_send(vmid);
                         }
                         coalesced += 1;
                         next = self.refresh.try_recv().ok();
@@ -474,7 +485,7 @@ mod tests {
                 self.refresh
                     .try_send(Refresh {
                         status_override: Some((*vmid, status.clone())),
-                        reread_backups: false,
+                        ..Refresh::default()
                     })
                     .unwrap();
             }

@@ -98,6 +98,8 @@ section! {
         pub interval: Duration = Duration::from_secs(10),
         /// Zero until `build` gives the default (a given duration is never zero).
         pub slow_interval: Duration = Duration::ZERO,
+        /// How often each guest's snapshot list is read (slow lane, per guest).
+        pub snapshots_interval: Duration = Duration::from_secs(15 * 60),
     }
 }
 
@@ -143,6 +145,8 @@ section! {
         pub read_only: bool = false,
         /// Empty = every guest.
         pub allow: Vec<AllowRule> = Vec::new(),
+        /// Allow the snapshot `rollback` action (destructive: off by default).
+        pub rollback: bool = false,
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
-use super::{ClusterView, SlowData};
+use super::{ClusterView, SlowData, SnapshotInfo};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
@@ -49,6 +49,9 @@ pub struct GuestState {
     pub pool: Option<String>,
     /// Unix time of the newest backup found in storage content.
     pub last_backup: Option<u64>,
+    /// `snapshots`, `snapshot_latest`, `snapshot_latest_time`.
+    #[serde(flatten)]
+    pub snapshots: SnapshotInfo,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
@@ -81,6 +84,7 @@ struct GuestDraft<'a> {
     hastate: Option<&'a str>,
     pool: Option<&'a str>,
     last_backup: Option<u64>,
+    snapshots: Option<&'a SnapshotInfo>,
 }
 
 impl GuestDraft<'_> {
@@ -117,6 +121,7 @@ impl GuestDraft<'_> {
             hastate,
             pool,
             last_backup,
+            snapshots,
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -135,7 +140,8 @@ impl GuestDraft<'_> {
             || lock.as_deref() != self.lock
             || hastate.as_deref() != self.hastate
             || pool.as_deref() != self.pool
-            || *last_backup != self.last_backup;
+            || *last_backup != self.last_backup
+            || Some(snapshots) != self.snapshots.or(Some(&SnapshotInfo::default()));
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
         let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
@@ -176,6 +182,7 @@ impl GuestDraft<'_> {
             hastate: self.hastate.map(str::to_owned),
             pool: self.pool.map(str::to_owned),
             last_backup: self.last_backup,
+            snapshots: self.snapshots.cloned().unwrap_or_default(),
             as_of: now,
         }
     }
@@ -199,7 +206,7 @@ pub(super) fn guest_state(
 
 fn guest_draft<'a>(
     row: &'a Resource,
-    slow: &SlowData,
+    slow: &'a SlowData,
     rates: &mut RateMemory,
     now: f64,
     before: Option<&GuestState>,
@@ -252,5 +259,6 @@ fn guest_draft<'a>(
         hastate: row.hastate.as_deref(),
         pool: row.pool.as_deref(),
         last_backup: slow.last_backup.get(&vmid).copied(),
+        snapshots: slow.snapshots.get(&vmid),
     })
 }

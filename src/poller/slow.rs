@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::snapshots::{self, GuestFeed, SnapshotRead};
 use crate::model::SlowData;
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
 
@@ -29,6 +30,8 @@ pub struct Cadence {
     pub node_extras: usize,
     /// At most this many per-guest detail requests per round, all nodes together.
     pub guest_extras: usize,
+    /// How often each guest's snapshot list is read (`poll.snapshots_interval`).
+    pub snapshots: Duration,
 }
 
 impl Default for Cadence {
@@ -36,6 +39,7 @@ impl Default for Cadence {
         Cadence {
             node_extras: 3,
             guest_extras: 50,
+            snapshots: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -87,6 +91,7 @@ impl Schedule {
 }
 
 /// The slow lane of one cluster (see the module docs).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn slow_lane(
     client: PveClient,
     interval: Duration,
@@ -94,6 +99,7 @@ pub(super) async fn slow_lane(
     mut resources: watch::Receiver<Arc<Vec<Resource>>>,
     out: watch::Sender<Arc<SlowData>>,
     reread: Arc<tokio::sync::Notify>,
+    mut guests: GuestFeed,
     shutdown: CancellationToken,
 ) {
     // Wait for the fast lane's first answer: it says which nodes and storages exist.
@@ -109,15 +115,28 @@ pub(super) async fn slow_lane(
     let mut data = SlowData::default();
     let mut schedule = Schedule::default();
     let mut only_backups = false;
+    // A snapshot command just ended: read that guest's snapshots, nothing else.
+    let mut only_snapshots: Option<SnapshotRead> = None;
     let mut round_start = Instant::now();
     loop {
         // Plan from the node and storage rows of the latest answer (the fast lane sends
         // only those: the guest rows are thousands and not needed here).
-        let candidates = plan(&resources.borrow_and_update());
+        let mut candidates = plan(&resources.borrow_and_update());
+        candidates.extend(
+            snapshots::candidates(guests.views.borrow().as_deref())
+                .into_iter()
+                .map(SlowRequest::Snapshots),
+        );
         let mut requests = select_due(candidates, &cadence, &schedule, Instant::now());
         if only_backups {
             requests.retain(|r| matches!(r, SlowRequest::StorageContent { .. }));
         }
+        if let Some(read) = only_snapshots.take() {
+            requests = vec![SlowRequest::Snapshots(read)];
+        }
+        let reads_backups = requests
+            .iter()
+            .any(|r| matches!(r, SlowRequest::StorageContent { .. }));
         // Spread the requests over half the interval: never a burst of N at once.
         let spacing = if only_backups {
             Duration::from_millis(100)
@@ -146,7 +165,9 @@ pub(super) async fn slow_lane(
             }
         }
         // Keep older backup times for storages we could not read this round.
-        if backups_complete {
+        if !reads_backups {
+            // Nothing read: keep what is known (a round of a snapshot read alone).
+        } else if backups_complete {
             data.last_backup = backups;
         } else {
             for (vmid, ctime) in backups {
@@ -154,6 +175,7 @@ pub(super) async fn slow_lane(
                 *entry = (*entry).max(ctime);
             }
         }
+        snapshots::forget_gone(&mut data, guests.views.borrow().as_deref());
         let _ = out.send(Arc::new(data.clone()));
         schedule.forget_older_than(FORGET_AFTER.max(interval * 4), Instant::now());
         tokio::select! {
@@ -165,6 +187,10 @@ pub(super) async fn slow_lane(
             // A backup just finished: read the backup storages now so `last_backup`
             // follows at once; the regular round keeps its schedule.
             _ = reread.notified() => only_backups = true,
+            // A snapshot command ended: read that guest's list now.
+            Some(vmid) = guests.reread.recv() => {
+                only_snapshots = snapshots::for_guest(guests.views.borrow().as_deref(), vmid);
+            }
         }
     }
 }
@@ -178,13 +204,19 @@ enum SlowRequest {
     Version,
     ClusterStatus,
     NodeStatus(String),
-    StorageContent { node: String, storage: String },
+    StorageContent {
+        node: String,
+        storage: String,
+    },
+    /// One guest's snapshot list (per guest, every `poll.snapshots_interval`).
+    Snapshots(SnapshotRead),
 }
 
 impl SlowRequest {
     /// The least time between two runs; zero = every round.
-    fn every(&self, _cadence: &Cadence) -> Duration {
+    fn every(&self, cadence: &Cadence) -> Duration {
         match self {
+            SlowRequest::Snapshots(_) => cadence.snapshots,
             SlowRequest::Version
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
@@ -194,6 +226,7 @@ impl SlowRequest {
 
     fn budget(&self) -> Budget<'_> {
         match self {
+            SlowRequest::Snapshots(_) => Budget::Guest,
             SlowRequest::Version
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
@@ -301,6 +334,7 @@ async fn run_request(
             let status = client.node_status(node).await?;
             data.node_status.insert(node.clone(), status);
         }
+        SlowRequest::Snapshots(read) => snapshots::read(client, read, data).await?,
         SlowRequest::StorageContent { node, storage } => {
             for item in client
                 .storage_content(node, storage, Some("backup"))

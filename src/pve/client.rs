@@ -27,9 +27,11 @@ use crate::types::ProxmoxUrl;
 
 mod calls;
 mod decode;
+mod snapshots;
 
 use decode::decode_data;
 pub use decode::{decode_cluster_resources, for_each_cluster_resource};
+pub use snapshots::SnapshotEntry;
 
 /// Below pveproxy's 5 s keep-alive timeout, so the pool rarely picks a connection the server
 /// is closing at that very moment.

@@ -20,7 +20,7 @@ mod types;
 mod upid;
 
 pub use action::Action;
-pub use client::{decode_cluster_resources, for_each_cluster_resource, PveClient};
+pub use client::{decode_cluster_resources, for_each_cluster_resource, PveClient, SnapshotEntry};
 pub use error::PveError;
 pub use types::{
     exitstatus_is_success, split_tags, tag_iter, ClusterStatusKind, ClusterStatusRow, CpuInfo,

@@ -169,12 +169,9 @@ pub fn plan(
             (SnapAction::Create, Some(_)) => Some(format!("snapshot name '{name}' already used")),
             (SnapAction::Create, None) => None,
             (_, None) => Some(format!("snapshot '{name}' does not exist")),
-            (SnapAction::Rollback, Some(snap)) => match &snap.snapstate {
-                Some(state) => Some(format!(
-                    "unable to rollback to incomplete snapshot (snapstate = {state})"
-                )),
-                None => None,
-            },
+            (SnapAction::Rollback, Some(snap)) => snap.snapstate.as_ref().map(|state| {
+                format!("unable to rollback to incomplete snapshot (snapstate = {state})")
+            }),
             (SnapAction::Delete, Some(_)) => None,
         }
     };
