@@ -27,6 +27,8 @@ mod reporting;
 mod retained;
 /// TLS to Proxmox and the broker, passwords, secrets kept out of logs and payloads.
 mod security;
+/// Snapshots: snapshot, rollback and delete_snapshot commands; count and newest in state.
+mod snapshots;
 /// Discovery and state: what Home Assistant and scripts see after a poll.
 mod state;
 /// Broker, simulator, probe and bridge helpers.
