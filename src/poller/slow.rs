@@ -404,6 +404,39 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_reads_are_per_guest_capped_per_round_and_wait_for_their_interval() {
+        let read = |vmid| {
+            SlowRequest::Snapshots(SnapshotRead {
+                node: "pve1".into(),
+                kind: crate::pve::GuestKind::Qemu,
+                vmid,
+            })
+        };
+        let cadence = Cadence::default();
+        let mut candidates = vec![SlowRequest::Version];
+        candidates.extend((100..5100).map(read));
+        let now = Instant::now();
+        let mut schedule = Schedule::default();
+        let first = select_due(candidates.clone(), &cadence, &schedule, now);
+        assert_eq!(first.len(), 1 + cadence.guest_extras, "base + the per-guest cap");
+        for r in &first {
+            schedule.attempted(r, now);
+        }
+        // The next round takes the next 50, not the same ones again.
+        let later = now + Duration::from_secs(60);
+        let second = select_due(candidates.clone(), &cadence, &schedule, later);
+        assert_eq!(second.len(), 1 + cadence.guest_extras);
+        assert!(second[1..].iter().all(|r| !first.contains(r)));
+        // A guest read is due again only after `poll.snapshots_interval`.
+        let only = vec![read(100)];
+        let mut schedule = Schedule::default();
+        schedule.attempted(&read(100), now);
+        assert!(select_due(only.clone(), &cadence, &schedule, later).is_empty());
+        let due = now + cadence.snapshots + Duration::from_secs(1);
+        assert_eq!(select_due(only, &cadence, &schedule, due).len(), 1);
+    }
+
+    #[test]
     fn base_requests_are_all_selected_in_plan_order() {
         let candidates = vec![
             SlowRequest::Version,
