@@ -147,9 +147,17 @@ pub(super) async fn slow_lane(
         let mut backups_complete = true;
         for (i, request) in requests.iter().enumerate() {
             if i > 0 {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(spacing) => {}
+                let wake = Instant::now() + spacing;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep_until(wake) => break,
+                        // A snapshot command ended: its guest's list is read between two
+                        // requests of the round, not after the whole round.
+                        Some(vmid) = guests.reread.recv() => {
+                            snapshots::reread(&client, &guests, vmid, &mut data, &out).await;
+                        }
+                    }
                 }
             }
             schedule.attempted(request, Instant::now());
@@ -418,7 +426,11 @@ mod tests {
         let now = Instant::now();
         let mut schedule = Schedule::default();
         let first = select_due(candidates.clone(), &cadence, &schedule, now);
-        assert_eq!(first.len(), 1 + cadence.guest_extras, "base + the per-guest cap");
+        assert_eq!(
+            first.len(),
+            1 + cadence.guest_extras,
+            "base + the per-guest cap"
+        );
         for r in &first {
             schedule.attempted(r, now);
         }

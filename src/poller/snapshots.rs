@@ -65,6 +65,22 @@ pub(super) async fn read(
     Ok(())
 }
 
+/// Reads one guest's list at once (mid-round) and hands the slow-lane data on.
+pub(super) async fn reread(
+    client: &PveClient,
+    guests: &GuestFeed,
+    vmid: u32,
+    data: &mut SlowData,
+    out: &watch::Sender<Arc<SlowData>>,
+) {
+    let Some(target) = for_guest(guests.views.borrow().as_deref(), vmid) else {
+        return;
+    };
+    if read(client, &target, data).await.is_ok() {
+        let _ = out.send(Arc::new(data.clone()));
+    }
+}
+
 /// Drops the summaries of guests that are gone.
 pub(super) fn forget_gone(data: &mut SlowData, view: Option<&ClusterView>) {
     if let Some(view) = view {
