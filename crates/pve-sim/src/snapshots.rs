@@ -129,6 +129,9 @@ pub fn plan(
         }
     }
     let task_type = action.task_type(kind);
+    // Only a running VM has RAM to save: a stopped VM's snapshot gets `vmstate: 0`.
+    let vmstate =
+        vmstate && kind == GuestType::Qemu && guest.is_some_and(|g| g.power.process_running());
     let existing = world.snapshots.get(&vmid);
     let current_parent = existing.and_then(|s| s.current_parent.clone());
     let mut plan = SnapPlan {
@@ -139,11 +142,11 @@ pub fn plan(
             snaptime: now,
             description: description.unwrap_or("").to_string(),
             parent: current_parent,
-            vmstate: vmstate && kind == GuestType::Qemu,
+            vmstate,
             snapstate: None,
         },
         start,
-        vmstate: vmstate && kind == GuestType::Qemu,
+        vmstate,
     };
     let Some(guest) = guest else {
         plan.failure = Some(format!(
