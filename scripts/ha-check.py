@@ -115,6 +115,19 @@ check("no uptime entity is left", not uptimes, str(uptimes))
 check("no total_increasing anywhere",
       not [x for x, e in by_id.items() if e.get("state_class") == "total_increasing"])
 
+# --- snapshots (issue 12) -------------------------------------------------------------
+for eid, count in [("sensor.home_assistant_snapshots", "2"), ("sensor.mqtt_snapshots", "1")]:
+    e = entity(eid)
+    check(f"{eid} counts the demo snapshots as a measurement",
+          e.get("state_class") == "measurement" and e.get("state") == count, f"{e.get('state_class')} {e.get('state')}")
+for eid in ["sensor.home_assistant_newest_snapshot", "sensor.mqtt_newest_snapshot"]:
+    e = entity(eid)
+    st = e.get("state")
+    check(f"{eid} is a timestamp with a date",
+          e.get("device_class") == "timestamp" and isinstance(st, str) and st[:2] == "20", f"{e.get('device_class')} {st!r}")
+snapshot_buttons = [x for x in by_id if x.startswith("button.") and ("snapshot" in x or "rollback" in x)]
+check("no button for snapshot, rollback or delete_snapshot", not snapshot_buttons, str(snapshot_buttons))
+
 # --- node connectivity ----------------------------------------------------------------
 e = entity("binary_sensor.pve_connectivity")
 check("node connectivity: device_class connectivity, on",

@@ -187,7 +187,10 @@ pub async fn run_with(
                 client,
                 interval: poll.interval,
                 slow_interval: poll.slow_interval,
-                cadence: crate::poller::Cadence::default(),
+                cadence: crate::poller::Cadence {
+                    snapshots: poll.snapshots_interval,
+                    ..crate::poller::Cadence::default()
+                },
                 refresh_spacing: MIN_REFRESH_SPACING,
                 publisher,
                 refresh: refresh_rx,

@@ -82,6 +82,32 @@ const BACKUP_NEEDS: &[Need] = &[
     },
 ];
 
+const SNAPSHOT_NEEDS: &[Need] = &[Need {
+    path: "/vms",
+    privilege: "VM.Snapshot",
+    purpose: "snapshot and delete_snapshot commands",
+}];
+
+/// The `snapshots` line, and with `[commands] rollback = true` the `rollback` line.
+/// Proxmox lets a rollback through with either `VM.Snapshot` or `VM.Snapshot.Rollback`.
+fn snapshot_lines(perms: &Permissions, rollback: bool, note: &str) -> Vec<String> {
+    let snapshot = missing(perms, SNAPSHOT_NEEDS);
+    let mut lines = vec![if snapshot.is_empty() {
+        format!("snapshots: yes{note}")
+    } else {
+        format!("snapshots: no — missing {}{note}", describe(&snapshot))
+    }];
+    if rollback {
+        let may = perms.has("/vms", "VM.Snapshot.Rollback") || perms.has("/vms", "VM.Snapshot");
+        lines.push(if may {
+            format!("rollback: yes{note}")
+        } else {
+            format!("rollback: no — missing VM.Snapshot.Rollback on /vms (rollback command){note}")
+        });
+    }
+    lines
+}
+
 fn missing<'a>(perms: &Permissions, needs: &'a [Need]) -> Vec<&'a Need> {
     needs
         .iter()
@@ -184,6 +210,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                         "  tasks of any origin, backup health: no — missing {} (last_task, failed tasks and backup verdicts stay empty)",
                         describe(&tasks)
                     );
+                }
+                for line in snapshot_lines(&perms, config.commands.rollback, note) {
+                    println!("  {line}");
                 }
             }
             Err(err) => {
@@ -353,4 +382,27 @@ pub fn config_summary(config: &Config) -> String {
         backup.storage, backup.mode, backup.compress
     );
     out
+}
+
+#[cfg(test)]
+mod snapshot_check_tests {
+    use super::*;
+
+    fn perms(privileges: &[&str]) -> Permissions {
+        let privs = privileges.iter().map(|p| (p.to_string(), true)).collect();
+        Permissions([("/vms".to_string(), privs)].into_iter().collect())
+    }
+
+    #[test]
+    fn check_names_vm_snapshot_and_with_rollback_on_vm_snapshot_rollback() {
+        let lines = snapshot_lines(&perms(&["VM.Audit"]), false, "");
+        assert_eq!(lines.len(), 1, "no rollback line while rollback is off");
+        assert!(lines[0].contains("snapshots: no — missing VM.Snapshot on /vms"));
+        let lines = snapshot_lines(&perms(&["VM.Audit"]), true, "");
+        assert!(lines[1].contains("rollback: no — missing VM.Snapshot.Rollback"));
+        let lines = snapshot_lines(&perms(&["VM.Snapshot.Rollback"]), true, "");
+        assert_eq!(lines[1], "rollback: yes");
+        let lines = snapshot_lines(&perms(&["VM.Snapshot"]), true, "");
+        assert_eq!(lines, ["snapshots: yes", "rollback: yes"]);
+    }
 }

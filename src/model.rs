@@ -26,6 +26,7 @@ mod guest;
 mod node;
 mod rates;
 mod reporting;
+mod snapshots;
 mod storage;
 mod tasks;
 
@@ -40,6 +41,7 @@ pub use node::NodeState;
 use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
 pub use reporting::ReportRules;
+pub use snapshots::SnapshotInfo;
 pub use storage::StorageState;
 use storage::{storage_needs_report, storage_state};
 pub use tasks::{row_failed, LastTask, TaskFacts};
@@ -187,6 +189,8 @@ pub struct SlowData {
     pub storage_reserve: HashMap<(String, String), u64>,
     /// Ceph, HA and replication (issue 11).
     pub health: HealthData,
+    /// vmid -> its snapshots, for the guests whose list was read.
+    pub snapshots: HashMap<u32, SnapshotInfo>,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default

@@ -22,6 +22,7 @@ mod backup_log;
 mod cluster_health;
 mod slow;
 mod tasks;
+mod snapshots;
 
 pub use cluster_health::check_lines as cluster_health_check;
 use slow::slow_lane;
@@ -40,6 +41,8 @@ pub struct Refresh {
     pub status_override: Option<(u32, String)>,
     /// Re-read backup storage content (a backup just finished).
     pub reread_backups: bool,
+    /// Re-read this guest's snapshot list now (a snapshot command just ended).
+    pub reread_snapshots: Option<u32>,
 }
 
 /// Everything one cluster's poller needs.
@@ -95,6 +98,7 @@ impl ClusterPoller {
         let reread = Arc::new(tokio::sync::Notify::new());
         // Finished vzdump tasks (node, UPID) whose log the slow lane reads once.
         let (backup_logs, backup_logs_rx) = mpsc::channel(256);
+        let (snapshots_tx, snapshots_rx) = mpsc::channel::<u32>(64);
         let slow_lane = tokio::spawn(slow_lane(
             self.client.clone(),
             self.slow_interval,
@@ -103,6 +107,10 @@ impl ClusterPoller {
             slow_tx,
             reread.clone(),
             backup_logs_rx,
+            snapshots::GuestFeed {
+                views: self.views.subscribe(),
+                reread: snapshots_rx,
+            },
             shutdown.clone(),
         ));
         let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
@@ -138,6 +146,9 @@ impl ClusterPoller {
                         }
                         if refresh.reread_backups {
                             reread.notify_one();
+                        }
+                        if let Some(vmid) = refresh.reread_snapshots {
+                            let _ = snapshots_tx.try_send(vmid);
                         }
                         coalesced += 1;
                         next = self.refresh.try_recv().ok();
@@ -355,7 +366,7 @@ impl ClusterPoller {
                 if let Ok(status) = client.guest_status(&node, kind, vmid).await {
                     let _ = refresh.try_send(Refresh {
                         status_override: tasks::status_word(&status).map(|s| (vmid, s)),
-                        reread_backups: false,
+                        ..Refresh::default()
                     });
                 }
             });
@@ -575,7 +586,7 @@ mod tests {
                 self.refresh
                     .try_send(Refresh {
                         status_override: Some((*vmid, status.clone())),
-                        reread_backups: false,
+                        ..Refresh::default()
                     })
                     .unwrap();
             }

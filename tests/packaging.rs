@@ -395,6 +395,7 @@ fn sample_options(ca_file: &Path) -> BTreeMap<&'static str, Value> {
         ("homeassistant.discovery_prefix", json!("ha-discovery")),
         ("commands.enabled", json!(true)),
         ("commands.read_only", json!(true)),
+        ("commands.rollback", json!(true)),
         (
             "commands.allow",
             json!(["100", "tag:ha-control", "pool:home"]),
@@ -520,6 +521,7 @@ fn addon_options_map_onto_a_config_the_bridge_loads() {
     assert_eq!(config.homeassistant.discovery_prefix, "ha-discovery");
     assert!(config.commands.enabled);
     assert!(config.commands.read_only);
+    assert!(config.commands.rollback);
     assert_eq!(
         config.commands.allow,
         [
@@ -733,6 +735,7 @@ fn addon_defaults_are_the_bridge_defaults() {
     );
     assert_eq!(addon.commands.enabled, bridge.commands.enabled);
     assert_eq!(addon.commands.read_only, bridge.commands.read_only);
+    assert_eq!(addon.commands.rollback, bridge.commands.rollback);
     assert_eq!(addon.commands.allow, bridge.commands.allow);
     assert_eq!(addon.backup.storage, bridge.backup.storage);
     assert_eq!(addon.backup.mode, bridge.backup.mode);

@@ -35,6 +35,7 @@ def option_env: {
   "commands.enabled": "PVE2MQTT_COMMANDS__ENABLED",
   "commands.read_only": "PVE2MQTT_COMMANDS__READ_ONLY",
   "commands.allow": "PVE2MQTT_COMMANDS__ALLOW",
+  "commands.rollback": "PVE2MQTT_COMMANDS__ROLLBACK",
   "backup.storage": "PVE2MQTT_BACKUP__STORAGE",
   "backup.mode": "PVE2MQTT_BACKUP__MODE",
   "backup.compress": "PVE2MQTT_BACKUP__COMPRESS",

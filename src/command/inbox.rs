@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::busy::BusySet;
 use super::links::{cluster, response_body, ClusterHandle, Registry, Reporter};
 use super::parse::{parse, parse_fields, Action, Command, Rejection, RejectionKind};
-use super::policy::authorize;
+use super::policy::{authorize, authorize_action};
 use super::ratelimit::RateLimiter;
 use super::report::{unix_now, Phase, TaskReport};
 use super::requests::{
@@ -381,6 +381,7 @@ impl CommandHandler {
             .lookup(cluster, Some(kind), vmid)
             .and_then(|(handle, guest)| {
                 authorize(&self.policy, &guest)?;
+                authorize_action(&self.policy, command.action)?;
                 let busy = self
                     .busy
                     .claim(cluster, vmid)

@@ -21,6 +21,7 @@ pub mod report;
 pub mod requests;
 pub mod resume;
 pub mod runner;
+pub mod snapshot;
 
 pub use inbox::CommandHandler;
 pub use links::{ClusterHandle, Registry};

@@ -18,6 +18,9 @@ const MAX_ID_LEN: usize = 128;
 
 /// Options this action accepts in JSON payloads.
 fn allowed_options(action: Action, kind: GuestKind) -> &'static [&'static str] {
+    if let Some(options) = super::snapshot::options(action, kind) {
+        return options;
+    }
     match (action, kind) {
         (Action::Reboot, _) => &["timeout"],
         // `keepActive` exists for VMs only (qemu-server), as the seed lists it.
@@ -60,6 +63,8 @@ pub struct Command {
     pub keep_active: Option<bool>,
     pub to_disk: bool,
     pub backup: BackupOptions,
+    /// `snapshot`, `rollback`, `delete_snapshot`: the name and options.
+    pub snapshot: super::snapshot::SnapshotOptions,
 }
 
 impl Command {
@@ -72,6 +77,7 @@ impl Command {
             keep_active: None,
             to_disk: action == Action::Hibernate,
             backup: BackupOptions::default(),
+            snapshot: Default::default(),
         }
     }
 
@@ -167,7 +173,9 @@ pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>
         if !action.valid_for(kind) {
             return Err((None, invalid_for(action, kind)));
         }
-        return Ok(Command::new(action));
+        let command = Command::new(action);
+        super::snapshot::complete(&command).map_err(|r| (None, r))?;
+        return Ok(command);
     }
     let object: Map<String, Value> = match serde_json::from_str(text) {
         Ok(Value::Object(o)) => o,
@@ -279,9 +287,13 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
             "notes_template" => command.backup.notes_template = Some(notes(value)?),
             "remove" => command.backup.remove = Some(boolean(key, value)?),
             "protected" => command.backup.protected = Some(boolean(key, value)?),
+            "name" | "description" | "vmstate" | "start" => {
+                super::snapshot::set(&mut command.snapshot, key, value, kind, boolean)?
+            }
             _ => return reject(format!("unknown option '{key}'")),
         }
     }
+    super::snapshot::complete(&command)?;
     Ok(command)
 }
 

@@ -3,6 +3,7 @@
 use crate::config::{AllowRule, CommandsConfig};
 use crate::ha::discovery::GuestControls;
 use crate::model::GuestState;
+use crate::pve::Action;
 
 use super::parse::{Rejection, RejectionKind};
 
@@ -29,6 +30,18 @@ pub fn authorize(policy: &CommandsConfig, guest: &GuestState) -> Result<(), Reje
             format!("guest {} is not in [commands] allow", guest.vmid),
         ))
     }
+}
+
+/// May this action run at all? `rollback` needs `[commands] rollback = true`: it throws
+/// away everything since the snapshot.
+pub fn authorize_action(policy: &CommandsConfig, action: Action) -> Result<(), Rejection> {
+    if action == Action::Rollback && !policy.rollback {
+        return Err(Rejection::new(
+            RejectionKind::Policy,
+            "rollback is disabled ([commands] rollback = false): it discards everything since the snapshot; enable it deliberately",
+        ));
+    }
+    Ok(())
 }
 
 /// The allow list alone (used to decide which guests get control entities in HA).
@@ -97,6 +110,7 @@ mod tests {
             backup_covered: None,
             ha_state: None,
             replication: None,
+            snapshots: Default::default(),
             as_of: 0.0,
         }
     }
@@ -126,6 +140,18 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("disabled"));
+    }
+
+    #[test]
+    fn rollback_needs_its_own_switch() {
+        let mut p = policy(true, false, vec![]);
+        let refused = authorize_action(&p, Action::Rollback).unwrap_err();
+        assert_eq!(refused.kind, RejectionKind::Policy);
+        assert!(refused.reason.contains("rollback = false"), "{refused}");
+        assert!(authorize_action(&p, Action::Snapshot).is_ok());
+        assert!(authorize_action(&p, Action::DeleteSnapshot).is_ok());
+        p.rollback = true;
+        assert!(authorize_action(&p, Action::Rollback).is_ok());
     }
 
     #[test]

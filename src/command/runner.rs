@@ -150,6 +150,9 @@ fn task_types(action: Action) -> &'static [&'static str] {
         Action::Hibernate => &["qmsuspend"],
         Action::Resume => &["qmresume", "vzresume"],
         Action::Backup => &["vzdump"],
+        Action::Snapshot => &["qmsnapshot", "vzsnapshot"],
+        Action::Rollback => &["qmrollback", "vzrollback"],
+        Action::DeleteSnapshot => &["qmdelsnapshot", "vzdelsnapshot"],
     }
 }
 
@@ -158,6 +161,8 @@ fn deadline(action: Action) -> Duration {
     match action {
         // vzdump may wait up to 3 h for the node's lock, then run for hours.
         Action::Backup => Duration::from_secs(24 * 3600),
+        // Saving a big VM's RAM, or removing snapshots of many disks, takes a while.
+        Action::Snapshot | Action::Rollback | Action::DeleteSnapshot => Duration::from_secs(3600),
         _ => Duration::from_secs(15 * 60),
     }
 }
@@ -333,6 +338,10 @@ impl Runner {
                         node: job.node.clone(),
                     }),
                 }
+            } else if job.command.action.is_snapshot() {
+                let target = &job.targets[0];
+                let guest = (target.kind, target.vmid);
+                Ok(super::snapshot::post(client, &job.node, guest, &job.command).await?)
             } else {
                 let target = &job.targets[0];
                 let endpoint = job.command.action.endpoint().unwrap_or("status");
@@ -587,6 +596,11 @@ impl Runner {
     async fn refresh_after(&self, job: &Job) {
         let mut refresh = Refresh {
             reread_backups: job.command.action == Action::Backup,
+            reread_snapshots: job
+                .command
+                .action
+                .is_snapshot()
+                .then(|| job.targets[0].vmid),
             ..Refresh::default()
         };
         if job.command.action != Action::Backup {

@@ -100,6 +100,8 @@ section! {
         pub slow_interval: Duration = Duration::ZERO,
         /// `GET /cluster/tasks` at most this often (pvestatd broadcasts the list every ~10 s).
         pub tasks_interval: Duration = Duration::from_secs(10),
+        /// How often each guest's snapshot list is read (slow lane, per guest).
+        pub snapshots_interval: Duration = Duration::from_secs(15 * 60),
     }
 }
 
@@ -148,6 +150,8 @@ section! {
         /// Node `reboot`/`shutdown`/`startall`/`stopall`/`suspendall`/`wakeonlan` on
         /// `{base}/{c}/node/{node}/set` (SPEC §7); off by default.
         pub node_power: bool = false,
+        /// Allow the snapshot `rollback` action (destructive: off by default).
+        pub rollback: bool = false,
     }
 }
 

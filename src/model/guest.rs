@@ -6,7 +6,9 @@ use serde::Serialize;
 
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
-use super::{BackupVerdict, ClusterView, GuestReplication, NewestBackup, SlowData};
+use super::{
+    BackupVerdict, ClusterView, GuestReplication, NewestBackup, SlowData, SnapshotInfo,
+};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
@@ -70,6 +72,9 @@ pub struct GuestState {
     /// The guest's replication jobs; `null` when it has none.
     #[serde(serialize_with = "serialize_shared")]
     pub replication: Option<Arc<GuestReplication>>,
+    /// `snapshots`, `snapshot_latest`, `snapshot_latest_time`.
+    #[serde(flatten)]
+    pub snapshots: SnapshotInfo,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
@@ -113,6 +118,7 @@ struct GuestDraft<'a> {
     backup: BackupDraft<'a>,
     ha_state: Option<&'a str>,
     replication: Option<&'a Arc<GuestReplication>>,
+    snapshots: Option<&'a SnapshotInfo>,
 }
 
 /// The backup health fields of a draft, borrowed from the slow lane's data.
@@ -181,6 +187,7 @@ impl GuestDraft<'_> {
             backup_covered: _,
             ha_state,
             replication,
+            snapshots,
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -202,7 +209,8 @@ impl GuestDraft<'_> {
             || *last_backup != self.last_backup
             || !self.backup.same_as(reported)
             || ha_state.as_deref() != self.ha_state
-            || replication.as_ref() != self.replication;
+            || replication.as_ref() != self.replication
+            || Some(snapshots) != self.snapshots.or(Some(&SnapshotInfo::default()));
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
         let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
@@ -251,6 +259,7 @@ impl GuestDraft<'_> {
             backup_covered: self.backup.covered,
             ha_state: self.ha_state.map(str::to_owned),
             replication: self.replication.cloned(),
+            snapshots: self.snapshots.cloned().unwrap_or_default(),
             as_of: now,
         }
     }
@@ -344,5 +353,6 @@ fn guest_draft<'a>(
         },
         ha_state: slow.health.ha_services.get(&vmid).map(String::as_str),
         replication: slow.health.replication.get(&vmid),
+        snapshots: slow.snapshots.get(&vmid),
     })
 }

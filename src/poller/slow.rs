@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::cluster_health::HealthProbes;
+use super::snapshots::{self, GuestFeed, SnapshotRead};
 use crate::model::{NewestBackup, SlowData};
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
 
@@ -30,6 +31,8 @@ pub struct Cadence {
     pub node_extras: usize,
     /// At most this many per-guest detail requests per round, all nodes together.
     pub guest_extras: usize,
+    /// How often each guest's snapshot list is read (`poll.snapshots_interval`).
+    pub snapshots: Duration,
 }
 
 impl Default for Cadence {
@@ -37,6 +40,7 @@ impl Default for Cadence {
         Cadence {
             node_extras: 3,
             guest_extras: 50,
+            snapshots: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -97,6 +101,7 @@ pub(super) async fn slow_lane(
     out: watch::Sender<Arc<SlowData>>,
     reread: Arc<tokio::sync::Notify>,
     mut backup_logs: mpsc::Receiver<(String, String)>,
+    mut guests: GuestFeed,
     shutdown: CancellationToken,
 ) {
     // Wait for the fast lane's first answer: it says which nodes and storages exist.
@@ -113,6 +118,8 @@ pub(super) async fn slow_lane(
     let mut schedule = Schedule::default();
     let mut health = HealthProbes::default();
     let mut only_backups = false;
+    // A snapshot command just ended: read that guest's snapshots, nothing else.
+    let mut only_snapshots: Option<SnapshotRead> = None;
     let mut round_start = Instant::now();
     // Finished vzdump tasks whose log is still to be read: (node, UPID, attempts left).
     let mut logs_due: Vec<(String, String, u8)> = Vec::new();
@@ -126,6 +133,11 @@ pub(super) async fn slow_lane(
         let mut candidates = plan(&rows);
         candidates.extend(health.requests(&rows, Instant::now()));
         drop(rows);
+        candidates.extend(
+            snapshots::candidates(guests.views.borrow().as_deref())
+                .into_iter()
+                .map(SlowRequest::Snapshots),
+        );
         let mut requests = select_due(candidates, &cadence, &schedule, Instant::now());
         if data.not_backed_up_denied {
             requests.retain(|r| *r != SlowRequest::NotBackedUp);
@@ -146,6 +158,12 @@ pub(super) async fn slow_lane(
                 )
             });
         }
+        if let Some(read) = only_snapshots.take() {
+            requests = vec![SlowRequest::Snapshots(read)];
+        }
+        let reads_backups = requests
+            .iter()
+            .any(|r| matches!(r, SlowRequest::StorageContent { .. }));
         // Spread the requests over half the interval: never a burst of N at once.
         let spacing = if only_backups {
             Duration::from_millis(100)
@@ -156,9 +174,17 @@ pub(super) async fn slow_lane(
         let mut backups_complete = true;
         for (i, request) in requests.iter().enumerate() {
             if i > 0 {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(spacing) => {}
+                let wake = Instant::now() + spacing;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep_until(wake) => break,
+                        // A snapshot command ended: its guest's list is read between two
+                        // requests of the round, not after the whole round.
+                        Some(vmid) = guests.reread.recv() => {
+                            snapshots::reread(&client, &guests, vmid, &mut data, &out).await;
+                        }
+                    }
                 }
             }
             schedule.attempted(request, Instant::now());
@@ -185,10 +211,7 @@ pub(super) async fn slow_lane(
             }
         }
         // Keep older backup times for storages we could not read this round.
-        let read_backups = requests
-            .iter()
-            .any(|r| matches!(r, SlowRequest::StorageContent { .. }));
-        if backups_complete && read_backups {
+        if backups_complete && reads_backups {
             data.newest_backup = backups;
             data.backups_read = true;
         } else {
@@ -201,6 +224,7 @@ pub(super) async fn slow_lane(
             .iter()
             .map(|(vmid, newest)| (*vmid, newest.ctime))
             .collect();
+        snapshots::forget_gone(&mut data, guests.views.borrow().as_deref());
         let _ = out.send(Arc::new(data.clone()));
         schedule.forget_older_than(FORGET_AFTER.max(interval * 4), Instant::now());
         tokio::select! {
@@ -212,6 +236,10 @@ pub(super) async fn slow_lane(
             // A backup just finished: read the backup storages now so `last_backup`
             // follows at once; the regular round keeps its schedule.
             _ = reread.notified() => only_backups = true,
+            // A snapshot command ended: read that guest's list now.
+            Some(vmid) = guests.reread.recv() => {
+                only_snapshots = snapshots::for_guest(guests.views.borrow().as_deref(), vmid);
+            }
         }
     }
 }
@@ -246,12 +274,15 @@ pub(super) enum SlowRequest {
     HaStatus,
     ReplicationConfig,
     ReplicationStatus(String),
+    /// One guest's snapshot list (per guest, every `poll.snapshots_interval`).
+    Snapshots(SnapshotRead),
 }
 
 impl SlowRequest {
     /// The least time between two runs; zero = every round.
-    fn every(&self, _cadence: &Cadence) -> Duration {
+    fn every(&self, cadence: &Cadence) -> Duration {
         match self {
+            SlowRequest::Snapshots(_) => cadence.snapshots,
             SlowRequest::Version
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
@@ -270,6 +301,7 @@ impl SlowRequest {
 
     fn budget(&self) -> Budget<'_> {
         match self {
+            SlowRequest::Snapshots(_) => Budget::Guest,
             SlowRequest::Version
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
@@ -394,6 +426,7 @@ async fn run_request(
             let status = client.node_status(node).await?;
             data.node_status.insert(node.clone(), status);
         }
+        SlowRequest::Snapshots(read) => snapshots::read(client, read, data).await?,
         SlowRequest::StorageContent { node, storage } => {
             for item in client
                 .storage_content(node, storage, Some("backup"))
@@ -497,6 +530,43 @@ mod tests {
         assert!(schedule
             .last
             .contains_key(&SlowRequest::NodeStatus("here".into())));
+    }
+
+    #[test]
+    fn snapshot_reads_are_per_guest_capped_per_round_and_wait_for_their_interval() {
+        let read = |vmid| {
+            SlowRequest::Snapshots(SnapshotRead {
+                node: "pve1".into(),
+                kind: crate::pve::GuestKind::Qemu,
+                vmid,
+            })
+        };
+        let cadence = Cadence::default();
+        let mut candidates = vec![SlowRequest::Version];
+        candidates.extend((100..5100).map(read));
+        let now = Instant::now();
+        let mut schedule = Schedule::default();
+        let first = select_due(candidates.clone(), &cadence, &schedule, now);
+        assert_eq!(
+            first.len(),
+            1 + cadence.guest_extras,
+            "base + the per-guest cap"
+        );
+        for r in &first {
+            schedule.attempted(r, now);
+        }
+        // The next round takes the next 50, not the same ones again.
+        let later = now + Duration::from_secs(60);
+        let second = select_due(candidates.clone(), &cadence, &schedule, later);
+        assert_eq!(second.len(), 1 + cadence.guest_extras);
+        assert!(second[1..].iter().all(|r| !first.contains(r)));
+        // A guest read is due again only after `poll.snapshots_interval`.
+        let only = vec![read(100)];
+        let mut schedule = Schedule::default();
+        schedule.attempted(&read(100), now);
+        assert!(select_due(only.clone(), &cadence, &schedule, later).is_empty());
+        let due = now + cadence.snapshots + Duration::from_secs(1);
+        assert_eq!(select_due(only, &cadence, &schedule, due).len(), 1);
     }
 
     #[test]

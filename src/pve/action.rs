@@ -21,10 +21,17 @@ pub enum Action {
     /// qemu suspend to disk (`todisk=1`).
     Hibernate,
     Backup,
+    /// Take a snapshot (`POST …/snapshot`).
+    Snapshot,
+    /// Roll back to a snapshot (`POST …/snapshot/{name}/rollback`): destructive, needs
+    /// `commands.rollback`.
+    Rollback,
+    /// Delete a snapshot (`DELETE …/snapshot/{name}`).
+    DeleteSnapshot,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 12] = [
         Action::Start,
         Action::Stop,
         Action::Shutdown,
@@ -34,6 +41,9 @@ impl Action {
         Action::Resume,
         Action::Hibernate,
         Action::Backup,
+        Action::Snapshot,
+        Action::Rollback,
+        Action::DeleteSnapshot,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +57,9 @@ impl Action {
             Action::Resume => "resume",
             Action::Hibernate => "hibernate",
             Action::Backup => "backup",
+            Action::Snapshot => "snapshot",
+            Action::Rollback => "rollback",
+            Action::DeleteSnapshot => "delete_snapshot",
         }
     }
 
@@ -64,11 +77,20 @@ impl Action {
         )
     }
 
+    /// A snapshot action: it takes a snapshot `name`, and Home Assistant gets no button
+    /// for it (automations and scripts send the name).
+    pub fn is_snapshot(self) -> bool {
+        matches!(
+            self,
+            Action::Snapshot | Action::Rollback | Action::DeleteSnapshot
+        )
+    }
+
     /// The Proxmox endpoint's last path segment (`…/status/{endpoint}`), `None` for backup.
     pub fn endpoint(self) -> Option<&'static str> {
         match self {
             Action::Hibernate => Some("suspend"),
-            Action::Backup => None,
+            Action::Backup | Action::Snapshot | Action::Rollback | Action::DeleteSnapshot => None,
             other => Some(other.as_str()),
         }
     }

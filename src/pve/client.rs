@@ -37,6 +37,9 @@ mod health;
 pub use health::{
     CephCheck, CephHealth, CephOsdMap, CephPgMap, CephStatus, HaStatusRow, ReplicationJob,
 };
+mod snapshots;
+
+pub use snapshots::SnapshotEntry;
 
 /// Below pveproxy's 5 s keep-alive timeout, so the pool rarely picks a connection the server
 /// is closing at that very moment.

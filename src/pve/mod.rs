@@ -24,6 +24,7 @@ pub use client::{decode_cluster_resources, for_each_cluster_resource, ClusterNod
 pub use client::{
     CephCheck, CephHealth, CephOsdMap, CephPgMap, CephStatus, HaStatusRow, ReplicationJob,
 };
+pub use client::SnapshotEntry;
 pub use error::PveError;
 pub use types::{
     exitstatus_is_success, split_tags, tag_iter, ClusterStatusKind, ClusterStatusRow, CpuInfo,

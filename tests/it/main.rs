@@ -35,6 +35,8 @@ mod retained;
 mod security;
 /// Issue 12's smaller items: `keep_active` on VM shutdown, storage `avail` from Proxmox.
 mod seed_items;
+/// Snapshots: snapshot, rollback and delete_snapshot commands; count and newest in state.
+mod snapshots;
 /// Discovery and state: what Home Assistant and scripts see after a poll.
 mod state;
 /// Broker, simulator, probe and bridge helpers.

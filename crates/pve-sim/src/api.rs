@@ -28,6 +28,7 @@ use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
 use super::rows;
+use super::snapshots::{self, SnapAction};
 use super::state::{Fault, FaultKind, RecordedRequest, RuntimeConfig, Sim, State};
 use super::tasks::{self, Upid, VzdumpJob};
 use super::world::{now, GuestType, PveVersion, World};
@@ -122,6 +123,14 @@ enum Route {
     },
     /// Ceph status and replication (`health`).
     Health(HealthRoute),
+    /// `…/{qemu|lxc}/{vmid}/snapshot[/{snapname}[/rollback]]`; `action` `None` = the list.
+    Snapshot {
+        node: String,
+        kind: GuestType,
+        vmid: String,
+        snapname: Option<String>,
+        action: Option<SnapAction>,
+    },
 }
 
 /// Matches a method and path; returns the route and its template (the counter key).
@@ -255,6 +264,33 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
                 format!("POST /nodes/{{node}}/{}", bulk.as_str()),
             )
         }
+        (method, ["nodes", n, kind, vmid, "snapshot", rest @ ..]) => {
+            let kind = GuestType::parse(kind)?;
+            let (action, snapname, tail) = match (method, rest) {
+                ("GET", []) => (None, None, ""),
+                ("POST", []) => (Some(SnapAction::Create), None, ""),
+                ("DELETE", [name]) => (Some(SnapAction::Delete), Some(*name), "/{snapname}"),
+                ("POST", [name, "rollback"]) => (
+                    Some(SnapAction::Rollback),
+                    Some(*name),
+                    "/{snapname}/rollback",
+                ),
+                _ => return None,
+            };
+            (
+                Route::Snapshot {
+                    node: node(n),
+                    kind,
+                    vmid: vmid.to_string(),
+                    snapname: snapname.map(str::to_string),
+                    action,
+                },
+                format!(
+                    "{method} /nodes/{{node}}/{}/{{vmid}}/snapshot{tail}",
+                    kind.as_str()
+                ),
+            )
+        }
         _ => {
             let (route, template) = health::match_route(method, &s)?;
             (Route::Health(route), template)
@@ -282,6 +318,7 @@ impl Route {
             | Route::NodeCommand { node }
             | Route::BulkPower { node, .. } => Some(node),
             Route::Health(route) => route.proxy_node(),
+            | Route::Snapshot { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -305,6 +342,14 @@ impl Route {
                 &["Datastore.Audit", "Datastore.AllocateSpace"],
             )),
             Route::Health(route) => route.permission(),
+            Route::Snapshot { vmid, action, .. } => Some((
+                format!("/vms/{vmid}"),
+                match action {
+                    None => &["VM.Audit"],
+                    Some(SnapAction::Rollback) => &["VM.Snapshot", "VM.Snapshot.Rollback"],
+                    Some(_) => &["VM.Snapshot"],
+                },
+            )),
             _ => None,
         }
     }
@@ -325,6 +370,18 @@ impl Route {
                 vec![("node", node), ("vmid", vmid)]
             }
             Route::StorageContent { node, storage } => vec![("node", node), ("storage", storage)],
+            Route::Snapshot {
+                node,
+                vmid,
+                snapname,
+                ..
+            } => {
+                let mut params = vec![("node", node.as_str()), ("vmid", vmid.as_str())];
+                if let Some(name) = snapname {
+                    params.push(("snapname", name.as_str()));
+                }
+                params
+            }
             Route::TaskStatus { node, upid }
             | Route::TaskLog { node, upid }
             | Route::TaskStop { node, upid } => vec![("node", node), ("upid", upid)],
@@ -362,6 +419,12 @@ impl Route {
             Route::BulkPower { bulk, .. } => nodepower::bulk_specs(*bulk),
             Route::WakeOnLan { .. } => nodepower::wakeonlan_specs(),
             Route::Health(route) => route.specs(),
+            Route::Snapshot { kind, action, .. } => match action {
+                None => params::guest_current(),
+                Some(SnapAction::Create) => params::snapshot_create(*kind),
+                Some(SnapAction::Rollback) => params::snapshot_rollback(),
+                Some(SnapAction::Delete) => params::snapshot_delete(),
+            },
         }
     }
 }
@@ -872,6 +935,9 @@ fn dispatch(
         Route::Health(route) => route
             .answer(&state.world, token, params.int("guest"), live)
             .map(Reply::data),
+        Route::Snapshot {
+            node, kind, action, ..
+        } => snapshots::handle(state, (node, *kind), *action, params, token, now),
     }
 }
 

@@ -48,6 +48,7 @@ mod params;
 mod render;
 mod respond;
 mod rows;
+mod snapshots;
 mod state;
 mod tasklist;
 mod tasks;

@@ -59,6 +59,10 @@ pub enum Kind {
     Node,
     /// `pve-storage-id`
     StorageId,
+    /// `pve-configid` (`[a-z][a-z0-9_-]+`, case-insensitive): snapshot names.
+    ConfigId {
+        max_len: usize,
+    },
 }
 
 /// One parameter of an endpoint's schema.
@@ -289,6 +293,23 @@ fn check_one(kind: Kind, raw: &RawValue) -> Result<Typed, String> {
                 Err("invalid format - value does not look like a valid node name\n".into())
             }
         }
+        Kind::ConfigId { max_len } => {
+            let text = raw.display();
+            // pve-common checks the format first, then the length.
+            let mut chars = text.chars();
+            let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && text.len() >= 2
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(format!(
+                    "invalid format - invalid configuration ID '{text}'\n"
+                ));
+            }
+            if text.chars().count() > max_len {
+                return Err(format!("value may only be {max_len} characters long"));
+            }
+            Ok(Typed::Str(text))
+        }
         Kind::StorageId => {
             let text = raw.display();
             if looks_like_storage_id(&text) {
@@ -368,6 +389,38 @@ pub fn node_replication() -> Vec<Spec> {
 
 pub fn guest_current() -> Vec<Spec> {
     vec![NODE, VMID]
+}
+
+/// `pve-snapshot-name`.
+const SNAPNAME: Spec = req("snapname", Kind::ConfigId { max_len: 40 });
+
+/// `POST …/snapshot` (qemu also takes `vmstate`).
+pub fn snapshot_create(kind: GuestType) -> Vec<Spec> {
+    let mut specs = vec![
+        NODE,
+        VMID,
+        SNAPNAME,
+        opt(
+            "description",
+            Kind::Str {
+                max_len: Some(8192),
+            },
+        ),
+    ];
+    if kind == GuestType::Qemu {
+        specs.push(opt("vmstate", BOOL));
+    }
+    specs
+}
+
+/// `POST …/snapshot/{snapname}/rollback`.
+pub fn snapshot_rollback() -> Vec<Spec> {
+    vec![NODE, VMID, SNAPNAME, opt("start", BOOL)]
+}
+
+/// `DELETE …/snapshot/{snapname}`.
+pub fn snapshot_delete() -> Vec<Spec> {
+    vec![NODE, VMID, SNAPNAME, opt("force", BOOL)]
 }
 
 pub fn node_storage() -> Vec<Spec> {

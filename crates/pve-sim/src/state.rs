@@ -450,6 +450,9 @@ impl State {
                     self.world.volumes.push(*volume);
                 }
             }
+            TaskEffect::Snapshot(effect) => {
+                super::snapshots::apply(&mut self.world, effect, at, pid);
+            }
         }
     }
 
@@ -551,6 +554,23 @@ impl State {
             override_.as_ref(),
         );
         let upid = self.new_upid(node, plan.task_type, &vmid.to_string(), user, at);
+        let index = self.register_task(upid, at, schedule);
+        self.schedule_effects(index);
+        self.tasks[index].upid_text.clone()
+    }
+
+    /// Starts a task laid out by `lay_out` (given the control API's override, if one
+    /// matches); returns its UPID.
+    pub fn start_task(
+        &mut self,
+        (node, task_type, vmid): (&str, &str, u32),
+        user: &str,
+        at: f64,
+        lay_out: impl FnOnce(Option<&TaskOverride>, f64) -> Schedule,
+    ) -> String {
+        let override_ = self.take_override(task_type, &[vmid]);
+        let schedule = lay_out(override_.as_ref(), self.config.task_duration.as_secs_f64());
+        let upid = self.new_upid(node, task_type, &vmid.to_string(), user, at);
         let index = self.register_task(upid, at, schedule);
         self.schedule_effects(index);
         self.tasks[index].upid_text.clone()

@@ -417,6 +417,9 @@ impl TaskOverride {
                     "reset" => task_type == "qmreset",
                     "suspend" => matches!(task_type, "qmpause" | "qmsuspend" | "vzsuspend"),
                     "resume" => matches!(task_type, "qmresume" | "vzresume"),
+                    "snapshot" => matches!(task_type, "qmsnapshot" | "vzsnapshot"),
+                    "rollback" => matches!(task_type, "qmrollback" | "vzrollback"),
+                    "delete_snapshot" => matches!(task_type, "qmdelsnapshot" | "vzdelsnapshot"),
                     _ => false,
                 }
         });
@@ -456,6 +459,8 @@ pub enum TaskEffect {
         restart: bool,
         volume: Option<Box<Volume>>,
     },
+    /// A snapshot, rollback or snapshot deletion begins or ends.
+    Snapshot(super::snapshots::SnapEffect),
 }
 
 /// A task laid out in time.

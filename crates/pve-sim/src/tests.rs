@@ -1060,3 +1060,5 @@ async fn start_rejects_a_malformed_token_or_version() {
 /// Node power and bulk guest actions (issue 11).
 #[path = "nodepower_tests.rs"]
 mod nodepower_tests;
+#[path = "snapshot_tests.rs"]
+mod snapshots;

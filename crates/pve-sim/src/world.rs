@@ -442,6 +442,8 @@ pub struct World {
     pub volumes: Vec<Volume>,
     /// Ceph and replication jobs (issue 11; `health`).
     pub health: ClusterHealth,
+    /// Snapshots per vmid (guests without any have no entry).
+    pub snapshots: BTreeMap<u32, super::snapshots::GuestSnapshots>,
 }
 
 /// Formats Unix seconds (UTC) with the given separators: `2026_11_27-10_00_00` for
@@ -639,6 +641,7 @@ impl World {
                 ceph: Some(Ceph::single_node("pve")),
                 replication: Vec::new(),
             },
+            snapshots: super::snapshots::seed(now),
         };
         // Nightly backups at 03:00 UTC on the previous days.
         let last_night = ((now as u64) / 86_400) * 86_400 + 3 * 3600;
@@ -828,7 +831,9 @@ impl World {
             storages,
             volumes: Vec::new(),
             health,
+            snapshots: BTreeMap::new(),
         };
+        world.snapshots = super::snapshots::generated(&world, now);
         let midnight = ((now as u64) / 86_400) * 86_400;
         let backed_up: Vec<(u32, GuestType, u64, String)> = world
             .guests

@@ -46,7 +46,10 @@ pub(super) fn control_components(
             ..Component::default()
         },
     ));
-    for action in Action::ALL.into_iter().filter(|a| a.valid_for(kind)) {
+    for action in Action::ALL
+        .into_iter()
+        .filter(|a| a.valid_for(kind) && !a.is_snapshot())
+    {
         entries.push((
             action.as_str().to_string(),
             Component {
@@ -99,6 +102,9 @@ pub(super) fn button_name(action: Action) -> &'static str {
         Action::Resume => "Resume",
         Action::Hibernate => "Hibernate",
         Action::Backup => "Backup",
+        Action::Snapshot => "Snapshot",
+        Action::Rollback => "Rollback",
+        Action::DeleteSnapshot => "Delete snapshot",
     }
 }
 
@@ -113,5 +119,8 @@ pub(super) fn button_icon(action: Action) -> &'static str {
         Action::Resume => "mdi:play-pause",
         Action::Hibernate => "mdi:sleep",
         Action::Backup => "mdi:backup-restore",
+        Action::Snapshot => "mdi:camera",
+        Action::Rollback => "mdi:history",
+        Action::DeleteSnapshot => "mdi:camera-off",
     }
 }

@@ -115,6 +115,11 @@ pub(super) const TPL_STARTED: &str =
 
 pub(super) const TPL_LAST_BACKUP: &str = "{{ value_json.last_backup | timestamp_custom('%Y-%m-%dT%H:%M:%S+00:00', false) if value_json.last_backup else None }}";
 
+pub(super) const TPL_SNAPSHOTS: &str =
+    "{{ value_json.snapshots if value_json.snapshots is number else None }}";
+
+pub(super) const TPL_SNAPSHOT_LATEST: &str = "{{ value_json.snapshot_latest_time | timestamp_custom('%Y-%m-%dT%H:%M:%S+00:00', false) if value_json.snapshot_latest_time else None }}";
+
 impl Spec {
     fn new(
         key: &'static str,
@@ -330,6 +335,16 @@ pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
             GUEST_LOCKS,
         )
         .icon("mdi:lock"),
+        Spec {
+            state_class: Some("measurement"),
+            ..Spec::sensor("snapshots", "Snapshots", TPL_SNAPSHOTS)
+        }
+        .icon("mdi:camera-burst"),
+        Spec {
+            device_class: Some("timestamp"),
+            ..Spec::sensor("snapshot_latest", "Newest snapshot", TPL_SNAPSHOT_LATEST)
+        }
+        .icon("mdi:camera"),
     ];
     // Proxmox only knows a container's disk usage; a VM's `disk` is always 0 without
     // the guest agent, so announcing it would show a false 0 B.

@@ -415,3 +415,28 @@ fn a_guest_has_backup_health_entities() {
     assert_eq!(c["last_backup_size"]["ent_cat"], "diagnostic");
     assert_eq!(c["backup_verification"]["en"], false);
 }
+
+#[test]
+fn snapshots_are_a_count_and_a_timestamp_and_no_snapshot_action_gets_a_button() {
+    for (kind, vmid) in [(GuestKind::Qemu, 100), (GuestKind::Lxc, 101)] {
+        let p = payload(&ObjectRef::Guest(kind, vmid));
+        let cmps = &p["cmps"];
+        assert_eq!(cmps["snapshots"]["p"], "sensor");
+        assert_eq!(cmps["snapshots"]["stat_cla"], "measurement");
+        assert!(cmps["snapshots"].get("dev_cla").is_none());
+        assert_eq!(
+            cmps["snapshots"]["uniq_id"],
+            format!("pve2mqtt_home_{vmid}_snapshots")
+        );
+        assert_eq!(cmps["snapshot_latest"]["dev_cla"], "timestamp");
+        assert!(cmps["snapshot_latest"].get("stat_cla").is_none());
+        assert!(cmps["snapshot_latest"]["val_tpl"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot_latest_time"));
+        assert!(cmps["snapshot_latest"].get("ent_cat").is_none());
+        for action in ["snapshot", "rollback", "delete_snapshot"] {
+            assert!(cmps.get(action).is_none(), "no {action} button");
+        }
+    }
+}
