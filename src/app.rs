@@ -185,7 +185,10 @@ pub async fn run_with(
                 client,
                 interval: poll.interval,
                 slow_interval: poll.slow_interval,
-                cadence: crate::poller::Cadence::default(),
+                cadence: crate::poller::Cadence {
+                    health: crate::poller::HealthCadence::from_config(&poll),
+                    ..crate::poller::Cadence::default()
+                },
                 refresh_spacing: MIN_REFRESH_SPACING,
                 publisher,
                 refresh: refresh_rx,

@@ -13,6 +13,8 @@ use crate::config::Config;
 use crate::pve::{Permissions, PveClient, PveError};
 use crate::types::ProxmoxUrl;
 
+mod health;
+
 /// A privilege the bridge uses, where it must hold, and what needs it.
 struct Need {
     path: &'static str,
@@ -134,6 +136,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                     println!("  backups: yes{note}");
                 } else {
                     println!("  backups: no — missing {}{note}", describe(&backup));
+                }
+                for line in health::lines(&perms, &config.poll) {
+                    println!("  {line}");
                 }
             }
             Err(err) => {

@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 
 mod guest;
+mod health;
 mod node;
 mod rates;
 mod reporting;
@@ -28,6 +29,9 @@ mod storage;
 
 use guest::guest_state;
 pub use guest::GuestState;
+pub use health::{
+    certificate_expiry, reboot_required, DiskState, NodeHealthData, UpdatesState, ZfsState,
+};
 pub use node::NodeState;
 use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
@@ -45,6 +49,10 @@ pub enum ObjectRef {
     Guest(GuestKind, u32),
     /// (node, storage id): Proxmox reports storages per node.
     Storage(String, String),
+    /// (node, device name such as `sda`): a physical disk.
+    Disk(String, String),
+    /// (node, pool name): a ZFS pool.
+    Zfs(String, String),
 }
 
 impl fmt::Display for ObjectRef {
@@ -54,6 +62,8 @@ impl fmt::Display for ObjectRef {
             ObjectRef::Node(n) => write!(f, "node {n}"),
             ObjectRef::Guest(k, v) => write!(f, "{k} {v}"),
             ObjectRef::Storage(n, s) => write!(f, "storage {s} on {n}"),
+            ObjectRef::Disk(n, d) => write!(f, "disk {d} on {n}"),
+            ObjectRef::Zfs(n, p) => write!(f, "zfs pool {p} on {n}"),
         }
     }
 }
@@ -71,6 +81,10 @@ pub struct ClusterView {
     pub guests: BTreeMap<u32, Arc<GuestState>>,
     /// Keyed by (node, storage id).
     pub storages: BTreeMap<(String, String), StorageState>,
+    /// Physical disks, keyed by (node, device name).
+    pub disks: BTreeMap<(String, String), DiskState>,
+    /// ZFS pools, keyed by (node, pool).
+    pub zfs: BTreeMap<(String, String), ZfsState>,
     /// The Proxmox web UI, for Home Assistant's "visit device" link.
     pub console_url: String,
 }
@@ -87,6 +101,12 @@ impl ClusterView {
             }
             ObjectRef::Storage(node, storage) => {
                 self.storages.contains_key(&(node.clone(), storage.clone())) && node_online(node)
+            }
+            ObjectRef::Disk(node, disk) => {
+                self.disks.contains_key(&(node.clone(), disk.clone())) && node_online(node)
+            }
+            ObjectRef::Zfs(node, pool) => {
+                self.zfs.contains_key(&(node.clone(), pool.clone())) && node_online(node)
             }
         }
     }
@@ -109,6 +129,14 @@ impl ClusterView {
                 let key = (n.clone(), s.clone());
                 self.storages.get(&key) == other.storages.get(&key)
             }
+            ObjectRef::Disk(n, d) => {
+                let key = (n.clone(), d.clone());
+                self.disks.get(&key) == other.disks.get(&key)
+            }
+            ObjectRef::Zfs(n, p) => {
+                let key = (n.clone(), p.clone());
+                self.zfs.get(&key) == other.zfs.get(&key)
+            }
         }
     }
 
@@ -125,6 +153,16 @@ impl ClusterView {
                 self.storages
                     .keys()
                     .map(|(n, s)| ObjectRef::Storage(n.clone(), s.clone())),
+            )
+            .chain(
+                self.disks
+                    .keys()
+                    .map(|(n, d)| ObjectRef::Disk(n.clone(), d.clone())),
+            )
+            .chain(
+                self.zfs
+                    .keys()
+                    .map(|(n, p)| ObjectRef::Zfs(n.clone(), p.clone())),
             )
     }
 }
@@ -154,6 +192,8 @@ pub struct SlowData {
     pub node_status: HashMap<String, NodeStatus>,
     /// vmid -> ctime of the newest backup.
     pub last_backup: HashMap<u32, u64>,
+    /// Node name -> disks, pools, updates, certificate (the detail requests of issue 11).
+    pub health: HashMap<String, NodeHealthData>,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default
@@ -262,8 +302,11 @@ impl<'a> ViewBuilder<'a> {
             mut view,
             slow,
             rates,
-            ..
+            previous,
+            rules,
+            now,
         } = self;
+        health::add_health_objects(&mut view, &slow.health, previous, &rules, now);
         rates.retain(|vmid| view.guests.contains_key(&vmid));
         view.cluster = ClusterState {
             id: view.id.clone(),

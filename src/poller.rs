@@ -18,8 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod node_health;
 mod slow;
 
+pub use node_health::HealthCadence;
 use slow::slow_lane;
 pub use slow::Cadence;
 

@@ -646,6 +646,8 @@ pub fn state_json(view: &ClusterView, object: &ObjectRef) -> Option<String> {
         ObjectRef::Storage(n, s) => {
             serde_json::to_string(view.storages.get(&(n.clone(), s.clone()))?)
         }
+        ObjectRef::Disk(n, d) => serde_json::to_string(view.disks.get(&(n.clone(), d.clone()))?),
+        ObjectRef::Zfs(n, p) => serde_json::to_string(view.zfs.get(&(n.clone(), p.clone()))?),
     };
     json.ok()
 }

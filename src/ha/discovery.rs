@@ -29,8 +29,8 @@ mod specs;
 pub use bridge::bridge_config;
 use controls::control_components;
 use specs::{
-    cluster_specs, guest_specs, node_specs, storage_specs, Availability, GUEST_RETIRED,
-    NODE_RETIRED, STORAGE_RETIRED,
+    cluster_specs, disk_specs, guest_specs, node_health_specs, node_specs, storage_specs,
+    zfs_specs, Availability, GUEST_RETIRED, NODE_RETIRED, STORAGE_RETIRED,
 };
 
 /// Who we are, in every discovery payload (`origin` is required for device discovery).
@@ -62,6 +62,8 @@ pub struct DeviceInfo {
     /// Guests: announce the power switch, buttons and last-command sensor (commands are
     /// possible and the `[commands]` policy admits this guest).
     pub controls: bool,
+    /// Nodes: announce the update entity and pending count (the updates were read).
+    pub updates: bool,
 }
 
 /// Which guests get control entities: the command policy's answer per guest (built by
@@ -125,6 +127,7 @@ pub fn device_info(
             sw_version: view.cluster.pve_version.clone(),
             configuration_url: (!view.console_url.is_empty()).then(|| view.console_url.clone()),
             controls: false,
+            updates: false,
         },
         ObjectRef::Node(node) => {
             let state = view.nodes.get(node)?;
@@ -135,6 +138,7 @@ pub fn device_info(
                 sw_version: state.pve_version.clone(),
                 configuration_url: console(&format!("node%2F{node}")),
                 controls: false,
+                updates: state.updates.is_some(),
             }
         }
         ObjectRef::Guest(kind, vmid) => {
@@ -152,6 +156,7 @@ pub fn device_info(
                 sw_version: None,
                 configuration_url: console(&format!("{}%2F{vmid}", kind.as_str())),
                 controls: ctx.controls.allows(guest) && !guest.template,
+                updates: false,
             }
         }
         ObjectRef::Storage(node, storage) => {
@@ -166,6 +171,35 @@ pub fn device_info(
                 sw_version: None,
                 configuration_url: console(&format!("storage%2F{node}%2F{storage}")),
                 controls: false,
+                updates: false,
+            }
+        }
+        ObjectRef::Disk(node, disk) => {
+            let state = view.disks.get(&(node.clone(), disk.clone()))?;
+            DeviceInfo {
+                name: format!("{disk} on {node}"),
+                model: state
+                    .model
+                    .clone()
+                    .filter(|m| !m.is_empty() && m != "unknown")
+                    .unwrap_or_else(|| "Physical disk".to_string()),
+                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
+                sw_version: None,
+                configuration_url: console(&format!("node%2F{node}")),
+                controls: false,
+                updates: false,
+            }
+        }
+        ObjectRef::Zfs(node, pool) => {
+            view.zfs.get(&(node.clone(), pool.clone()))?;
+            DeviceInfo {
+                name: format!("ZFS {pool} on {node}"),
+                model: "ZFS pool".to_string(),
+                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
+                sw_version: None,
+                configuration_url: console(&format!("node%2F{node}")),
+                controls: false,
+                updates: false,
             }
         }
     };
@@ -229,13 +263,20 @@ pub fn device_config(
 ) -> Option<String> {
     let info = device_info(ctx, view, object)?;
     let controls = info.controls;
+    let updates = info.updates;
     let c = &view.id;
     let device_id = Topics::device_id(c, object);
     let (specs, retired) = match object {
         ObjectRef::Cluster => (cluster_specs(), &[][..]),
-        ObjectRef::Node(_) => (node_specs(), NODE_RETIRED),
+        ObjectRef::Node(_) => {
+            let mut specs = node_specs();
+            specs.extend(node_health_specs(updates));
+            (specs, NODE_RETIRED)
+        }
         ObjectRef::Guest(kind, _) => (guest_specs(*kind), GUEST_RETIRED),
         ObjectRef::Storage(..) => (storage_specs(), STORAGE_RETIRED),
+        ObjectRef::Disk(..) => (disk_specs(), &[][..]),
+        ObjectRef::Zfs(..) => (zfs_specs(), &[][..]),
     };
     let topics = &ctx.topics;
     let mut components = Map::new();
@@ -304,5 +345,7 @@ pub fn device_config(
     Some(payload.to_string())
 }
 
+#[cfg(test)]
+mod health_tests;
 #[cfg(test)]
 mod tests;

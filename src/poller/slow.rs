@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::node_health::{self, HealthCadence, HealthRequest};
 use crate::model::SlowData;
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
 
@@ -29,6 +30,9 @@ pub struct Cadence {
     pub node_extras: usize,
     /// At most this many per-guest detail requests per round, all nodes together.
     pub guest_extras: usize,
+    /// Node health (issue 11): `poll.disks_interval`, `poll.updates`,
+    /// `poll.updates_interval`, `poll.certificates_interval`.
+    pub health: HealthCadence,
 }
 
 impl Default for Cadence {
@@ -36,6 +40,7 @@ impl Default for Cadence {
         Cadence {
             node_extras: 3,
             guest_extras: 50,
+            health: HealthCadence::default(),
         }
     }
 }
@@ -113,7 +118,12 @@ pub(super) async fn slow_lane(
     loop {
         // Plan from the node and storage rows of the latest answer (the fast lane sends
         // only those: the guest rows are thousands and not needed here).
-        let candidates = plan(&resources.borrow_and_update());
+        let mut candidates = plan(&resources.borrow_and_update());
+        candidates.extend(
+            node_health::plan(&resources.borrow(), &cadence.health)
+                .into_iter()
+                .map(SlowRequest::Health),
+        );
         let mut requests = select_due(candidates, &cadence, &schedule, Instant::now());
         if only_backups {
             requests.retain(|r| matches!(r, SlowRequest::StorageContent { .. }));
@@ -178,17 +188,23 @@ enum SlowRequest {
     Version,
     ClusterStatus,
     NodeStatus(String),
-    StorageContent { node: String, storage: String },
+    StorageContent {
+        node: String,
+        storage: String,
+    },
+    /// A node-health detail (disks, ZFS, APT, certificate): see `node_health`.
+    Health(HealthRequest),
 }
 
 impl SlowRequest {
     /// The least time between two runs; zero = every round.
-    fn every(&self, _cadence: &Cadence) -> Duration {
+    fn every(&self, cadence: &Cadence) -> Duration {
         match self {
             SlowRequest::Version
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
             | SlowRequest::StorageContent { .. } => Duration::ZERO,
+            SlowRequest::Health(request) => request.every(&cadence.health),
         }
     }
 
@@ -198,6 +214,7 @@ impl SlowRequest {
             | SlowRequest::ClusterStatus
             | SlowRequest::NodeStatus(_)
             | SlowRequest::StorageContent { .. } => Budget::Base,
+            SlowRequest::Health(request) => Budget::Node(&request.node),
         }
     }
 }
@@ -312,6 +329,7 @@ async fn run_request(
                 }
             }
         }
+        SlowRequest::Health(request) => node_health::run(client, request, data).await?,
     }
     Ok(())
 }

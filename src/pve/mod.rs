@@ -15,6 +15,7 @@ mod action;
 mod client;
 mod de;
 mod error;
+mod health;
 mod tls;
 mod types;
 mod upid;
@@ -22,6 +23,7 @@ mod upid;
 pub use action::Action;
 pub use client::{decode_cluster_resources, for_each_cluster_resource, PveClient};
 pub use error::PveError;
+pub use health::{AptPackage, CertificateInfo, DiskInfo, ZfsPool};
 pub use types::{
     exitstatus_is_success, split_tags, tag_iter, ClusterStatusKind, ClusterStatusRow, CpuInfo,
     FilesystemUsage, GuestKind, GuestStatus, MemoryUsage, NodeStatus, Permissions, Resource,

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::access::{permission_denied, Token};
+use super::health;
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
@@ -101,6 +102,19 @@ enum Route {
         node: String,
     },
     AptUpdates {
+        node: String,
+    },
+    /// Node health (see `health`): disks, ZFS, APT versions, certificates.
+    DisksList {
+        node: String,
+    },
+    DisksZfs {
+        node: String,
+    },
+    AptVersions {
+        node: String,
+    },
+    CertificatesInfo {
         node: String,
     },
 }
@@ -209,6 +223,22 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             Route::AptUpdates { node: node(n) },
             "GET /nodes/{node}/apt/update".into(),
         ),
+        ("GET", ["nodes", n, "disks", "list"]) => (
+            Route::DisksList { node: node(n) },
+            "GET /nodes/{node}/disks/list".into(),
+        ),
+        ("GET", ["nodes", n, "disks", "zfs"]) => (
+            Route::DisksZfs { node: node(n) },
+            "GET /nodes/{node}/disks/zfs".into(),
+        ),
+        ("GET", ["nodes", n, "apt", "versions"]) => (
+            Route::AptVersions { node: node(n) },
+            "GET /nodes/{node}/apt/versions".into(),
+        ),
+        ("GET", ["nodes", n, "certificates", "info"]) => (
+            Route::CertificatesInfo { node: node(n) },
+            "GET /nodes/{node}/certificates/info".into(),
+        ),
         _ => return None,
     };
     Some(route)
@@ -229,7 +259,11 @@ impl Route {
             | Route::TaskLog { node, .. }
             | Route::TaskStop { node, .. }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => Some(node),
+            | Route::AptUpdates { node }
+            | Route::DisksList { node }
+            | Route::DisksZfs { node }
+            | Route::AptVersions { node }
+            | Route::CertificatesInfo { node } => Some(node),
             _ => None,
         }
     }
@@ -240,6 +274,9 @@ impl Route {
             Route::ClusterStatus | Route::ClusterHaStatus => Some(("/".into(), &["Sys.Audit"])),
             Route::NodeStatus { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::AptUpdates { node } => Some((format!("/nodes/{node}"), &["Sys.Modify"])),
+            // disks/list is `or` of two paths: see `alternative_permission`.
+            Route::DisksZfs { .. } => Some(("/".into(), &["Sys.Audit"])),
+            Route::AptVersions { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::GuestCurrent { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.Audit"])),
             Route::GuestAction { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.PowerMgmt"])),
             Route::StorageContent { storage, .. } => Some((
@@ -258,7 +295,11 @@ impl Route {
             | Route::NodeStorage { node }
             | Route::NodeTasks { node }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => vec![("node", node)],
+            | Route::AptUpdates { node }
+            | Route::DisksList { node }
+            | Route::DisksZfs { node }
+            | Route::AptVersions { node }
+            | Route::CertificatesInfo { node } => vec![("node", node)],
             Route::GuestCurrent { node, vmid, .. } | Route::GuestAction { node, vmid, .. } => {
                 vec![("node", node), ("vmid", vmid)]
             }
@@ -280,7 +321,12 @@ impl Route {
             Route::ClusterResources => params::cluster_resources(),
             Route::StorageIndex => params::storage_index(),
             Route::AccessPermissions => params::access_permissions(),
-            Route::NodeStatus { .. } | Route::AptUpdates { .. } => params::node_only(),
+            Route::NodeStatus { .. }
+            | Route::AptUpdates { .. }
+            | Route::DisksZfs { .. }
+            | Route::AptVersions { .. }
+            | Route::CertificatesInfo { .. } => params::node_only(),
+            Route::DisksList { .. } => params::disks_list(),
             Route::GuestList { kind, .. } => match kind {
                 GuestType::Qemu => params::qemu_list(),
                 GuestType::Lxc => params::node_only(),
@@ -607,6 +653,13 @@ async fn answer(
     };
 
     // Permission, before parameters and proxying.
+    if let Route::DisksList { node } = &route {
+        // `['or', ['perm', '/', ['Sys.Audit']], ['perm', '/nodes/{node}', ['Sys.Audit']]]`:
+        // an `or` check fails without a path/privilege suffix.
+        if !token.has("/", "Sys.Audit") && !token.has(&format!("/nodes/{node}"), "Sys.Audit") {
+            return fail(ApiError::forbidden("Permission check failed"));
+        }
+    }
     if let Some((path, privileges)) = route.permission() {
         if !token.has_any(&path, privileges) {
             return fail(ApiError::forbidden(permission_denied(&path, privileges)));
@@ -794,7 +847,27 @@ fn dispatch(
             Ok(Reply::data(Value::Null))
         }
         Route::Vzdump { node } => vzdump(state, node, params, token, now),
-        Route::AptUpdates { .. } => list(render::apt_updates(version)),
+        Route::AptUpdates { node } => list(health::apt_update(&state.world.health_of(node))),
+        Route::DisksList { node } => list(health::disks_list(
+            &state.world.health_of(node),
+            params.flag("skipsmart"),
+        )),
+        Route::DisksZfs { node } => list(health::zfs_list(&state.world.health_of(node))?),
+        Route::AptVersions { node } => {
+            list(health::apt_versions(&state.world.health_of(node), version))
+        }
+        Route::CertificatesInfo { node } => {
+            let fingerprint = state
+                .world
+                .node(node)
+                .map(|n| n.ssl_fingerprint.clone())
+                .unwrap_or_default();
+            list(health::certificates_info(
+                node,
+                &state.world.health_of(node),
+                &fingerprint,
+            ))
+        }
     }
 }
 

@@ -41,6 +41,7 @@ mod access;
 mod api;
 mod clock;
 mod control;
+mod health;
 mod params;
 mod render;
 mod respond;

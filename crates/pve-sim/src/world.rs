@@ -425,6 +425,8 @@ pub struct World {
     pub guests: BTreeMap<u32, Guest>,
     pub storages: Vec<Storage>,
     pub volumes: Vec<Volume>,
+    /// Disks, pools, updates, certificate and subscription per node (see `health`).
+    pub health: BTreeMap<String, crate::health::NodeHealth>,
 }
 
 /// Formats Unix seconds (UTC) with the given separators: `2026_11_27-10_00_00` for
@@ -617,6 +619,7 @@ impl World {
             guests: BTreeMap::from([(100, vm), (101, ct)]),
             storages: local_storages(100 * GIB),
             volumes: Vec::new(),
+            health: BTreeMap::from([("pve".to_string(), crate::health::seed_health(now, version))]),
         };
         // Nightly backups at 03:00 UTC on the previous days.
         let last_night = ((now as u64) / 86_400) * 86_400 + 3 * 3600;
@@ -798,12 +801,21 @@ impl World {
             dump_dir: "/mnt/pve/nfs-backup/dump".into(),
         });
 
+        let health = (0..node_count)
+            .map(|i| {
+                (
+                    format!("pve{}", i + 1),
+                    crate::health::generated_health(i, now, version),
+                )
+            })
+            .collect();
         let mut world = World {
             cluster_name: Some("simcluster".into()),
             nodes,
             guests,
             storages,
             volumes: Vec::new(),
+            health,
         };
         let midnight = ((now as u64) / 86_400) * 86_400;
         let backed_up: Vec<(u32, GuestType, u64, String)> = world
