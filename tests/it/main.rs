@@ -21,6 +21,8 @@ mod field;
 mod followers;
 /// The bridge's own HTTP listener: /healthz and /metrics; JSON logs.
 mod health;
+/// Node health (issue 11): disks, ZFS pools, updates, reboot required, certificates.
+mod node_health;
 /// Reporting rules: reportable changes, counters that ride along, `max_interval`.
 mod reporting;
 /// Retained input never runs; rejections that are not about a real command are not retained.
