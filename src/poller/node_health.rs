@@ -75,7 +75,9 @@ impl HealthRequest {
 }
 
 /// The candidate requests of a round: every kind for every online node (the schedule
-/// then picks the due ones). `apt/update` only with `poll.updates`.
+/// then picks the due ones, most overdue first, equals in this order). `apt/update` only
+/// with `poll.updates`; it comes third, so that a first round reads disks, pools and
+/// updates, and the second the versions and the certificate.
 pub fn plan(rows: &[Resource], cadence: &HealthCadence) -> Vec<HealthRequest> {
     let mut kinds = vec![
         HealthKind::Disks,
@@ -84,7 +86,7 @@ pub fn plan(rows: &[Resource], cadence: &HealthCadence) -> Vec<HealthRequest> {
         HealthKind::Certificates,
     ];
     if cadence.updates {
-        kinds.insert(3, HealthKind::AptUpdates);
+        kinds.insert(2, HealthKind::AptUpdates);
     }
     rows.iter()
         .filter(|r| r.kind == ResourceKind::Node && r.status.as_deref() == Some("online"))
