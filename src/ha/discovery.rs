@@ -30,7 +30,7 @@ pub use bridge::bridge_config;
 use controls::control_components;
 use specs::{
     cluster_specs, disk_specs, guest_specs, node_health_specs, node_specs, storage_specs,
-    zfs_specs, Availability, GUEST_RETIRED, NODE_RETIRED, STORAGE_RETIRED,
+    zfs_specs, Availability, GUEST_RETIRED, NODE_RETIRED, STORAGE_RETIRED, UPDATES_RETIRED,
 };
 
 /// Who we are, in every discovery payload (`origin` is required for device discovery).
@@ -282,6 +282,12 @@ pub fn device_config(
     let mut components = Map::new();
     for (key, platform) in retired {
         components.insert(key.to_string(), serde_json::json!({ "p": platform }));
+    }
+    if matches!(object, ObjectRef::Node(_)) && !updates {
+        // Updates turned off (or no longer readable): remove entities announced before.
+        for (key, platform) in UPDATES_RETIRED {
+            components.insert(key.to_string(), serde_json::json!({ "p": platform }));
+        }
     }
     for spec in specs {
         let avty = match spec.availability {

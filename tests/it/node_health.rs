@@ -284,7 +284,7 @@ async fn updates_are_read_only_when_opted_in_and_skipped_quietly_without_sys_mod
         .latest("homeassistant/device/pve2mqtt_pve_node_pve/config")
         .unwrap()
         .json();
-    assert!(device["cmps"].get("update").is_none());
+    assert_eq!(device["cmps"]["update"], json!({"p": "update"}));
     bridge.stop().await.unwrap();
 }
 
@@ -309,7 +309,7 @@ async fn opted_in_updates_become_an_update_entity_and_a_pending_count() {
         .wait_topic(
             "homeassistant/device/pve2mqtt_pve_node_pve/config",
             10 * SECS,
-            |m| m.json()["cmps"].get("update").is_some(),
+            |m| m.json()["cmps"]["update"].get("uniq_id").is_some(),
         )
         .await
         .json();

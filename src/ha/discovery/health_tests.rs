@@ -140,10 +140,12 @@ fn the_node_gets_io_delay_subscription_reboot_and_certificate_and_updates_once_r
     ] {
         assert!(cmps.contains_key(key), "{key}");
     }
-    assert!(
-        !cmps.contains_key("update"),
-        "no update entity before updates are read"
+    assert_eq!(
+        cmps["update"],
+        serde_json::json!({"p": "update"}),
+        "no update entity before updates are read (removed if announced before)"
     );
+    assert_eq!(cmps["updates_pending"], serde_json::json!({"p": "sensor"}));
     assert_eq!(cmps["certificate_expires"]["dev_cla"], "timestamp");
     assert_eq!(cmps["subscription"]["dev_cla"], "enum");
     assert_eq!(cmps["subscription"]["ent_cat"], "diagnostic");

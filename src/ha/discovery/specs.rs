@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use crate::pve::GuestKind;
 
 mod health;
-pub(super) use health::{disk_specs, node_health_specs, zfs_specs};
+pub(super) use health::{disk_specs, node_health_specs, zfs_specs, UPDATES_RETIRED};
 
 /// Who an entity's availability depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,6 +22,11 @@ pub(in crate::ha::discovery) const ZFS_HEALTH: &[&str] = &[
 /// Subscription levels as the node state words them.
 const SUBSCRIPTIONS: &[&str] = &["none", "community", "basic", "standard", "premium"];
 
+/// The update entities of a node whose updates are not read (`poll.updates` off, or no
+/// `Sys.Modify`): sent as `{"p": …}`, which removes them if an earlier run announced them.
+pub(in crate::ha::discovery) const UPDATES_RETIRED: &[(&str, &str)] =
+    &[("update", "update"), ("updates_pending", "sensor")];
+
 /// Added to the node's entities. `updates`: also the update entity and the pending count
 /// (only once the node's updates were read: `poll.updates` on and `Sys.Modify` granted).
 pub(in crate::ha::discovery) fn node_health_specs(updates: bool) -> Vec<Spec> {
@@ -60,7 +65,7 @@ pub(in crate::ha::discovery) fn node_health_specs(updates: bool) -> Vec<Spec> {
             "update",
             "update",
             "Proxmox VE",
-            "{{ {'installed_version': value_json.updates.installed, 'latest_version': value_json.updates.latest} | to_json if value_json.updates else None }}",
+            "{{ {'installed_version': value_json.updates.installed, 'latest_version': value_json.updates.latest} | to_json if value_json.updates else '' }}",
         ));
         specs.push(
             Spec {
