@@ -85,6 +85,9 @@ pub struct ClusterView {
     pub disks: BTreeMap<(String, String), DiskState>,
     /// ZFS pools, keyed by (node, pool).
     pub zfs: BTreeMap<(String, String), ZfsState>,
+    /// (node, `"disks"` or `"zfs"`): lists the slow lane has read, so an absent disk or
+    /// pool of that node is really gone.
+    pub health_read: std::collections::BTreeSet<(String, &'static str)>,
     /// The Proxmox web UI, for Home Assistant's "visit device" link.
     pub console_url: String,
 }
@@ -108,6 +111,16 @@ impl ClusterView {
             ObjectRef::Zfs(node, pool) => {
                 self.zfs.contains_key(&(node.clone(), pool.clone())) && node_online(node)
             }
+        }
+    }
+
+    /// Does the view know whether `object` exists? Disks and pools only once the slow
+    /// lane has read their node's list (see [`ClusterView::health_read`]).
+    pub fn knows(&self, object: &ObjectRef) -> bool {
+        match object {
+            ObjectRef::Disk(node, _) => self.health_read.contains(&(node.clone(), "disks")),
+            ObjectRef::Zfs(node, _) => self.health_read.contains(&(node.clone(), "zfs")),
+            _ => true,
         }
     }
 

@@ -233,6 +233,12 @@ pub(super) fn add_health_objects(
         let Some(data) = health.get(node) else {
             continue;
         };
+        if data.disks.is_some() {
+            view.health_read.insert((node.clone(), "disks"));
+        }
+        if data.zfs.is_some() {
+            view.health_read.insert((node.clone(), "zfs"));
+        }
         for row in data.disks.iter().flatten() {
             let Some(fresh) = disk_state(node, row, now) else {
                 continue;

@@ -388,3 +388,42 @@ async fn a_node_without_zfs_has_no_pools_and_is_not_asked_again_every_round() {
     let counters = sim_get(&sim, "/_sim/counters").await;
     assert!(counters["GET /cluster/resources"].as_u64().unwrap() >= 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_restart_keeps_disks_and_pools_in_home_assistant() {
+    // Given a bridge that announced the seed's disks and pools, then stopped
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let cfg = config(&sim, broker.port, "");
+    let bridge = Bridge::start(cfg.config());
+    let first = Probe::connect(broker.port, ALL).await;
+    first
+        .wait_topic("pve2mqtt/pve/zfs/pve/tank", 20 * SECS, |_| true)
+        .await;
+    bridge.stop().await.unwrap();
+
+    // When it starts again (its first fast poll knows no disks yet)
+    let probe = Probe::connect(broker.port, ALL).await;
+    let bridge = Bridge::start(cfg.config());
+    probe
+        .wait_for("the disks republished by the new run", 20 * SECS, |m| {
+            m.topic == "pve2mqtt/pve/zfs/pve/tank" && !m.retain && !m.payload.is_empty()
+        })
+        .await;
+
+    // Then their discovery and state were never cleared on the way
+    let cleared: Vec<String> = probe
+        .messages()
+        .iter()
+        .filter(|m| m.payload.is_empty())
+        .filter(|m| {
+            m.topic.contains("_disk_")
+                || m.topic.contains("_zfs_")
+                || m.topic.contains("/disk/")
+                || m.topic.contains("/zfs/")
+        })
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(cleared.is_empty(), "cleared on restart: {cleared:?}");
+    bridge.stop().await.unwrap();
+}
