@@ -52,6 +52,8 @@ mod tls;
 mod world;
 
 #[cfg(test)]
+mod health_tests;
+#[cfg(test)]
 mod motion_tests;
 #[cfg(test)]
 mod tests;
