@@ -427,3 +427,55 @@ async fn a_bridge_restart_keeps_disks_and_pools_in_home_assistant() {
     assert!(cleared.is_empty(), "cleared on restart: {cleared:?}");
     bridge.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_whether_the_token_can_read_node_health_and_updates() {
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    let token = "audit@pve!ro=99999999-8888-7777-6666-555555555555";
+    sim_send(
+        &sim,
+        "POST",
+        "/_sim/tokens",
+        json!({"token": token, "privileges": {"/": ["Sys.Audit", "VM.Audit", "Datastore.Audit"]}}),
+    )
+    .await;
+    async fn run(cfg: &TestConfig, toml: String) -> String {
+        let path = cfg.dir.path().join("check.toml");
+        std::fs::write(&path, toml).unwrap();
+        let output = tokio::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .await
+            .expect("run check");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+    let audit = config(&sim, broker.port, "updates = true");
+    let stdout = run(
+        &audit,
+        audit.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token),
+    )
+    .await;
+    assert!(
+        stdout.contains("  node health (disks, ZFS, reboot required): yes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  package updates: no — missing Sys.Modify on /nodes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  certificate expiry: yes"), "{stdout}");
+    let full = config(&sim, broker.port, "");
+    let stdout = run(&full, full.toml.clone()).await;
+    assert!(
+        stdout.contains("  package updates: yes (poll.updates is off in the config)"),
+        "{stdout}"
+    );
+}
