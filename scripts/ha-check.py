@@ -272,5 +272,56 @@ st = wait_state("binary_sensor.pve_connectivity", lambda s: s == "on")
 check("node back: connectivity on", st == "on", st)
 wait_state("sensor.home_assistant_status", lambda s: s == "running", 60)
 
+# --- node health (issue 11): disks, ZFS pools, updates, reboot, certificate ----------
+def wait_entity(eid, pred=lambda s: True, timeout=90.0):
+    """The entity's state once it exists in HA and `pred` holds (the slow lane's first
+    rounds bring disks, pools and updates some seconds after the guests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, payload = ha.rest("GET", f"/api/states/{eid}")
+        if status < 400 and pred(payload["state"]):
+            return payload
+        if time.monotonic() > deadline:
+            return payload if status < 400 else {"state": f"missing (HTTP {status})", "attributes": {}}
+        time.sleep(0.5)
+
+
+e = wait_entity("binary_sensor.sdb_on_pve_smart", lambda s: s == "on")
+check("failing disk sdb: SMART problem sensor is on",
+      e["state"] == "on" and e["attributes"].get("device_class") == "problem", e["state"])
+e = wait_entity("binary_sensor.sda_on_pve_smart", lambda s: s == "off")
+check("healthy SSD sda: SMART problem sensor is off", e["state"] == "off", e["state"])
+e = wait_entity("sensor.sda_on_pve_life_left", lambda s: s not in ("unknown", "unavailable"))
+check("SSD sda: life left 88 %", e["state"] in ("88", "88.0") and e["attributes"].get("unit_of_measurement") == "%",
+      f"{e['state']} {e['attributes'].get('unit_of_measurement')}")
+e = wait_entity("sensor.sdb_on_pve_life_left")
+check("HDD sdb: life left unknown (N/A)", e["state"] == "unknown", e["state"])
+e = wait_entity("binary_sensor.zfs_tank_on_pve_problem", lambda s: s == "on")
+check("degraded pool tank: problem sensor is on", e["state"] == "on", e["state"])
+e = wait_entity("sensor.zfs_tank_on_pve_health", lambda s: s == "DEGRADED")
+check("degraded pool tank: health enum reads DEGRADED",
+      e["state"] == "DEGRADED" and "SUSPENDED" in (e["attributes"].get("options") or []), e["state"])
+e = wait_entity("binary_sensor.zfs_rpool_on_pve_problem", lambda s: s == "off")
+check("pool rpool: no problem", e["state"] == "off", e["state"])
+e = wait_entity("update.pve_proxmox_ve", lambda s: s == "on")
+check("node update entity: on, 9.1.5 -> 9.1.6",
+      e["state"] == "on" and e["attributes"].get("installed_version") == "9.1.5"
+      and e["attributes"].get("latest_version") == "9.1.6",
+      f"{e['state']} {e['attributes'].get('installed_version')} {e['attributes'].get('latest_version')}")
+e = wait_entity("sensor.pve_pending_updates", lambda s: s == "3")
+check("node pending updates: 3", e["state"] == "3", e["state"])
+e = wait_entity("binary_sensor.pve_reboot_required", lambda s: s == "on")
+check("node reboot required: on (a newer kernel is installed)", e["state"] == "on", e["state"])
+e = wait_entity("sensor.pve_certificate_expires", lambda s: s[:2] == "20")
+check("node certificate expiry: a timestamp", e["state"][:2] == "20" and e["attributes"].get("device_class") == "timestamp",
+      e["state"])
+e = wait_entity("sensor.pve_io_delay", lambda s: s not in ("unknown", "unavailable"))
+check("node IO delay: a percentage", e["attributes"].get("unit_of_measurement") == "%", e["state"])
+e = wait_entity("sensor.pve_subscription", lambda s: s == "none")
+check("node subscription: none", e["state"] == "none", e["state"])
+sim("POST", "/_sim/nodes/pve/disks/sda", {"health": "FAILED!"})
+st = wait_state("binary_sensor.sda_on_pve_smart", lambda s: s == "on", 75)
+check("a disk failing in the simulator turns its SMART sensor on", st == "on", st)
+
 print(f"{len(failed)} failed")
 sys.exit(1 if failed else 0)

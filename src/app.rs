@@ -189,6 +189,7 @@ pub async fn run_with(
                 slow_interval: poll.slow_interval,
                 cadence: crate::poller::Cadence {
                     snapshots: poll.snapshots_interval,
+                    health: crate::poller::HealthCadence::from_config(&poll),
                     ..crate::poller::Cadence::default()
                 },
                 refresh_spacing: MIN_REFRESH_SPACING,

@@ -13,6 +13,8 @@ use crate::config::Config;
 use crate::pve::{Permissions, PveClient, PveError};
 use crate::types::ProxmoxUrl;
 
+mod health;
+
 /// A privilege the bridge uses, where it must hold, and what needs it.
 struct Need {
     path: &'static str,
@@ -210,6 +212,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                         "  tasks of any origin, backup health: no — missing {} (last_task, failed tasks and backup verdicts stay empty)",
                         describe(&tasks)
                     );
+                }
+                for line in health::lines(&perms, &config.poll) {
+                    println!("  {line}");
                 }
                 for line in snapshot_lines(&perms, config.commands.rollback, note) {
                     println!("  {line}");

@@ -124,6 +124,8 @@ fingerprint = "{fingerprint}"
 [poll]
 interval = "{interval}"
 slow_interval = "30s"
+updates = true
+disks_interval = "30s"
 
 [mqtt]
 url = "{mqtt_url}"

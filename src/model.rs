@@ -23,6 +23,7 @@ use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 mod backup;
 mod cluster_health;
 mod guest;
+mod health;
 mod node;
 mod rates;
 mod reporting;
@@ -37,6 +38,9 @@ pub use cluster_health::{
 };
 use guest::guest_state;
 pub use guest::GuestState;
+pub use health::{
+    certificate_expiry, reboot_required, DiskState, NodeHealthData, UpdatesState, ZfsState,
+};
 pub use node::NodeState;
 use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
@@ -56,6 +60,10 @@ pub enum ObjectRef {
     Guest(GuestKind, u32),
     /// (node, storage id): Proxmox reports storages per node.
     Storage(String, String),
+    /// (node, device name such as `sda`): a physical disk.
+    Disk(String, String),
+    /// (node, pool name): a ZFS pool.
+    Zfs(String, String),
 }
 
 impl fmt::Display for ObjectRef {
@@ -65,6 +73,8 @@ impl fmt::Display for ObjectRef {
             ObjectRef::Node(n) => write!(f, "node {n}"),
             ObjectRef::Guest(k, v) => write!(f, "{k} {v}"),
             ObjectRef::Storage(n, s) => write!(f, "storage {s} on {n}"),
+            ObjectRef::Disk(n, d) => write!(f, "disk {d} on {n}"),
+            ObjectRef::Zfs(n, p) => write!(f, "zfs pool {p} on {n}"),
         }
     }
 }
@@ -82,6 +92,13 @@ pub struct ClusterView {
     pub guests: BTreeMap<u32, Arc<GuestState>>,
     /// Keyed by (node, storage id).
     pub storages: BTreeMap<(String, String), StorageState>,
+    /// Physical disks, keyed by (node, device name).
+    pub disks: BTreeMap<(String, String), DiskState>,
+    /// ZFS pools, keyed by (node, pool).
+    pub zfs: BTreeMap<(String, String), ZfsState>,
+    /// (node, `"disks"` or `"zfs"`): lists the slow lane has read, so an absent disk or
+    /// pool of that node is really gone.
+    pub health_read: std::collections::BTreeSet<(String, &'static str)>,
     /// The Proxmox web UI, for Home Assistant's "visit device" link.
     pub console_url: String,
 }
@@ -99,6 +116,22 @@ impl ClusterView {
             ObjectRef::Storage(node, storage) => {
                 self.storages.contains_key(&(node.clone(), storage.clone())) && node_online(node)
             }
+            ObjectRef::Disk(node, disk) => {
+                self.disks.contains_key(&(node.clone(), disk.clone())) && node_online(node)
+            }
+            ObjectRef::Zfs(node, pool) => {
+                self.zfs.contains_key(&(node.clone(), pool.clone())) && node_online(node)
+            }
+        }
+    }
+
+    /// Does the view know whether `object` exists? Disks and pools only once the slow
+    /// lane has read their node's list (see [`ClusterView::health_read`]).
+    pub fn knows(&self, object: &ObjectRef) -> bool {
+        match object {
+            ObjectRef::Disk(node, _) => self.health_read.contains(&(node.clone(), "disks")),
+            ObjectRef::Zfs(node, _) => self.health_read.contains(&(node.clone(), "zfs")),
+            _ => true,
         }
     }
 
@@ -120,6 +153,14 @@ impl ClusterView {
                 let key = (n.clone(), s.clone());
                 self.storages.get(&key) == other.storages.get(&key)
             }
+            ObjectRef::Disk(n, d) => {
+                let key = (n.clone(), d.clone());
+                self.disks.get(&key) == other.disks.get(&key)
+            }
+            ObjectRef::Zfs(n, p) => {
+                let key = (n.clone(), p.clone());
+                self.zfs.get(&key) == other.zfs.get(&key)
+            }
         }
     }
 
@@ -136,6 +177,16 @@ impl ClusterView {
                 self.storages
                     .keys()
                     .map(|(n, s)| ObjectRef::Storage(n.clone(), s.clone())),
+            )
+            .chain(
+                self.disks
+                    .keys()
+                    .map(|(n, d)| ObjectRef::Disk(n.clone(), d.clone())),
+            )
+            .chain(
+                self.zfs
+                    .keys()
+                    .map(|(n, p)| ObjectRef::Zfs(n.clone(), p.clone())),
             )
     }
 }
@@ -191,6 +242,8 @@ pub struct SlowData {
     pub health: HealthData,
     /// vmid -> its snapshots, for the guests whose list was read.
     pub snapshots: HashMap<u32, SnapshotInfo>,
+    /// Node name -> disks, pools, updates, certificate (the detail requests of issue 11).
+    pub node_health: HashMap<String, NodeHealthData>,
 }
 
 /// Builds the view of one cluster from one `/cluster/resources` answer, with the default
@@ -309,8 +362,12 @@ impl<'a> ViewBuilder<'a> {
             mut view,
             slow,
             rates,
+            previous,
+            rules,
+            now,
             ..
         } = self;
+        health::add_health_objects(&mut view, &slow.node_health, previous, &rules, now);
         rates.retain(|vmid| view.guests.contains_key(&vmid));
         view.cluster = ClusterState {
             id: view.id.clone(),

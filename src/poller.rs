@@ -20,11 +20,13 @@ use tracing::{debug, info, warn};
 
 mod backup_log;
 mod cluster_health;
+mod node_health;
 mod slow;
 mod tasks;
 mod snapshots;
 
 pub use cluster_health::check_lines as cluster_health_check;
+pub use node_health::HealthCadence;
 use slow::slow_lane;
 pub use slow::Cadence;
 

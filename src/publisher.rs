@@ -599,13 +599,17 @@ impl<O: Outbox> Publisher<O> {
         if !record.polled {
             return;
         }
+        // Disks and pools are known only once the slow lane read their node: until then
+        // their leftovers wait (a restart must not remove them from HA and re-add them).
+        let view = record.view.clone();
+        let known = |o: &ObjectRef| view.as_deref().is_none_or(|v| v.knows(o));
         let stale: Vec<(String, ObjectRef)> = self
             .leftovers
             .iter()
-            .filter(|(c, o)| c == cluster && !record.objects.contains_key(o))
+            .filter(|(c, o)| c == cluster && known(o) && !record.objects.contains_key(o))
             .cloned()
             .collect();
-        self.leftovers.retain(|(c, _)| c != cluster);
+        self.leftovers.retain(|(c, o)| c != cluster || !known(o));
         for (c, object) in stale {
             info!(cluster = %c, %object, "object from an earlier run no longer exists: removing it");
             self.remove_object(&c, &object).await;
@@ -713,6 +717,8 @@ pub fn state_json(view: &ClusterView, object: &ObjectRef) -> Option<String> {
         ObjectRef::Storage(n, s) => {
             serde_json::to_string(view.storages.get(&(n.clone(), s.clone()))?)
         }
+        ObjectRef::Disk(n, d) => serde_json::to_string(view.disks.get(&(n.clone(), d.clone()))?),
+        ObjectRef::Zfs(n, p) => serde_json::to_string(view.zfs.get(&(n.clone(), p.clone()))?),
     };
     json.ok()
 }

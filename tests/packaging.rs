@@ -388,6 +388,7 @@ fn sample_options(ca_file: &Path) -> BTreeMap<&'static str, Value> {
         ("proxmox.timeout", json!("15s")),
         ("poll.interval", json!("5s")),
         ("poll.slow_interval", json!("2m")),
+        ("poll.updates", json!(true)),
         ("mqtt.base_topic", json!("lab/pve2mqtt")),
         ("mqtt.url", json!("mqtts://broker.example.lan:8883")),
         ("mqtt.username", json!("bridge")),
@@ -517,6 +518,7 @@ fn addon_options_map_onto_a_config_the_bridge_loads() {
     assert_eq!(cluster.timeout, Duration::from_secs(15));
     assert_eq!(config.poll.interval, Duration::from_secs(5));
     assert_eq!(config.poll.slow_interval, Duration::from_secs(120));
+    assert!(config.poll.updates);
     assert_eq!(config.mqtt.base_topic, "lab/pve2mqtt");
     assert_eq!(config.homeassistant.discovery_prefix, "ha-discovery");
     assert!(config.commands.enabled);

@@ -27,6 +27,7 @@ def option_env: {
   "proxmox.timeout": "PVE2MQTT_PROXMOX__TIMEOUT",
   "poll.interval": "PVE2MQTT_POLL__INTERVAL",
   "poll.slow_interval": "PVE2MQTT_POLL__SLOW_INTERVAL",
+  "poll.updates": "PVE2MQTT_POLL__UPDATES",
   "mqtt.base_topic": "PVE2MQTT_MQTT__BASE_TOPIC",
   "mqtt.url": "PVE2MQTT_MQTT__URL",
   "mqtt.username": "PVE2MQTT_MQTT__USERNAME",

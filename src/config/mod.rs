@@ -102,6 +102,15 @@ section! {
         pub tasks_interval: Duration = Duration::from_secs(10),
         /// How often each guest's snapshot list is read (slow lane, per guest).
         pub snapshots_interval: Duration = Duration::from_secs(15 * 60),
+        /// How often a node's disks (`disks/list`) and ZFS pools (`disks/zfs`) are read.
+        pub disks_interval: Duration = Duration::from_secs(15 * 60),
+        /// Read pending package updates (`apt/update`, needs `Sys.Modify`): opt-in.
+        pub updates: bool = false,
+        /// How often updates (`apt/update`) and the reboot-required check
+        /// (`apt/versions`) run.
+        pub updates_interval: Duration = Duration::from_secs(3600),
+        /// How often the node certificate's expiry (`certificates/info`) is read.
+        pub certificates_interval: Duration = Duration::from_secs(6 * 3600),
     }
 }
 

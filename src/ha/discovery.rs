@@ -34,8 +34,8 @@ use controls::control_components;
 pub use health::HealthEntities;
 use health::{health_components, health_entities};
 use specs::{
-    cluster_specs, guest_specs, node_specs, storage_specs, Availability, GUEST_RETIRED,
-    NODE_RETIRED, STORAGE_RETIRED,
+    cluster_specs, disk_specs, guest_specs, node_health_specs, node_specs, storage_specs,
+    zfs_specs, Availability, GUEST_RETIRED, NODE_RETIRED, STORAGE_RETIRED, UPDATES_RETIRED,
 };
 use tasks::last_task_component;
 
@@ -70,6 +70,8 @@ pub struct DeviceInfo {
     pub controls: bool,
     /// Which cluster-health entities (Ceph, HA, replication) to announce or remove.
     pub health: HealthEntities,
+    /// Nodes: announce the update entity and pending count (the updates were read).
+    pub updates: bool,
 }
 
 /// Which guests get control entities: the command policy's answer per guest (built by
@@ -145,6 +147,7 @@ pub fn device_info(
             configuration_url: (!view.console_url.is_empty()).then(|| view.console_url.clone()),
             controls: false,
             health: health_entities(view, object),
+            updates: false,
         },
         ObjectRef::Node(node) => {
             let state = view.nodes.get(node)?;
@@ -156,6 +159,7 @@ pub fn device_info(
                 configuration_url: console(&format!("node%2F{node}")),
                 controls: ctx.controls.node_power(),
                 health: health_entities(view, object),
+                updates: state.updates.is_some(),
             }
         }
         ObjectRef::Guest(kind, vmid) => {
@@ -174,6 +178,7 @@ pub fn device_info(
                 configuration_url: console(&format!("{}%2F{vmid}", kind.as_str())),
                 controls: ctx.controls.allows(guest) && !guest.template,
                 health: health_entities(view, object),
+                updates: false,
             }
         }
         ObjectRef::Storage(node, storage) => {
@@ -189,6 +194,37 @@ pub fn device_info(
                 configuration_url: console(&format!("storage%2F{node}%2F{storage}")),
                 controls: false,
                 health: health_entities(view, object),
+                updates: false,
+            }
+        }
+        ObjectRef::Disk(node, disk) => {
+            let state = view.disks.get(&(node.clone(), disk.clone()))?;
+            DeviceInfo {
+                name: format!("{disk} on {node}"),
+                model: state
+                    .model
+                    .clone()
+                    .filter(|m| !m.is_empty() && m != "unknown")
+                    .unwrap_or_else(|| "Physical disk".to_string()),
+                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
+                sw_version: None,
+                configuration_url: console(&format!("node%2F{node}")),
+                controls: false,
+                updates: false,
+                health: HealthEntities::default(),
+            }
+        }
+        ObjectRef::Zfs(node, pool) => {
+            view.zfs.get(&(node.clone(), pool.clone()))?;
+            DeviceInfo {
+                name: format!("ZFS {pool} on {node}"),
+                model: "ZFS pool".to_string(),
+                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
+                sw_version: None,
+                configuration_url: console(&format!("node%2F{node}")),
+                controls: false,
+                updates: false,
+                health: HealthEntities::default(),
             }
         }
     };
@@ -254,18 +290,31 @@ pub fn device_config(
 ) -> Option<String> {
     let info = device_info(ctx, view, object)?;
     let controls = info.controls;
+    let updates = info.updates;
     let c = &view.id;
     let device_id = Topics::device_id(c, object);
     let (specs, retired) = match object {
         ObjectRef::Cluster => (cluster_specs(), &[][..]),
-        ObjectRef::Node(_) => (node_specs(), NODE_RETIRED),
+        ObjectRef::Node(_) => {
+            let mut specs = node_specs();
+            specs.extend(node_health_specs(updates));
+            (specs, NODE_RETIRED)
+        }
         ObjectRef::Guest(kind, _) => (guest_specs(*kind), GUEST_RETIRED),
         ObjectRef::Storage(..) => (storage_specs(), STORAGE_RETIRED),
+        ObjectRef::Disk(..) => (disk_specs(), &[][..]),
+        ObjectRef::Zfs(..) => (zfs_specs(), &[][..]),
     };
     let topics = &ctx.topics;
     let mut components = Map::new();
     for (key, platform) in retired {
         components.insert(key.to_string(), serde_json::json!({ "p": platform }));
+    }
+    if matches!(object, ObjectRef::Node(_)) && !updates {
+        // Updates turned off (or no longer readable): remove entities announced before.
+        for (key, platform) in UPDATES_RETIRED {
+            components.insert(key.to_string(), serde_json::json!({ "p": platform }));
+        }
     }
     let health = health_components(object, info.health, &mut components);
     let with_attributes = specs
@@ -341,5 +390,7 @@ pub fn device_config(
     Some(payload.to_string())
 }
 
+#[cfg(test)]
+mod health_tests;
 #[cfg(test)]
 mod tests;

@@ -139,6 +139,18 @@ impl Topics {
                 topic_segment(node),
                 topic_segment(storage)
             ),
+            ObjectRef::Disk(node, disk) => format!(
+                "{}/{c}/disk/{}/{}",
+                self.base,
+                topic_segment(node),
+                topic_segment(disk)
+            ),
+            ObjectRef::Zfs(node, pool) => format!(
+                "{}/{c}/zfs/{}/{}",
+                self.base,
+                topic_segment(node),
+                topic_segment(pool)
+            ),
         }
     }
 
@@ -214,6 +226,16 @@ impl Topics {
                 discovery_id(node),
                 discovery_id(storage)
             ),
+            ObjectRef::Disk(node, disk) => format!(
+                "pve2mqtt_{c}_disk_{}_{}",
+                discovery_id(node),
+                discovery_id(disk)
+            ),
+            ObjectRef::Zfs(node, pool) => format!(
+                "pve2mqtt_{c}_zfs_{}_{}",
+                discovery_id(node),
+                discovery_id(pool)
+            ),
         }
     }
 
@@ -233,6 +255,8 @@ impl Topics {
         vec![
             format!("{}/+/+/+/availability", self.base),
             format!("{}/+/storage/+/+/availability", self.base),
+            format!("{}/+/disk/+/+/availability", self.base),
+            format!("{}/+/zfs/+/+/availability", self.base),
             format!("{}/+/cluster/availability", self.base),
         ]
     }
@@ -249,6 +273,8 @@ impl Topics {
             [_, "storage", node, storage] => {
                 ObjectRef::Storage(node.to_string(), storage.to_string())
             }
+            [_, "disk", node, disk] => ObjectRef::Disk(node.to_string(), disk.to_string()),
+            [_, "zfs", node, pool] => ObjectRef::Zfs(node.to_string(), pool.to_string()),
             [_, kind, vmid] => {
                 let kind: GuestKind = kind.parse().ok()?;
                 ObjectRef::Guest(kind, vmid.parse().ok()?)

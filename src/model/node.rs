@@ -2,6 +2,7 @@
 //! `/nodes/{node}/status`.
 use serde::Serialize;
 
+use super::health::{subscription_name, updates_state, UpdatesState};
 use super::rates::{percent, round_percent};
 use super::reporting::{phase_of_name, started, ReportRules};
 use super::SlowData;
@@ -35,6 +36,16 @@ pub struct NodeState {
     /// Tasks on this node that ended with an error in the last 24 hours, from
     /// `/cluster/tasks`; `null` when the token may not read it (no `Sys.Audit` on `/`).
     pub failed_tasks_24h: Option<u32>,
+    /// IO delay (time waiting for IO), percent of CPU time, from the node status `wait`.
+    pub io_delay: Option<f64>,
+    /// Subscription level: `none`, `community`, `basic`, `standard`, `premium`.
+    pub subscription: Option<String>,
+    /// Pending package updates (only with `poll.updates` and `Sys.Modify`).
+    pub updates: Option<UpdatesState>,
+    /// A kernel newer than the running one is installed.
+    pub reboot_required: Option<bool>,
+    /// Unix time the node's API certificate expires.
+    pub certificate_expires: Option<u64>,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
@@ -68,6 +79,11 @@ pub(super) fn node_needs_report(
         kernel,
         cpu_model,
         failed_tasks_24h,
+        io_delay,
+        subscription,
+        updates,
+        reboot_required,
+        certificate_expires,
         as_of,
     } = reported;
     // Ride along: sent with every report, never the reason for one.
@@ -82,7 +98,11 @@ pub(super) fn node_needs_report(
         || *pve_version != fresh.pve_version
         || *kernel != fresh.kernel
         || *cpu_model != fresh.cpu_model
-        || *failed_tasks_24h != fresh.failed_tasks_24h;
+        || *failed_tasks_24h != fresh.failed_tasks_24h
+        || *subscription != fresh.subscription
+        || *updates != fresh.updates
+        || *reboot_required != fresh.reboot_required
+        || *certificate_expires != fresh.certificate_expires;
     let load_moved = match (loadavg, fresh.loadavg) {
         (Some(a), Some(b)) => {
             (0..3).any(|i| ReportRules::moved(Some(a[i]), Some(b[i]), rules.loadavg))
@@ -90,6 +110,7 @@ pub(super) fn node_needs_report(
         (a, b) => a.is_some() != b.is_some(),
     };
     let threshold = ReportRules::moved(*cpu, fresh.cpu, rules.cpu)
+        || ReportRules::moved(*io_delay, fresh.io_delay, rules.cpu)
         || load_moved
         || ReportRules::share_moved(*mem, fresh.mem, fresh.maxmem, rules.mem_percent)
         || ReportRules::share_moved(
@@ -138,7 +159,24 @@ pub(super) fn node_state(
         .and_then(|d| d.rootfs.as_ref().and_then(|m| m.total))
         .or(row.maxdisk);
     let online = status == "online";
+    let health = slow.node_health.get(&name);
+    let pve_version = details
+        .and_then(|d| d.pveversion.as_deref())
+        .map(short_pve_version);
     Some(NodeState {
+        io_delay: online
+            .then(|| {
+                details
+                    .and_then(|d| d.wait)
+                    .map(|w| round_percent(w * 100.0))
+            })
+            .flatten(),
+        subscription: row.level.as_deref().map(subscription_name),
+        updates: health
+            .and_then(|h| h.updates.as_deref())
+            .map(|rows| updates_state(rows, pve_version.as_deref())),
+        reboot_required: health.and_then(|h| h.reboot_required),
+        certificate_expires: health.and_then(|h| h.certificate_expires),
         cpu: online
             .then(|| row.cpu.map(|c| round_percent(c * 100.0)))
             .flatten(),
@@ -160,9 +198,7 @@ pub(super) fn node_state(
         uptime: row.uptime,
         started: started(now, row.uptime, before.map(|b| (b.started, b.uptime))),
         as_of: now,
-        pve_version: details
-            .and_then(|d| d.pveversion.as_deref())
-            .map(short_pve_version),
+        pve_version,
         kernel: details.and_then(|d| d.kversion.clone()),
         cpu_model: details.and_then(|d| d.cpuinfo.as_ref().and_then(|c| c.model.clone())),
         failed_tasks_24h: None,

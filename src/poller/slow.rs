@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::cluster_health::HealthProbes;
+use super::node_health::{self, HealthCadence, HealthRequest};
 use super::snapshots::{self, GuestFeed, SnapshotRead};
 use crate::model::{NewestBackup, SlowData};
 use crate::pve::{ClusterStatusKind, PveClient, PveError, Resource, ResourceKind};
@@ -33,6 +34,9 @@ pub struct Cadence {
     pub guest_extras: usize,
     /// How often each guest's snapshot list is read (`poll.snapshots_interval`).
     pub snapshots: Duration,
+    /// Node health (issue 11): `poll.disks_interval`, `poll.updates`,
+    /// `poll.updates_interval`, `poll.certificates_interval`.
+    pub health: HealthCadence,
 }
 
 impl Default for Cadence {
@@ -41,6 +45,7 @@ impl Default for Cadence {
             node_extras: 3,
             guest_extras: 50,
             snapshots: Duration::from_secs(15 * 60),
+            health: HealthCadence::default(),
         }
     }
 }
@@ -132,6 +137,11 @@ pub(super) async fn slow_lane(
         let rows = resources.borrow_and_update().clone();
         let mut candidates = plan(&rows);
         candidates.extend(health.requests(&rows, Instant::now()));
+        candidates.extend(
+            node_health::plan(&rows, &cadence.health)
+                .into_iter()
+                .map(SlowRequest::Health),
+        );
         drop(rows);
         candidates.extend(
             snapshots::candidates(guests.views.borrow().as_deref())
@@ -276,6 +286,8 @@ pub(super) enum SlowRequest {
     ReplicationStatus(String),
     /// One guest's snapshot list (per guest, every `poll.snapshots_interval`).
     Snapshots(SnapshotRead),
+    /// A node-health detail (disks, ZFS, APT, certificate): see `node_health`.
+    Health(HealthRequest),
 }
 
 impl SlowRequest {
@@ -296,6 +308,7 @@ impl SlowRequest {
             | SlowRequest::HaStatus
             | SlowRequest::ReplicationConfig
             | SlowRequest::ReplicationStatus(_) => Duration::ZERO,
+            SlowRequest::Health(request) => request.every(&cadence.health),
         }
     }
 
@@ -313,6 +326,7 @@ impl SlowRequest {
                 Budget::Base
             }
             SlowRequest::ReplicationStatus(node) => Budget::Node(node),
+            SlowRequest::Health(request) => Budget::Node(&request.node),
         }
     }
 }
@@ -475,6 +489,7 @@ async fn run_request(
         | SlowRequest::ReplicationStatus(_) => {
             health.run(client, request, &mut data.health).await?;
         }
+        SlowRequest::Health(request) => node_health::run(client, request, data).await?,
     }
     Ok(())
 }

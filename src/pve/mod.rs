@@ -15,6 +15,7 @@ mod action;
 mod client;
 mod de;
 mod error;
+mod health;
 mod tls;
 mod types;
 mod upid;
@@ -26,6 +27,7 @@ pub use client::{
 };
 pub use client::SnapshotEntry;
 pub use error::PveError;
+pub use health::{AptPackage, CertificateInfo, DiskInfo, ZfsPool};
 pub use types::{
     exitstatus_is_success, split_tags, tag_iter, ClusterStatusKind, ClusterStatusRow, CpuInfo,
     FilesystemUsage, GuestKind, GuestStatus, MemoryUsage, NodeStatus, Permissions, Resource,

@@ -250,6 +250,10 @@ pub struct Resource {
     pub content: Option<String>,
     #[serde(default, deserialize_with = "de::bool_or_false")]
     pub shared: bool,
+    /// [node] subscription level letter (`c`, `b`, `s`, `p`); `""` without an active
+    /// subscription; absent before the node has RRD data (reference round 2 §6).
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub level: Option<String>,
 }
 
 impl Resource {
@@ -298,6 +302,9 @@ pub struct NodeStatus {
     pub kversion: Option<String>,
     #[serde(default)]
     pub cpuinfo: Option<CpuInfo>,
+    /// IO wait as a fraction of CPU time (0..1), like `cpu`.
+    #[serde(default, deserialize_with = "de::opt_f64")]
+    pub wait: Option<f64>,
 }
 
 /// `memory` and `swap` of a node, in bytes.

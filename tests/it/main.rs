@@ -27,6 +27,8 @@ mod followers;
 mod health;
 /// Node commands (issue 11): node power, bulk guest actions, Wake-on-LAN, safety rules.
 mod node_commands;
+/// Node health (issue 11): disks, ZFS pools, updates, reboot required, certificates.
+mod node_health;
 /// Reporting rules: reportable changes, counters that ride along, `max_interval`.
 mod reporting;
 /// Retained input never runs; rejections that are not about a real command are not retained.

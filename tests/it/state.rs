@@ -14,6 +14,12 @@ const SEED_DEVICES: &[&str] = &[
     "homeassistant/device/pve2mqtt_pve_101/config",
     "homeassistant/device/pve2mqtt_pve_storage_pve_local/config",
     "homeassistant/device/pve2mqtt_pve_storage_pve_local-lvm/config",
+    // Node health (issue 11), from the slow lane's first round: three disks, two pools.
+    "homeassistant/device/pve2mqtt_pve_disk_pve_nvme0n1/config",
+    "homeassistant/device/pve2mqtt_pve_disk_pve_sda/config",
+    "homeassistant/device/pve2mqtt_pve_disk_pve_sdb/config",
+    "homeassistant/device/pve2mqtt_pve_zfs_pve_rpool/config",
+    "homeassistant/device/pve2mqtt_pve_zfs_pve_tank/config",
 ];
 
 /// The bridge's own device (version, Proxmox API sensor, Refresh button).

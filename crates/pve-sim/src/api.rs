@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 use super::access::{permission_denied, Token};
 use super::nodepower::{self, Bulk};
 use super::health::{self, HealthRoute};
+use super::node_health;
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
@@ -130,6 +131,19 @@ enum Route {
         vmid: String,
         snapname: Option<String>,
         action: Option<SnapAction>,
+    },
+    /// Node health (see `node_health`): disks, ZFS, APT versions, certificates.
+    DisksList {
+        node: String,
+    },
+    DisksZfs {
+        node: String,
+    },
+    AptVersions {
+        node: String,
+    },
+    CertificatesInfo {
+        node: String,
     },
 }
 
@@ -291,6 +305,22 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
                 ),
             )
         }
+        ("GET", ["nodes", n, "disks", "list"]) => (
+            Route::DisksList { node: node(n) },
+            "GET /nodes/{node}/disks/list".into(),
+        ),
+        ("GET", ["nodes", n, "disks", "zfs"]) => (
+            Route::DisksZfs { node: node(n) },
+            "GET /nodes/{node}/disks/zfs".into(),
+        ),
+        ("GET", ["nodes", n, "apt", "versions"]) => (
+            Route::AptVersions { node: node(n) },
+            "GET /nodes/{node}/apt/versions".into(),
+        ),
+        ("GET", ["nodes", n, "certificates", "info"]) => (
+            Route::CertificatesInfo { node: node(n) },
+            "GET /nodes/{node}/certificates/info".into(),
+        ),
         _ => {
             let (route, template) = health::match_route(method, &s)?;
             (Route::Health(route), template)
@@ -316,9 +346,13 @@ impl Route {
             | Route::Vzdump { node }
             | Route::AptUpdates { node }
             | Route::NodeCommand { node }
-            | Route::BulkPower { node, .. } => Some(node),
+            | Route::BulkPower { node, .. }
+            | Route::Snapshot { node, .. }
+            | Route::DisksList { node }
+            | Route::DisksZfs { node }
+            | Route::AptVersions { node }
+            | Route::CertificatesInfo { node } => Some(node),
             Route::Health(route) => route.proxy_node(),
-            | Route::Snapshot { node, .. } => Some(node),
             _ => None,
         }
     }
@@ -335,6 +369,9 @@ impl Route {
             Route::NodeCommand { node } | Route::WakeOnLan { node } => {
                 Some((format!("/nodes/{node}"), &["Sys.PowerMgmt"]))
             }
+            // disks/list is `or` of two paths: see `alternative_permission`.
+            Route::DisksZfs { .. } => Some(("/".into(), &["Sys.Audit"])),
+            Route::AptVersions { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::GuestCurrent { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.Audit"])),
             Route::GuestAction { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.PowerMgmt"])),
             Route::StorageContent { storage, .. } => Some((
@@ -366,6 +403,10 @@ impl Route {
             | Route::NodeCommand { node }
             | Route::BulkPower { node, .. }
             | Route::WakeOnLan { node } => vec![("node", node)],
+            | Route::DisksList { node }
+            | Route::DisksZfs { node }
+            | Route::AptVersions { node }
+            | Route::CertificatesInfo { node } => vec![("node", node)],
             Route::GuestCurrent { node, vmid, .. } | Route::GuestAction { node, vmid, .. } => {
                 vec![("node", node), ("vmid", vmid)]
             }
@@ -402,7 +443,12 @@ impl Route {
             Route::ClusterResources => params::cluster_resources(),
             Route::StorageIndex => params::storage_index(),
             Route::AccessPermissions => params::access_permissions(),
-            Route::NodeStatus { .. } | Route::AptUpdates { .. } => params::node_only(),
+            Route::NodeStatus { .. }
+            | Route::AptUpdates { .. }
+            | Route::DisksZfs { .. }
+            | Route::AptVersions { .. }
+            | Route::CertificatesInfo { .. } => params::node_only(),
+            Route::DisksList { .. } => params::disks_list(),
             Route::GuestList { kind, .. } => match kind {
                 GuestType::Qemu => params::qemu_list(),
                 GuestType::Lxc => params::node_only(),
@@ -739,6 +785,13 @@ async fn answer(
     };
 
     // Permission, before parameters and proxying.
+    if let Route::DisksList { node } = &route {
+        // `['or', ['perm', '/', ['Sys.Audit']], ['perm', '/nodes/{node}', ['Sys.Audit']]]`:
+        // an `or` check fails without a path/privilege suffix.
+        if !token.has("/", "Sys.Audit") && !token.has(&format!("/nodes/{node}"), "Sys.Audit") {
+            return fail(ApiError::forbidden("Permission check failed"));
+        }
+    }
     if let Some((path, privileges)) = route.permission() {
         if !token.has_any(&path, privileges) {
             return fail(ApiError::forbidden(permission_denied(&path, privileges)));
@@ -928,7 +981,6 @@ fn dispatch(
             Ok(Reply::data(Value::Null))
         }
         Route::Vzdump { node } => vzdump(state, node, params, token, now),
-        Route::AptUpdates { .. } => list(render::apt_updates(version)),
         Route::NodeCommand { node } => state.node_command(node, params, now),
         Route::BulkPower { node, bulk } => state.bulk_power(node, *bulk, params, token, now),
         Route::WakeOnLan { node } => state.wake_on_lan(node, now),
@@ -938,6 +990,27 @@ fn dispatch(
         Route::Snapshot {
             node, kind, action, ..
         } => snapshots::handle(state, (node, *kind), *action, params, token, now),
+        Route::AptUpdates { node } => list(node_health::apt_update(&state.world.health_of(node))),
+        Route::DisksList { node } => list(node_health::disks_list(
+            &state.world.health_of(node),
+            params.flag("skipsmart"),
+        )),
+        Route::DisksZfs { node } => list(node_health::zfs_list(&state.world.health_of(node))?),
+        Route::AptVersions { node } => {
+            list(node_health::apt_versions(&state.world.health_of(node), version))
+        }
+        Route::CertificatesInfo { node } => {
+            let fingerprint = state
+                .world
+                .node(node)
+                .map(|n| n.ssl_fingerprint.clone())
+                .unwrap_or_default();
+            list(node_health::certificates_info(
+                node,
+                &state.world.health_of(node),
+                &fingerprint,
+            ))
+        }
     }
 }
 

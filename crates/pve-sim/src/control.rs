@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::node_health::{DiskPatch, NodeHealth, PoolPatch};
 use super::state::{ConfigPatch, Fault, GuestPatch, NewGuest, Sim, SimError};
 use super::tasks::TaskOverride;
 
@@ -80,7 +81,13 @@ pub(crate) fn router(sim: Sim) -> Router {
         )
         .route("/_sim/config", get(config).post(set_config))
         .route("/_sim/backup-jobs", get(backup_jobs).post(put_backup_job))
-        .route("/_sim/backup-jobs/{id}/run", post(run_backup_job));
+        .route("/_sim/backup-jobs/{id}/run", post(run_backup_job))
+        .route(
+            "/_sim/nodes/{node}/health",
+            get(node_health).put(put_node_health),
+        )
+        .route("/_sim/nodes/{node}/disks/{dev}", post(patch_disk))
+        .route("/_sim/nodes/{node}/zfs/{pool}", post(patch_pool));
     super::health::control(router).with_state(sim)
 }
 
@@ -210,4 +217,38 @@ async fn config(State(sim): State<Sim>) -> Json<ConfigPatch> {
 async fn set_config(State(sim): State<Sim>, Json(patch): Json<ConfigPatch>) -> Json<ConfigPatch> {
     sim.set_config(patch);
     Json(sim.config())
+}
+
+async fn node_health(
+    State(sim): State<Sim>,
+    Path(node): Path<String>,
+) -> Result<Json<NodeHealth>, SimError> {
+    Ok(Json(sim.health(&node)?))
+}
+
+async fn put_node_health(
+    State(sim): State<Sim>,
+    Path(node): Path<String>,
+    Json(health): Json<NodeHealth>,
+) -> Result<Json<Value>, SimError> {
+    sim.set_health(&node, health)?;
+    Ok(ok())
+}
+
+async fn patch_disk(
+    State(sim): State<Sim>,
+    Path((node, dev)): Path<(String, String)>,
+    Json(patch): Json<DiskPatch>,
+) -> Result<Json<Value>, SimError> {
+    sim.patch_disk(&node, &dev, patch)?;
+    Ok(ok())
+}
+
+async fn patch_pool(
+    State(sim): State<Sim>,
+    Path((node, pool)): Path<(String, String)>,
+    Json(patch): Json<PoolPatch>,
+) -> Result<Json<Value>, SimError> {
+    sim.patch_pool(&node, &pool, patch)?;
+    Ok(ok())
 }

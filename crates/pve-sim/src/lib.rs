@@ -44,6 +44,7 @@ mod control;
 mod jobs;
 mod nodepower;
 mod health;
+mod node_health;
 mod params;
 mod render;
 mod respond;
@@ -57,6 +58,8 @@ mod world;
 
 #[cfg(test)]
 mod health_tests;
+#[cfg(test)]
+mod node_health_tests;
 #[cfg(test)]
 mod motion_tests;
 #[cfg(test)]

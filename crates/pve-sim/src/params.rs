@@ -374,6 +374,16 @@ pub fn node_only() -> Vec<Spec> {
     vec![NODE]
 }
 
+/// `GET /nodes/{node}/disks/list`.
+pub fn disks_list() -> Vec<Spec> {
+    vec![
+        NODE,
+        opt("include-partitions", BOOL),
+        opt("skipsmart", BOOL),
+        opt("type", Kind::Enum(&["unused", "journal_disks"])),
+    ]
+}
+
 pub fn cluster_resources() -> Vec<Spec> {
     vec![opt("type", Kind::Enum(&["vm", "storage", "node", "sdn"]))]
 }

@@ -320,13 +320,19 @@ fn node_stats(row: &mut Row, node: &Node, t: f64) {
     put(row, "uptime", node.uptime(t));
 }
 
-fn node_resource(node: &Node, audit: bool, t: f64, version: PveVersion) -> FlatRow<'_> {
+fn node_resource<'a>(
+    node: &'a Node,
+    level: &'a str,
+    audit: bool,
+    t: f64,
+    version: PveVersion,
+) -> FlatRow<'a> {
     let mut row = FlatRow::with_capacity(14);
     row.put("id", format!("node/{}", node.name));
     row.put("node", node.name.as_str());
     row.put("type", "node");
     row.put("status", if node.online { "online" } else { "offline" });
-    row.put("level", "");
+    row.put("level", level);
     if node.online {
         row.put("cgroup-mode", 2u64);
         if audit {
@@ -472,7 +478,11 @@ pub fn cluster_resources<'a>(
     if wants("node") {
         for node in &world.nodes {
             let audit = token.has(&format!("/nodes/{}", node.name), "Sys.Audit");
-            rows.push(node_resource(node, audit, t, version));
+            let level = world
+                .node_health
+                .get(&node.name)
+                .map_or("", |h| h.level.as_str());
+            rows.push(node_resource(node, level, audit, t, version));
         }
     }
     if wants("storage") {
@@ -510,7 +520,7 @@ pub fn nodes(world: &World, token: &Token, t: f64) -> Vec<Value> {
                 "status",
                 if node.online { "online" } else { "offline" },
             );
-            put(&mut row, "level", "");
+            put(&mut row, "level", world.health_of(&node.name).level);
             put(&mut row, "ssl_fingerprint", node.ssl_fingerprint.as_str());
             if node.online && token.has(&format!("/nodes/{}", node.name), "Sys.Audit") {
                 node_stats(&mut row, node, t);
@@ -542,7 +552,7 @@ pub fn cluster_status(world: &World) -> Vec<Value> {
             "ip": node.ip,
             "online": flag(node.online),
             "local": flag(index == 0),
-            "level": "",
+            "level": world.health_of(&node.name).level,
         }));
     }
     rows
@@ -858,22 +868,6 @@ pub fn ha_status(world: &World, version: PveVersion, now: f64) -> Vec<Value> {
         }));
     }
     rows
-}
-
-/// `GET /nodes/{node}/apt/update`: one pending pve-manager update.
-pub fn apt_updates(version: PveVersion) -> Vec<Value> {
-    let next = format!("{}.{}.{}", version.major, version.minor, version.patch + 1);
-    vec![json!({
-        "Package": "pve-manager",
-        "Title": "Proxmox Virtual Environment Management Tools",
-        "Description": "This package contains the Proxmox Virtual Environment management tools.",
-        "Version": next,
-        "OldVersion": version.to_string(),
-        "Arch": "amd64",
-        "Origin": "Proxmox",
-        "Priority": "optional",
-        "Section": "admin",
-    })]
 }
 
 /// `GET /storage`

@@ -444,6 +444,8 @@ pub struct World {
     pub health: ClusterHealth,
     /// Snapshots per vmid (guests without any have no entry).
     pub snapshots: BTreeMap<u32, super::snapshots::GuestSnapshots>,
+    /// Disks, pools, updates, certificate and subscription per node (see `health`).
+    pub node_health: BTreeMap<String, crate::node_health::NodeHealth>,
 }
 
 /// Formats Unix seconds (UTC) with the given separators: `2026_11_27-10_00_00` for
@@ -642,6 +644,7 @@ impl World {
                 replication: Vec::new(),
             },
             snapshots: super::snapshots::seed(now),
+            node_health: BTreeMap::from([("pve".to_string(), crate::node_health::seed_health(now, version))]),
         };
         // Nightly backups at 03:00 UTC on the previous days.
         let last_night = ((now as u64) / 86_400) * 86_400 + 3 * 3600;
@@ -824,6 +827,14 @@ impl World {
         });
 
         let health = generated_health(&nodes, &mut guests, now);
+        let node_health = (0..node_count)
+            .map(|i| {
+                (
+                    format!("pve{}", i + 1),
+                    crate::node_health::generated_health(i, now, version),
+                )
+            })
+            .collect();
         let mut world = World {
             cluster_name: Some("simcluster".into()),
             nodes,
@@ -832,6 +843,7 @@ impl World {
             volumes: Vec::new(),
             health,
             snapshots: BTreeMap::new(),
+            node_health,
         };
         world.snapshots = super::snapshots::generated(&world, now);
         let midnight = ((now as u64) / 86_400) * 86_400;

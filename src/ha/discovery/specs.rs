@@ -19,6 +19,9 @@ use std::borrow::Cow;
 
 use crate::pve::GuestKind;
 
+mod health;
+pub(super) use health::{disk_specs, node_health_specs, zfs_specs, UPDATES_RETIRED};
+
 /// Who an entity's availability depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Availability {

@@ -66,7 +66,7 @@ fn every_component_follows_home_assistants_unit_rules() {
             assert!(
                 matches!(
                     c["p"].as_str(),
-                    Some("sensor" | "binary_sensor" | "button" | "switch")
+                    Some("sensor" | "binary_sensor" | "button" | "switch" | "update")
                 ),
                 "{key}"
             );

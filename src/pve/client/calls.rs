@@ -6,6 +6,7 @@ use serde::Deserialize;
 use super::decode::{decode, decode_cluster_resources, decode_data};
 use super::{Call, PveClient};
 use crate::pve::error::PveError;
+use crate::pve::health::{AptPackage, CertificateInfo, DiskInfo, ZfsPool};
 use crate::pve::types::{
     ClusterStatusRow, GuestKind, GuestStatus, NodeStatus, Permissions, Resource, StorageItem,
     TaskListEntry, TaskLog, TaskLogLine, TaskStatus, Version, VzdumpStarted,
@@ -60,6 +61,38 @@ impl PveClient {
     /// `GET /nodes/{node}/status` (proxied to that node: 595 when it is down).
     pub async fn node_status(&self, node: &str) -> Result<NodeStatus, PveError> {
         self.get_data(&Call::get(&["nodes", node, "status"])).await
+    }
+
+    /// `GET /nodes/{node}/disks/list` (`Sys.Audit` on `/` or the node). Proxmox runs
+    /// smartctl per disk for `health` and `wearout`.
+    pub async fn disks_list(&self, node: &str) -> Result<Vec<DiskInfo>, PveError> {
+        self.get_data(&Call::get(&["nodes", node, "disks", "list"]))
+            .await
+    }
+
+    /// `GET /nodes/{node}/disks/zfs` (`Sys.Audit` on `/`); 500 `zfsutils-linux not
+    /// installed` on a node without ZFS.
+    pub async fn zfs_pools(&self, node: &str) -> Result<Vec<ZfsPool>, PveError> {
+        self.get_data(&Call::get(&["nodes", node, "disks", "zfs"]))
+            .await
+    }
+
+    /// `GET /nodes/{node}/apt/update`: pending updates (`Sys.Modify` on the node).
+    pub async fn apt_updates(&self, node: &str) -> Result<Vec<AptPackage>, PveError> {
+        self.get_data(&Call::get(&["nodes", node, "apt", "update"]))
+            .await
+    }
+
+    /// `GET /nodes/{node}/apt/versions`: installed packages (`Sys.Audit` on the node).
+    pub async fn apt_versions(&self, node: &str) -> Result<Vec<AptPackage>, PveError> {
+        self.get_data(&Call::get(&["nodes", node, "apt", "versions"]))
+            .await
+    }
+
+    /// `GET /nodes/{node}/certificates/info` (any token).
+    pub async fn certificates_info(&self, node: &str) -> Result<Vec<CertificateInfo>, PveError> {
+        self.get_data(&Call::get(&["nodes", node, "certificates", "info"]))
+            .await
     }
 
     /// `GET /nodes/{node}/storage/{storage}/content`, optionally only one content type
