@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::access::{permission_denied, Token};
+use super::agent::{self, AgentCommand};
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
@@ -102,6 +103,17 @@ enum Route {
     },
     AptUpdates {
         node: String,
+    },
+    /// `GET /nodes/{node}/qemu/{vmid}/agent/{command}` (see `agent`).
+    GuestAgent {
+        node: String,
+        vmid: String,
+        command: AgentCommand,
+    },
+    /// `GET /nodes/{node}/lxc/{vmid}/interfaces` (PVE >= 8.1).
+    LxcInterfaces {
+        node: String,
+        vmid: String,
     },
 }
 
@@ -209,6 +221,27 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             Route::AptUpdates { node: node(n) },
             "GET /nodes/{node}/apt/update".into(),
         ),
+        ("GET", ["nodes", n, "qemu", vmid, "agent", command]) => {
+            let command = AgentCommand::parse(command)?;
+            (
+                Route::GuestAgent {
+                    node: node(n),
+                    vmid: vmid.to_string(),
+                    command,
+                },
+                format!(
+                    "GET /nodes/{{node}}/qemu/{{vmid}}/agent/{}",
+                    command.as_str()
+                ),
+            )
+        }
+        ("GET", ["nodes", n, "lxc", vmid, "interfaces"]) => (
+            Route::LxcInterfaces {
+                node: node(n),
+                vmid: vmid.to_string(),
+            },
+            "GET /nodes/{node}/lxc/{vmid}/interfaces".into(),
+        ),
         _ => return None,
     };
     Some(route)
@@ -229,14 +262,20 @@ impl Route {
             | Route::TaskLog { node, .. }
             | Route::TaskStop { node, .. }
             | Route::Vzdump { node }
-            | Route::AptUpdates { node } => Some(node),
+            | Route::AptUpdates { node }
+            | Route::GuestAgent { node, .. }
+            | Route::LxcInterfaces { node, .. } => Some(node),
             _ => None,
         }
     }
 
     /// The endpoint's own permission check: an ACL path and privileges (any of them).
-    fn permission(&self) -> Option<(String, &'static [&'static str])> {
+    fn permission(&self, version: PveVersion) -> Option<(String, &'static [&'static str])> {
         match self {
+            Route::GuestAgent { vmid, .. } => {
+                Some((format!("/vms/{vmid}"), agent::agent_privileges(version)))
+            }
+            Route::LxcInterfaces { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.Audit"])),
             Route::ClusterStatus | Route::ClusterHaStatus => Some(("/".into(), &["Sys.Audit"])),
             Route::NodeStatus { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::AptUpdates { node } => Some((format!("/nodes/{node}"), &["Sys.Modify"])),
@@ -259,7 +298,10 @@ impl Route {
             | Route::NodeTasks { node }
             | Route::Vzdump { node }
             | Route::AptUpdates { node } => vec![("node", node)],
-            Route::GuestCurrent { node, vmid, .. } | Route::GuestAction { node, vmid, .. } => {
+            Route::GuestCurrent { node, vmid, .. }
+            | Route::GuestAction { node, vmid, .. }
+            | Route::GuestAgent { node, vmid, .. }
+            | Route::LxcInterfaces { node, vmid } => {
                 vec![("node", node), ("vmid", vmid)]
             }
             Route::StorageContent { node, storage } => vec![("node", node), ("storage", storage)],
@@ -285,7 +327,9 @@ impl Route {
                 GuestType::Qemu => params::qemu_list(),
                 GuestType::Lxc => params::node_only(),
             },
-            Route::GuestCurrent { .. } => params::guest_current(),
+            Route::GuestCurrent { .. } | Route::GuestAgent { .. } | Route::LxcInterfaces { .. } => {
+                params::guest_current()
+            }
             Route::GuestAction { kind, action, .. } => params::lifecycle(*kind, *action, version),
             Route::NodeStorage { .. } => params::node_storage(),
             Route::StorageContent { .. } => params::storage_content(),
@@ -596,7 +640,11 @@ async fn answer(
     };
     record.token_id = Some(token.full_id.clone());
 
-    let Some(route) = incoming.matched else {
+    // The container interfaces exist since PVE 8.1: older releases have no such method.
+    let matched = incoming.matched.filter(|route| {
+        !matches!(route, Route::LxcInterfaces { .. }) || agent::has_lxc_interfaces(version)
+    });
+    let Some(route) = matched else {
         return fail(ApiError::json(
             501,
             format!(
@@ -607,7 +655,7 @@ async fn answer(
     };
 
     // Permission, before parameters and proxying.
-    if let Some((path, privileges)) = route.permission() {
+    if let Some((path, privileges)) = route.permission(version) {
         if !token.has_any(&path, privileges) {
             return fail(ApiError::forbidden(permission_denied(&path, privileges)));
         }
@@ -657,6 +705,21 @@ async fn answer(
         Err(errors) => return fail(ApiError::params(errors)),
     };
 
+    if let Route::GuestAgent { node, command, .. } = &route {
+        // A failing agent holds this request (ping 3 s, command 5 s), not the simulator.
+        let vmid = match vmid_param(&params) {
+            Ok(vmid) => vmid,
+            Err(error) => return fail(error),
+        };
+        let (delay, reply) = agent::qemu_agent(&sim.lock(), node, vmid, *command);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(match reply {
+            Ok(data) => success(&Reply::data(data)),
+            Err(error) => failure(&error, version),
+        });
+    }
     if let Route::ClusterResources = route {
         // Rendering every guest takes ~100 ms at 5,000 guests. pveproxy's workers serve
         // other requests meanwhile, so the list is rendered from a copy of the world, not
@@ -720,7 +783,7 @@ fn dispatch(
             token,
             params.str("type"),
         )),
-        Route::AccessPermissions => Ok(Reply::data(permissions(token, params))),
+        Route::AccessPermissions => Ok(Reply::data(permissions(token, params, version))),
         Route::NodeStatus { node } => {
             let node = state
                 .world
@@ -795,6 +858,14 @@ fn dispatch(
         }
         Route::Vzdump { node } => vzdump(state, node, params, token, now),
         Route::AptUpdates { .. } => list(render::apt_updates(version)),
+        Route::GuestAgent { node, command, .. } => {
+            agent::qemu_agent(state, node, vmid_param(params)?, *command)
+                .1
+                .map(Reply::data)
+        }
+        Route::LxcInterfaces { node, .. } => {
+            agent::lxc_interfaces(state, node, vmid_param(params)?).map(Reply::data)
+        }
     }
 }
 
@@ -805,8 +876,14 @@ fn vmid_param(params: &Params) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::param("vmid", "property is missing and it is not optional"))
 }
 
-fn permissions(token: &Token, params: &Params) -> Value {
+fn permissions(token: &Token, params: &Params, version: PveVersion) -> Value {
+    let unrestricted = token.privileges.is_none();
     let as_object = |privileges: std::collections::BTreeSet<String>| {
+        let privileges = if unrestricted {
+            agent::release_privileges(privileges, version)
+        } else {
+            privileges
+        };
         Value::Object(
             privileges
                 .into_iter()

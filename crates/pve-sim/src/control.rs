@@ -79,6 +79,8 @@ pub(crate) fn router(sim: Sim) -> Router {
             get(list_faults).post(add_fault).delete(clear_faults),
         )
         .route("/_sim/config", get(config).post(set_config))
+        .route("/_sim/agents", post(super::agent::set_waits))
+        .route("/_sim/agents/{vmid}", post(super::agent::set_agent))
         .with_state(sim)
 }
 

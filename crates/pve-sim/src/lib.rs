@@ -38,6 +38,7 @@
 //! ```
 
 mod access;
+mod agent;
 mod api;
 mod clock;
 mod control;

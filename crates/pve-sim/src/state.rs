@@ -287,6 +287,8 @@ pub(crate) struct State {
     requests: VecDeque<RecordedRequest>,
     next_request_seq: u64,
     next_pid: HashMap<String, u32>,
+    /// The guest agents (see `agent`).
+    pub agents: super::agent::Agents,
 }
 
 impl State {
@@ -310,6 +312,7 @@ impl State {
             requests: VecDeque::new(),
             next_request_seq: 1,
             next_pid: HashMap::new(),
+            agents: Default::default(),
         }
     }
 
