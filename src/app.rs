@@ -186,6 +186,11 @@ pub async fn run_with(
                 interval: poll.interval,
                 slow_interval: poll.slow_interval,
                 cadence: crate::poller::Cadence::default(),
+                agent: crate::poller::AgentCadence {
+                    interval: poll.agent_interval,
+                    max_per_round: poll.agent_max_per_round,
+                },
+                agent_data: Default::default(),
                 refresh_spacing: MIN_REFRESH_SPACING,
                 publisher,
                 refresh: refresh_rx,

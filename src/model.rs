@@ -20,12 +20,14 @@ use serde::Serialize;
 
 use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 
+mod agent;
 mod guest;
 mod node;
 mod rates;
 mod reporting;
 mod storage;
 
+pub use agent::{AgentData, AgentInfo};
 use guest::guest_state;
 pub use guest::GuestState;
 pub use node::NodeState;
@@ -187,6 +189,8 @@ pub struct ViewBuilder<'a> {
     now: f64,
     previous: Option<&'a ClusterView>,
     rules: ReportRules,
+    /// The agent lane's knowledge, if any (see [`ViewBuilder::agent`]).
+    agent: Option<&'a AgentData>,
 }
 
 impl<'a> ViewBuilder<'a> {
@@ -209,7 +213,14 @@ impl<'a> ViewBuilder<'a> {
             now,
             previous,
             rules: ReportRules::default(),
+            agent: None,
         }
+    }
+
+    /// Merges the agent lane's knowledge into the guests.
+    pub fn agent(mut self, data: &'a AgentData) -> Self {
+        self.agent = Some(data);
+        self
     }
 
     /// Reports by these rules instead of the defaults.
@@ -236,9 +247,14 @@ impl<'a> ViewBuilder<'a> {
                 }
             }
             ResourceKind::Qemu | ResourceKind::Lxc => {
-                if let Some(guest) =
-                    guest_state(row, self.slow, self.rates, (rules, now), self.previous)
-                {
+                let agent = row.vmid.and_then(|vmid| self.agent?.get(&vmid));
+                if let Some(guest) = guest_state(
+                    row,
+                    (self.slow, agent),
+                    self.rates,
+                    (rules, now),
+                    self.previous,
+                ) {
                     view.guests.insert(guest.vmid, guest);
                 }
             }

@@ -18,12 +18,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod agent;
 mod slow;
 
+use agent::agent_lane;
+pub use agent::AgentCadence;
 use slow::slow_lane;
 pub use slow::Cadence;
 
-use crate::model::{ClusterView, RateMemory, ReportRules, SlowData, ViewBuilder};
+use crate::model::{AgentData, ClusterView, RateMemory, ReportRules, SlowData, ViewBuilder};
 use crate::publisher::PublisherMsg;
 use crate::pve::{for_each_cluster_resource, PveClient, PveError, Resource, ResourceKind};
 
@@ -47,6 +50,8 @@ pub struct ClusterPoller {
     pub slow_interval: Duration,
     /// How often the slow lane's detail requests run, and how many a round may add.
     pub cadence: Cadence,
+    /// The agent lane's cadence (`poll.agent_interval`, `poll.agent_max_per_round`).
+    pub agent: AgentCadence,
     /// The least time between two polls that refreshes may cause
     /// ([`MIN_REFRESH_SPACING`] in the bridge; tests set their own).
     pub refresh_spacing: Duration,
@@ -59,6 +64,8 @@ pub struct ClusterPoller {
     pub stats: Arc<crate::http::PollStats>,
     /// When a state changed enough to be reported again (config `[reporting]`).
     pub reporting: ReportRules,
+    /// The agent lane's latest knowledge, merged into every view (starts empty).
+    pub agent_data: Arc<AgentData>,
 }
 
 /// How long a status read from `status/current` after a task overrides the cluster-wide
@@ -93,6 +100,18 @@ impl ClusterPoller {
             reread.clone(),
             shutdown.clone(),
         ));
+        // The agent lane: its own task, so slow guest agents never delay the other lanes.
+        let (agent_tx, mut agent_rx) = watch::channel(Arc::new(AgentData::default()));
+        let agent_lane = (self.agent.max_per_round > 0).then(|| {
+            tokio::spawn(agent_lane(
+                self.client.clone(),
+                self.agent.clone(),
+                self.slow_interval,
+                self.views.subscribe(),
+                agent_tx,
+                shutdown.clone(),
+            ))
+        });
         let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
 
         let clock = PollClock::start();
@@ -157,6 +176,15 @@ impl ClusterPoller {
                 }
                 Ok(()) = slow_rx.changed() => {
                     // New slow-lane details: rebuild from the last answer, no extra request.
+                    if let Some(body) = &last_body {
+                        let now = clock.now();
+                        if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, now).await { break; }
+                    }
+                    continue;
+                }
+                Ok(()) = agent_rx.changed() => {
+                    // New agent data: likewise.
+                    self.agent_data = agent_rx.borrow_and_update().clone();
                     if let Some(body) = &last_body {
                         let now = clock.now();
                         if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, now).await { break; }
@@ -232,6 +260,9 @@ impl ClusterPoller {
             }
         }
         slow_lane.abort();
+        if let Some(lane) = agent_lane {
+            lane.abort();
+        }
     }
 
     /// Rebuilds the view from the last answer, without a request, with the latest
@@ -267,7 +298,8 @@ impl ClusterPoller {
         previous: Option<&ClusterView>,
     ) -> Result<(ClusterView, Vec<Resource>), PveError> {
         let mut builder = ViewBuilder::new(&self.id, &self.console_url, slow, rates, now, previous)
-            .reporting(self.reporting);
+            .reporting(self.reporting)
+            .agent(&self.agent_data);
         let mut plan_rows = Vec::new();
         for_each_cluster_resource(body, |row| {
             builder.add(&row);
@@ -425,6 +457,11 @@ mod tests {
             views: views_tx,
             stats: Default::default(),
             reporting: ReportRules::default(),
+            agent: AgentCadence {
+                max_per_round: 0,
+                ..AgentCadence::default()
+            },
+            agent_data: Default::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(poller.run(stop.clone()));

@@ -87,6 +87,10 @@ mod tests {
             hastate: None,
             pool: pool.map(str::to_string),
             last_backup: None,
+            agent: None,
+            ip_addresses: Vec::new(),
+            os: None,
+            disk_from_agent: false,
             as_of: 0.0,
         }
     }

@@ -98,6 +98,10 @@ section! {
         pub interval: Duration = Duration::from_secs(10),
         /// Zero until `build` gives the default (a given duration is never zero).
         pub slow_interval: Duration = Duration::ZERO,
+        /// Each running guest's agent data at most this often (README "Guest agent").
+        pub agent_interval: Duration = Duration::from_secs(300),
+        /// At most this many guests' agents per slow round; 0 turns agent calls off.
+        pub agent_max_per_round: usize = 20,
     }
 }
 

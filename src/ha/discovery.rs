@@ -62,6 +62,9 @@ pub struct DeviceInfo {
     /// Guests: announce the power switch, buttons and last-command sensor (commands are
     /// possible and the `[commands]` policy admits this guest).
     pub controls: bool,
+    /// Guests: announce "Disk used" (always for containers; for a VM once the guest
+    /// agent reported its filesystems).
+    pub disk_used: bool,
 }
 
 /// Which guests get control entities: the command policy's answer per guest (built by
@@ -125,6 +128,7 @@ pub fn device_info(
             sw_version: view.cluster.pve_version.clone(),
             configuration_url: (!view.console_url.is_empty()).then(|| view.console_url.clone()),
             controls: false,
+            disk_used: false,
         },
         ObjectRef::Node(node) => {
             let state = view.nodes.get(node)?;
@@ -135,6 +139,7 @@ pub fn device_info(
                 sw_version: state.pve_version.clone(),
                 configuration_url: console(&format!("node%2F{node}")),
                 controls: false,
+                disk_used: false,
             }
         }
         ObjectRef::Guest(kind, vmid) => {
@@ -152,6 +157,7 @@ pub fn device_info(
                 sw_version: None,
                 configuration_url: console(&format!("{}%2F{vmid}", kind.as_str())),
                 controls: ctx.controls.allows(guest) && !guest.template,
+                disk_used: *kind == GuestKind::Lxc || guest.disk_from_agent,
             }
         }
         ObjectRef::Storage(node, storage) => {
@@ -166,6 +172,7 @@ pub fn device_info(
                 sw_version: None,
                 configuration_url: console(&format!("storage%2F{node}%2F{storage}")),
                 controls: false,
+                disk_used: false,
             }
         }
     };
@@ -214,6 +221,8 @@ struct Component {
     stat_t: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     json_attr_t: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_attr_tpl: Option<&'static str>,
     /// Overrides the device-level availability list.
     #[serde(skip_serializing_if = "Option::is_none")]
     avty: Option<Value>,
@@ -228,13 +237,13 @@ pub fn device_config(
     object: &ObjectRef,
 ) -> Option<String> {
     let info = device_info(ctx, view, object)?;
-    let controls = info.controls;
+    let (controls, disk_used) = (info.controls, info.disk_used);
     let c = &view.id;
     let device_id = Topics::device_id(c, object);
     let (specs, retired) = match object {
         ObjectRef::Cluster => (cluster_specs(), &[][..]),
         ObjectRef::Node(_) => (node_specs(), NODE_RETIRED),
-        ObjectRef::Guest(kind, _) => (guest_specs(*kind), GUEST_RETIRED),
+        ObjectRef::Guest(kind, _) => (guest_specs(*kind, disk_used), GUEST_RETIRED),
         ObjectRef::Storage(..) => (storage_specs(), STORAGE_RETIRED),
     };
     let topics = &ctx.topics;
@@ -263,6 +272,8 @@ pub fn device_config(
             ent_cat: spec.diagnostic.then_some("diagnostic"),
             ic: spec.icon,
             en: (!spec.enabled).then_some(false),
+            json_attr_t: spec.attributes.map(|_| topics.state(c, object)),
+            json_attr_tpl: spec.attributes,
             avty,
             qos: 1,
             ..Component::default()

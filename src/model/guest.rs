@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
-use super::{ClusterView, SlowData};
+use super::{AgentInfo, ClusterView, SlowData};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
@@ -49,6 +49,18 @@ pub struct GuestState {
     pub pool: Option<String>,
     /// Unix time of the newest backup found in storage content.
     pub last_backup: Option<u64>,
+    /// The guest agent answers (`null`: not asked: none configured, not running, a
+    /// container; see `model::agent`).
+    pub agent: Option<bool>,
+    /// From the guest agent (VMs) or the container's interfaces: no loopback, no
+    /// link-local, IPv4 first.
+    pub ip_addresses: Vec<String>,
+    /// The VM's OS from the guest agent (`Ubuntu 24.04.1 LTS`).
+    pub os: Option<String>,
+    /// `disk` of a VM comes from the guest agent's filesystems (Proxmox reports 0):
+    /// discovery then announces the VM's "Disk used".
+    #[serde(skip)]
+    pub disk_from_agent: bool,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
@@ -81,6 +93,10 @@ struct GuestDraft<'a> {
     hastate: Option<&'a str>,
     pool: Option<&'a str>,
     last_backup: Option<u64>,
+    agent: Option<bool>,
+    ip_addresses: &'a [String],
+    os: Option<&'a str>,
+    disk_from_agent: bool,
 }
 
 impl GuestDraft<'_> {
@@ -117,6 +133,10 @@ impl GuestDraft<'_> {
             hastate,
             pool,
             last_backup,
+            agent,
+            ip_addresses,
+            os,
+            disk_from_agent,
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -135,7 +155,11 @@ impl GuestDraft<'_> {
             || lock.as_deref() != self.lock
             || hastate.as_deref() != self.hastate
             || pool.as_deref() != self.pool
-            || *last_backup != self.last_backup;
+            || *last_backup != self.last_backup
+            || *agent != self.agent
+            || ip_addresses.as_slice() != self.ip_addresses
+            || os.as_deref() != self.os
+            || *disk_from_agent != self.disk_from_agent;
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
         let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
@@ -176,6 +200,10 @@ impl GuestDraft<'_> {
             hastate: self.hastate.map(str::to_owned),
             pool: self.pool.map(str::to_owned),
             last_backup: self.last_backup,
+            agent: self.agent,
+            ip_addresses: self.ip_addresses.to_vec(),
+            os: self.os.map(str::to_owned),
+            disk_from_agent: self.disk_from_agent,
             as_of: now,
         }
     }
@@ -184,13 +212,13 @@ impl GuestDraft<'_> {
 /// The guest's state: the one last reported while nothing needs reporting, else a new one.
 pub(super) fn guest_state(
     row: &Resource,
-    slow: &SlowData,
+    (slow, agent): (&SlowData, Option<&AgentInfo>),
     rates: &mut RateMemory,
     (rules, now): (&ReportRules, f64),
     previous: Option<&ClusterView>,
 ) -> Option<Arc<GuestState>> {
     let before = previous.and_then(|p| p.guests.get(&row.vmid?));
-    let draft = guest_draft(row, slow, rates, now, before.map(|b| &**b))?;
+    let draft = guest_draft(row, (slow, agent), rates, now, before.map(|b| &**b))?;
     match before {
         Some(before) if !draft.needs_report(before, rules, now) => Some(before.clone()),
         _ => Some(Arc::new(draft.to_state(now))),
@@ -199,7 +227,7 @@ pub(super) fn guest_state(
 
 fn guest_draft<'a>(
     row: &'a Resource,
-    slow: &SlowData,
+    (slow, agent): (&SlowData, Option<&'a AgentInfo>),
     rates: &mut RateMemory,
     now: f64,
     before: Option<&GuestState>,
@@ -229,6 +257,10 @@ fn guest_draft<'a>(
             [None; 4]
         }
     };
+    // Proxmox reports no disk usage for a VM (always 0): the agent's filesystems do.
+    let agent_disk = agent
+        .and_then(|a| a.disk_used)
+        .filter(|_| kind == GuestKind::Qemu);
     Some(GuestDraft {
         vmid,
         kind,
@@ -241,7 +273,7 @@ fn guest_draft<'a>(
         mem: row.mem,
         maxmem: row.maxmem,
         mem_percent: percent(row.mem, row.maxmem),
-        disk: row.disk,
+        disk: agent_disk.or(row.disk),
         maxdisk: row.maxdisk,
         counters,
         rates: guest_rates,
@@ -252,5 +284,9 @@ fn guest_draft<'a>(
         hastate: row.hastate.as_deref(),
         pool: row.pool.as_deref(),
         last_backup: slow.last_backup.get(&vmid).copied(),
+        agent: agent.and_then(|a| a.responding),
+        ip_addresses: agent.map_or(&[], |a| a.ip_addresses.as_slice()),
+        os: agent.and_then(|a| a.os.as_deref()),
+        disk_from_agent: agent_disk.is_some(),
     })
 }

@@ -12,6 +12,7 @@
 //! - `upid`: [`Upid`];
 //! - `action`: [`Action`], the guest actions (lifecycle and backup).
 mod action;
+pub mod agent;
 mod client;
 mod de;
 mod error;
