@@ -3,6 +3,8 @@
 //! binary. Assertions are on what an MQTT subscriber (Home Assistant, a script) actually
 //! receives, and on the requests the simulator saw.
 
+/// The guest agent: addresses, OS and disk used; who is asked, how often, back-off.
+mod agent;
 /// The real binary: Last Will on SIGKILL, clean SIGTERM, `check`, config errors.
 mod binary;
 /// The bridge's own HA device: Proxmox API state, the Refresh button, node connectivity.
