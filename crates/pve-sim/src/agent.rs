@@ -463,23 +463,32 @@ pub(crate) struct AgentWaits {
     command_wait_ms: Option<u64>,
 }
 
+impl Sim {
+    /// Changes what a VM's agent does (absent fields stay); returns the new setup.
+    pub fn set_agent(
+        &self,
+        vmid: u32,
+        config: Option<AgentConfig>,
+        mode: Option<AgentMode>,
+    ) -> Result<AgentSetup, SimError> {
+        let mut state = self.lock();
+        if !state.world.guests.contains_key(&vmid) {
+            return Err(SimError::UnknownGuest(vmid));
+        }
+        let mut setup = state.agents.setup(vmid);
+        setup.config = config.unwrap_or(setup.config);
+        setup.mode = mode.unwrap_or(setup.mode);
+        state.agents.overrides.insert(vmid, setup);
+        Ok(setup)
+    }
+}
+
 pub(crate) async fn set_agent(
     AxumState(sim): AxumState<Sim>,
     Path(vmid): Path<u32>,
     Json(patch): Json<AgentPatch>,
 ) -> Result<Json<Value>, SimError> {
-    let mut state = sim.lock();
-    if !state.world.guests.contains_key(&vmid) {
-        return Err(SimError::UnknownGuest(vmid));
-    }
-    let mut setup = state.agents.setup(vmid);
-    if let Some(config) = patch.config {
-        setup.config = config;
-    }
-    if let Some(mode) = patch.mode {
-        setup.mode = mode;
-    }
-    state.agents.overrides.insert(vmid, setup);
+    let setup = sim.set_agent(vmid, patch.config, patch.mode)?;
     Ok(Json(json!(setup)))
 }
 

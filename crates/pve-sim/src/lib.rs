@@ -70,6 +70,7 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::Router;
 
+pub use agent::{AgentConfig, AgentMode, AgentSetup};
 pub use state::{
     ConfigPatch, Fault, FaultKind, GuestPatch, NewGuest, RecordedRequest, Sim, SimError, Tags,
 };
