@@ -358,6 +358,75 @@ fn is_timeout(err: &PveError) -> bool {
 mod tests {
     use super::*;
 
+    /// A view of `n` running VMs (vmids from 100) and one stopped container.
+    fn view(n: u32) -> ClusterView {
+        let mut rows = vec![
+            serde_json::json!({"id": "node/pve", "type": "node", "node": "pve", "status": "online"}),
+        ];
+        for vmid in 100..100 + n {
+            rows.push(
+                serde_json::json!({"id": format!("qemu/{vmid}"), "type": "qemu", "vmid": vmid,
+                "node": "pve", "status": "running", "uptime": 100}),
+            );
+        }
+        rows.push(serde_json::json!({"id": "lxc/999", "type": "lxc", "vmid": 999, "node": "pve", "status": "stopped"}));
+        let rows: Vec<crate::pve::Resource> =
+            serde_json::from_value(serde_json::Value::Array(rows)).unwrap();
+        crate::model::tests::first_view("c", "", &rows)
+    }
+
+    #[test]
+    fn a_round_visits_at_most_the_cap_most_overdue_first_and_never_stopped_guests() {
+        let cadence = AgentCadence {
+            interval: Duration::from_secs(300),
+            max_per_round: 20,
+        };
+        let view = view(50);
+        let mut memory = HashMap::new();
+        let now = Instant::now();
+        let first = plan(&view, &mut memory, &cadence, now, true);
+        assert_eq!(first.len(), 20);
+        assert!(
+            first.iter().all(|v| v.vmid != 999),
+            "a stopped container is not asked"
+        );
+        // The first 20 were visited: the next round takes the 30 never asked, 20 of them.
+        for visit in &first {
+            let m = memory.entry(visit.vmid).or_default();
+            m.next = Some(now + cadence.interval);
+            m.started = visit.started;
+        }
+        let second = plan(
+            &view,
+            &mut memory,
+            &cadence,
+            now + Duration::from_secs(60),
+            true,
+        );
+        assert_eq!(second.len(), 20);
+        assert!(second.iter().all(|v| v.vmid >= 120));
+        // Nobody is due again before the interval is up.
+        for visit in &second {
+            memory.entry(visit.vmid).or_default().next = Some(now + cadence.interval);
+        }
+        let third = plan(
+            &view,
+            &mut memory,
+            &cadence,
+            now + Duration::from_secs(120),
+            true,
+        );
+        assert_eq!(third.len(), 10);
+        let fourth = plan(
+            &view,
+            &mut memory,
+            &cadence,
+            now + Duration::from_secs(180),
+            true,
+        );
+        assert_eq!(fourth.len(), 10, "the last ten were never marked visited");
+    }
+
     #[test]
     fn backoff_doubles_up_to_sixteen_intervals() {
         let i = Duration::from_secs(300);
