@@ -101,6 +101,24 @@ for eid in ["binary_sensor.home_assistant_backup_stale", "binary_sensor.mqtt_in_
     check(f"{eid} is a problem sensor", e.get("device_class") == "problem", str(e.get("device_class")))
 check("demo: CT 101 is in no backup job (problem on)",
       entity("binary_sensor.mqtt_in_no_backup_job").get("state") == "on")
+# --- guest agent (issue 12) -----------------------------------------------------------
+e = entity("binary_sensor.home_assistant_agent_responding")
+check("VM agent: a connectivity binary sensor reading on",
+      e.get("device_class") == "connectivity" and e.get("entity_category") == "diagnostic"
+      and wait_state("binary_sensor.home_assistant_agent_responding", lambda s: s == "on") == "on",
+      f"{e.get('device_class')} {e.get('entity_category')} {e.get('state')}")
+st = wait_state("sensor.home_assistant_ip_address", lambda s: s == "192.168.1.50")
+check("VM agent: IP address is the first address, loopback and link-local dropped",
+      st == "192.168.1.50", st)
+attrs = state("sensor.home_assistant_ip_address").get("attributes", {})
+check("VM agent: the address list is an attribute",
+      attrs.get("ip_addresses") == ["192.168.1.50", "fd00:20::64"], str(attrs.get("ip_addresses")))
+st = wait_state("sensor.home_assistant_os", lambda s: s.startswith("Home Assistant OS"))
+check("VM agent: OS", st == "Home Assistant OS 14.2", st)
+st = wait_state("sensor.home_assistant_disk_used", lambda s: s not in ("unknown", "unavailable"))
+check("VM agent: Disk used is shown", st not in ("unknown", "unavailable"), st)
+st = wait_state("sensor.mqtt_ip_address", lambda s: s == "192.168.1.51")
+check("container: IP address from its interfaces", st == "192.168.1.51", st)
 
 # --- Started instead of uptime --------------------------------------------------------
 for eid in ["sensor.home_assistant_started", "sensor.mqtt_started", "sensor.pve_started"]:

@@ -192,6 +192,11 @@ pub async fn run_with(
                     health: crate::poller::HealthCadence::from_config(&poll),
                     ..crate::poller::Cadence::default()
                 },
+                agent: crate::poller::AgentCadence {
+                    interval: poll.agent_interval,
+                    max_per_round: poll.agent_max_per_round,
+                },
+                agent_data: Default::default(),
                 refresh_spacing: MIN_REFRESH_SPACING,
                 publisher,
                 refresh: refresh_rx,

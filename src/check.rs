@@ -219,6 +219,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
                 for line in snapshot_lines(&perms, config.commands.rollback, note) {
                     println!("  {line}");
                 }
+                println!("  {}", agent_line(&perms, version.version.as_deref()));
             }
             Err(err) => {
                 println!("  privileges: cannot read /access/permissions: {err}");
@@ -409,5 +410,58 @@ mod snapshot_check_tests {
         assert_eq!(lines[1], "rollback: yes");
         let lines = snapshot_lines(&perms(&["VM.Snapshot"]), true, "");
         assert_eq!(lines, ["snapshots: yes", "rollback: yes"]);
+    }
+}
+
+/// The guest-agent privilege: `VM.GuestAgent.Audit` (or `…Unrestricted`) since PVE 9,
+/// `VM.Monitor` before (qemu-server changed the check in 9.0). Without it the bridge
+/// skips agent data quietly, so this is a note, not a failure.
+fn agent_line(perms: &Permissions, version: Option<&str>) -> String {
+    let major: u32 = version
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(9);
+    let (wanted, other, label) = if major >= 9 {
+        (
+            &["VM.GuestAgent.Audit", "VM.GuestAgent.Unrestricted"][..],
+            "VM.Monitor on PVE 8",
+            "PVE 9",
+        )
+    } else {
+        (&["VM.Monitor"][..], "VM.GuestAgent.Audit on PVE 9", "PVE 8")
+    };
+    match wanted.iter().find(|p| perms.has("/vms", p)) {
+        Some(held) => format!("guest agent: yes ({held} on /vms, as {label} asks)"),
+        None => format!(
+            "guest agent: no — missing {} on /vms ({label} asks it; {other}): addresses, OS and VM disk used are skipped",
+            wanted[0]
+        ),
+    }
+}
+
+#[cfg(test)]
+mod agent_line_tests {
+    use super::*;
+
+    fn perms(privileges: &[&str]) -> Permissions {
+        let map: serde_json::Value = serde_json::json!({
+            "/vms": privileges.iter().map(|p| (p.to_string(), serde_json::Value::from(1))).collect::<serde_json::Map<_, _>>()
+        });
+        serde_json::from_value(map).unwrap()
+    }
+
+    #[test]
+    fn the_agent_privilege_follows_the_release() {
+        let pve9 = perms(&["VM.Audit", "VM.GuestAgent.Audit"]);
+        assert!(
+            agent_line(&pve9, Some("9.1.5")).starts_with("guest agent: yes (VM.GuestAgent.Audit")
+        );
+        assert!(
+            agent_line(&pve9, Some("8.4.1")).starts_with("guest agent: no — missing VM.Monitor")
+        );
+        let pve8 = perms(&["VM.Audit", "VM.Monitor"]);
+        assert!(agent_line(&pve8, Some("8.4.1")).starts_with("guest agent: yes (VM.Monitor"));
+        assert!(agent_line(&pve8, Some("9.0.3"))
+            .starts_with("guest agent: no — missing VM.GuestAgent.Audit on /vms (PVE 9 asks it; VM.Monitor on PVE 8)"));
     }
 }

@@ -105,6 +105,7 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let fingerprint = simulator
         .fingerprint()
         .context("the simulator has no certificate")?;
+    add_demo_guests(&simulator)?;
 
     let mqtt_url = match &args.mqtt {
         Some(url) => url.clone(),
@@ -239,4 +240,17 @@ async fn watch(cfg: crate::config::MqttConfig, base: String, stop: CancellationT
             }
         }
     }
+}
+
+/// Beside the seed world: a Windows VM whose guest agent is installed but not running
+/// (its "Agent responding" shows the problem; issue 12).
+fn add_demo_guests(simulator: &sim::SimHandle) -> anyhow::Result<()> {
+    let world = simulator.world();
+    let guest: sim::NewGuest = serde_json::from_value(serde_json::json!({
+        "vmid": 102, "type": "qemu", "node": "pve", "name": "windows", "status": "running",
+        "cpus": 4, "maxmem": 8u64 << 30, "maxdisk": 64u64 << 30,
+    }))?;
+    world.add_guest(guest)?;
+    world.set_agent(102, None, Some(sim::AgentMode::NotRunning))?;
+    Ok(())
 }

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
 
+mod agent;
 mod backup;
 mod cluster_health;
 mod guest;
@@ -31,6 +32,7 @@ mod snapshots;
 mod storage;
 mod tasks;
 
+pub use agent::{AgentData, AgentInfo};
 pub use backup::{parse_vzdump_log, BackupVerdict, NewestBackup};
 pub use cluster_health::{
     replication_by_guest, CephState, GuestReplication, HaState, HealthData, HealthKnown,
@@ -279,6 +281,8 @@ pub struct ViewBuilder<'a> {
     rules: ReportRules,
     /// What the task list says (`None` = not read: nodes carry `failed_tasks_24h: null`).
     tasks: Option<&'a TaskFacts>,
+    /// The agent lane's knowledge, if any (see [`ViewBuilder::agent`]).
+    agent: Option<&'a AgentData>,
 }
 
 impl<'a> ViewBuilder<'a> {
@@ -302,12 +306,19 @@ impl<'a> ViewBuilder<'a> {
             previous,
             rules: ReportRules::default(),
             tasks: None,
+            agent: None,
         }
     }
 
     /// Merges what the task list says (failed tasks per node).
     pub fn tasks(mut self, facts: &'a TaskFacts) -> Self {
         self.tasks = Some(facts);
+        self
+    }
+
+    /// Merges the agent lane's knowledge into the guests.
+    pub fn agent(mut self, data: &'a AgentData) -> Self {
+        self.agent = Some(data);
         self
     }
 
@@ -336,9 +347,14 @@ impl<'a> ViewBuilder<'a> {
                 }
             }
             ResourceKind::Qemu | ResourceKind::Lxc => {
-                if let Some(guest) =
-                    guest_state(row, self.slow, self.rates, (rules, now), self.previous)
-                {
+                let agent = row.vmid.and_then(|vmid| self.agent?.get(&vmid));
+                if let Some(guest) = guest_state(
+                    row,
+                    (self.slow, agent),
+                    self.rates,
+                    (rules, now),
+                    self.previous,
+                ) {
                     view.guests.insert(guest.vmid, guest);
                 }
             }

@@ -18,19 +18,24 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod agent;
 mod backup_log;
 mod cluster_health;
 mod node_health;
 mod slow;
-mod tasks;
 mod snapshots;
+mod tasks;
 
+use agent::agent_lane;
+pub use agent::AgentCadence;
 pub use cluster_health::check_lines as cluster_health_check;
 pub use node_health::HealthCadence;
 use slow::slow_lane;
 pub use slow::Cadence;
 
-use crate::model::{ClusterView, RateMemory, ReportRules, SlowData, TaskFacts, ViewBuilder};
+use crate::model::{
+    AgentData, ClusterView, RateMemory, ReportRules, SlowData, TaskFacts, ViewBuilder,
+};
 use crate::publisher::PublisherMsg;
 use crate::pve::{for_each_cluster_resource, PveClient, PveError, Resource, ResourceKind};
 
@@ -56,6 +61,8 @@ pub struct ClusterPoller {
     pub slow_interval: Duration,
     /// How often the slow lane's detail requests run, and how many a round may add.
     pub cadence: Cadence,
+    /// The agent lane's cadence (`poll.agent_interval`, `poll.agent_max_per_round`).
+    pub agent: AgentCadence,
     /// The least time between two polls that refreshes may cause
     /// ([`MIN_REFRESH_SPACING`] in the bridge; tests set their own).
     pub refresh_spacing: Duration,
@@ -73,6 +80,8 @@ pub struct ClusterPoller {
     /// The sending side of `refresh`: a guest whose task (of any origin) ended is
     /// refreshed through it, like after a command.
     pub refresh_self: mpsc::Sender<Refresh>,
+    /// The agent lane's latest knowledge, merged into every view (starts empty).
+    pub agent_data: Arc<AgentData>,
 }
 
 /// How long a status read from `status/current` after a task overrides the cluster-wide
@@ -115,6 +124,18 @@ impl ClusterPoller {
             },
             shutdown.clone(),
         ));
+        // The agent lane: its own task, so slow guest agents never delay the other lanes.
+        let (agent_tx, mut agent_rx) = watch::channel(Arc::new(AgentData::default()));
+        let agent_lane = (self.agent.max_per_round > 0).then(|| {
+            tokio::spawn(agent_lane(
+                self.client.clone(),
+                self.agent.clone(),
+                self.slow_interval,
+                self.views.subscribe(),
+                agent_tx,
+                shutdown.clone(),
+            ))
+        });
         let mut overrides: HashMap<u32, (String, Instant)> = HashMap::new();
         let mut tasks = tasks::TaskWatch::new(self.tasks_interval, self.client.token_id());
 
@@ -183,6 +204,15 @@ impl ClusterPoller {
                 }
                 Ok(()) = slow_rx.changed() => {
                     // New slow-lane details: rebuild from the last answer, no extra request.
+                    if let Some(body) = &last_body {
+                        let now = clock.now();
+                        if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, &tasks.facts, now).await { break; }
+                    }
+                    continue;
+                }
+                Ok(()) = agent_rx.changed() => {
+                    // New agent data: likewise.
+                    self.agent_data = agent_rx.borrow_and_update().clone();
                     if let Some(body) = &last_body {
                         let now = clock.now();
                         if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, &tasks.facts, now).await { break; }
@@ -274,6 +304,9 @@ impl ClusterPoller {
             }
         }
         slow_lane.abort();
+        if let Some(lane) = agent_lane {
+            lane.abort();
+        }
     }
 
     /// Rebuilds the view from the last answer, without a request, with the latest
@@ -313,7 +346,8 @@ impl ClusterPoller {
     ) -> Result<(ClusterView, Vec<Resource>), PveError> {
         let mut builder = ViewBuilder::new(&self.id, &self.console_url, slow, rates, now, previous)
             .reporting(self.reporting)
-            .tasks(facts);
+            .tasks(facts)
+            .agent(&self.agent_data);
         let mut plan_rows = Vec::new();
         // One HA-managed guest row tells the slow lane that HA is configured.
         let mut managed_sent = false;
@@ -539,6 +573,11 @@ mod tests {
             reporting: ReportRules::default(),
             tasks_interval: Duration::from_secs(3600),
             refresh_self,
+            agent: AgentCadence {
+                max_per_round: 0,
+                ..AgentCadence::default()
+            },
+            agent_data: Default::default(),
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(poller.run(stop.clone()));

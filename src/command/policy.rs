@@ -111,6 +111,10 @@ mod tests {
             ha_state: None,
             replication: None,
             snapshots: Default::default(),
+            agent: None,
+            ip_addresses: Vec::new(),
+            os: None,
+            disk_from_agent: false,
             as_of: 0.0,
         }
     }

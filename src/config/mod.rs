@@ -111,6 +111,10 @@ section! {
         pub updates_interval: Duration = Duration::from_secs(3600),
         /// How often the node certificate's expiry (`certificates/info`) is read.
         pub certificates_interval: Duration = Duration::from_secs(6 * 3600),
+        /// Each running guest's agent data at most this often (README "Guest agent").
+        pub agent_interval: Duration = Duration::from_secs(300),
+        /// At most this many guests' agents per slow round; 0 turns agent calls off.
+        pub agent_max_per_round: usize = 20,
     }
 }
 

@@ -138,6 +138,14 @@ parse! {
     });
     /// A `commands.allow` entry: a vmid, `tag:NAME` or `pool:NAME`.
     AllowRule => |kind| allow_rule(kind);
+    /// A count (`poll.agent_max_per_round`): a whole number, 0 or more.
+    usize => |kind| match &kind {
+        ValueKind::I64(n) => usize::try_from(*n).ok(),
+        ValueKind::U64(n) => usize::try_from(*n).ok(),
+        ValueKind::String(text) => text.trim().parse::<usize>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| format!("expected a whole number, 0 or more, got {}", describe(&kind)));
 }
 
 /// An optional key: an empty string means "not given", as the SPEC example (`ca_file = ""`)

@@ -24,8 +24,8 @@ use crate::pve::GuestKind;
 
 mod bridge;
 mod controls;
-mod node_controls;
 mod health;
+mod node_controls;
 mod specs;
 mod tasks;
 
@@ -72,6 +72,9 @@ pub struct DeviceInfo {
     pub health: HealthEntities,
     /// Nodes: announce the update entity and pending count (the updates were read).
     pub updates: bool,
+    /// Guests: announce "Disk used" (always for containers; for a VM once the guest
+    /// agent reported its filesystems).
+    pub disk_used: bool,
 }
 
 /// Which guests get control entities: the command policy's answer per guest (built by
@@ -148,6 +151,7 @@ pub fn device_info(
             controls: false,
             health: health_entities(view, object),
             updates: false,
+            disk_used: false,
         },
         ObjectRef::Node(node) => {
             let state = view.nodes.get(node)?;
@@ -160,6 +164,7 @@ pub fn device_info(
                 controls: ctx.controls.node_power(),
                 health: health_entities(view, object),
                 updates: state.updates.is_some(),
+                disk_used: false,
             }
         }
         ObjectRef::Guest(kind, vmid) => {
@@ -179,6 +184,7 @@ pub fn device_info(
                 controls: ctx.controls.allows(guest) && !guest.template,
                 health: health_entities(view, object),
                 updates: false,
+                disk_used: *kind == GuestKind::Lxc || guest.disk_from_agent,
             }
         }
         ObjectRef::Storage(node, storage) => {
@@ -195,6 +201,7 @@ pub fn device_info(
                 controls: false,
                 health: health_entities(view, object),
                 updates: false,
+                disk_used: false,
             }
         }
         ObjectRef::Disk(node, disk) => {
@@ -212,6 +219,7 @@ pub fn device_info(
                 controls: false,
                 updates: false,
                 health: HealthEntities::default(),
+                disk_used: false,
             }
         }
         ObjectRef::Zfs(node, pool) => {
@@ -225,6 +233,7 @@ pub fn device_info(
                 controls: false,
                 updates: false,
                 health: HealthEntities::default(),
+                disk_used: false,
             }
         }
     };
@@ -289,7 +298,7 @@ pub fn device_config(
     object: &ObjectRef,
 ) -> Option<String> {
     let info = device_info(ctx, view, object)?;
-    let controls = info.controls;
+    let (controls, disk_used) = (info.controls, info.disk_used);
     let updates = info.updates;
     let c = &view.id;
     let device_id = Topics::device_id(c, object);
@@ -300,7 +309,7 @@ pub fn device_config(
             specs.extend(node_health_specs(updates));
             (specs, NODE_RETIRED)
         }
-        ObjectRef::Guest(kind, _) => (guest_specs(*kind), GUEST_RETIRED),
+        ObjectRef::Guest(kind, _) => (guest_specs(*kind, disk_used), GUEST_RETIRED),
         ObjectRef::Storage(..) => (storage_specs(), STORAGE_RETIRED),
         ObjectRef::Disk(..) => (disk_specs(), &[][..]),
         ObjectRef::Zfs(..) => (zfs_specs(), &[][..]),
@@ -322,6 +331,7 @@ pub fn device_config(
         .map(|spec| (spec, None))
         .chain(health.iter().map(|(spec, tpl)| (spec, *tpl)));
     for (spec, attributes) in with_attributes {
+        let attributes = attributes.or(spec.attributes);
         let avty = match spec.availability {
             Availability::Object => None,
             Availability::BridgeAndApi => Some(serde_json::json!([

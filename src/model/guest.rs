@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
 use super::{
-    BackupVerdict, ClusterView, GuestReplication, NewestBackup, SlowData, SnapshotInfo,
+    AgentInfo, BackupVerdict, ClusterView, GuestReplication, NewestBackup, SlowData, SnapshotInfo,
 };
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
@@ -75,6 +75,18 @@ pub struct GuestState {
     /// `snapshots`, `snapshot_latest`, `snapshot_latest_time`.
     #[serde(flatten)]
     pub snapshots: SnapshotInfo,
+    /// The guest agent answers (`null`: not asked: none configured, not running, a
+    /// container; see `model::agent`).
+    pub agent: Option<bool>,
+    /// From the guest agent (VMs) or the container's interfaces: no loopback, no
+    /// link-local, IPv4 first.
+    pub ip_addresses: Vec<String>,
+    /// The VM's OS from the guest agent (`Ubuntu 24.04.1 LTS`).
+    pub os: Option<String>,
+    /// `disk` of a VM comes from the guest agent's filesystems (Proxmox reports 0):
+    /// discovery then announces the VM's "Disk used".
+    #[serde(skip)]
+    pub disk_from_agent: bool,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
@@ -119,6 +131,10 @@ struct GuestDraft<'a> {
     ha_state: Option<&'a str>,
     replication: Option<&'a Arc<GuestReplication>>,
     snapshots: Option<&'a SnapshotInfo>,
+    agent: Option<bool>,
+    ip_addresses: &'a [String],
+    os: Option<&'a str>,
+    disk_from_agent: bool,
 }
 
 /// The backup health fields of a draft, borrowed from the slow lane's data.
@@ -188,6 +204,10 @@ impl GuestDraft<'_> {
             ha_state,
             replication,
             snapshots,
+            agent,
+            ip_addresses,
+            os,
+            disk_from_agent,
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -210,7 +230,11 @@ impl GuestDraft<'_> {
             || !self.backup.same_as(reported)
             || ha_state.as_deref() != self.ha_state
             || replication.as_ref() != self.replication
-            || Some(snapshots) != self.snapshots.or(Some(&SnapshotInfo::default()));
+            || Some(snapshots) != self.snapshots.or(Some(&SnapshotInfo::default()))
+            || *agent != self.agent
+            || ip_addresses.as_slice() != self.ip_addresses
+            || os.as_deref() != self.os
+            || *disk_from_agent != self.disk_from_agent;
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
         let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
@@ -260,6 +284,10 @@ impl GuestDraft<'_> {
             ha_state: self.ha_state.map(str::to_owned),
             replication: self.replication.cloned(),
             snapshots: self.snapshots.cloned().unwrap_or_default(),
+            agent: self.agent,
+            ip_addresses: self.ip_addresses.to_vec(),
+            os: self.os.map(str::to_owned),
+            disk_from_agent: self.disk_from_agent,
             as_of: now,
         }
     }
@@ -268,13 +296,13 @@ impl GuestDraft<'_> {
 /// The guest's state: the one last reported while nothing needs reporting, else a new one.
 pub(super) fn guest_state(
     row: &Resource,
-    slow: &SlowData,
+    (slow, agent): (&SlowData, Option<&AgentInfo>),
     rates: &mut RateMemory,
     (rules, now): (&ReportRules, f64),
     previous: Option<&ClusterView>,
 ) -> Option<Arc<GuestState>> {
     let before = previous.and_then(|p| p.guests.get(&row.vmid?));
-    let mut draft = guest_draft(row, slow, rates, now, before.map(|b| &**b))?;
+    let mut draft = guest_draft(row, (slow, agent), rates, now, before.map(|b| &**b))?;
     // Templates are no backup targets of their own.
     draft.backup.stale = (slow.backups_read && !draft.template).then(|| {
         draft
@@ -289,7 +317,7 @@ pub(super) fn guest_state(
 
 fn guest_draft<'a>(
     row: &'a Resource,
-    slow: &'a SlowData,
+    (slow, agent): (&'a SlowData, Option<&'a AgentInfo>),
     rates: &mut RateMemory,
     now: f64,
     before: Option<&GuestState>,
@@ -319,6 +347,10 @@ fn guest_draft<'a>(
             [None; 4]
         }
     };
+    // Proxmox reports no disk usage for a VM (always 0): the agent's filesystems do.
+    let agent_disk = agent
+        .and_then(|a| a.disk_used)
+        .filter(|_| kind == GuestKind::Qemu);
     Some(GuestDraft {
         vmid,
         kind,
@@ -331,7 +363,7 @@ fn guest_draft<'a>(
         mem: row.mem,
         maxmem: row.maxmem,
         mem_percent: percent(row.mem, row.maxmem),
-        disk: row.disk,
+        disk: agent_disk.or(row.disk),
         maxdisk: row.maxdisk,
         counters,
         rates: guest_rates,
@@ -354,5 +386,9 @@ fn guest_draft<'a>(
         ha_state: slow.health.ha_services.get(&vmid).map(String::as_str),
         replication: slow.health.replication.get(&vmid),
         snapshots: slow.snapshots.get(&vmid),
+        agent: agent.and_then(|a| a.responding),
+        ip_addresses: agent.map_or(&[], |a| a.ip_addresses.as_slice()),
+        os: agent.and_then(|a| a.os.as_deref()),
+        disk_from_agent: agent_disk.is_some(),
     })
 }

@@ -131,7 +131,12 @@ pub async fn run(
                 .reboot_required = reboot_required(&rows);
         }
         HealthKind::AptUpdates => match client.apt_updates(node).await {
-            Ok(rows) => data.node_health.entry(node.to_string()).or_default().updates = Some(rows),
+            Ok(rows) => {
+                data.node_health
+                    .entry(node.to_string())
+                    .or_default()
+                    .updates = Some(rows)
+            }
             Err(PveError::Forbidden { reason }) => {
                 debug!(node, %reason, "no Sys.Modify: pending updates not read");
                 if let Some(health) = data.node_health.get_mut(node) {

@@ -25,6 +25,7 @@ use super::tls;
 use crate::config::ProxmoxConfig;
 use crate::types::ProxmoxUrl;
 
+mod agent;
 mod calls;
 mod decode;
 mod node_power;

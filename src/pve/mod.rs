@@ -12,6 +12,7 @@
 //! - `upid`: [`Upid`];
 //! - `action`: [`Action`], the guest actions (lifecycle and backup).
 mod action;
+pub mod agent;
 mod client;
 mod de;
 mod error;
@@ -21,11 +22,11 @@ mod types;
 mod upid;
 
 pub use action::Action;
+pub use client::SnapshotEntry;
 pub use client::{decode_cluster_resources, for_each_cluster_resource, ClusterNodeRow, PveClient};
 pub use client::{
     CephCheck, CephHealth, CephOsdMap, CephPgMap, CephStatus, HaStatusRow, ReplicationJob,
 };
-pub use client::SnapshotEntry;
 pub use error::PveError;
 pub use health::{AptPackage, CertificateInfo, DiskInfo, ZfsPool};
 pub use types::{

@@ -3,6 +3,8 @@
 //! binary. Assertions are on what an MQTT subscriber (Home Assistant, a script) actually
 //! receives, and on the requests the simulator saw.
 
+/// The guest agent: addresses, OS and disk used; who is asked, how often, back-off.
+mod agent;
 /// Backup health: per-guest verdicts from a job's log, coverage, stale backups.
 mod backup_health;
 /// The real binary: Last Will on SIGKILL, clean SIGTERM, `check`, config errors.

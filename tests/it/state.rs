@@ -42,6 +42,21 @@ async fn discovery_announces_every_seed_object_retained_with_distinct_unique_ids
     let cfg = TestConfig::new(&sim, broker.port, "");
     let bridge = Bridge::start(cfg.config());
     wait_for_seed_discovery(&probe).await;
+    // VM 100's guest agent reports its filesystems in the agent lane's first round, which
+    // adds the VM's "Disk used" (issue 12).
+    probe
+        .wait_topic(SEED_DEVICES[2], 20 * SECS, |m| {
+            !m.payload.is_empty() && m.json()["cmps"].get("disk_used").is_some()
+        })
+        .await;
+    // …and the slow lane's first round the versions of the cluster and node devices.
+    for device in &SEED_DEVICES[..2] {
+        probe
+            .wait_topic(device, 20 * SECS, |m| {
+                !m.payload.is_empty() && m.json()["dev"]["sw"].is_string()
+            })
+            .await;
+    }
 
     // When a client connects afterwards (like Home Assistant after a restart)
     let late = Probe::connect(broker.port, &["homeassistant/#"]).await;
@@ -103,8 +118,9 @@ async fn discovery_announces_every_seed_object_retained_with_distinct_unique_ids
         .unwrap()
         .json();
     assert_eq!(node["dev"]["via_device"], "pve2mqtt_pve_cluster");
-    // A VM has no "disk used" (Proxmox reports 0 without the agent); a container has.
-    assert!(vm["cmps"].get("disk_used").is_none());
+    // A VM has "disk used" from its guest agent (Proxmox reports 0); a container has it
+    // from Proxmox.
+    assert!(vm["cmps"].get("disk_used").is_some());
     let ct = late
         .latest("homeassistant/device/pve2mqtt_pve_101/config")
         .unwrap()

@@ -22,9 +22,10 @@ use axum::http::{HeaderMap, Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::access::{permission_denied, Token};
-use super::nodepower::{self, Bulk};
+use super::agent::{self, AgentCommand};
 use super::health::{self, HealthRoute};
 use super::node_health;
+use super::nodepower::{self, Bulk};
 use super::params::{self, validate, Action, ParamErrors, Params, RawValue};
 use super::render;
 use super::respond::{failure, success, ApiError, Reply};
@@ -144,6 +145,17 @@ enum Route {
     },
     CertificatesInfo {
         node: String,
+    },
+    /// `GET /nodes/{node}/qemu/{vmid}/agent/{command}` (see `agent`).
+    GuestAgent {
+        node: String,
+        vmid: String,
+        command: AgentCommand,
+    },
+    /// `GET /nodes/{node}/lxc/{vmid}/interfaces` (PVE >= 8.1).
+    LxcInterfaces {
+        node: String,
+        vmid: String,
     },
 }
 
@@ -321,6 +333,27 @@ fn match_route(method: &str, segments: &[String]) -> Option<(Route, String)> {
             Route::CertificatesInfo { node: node(n) },
             "GET /nodes/{node}/certificates/info".into(),
         ),
+        ("GET", ["nodes", n, "qemu", vmid, "agent", command]) => {
+            let command = AgentCommand::parse(command)?;
+            (
+                Route::GuestAgent {
+                    node: node(n),
+                    vmid: vmid.to_string(),
+                    command,
+                },
+                format!(
+                    "GET /nodes/{{node}}/qemu/{{vmid}}/agent/{}",
+                    command.as_str()
+                ),
+            )
+        }
+        ("GET", ["nodes", n, "lxc", vmid, "interfaces"]) => (
+            Route::LxcInterfaces {
+                node: node(n),
+                vmid: vmid.to_string(),
+            },
+            "GET /nodes/{node}/lxc/{vmid}/interfaces".into(),
+        ),
         _ => {
             let (route, template) = health::match_route(method, &s)?;
             (Route::Health(route), template)
@@ -351,19 +384,25 @@ impl Route {
             | Route::DisksList { node }
             | Route::DisksZfs { node }
             | Route::AptVersions { node }
-            | Route::CertificatesInfo { node } => Some(node),
+            | Route::CertificatesInfo { node }
+            | Route::GuestAgent { node, .. }
+            | Route::LxcInterfaces { node, .. } => Some(node),
             Route::Health(route) => route.proxy_node(),
             _ => None,
         }
     }
 
     /// The endpoint's own permission check: an ACL path and privileges (any of them).
-    fn permission(&self) -> Option<(String, &'static [&'static str])> {
+    fn permission(&self, version: PveVersion) -> Option<(String, &'static [&'static str])> {
         match self {
             Route::ClusterStatus
             | Route::ClusterHaStatus
             | Route::ClusterBackup
             | Route::NotBackedUp => Some(("/".into(), &["Sys.Audit"])),
+            Route::GuestAgent { vmid, .. } => {
+                Some((format!("/vms/{vmid}"), agent::agent_privileges(version)))
+            }
+            Route::LxcInterfaces { vmid, .. } => Some((format!("/vms/{vmid}"), &["VM.Audit"])),
             Route::NodeStatus { node } => Some((format!("/nodes/{node}"), &["Sys.Audit"])),
             Route::AptUpdates { node } => Some((format!("/nodes/{node}"), &["Sys.Modify"])),
             Route::NodeCommand { node } | Route::WakeOnLan { node } => {
@@ -403,11 +442,14 @@ impl Route {
             | Route::NodeCommand { node }
             | Route::BulkPower { node, .. }
             | Route::WakeOnLan { node } => vec![("node", node)],
-            | Route::DisksList { node }
+            Route::DisksList { node }
             | Route::DisksZfs { node }
             | Route::AptVersions { node }
             | Route::CertificatesInfo { node } => vec![("node", node)],
-            Route::GuestCurrent { node, vmid, .. } | Route::GuestAction { node, vmid, .. } => {
+            Route::GuestCurrent { node, vmid, .. }
+            | Route::GuestAction { node, vmid, .. }
+            | Route::GuestAgent { node, vmid, .. }
+            | Route::LxcInterfaces { node, vmid } => {
                 vec![("node", node), ("vmid", vmid)]
             }
             Route::StorageContent { node, storage } => vec![("node", node), ("storage", storage)],
@@ -453,7 +495,9 @@ impl Route {
                 GuestType::Qemu => params::qemu_list(),
                 GuestType::Lxc => params::node_only(),
             },
-            Route::GuestCurrent { .. } => params::guest_current(),
+            Route::GuestCurrent { .. } | Route::GuestAgent { .. } | Route::LxcInterfaces { .. } => {
+                params::guest_current()
+            }
             Route::GuestAction { kind, action, .. } => params::lifecycle(*kind, *action, version),
             Route::NodeStorage { .. } => params::node_storage(),
             Route::StorageContent { .. } => params::storage_content(),
@@ -774,7 +818,11 @@ async fn answer(
     };
     record.token_id = Some(token.full_id.clone());
 
-    let Some(route) = incoming.matched else {
+    // The container interfaces exist since PVE 8.1: older releases have no such method.
+    let matched = incoming.matched.filter(|route| {
+        !matches!(route, Route::LxcInterfaces { .. }) || agent::has_lxc_interfaces(version)
+    });
+    let Some(route) = matched else {
         return fail(ApiError::json(
             501,
             format!(
@@ -792,7 +840,7 @@ async fn answer(
             return fail(ApiError::forbidden("Permission check failed"));
         }
     }
-    if let Some((path, privileges)) = route.permission() {
+    if let Some((path, privileges)) = route.permission(version) {
         if !token.has_any(&path, privileges) {
             return fail(ApiError::forbidden(permission_denied(&path, privileges)));
         }
@@ -842,6 +890,21 @@ async fn answer(
         Err(errors) => return fail(ApiError::params(errors)),
     };
 
+    if let Route::GuestAgent { node, command, .. } = &route {
+        // A failing agent holds this request (ping 3 s, command 5 s), not the simulator.
+        let vmid = match vmid_param(&params) {
+            Ok(vmid) => vmid,
+            Err(error) => return fail(error),
+        };
+        let (delay, reply) = agent::qemu_agent(&sim.lock(), node, vmid, *command);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(match reply {
+            Ok(data) => success(&Reply::data(data)),
+            Err(error) => failure(&error, version),
+        });
+    }
     if let Route::ClusterResources = route {
         // Rendering every guest takes ~100 ms at 5,000 guests. pveproxy's workers serve
         // other requests meanwhile, so the list is rendered from a copy of the world, not
@@ -907,7 +970,7 @@ fn dispatch(
             token,
             params.str("type"),
         )),
-        Route::AccessPermissions => Ok(Reply::data(permissions(token, params))),
+        Route::AccessPermissions => Ok(Reply::data(permissions(token, params, version))),
         Route::NodeStatus { node } => {
             let node = state
                 .world
@@ -996,9 +1059,10 @@ fn dispatch(
             params.flag("skipsmart"),
         )),
         Route::DisksZfs { node } => list(node_health::zfs_list(&state.world.health_of(node))?),
-        Route::AptVersions { node } => {
-            list(node_health::apt_versions(&state.world.health_of(node), version))
-        }
+        Route::AptVersions { node } => list(node_health::apt_versions(
+            &state.world.health_of(node),
+            version,
+        )),
         Route::CertificatesInfo { node } => {
             let fingerprint = state
                 .world
@@ -1011,6 +1075,14 @@ fn dispatch(
                 &fingerprint,
             ))
         }
+        Route::GuestAgent { node, command, .. } => {
+            agent::qemu_agent(state, node, vmid_param(params)?, *command)
+                .1
+                .map(Reply::data)
+        }
+        Route::LxcInterfaces { node, .. } => {
+            agent::lxc_interfaces(state, node, vmid_param(params)?).map(Reply::data)
+        }
     }
 }
 
@@ -1021,8 +1093,14 @@ fn vmid_param(params: &Params) -> Result<u32, ApiError> {
         .ok_or_else(|| ApiError::param("vmid", "property is missing and it is not optional"))
 }
 
-fn permissions(token: &Token, params: &Params) -> Value {
+fn permissions(token: &Token, params: &Params, version: PveVersion) -> Value {
+    let unrestricted = token.privileges.is_none();
     let as_object = |privileges: std::collections::BTreeSet<String>| {
+        let privileges = if unrestricted {
+            agent::release_privileges(privileges, version)
+        } else {
+            privileges
+        };
         Value::Object(
             privileges
                 .into_iter()

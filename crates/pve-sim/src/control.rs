@@ -87,7 +87,9 @@ pub(crate) fn router(sim: Sim) -> Router {
             get(node_health).put(put_node_health),
         )
         .route("/_sim/nodes/{node}/disks/{dev}", post(patch_disk))
-        .route("/_sim/nodes/{node}/zfs/{pool}", post(patch_pool));
+        .route("/_sim/nodes/{node}/zfs/{pool}", post(patch_pool))
+        .route("/_sim/agents", post(super::agent::set_waits))
+        .route("/_sim/agents/{vmid}", post(super::agent::set_agent));
     super::health::control(router).with_state(sim)
 }
 

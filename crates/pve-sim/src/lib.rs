@@ -38,13 +38,14 @@
 //! ```
 
 mod access;
+mod agent;
 mod api;
 mod clock;
 mod control;
-mod jobs;
-mod nodepower;
 mod health;
+mod jobs;
 mod node_health;
+mod nodepower;
 mod params;
 mod render;
 mod respond;
@@ -59,9 +60,9 @@ mod world;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]
-mod node_health_tests;
-#[cfg(test)]
 mod motion_tests;
+#[cfg(test)]
+mod node_health_tests;
 #[cfg(test)]
 mod tasklist_tests;
 #[cfg(test)]
@@ -81,6 +82,7 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::Router;
 
+pub use agent::{AgentConfig, AgentMode, AgentSetup};
 pub use health::{CephCheck, CephPatch, NewReplicationJob, ReplicationPatch};
 pub use state::{
     ConfigPatch, Fault, FaultKind, GuestPatch, NewGuest, RecordedRequest, Sim, SimError, Tags,

@@ -291,6 +291,8 @@ pub(crate) struct State {
     next_pid: HashMap<String, u32>,
     /// Node reboots, shutdowns and wake-ups waiting for their moment (`nodepower`).
     pub(crate) node_power: super::nodepower::NodePower,
+    /// The guest agents (see `agent`).
+    pub agents: super::agent::Agents,
 }
 
 impl State {
@@ -317,6 +319,7 @@ impl State {
             next_request_seq: 1,
             next_pid: HashMap::new(),
             node_power: Default::default(),
+            agents: Default::default(),
         }
     }
 

@@ -644,7 +644,10 @@ impl World {
                 replication: Vec::new(),
             },
             snapshots: super::snapshots::seed(now),
-            node_health: BTreeMap::from([("pve".to_string(), crate::node_health::seed_health(now, version))]),
+            node_health: BTreeMap::from([(
+                "pve".to_string(),
+                crate::node_health::seed_health(now, version),
+            )]),
         };
         // Nightly backups at 03:00 UTC on the previous days.
         let last_night = ((now as u64) / 86_400) * 86_400 + 3 * 3600;

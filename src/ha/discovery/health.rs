@@ -92,6 +92,7 @@ fn spec(key: &'static str, platform: &'static str, name: &'static str, template:
         icon: None,
         enabled: true,
         availability: Availability::Object,
+        attributes: None,
     }
 }
 

@@ -48,6 +48,8 @@ pub(super) struct Spec {
     pub(super) icon: Option<&'static str>,
     pub(super) enabled: bool,
     pub(super) availability: Availability,
+    /// A `json_attributes_template` over the object's state topic.
+    pub(super) attributes: Option<&'static str>,
 }
 
 /// A guest's `status` (SPEC §3).
@@ -144,6 +146,7 @@ impl Spec {
             icon: None,
             enabled: true,
             availability: Availability::Object,
+            attributes: None,
         }
     }
     fn sensor(
@@ -260,7 +263,7 @@ impl Spec {
     }
 }
 
-pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
+pub(super) fn guest_specs(kind: GuestKind, disk_used: bool) -> Vec<Spec> {
     let mut specs = vec![
         Spec::status("status", "Status", "status", GUEST_STATUSES).icon("mdi:server"),
         Spec {
@@ -350,10 +353,12 @@ pub(super) fn guest_specs(kind: GuestKind) -> Vec<Spec> {
         .icon("mdi:camera"),
     ];
     // Proxmox only knows a container's disk usage; a VM's `disk` is always 0 without
-    // the guest agent, so announcing it would show a false 0 B.
-    if kind == GuestKind::Lxc {
+    // the guest agent, so it is announced only once the agent reported its filesystems
+    // (`disk_used`; see `agent_specs` for the rest of the agent's data).
+    if kind == GuestKind::Lxc || disk_used {
         specs.push(Spec::bytes("disk_used", "Disk used", "disk"));
     }
+    specs.extend(agent_specs(kind));
     specs
 }
 
@@ -485,4 +490,37 @@ pub(super) fn cluster_specs() -> Vec<Spec> {
             .diagnostic()
             .icon("mdi:information-outline"),
     ]
+}
+
+/// `value_json.ip_addresses[0]`: the first address (IPv4 first) as the state, the list as
+/// an attribute.
+const TPL_IP: &str = "{{ value_json.ip_addresses[0] if value_json.ip_addresses else None }}";
+const TPL_IP_ATTRIBUTES: &str = "{{ {'ip_addresses': value_json.ip_addresses} | tojson }}";
+
+/// The guest-agent entities: a VM's agent connectivity and OS; every guest's address
+/// (containers from their interfaces).
+fn agent_specs(kind: GuestKind) -> Vec<Spec> {
+    let mut specs = vec![Spec {
+        attributes: Some(TPL_IP_ATTRIBUTES),
+        ..Spec::sensor("ip_address", "IP address", TPL_IP).icon("mdi:ip-network")
+    }];
+    if kind == GuestKind::Qemu {
+        specs.push(
+            Spec {
+                device_class: Some("connectivity"),
+                ..Spec::binary(
+                    "agent",
+                    "Agent responding",
+                    "{{ None if value_json.agent is none else ('ON' if value_json.agent else 'OFF') }}",
+                )
+            }
+            .diagnostic(),
+        );
+        specs.push(
+            Spec::sensor("os", "OS", "{{ value_json.os if value_json.os else None }}")
+                .diagnostic()
+                .icon("mdi:desktop-classic"),
+        );
+    }
+    specs
 }

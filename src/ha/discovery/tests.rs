@@ -440,3 +440,39 @@ fn snapshots_are_a_count_and_a_timestamp_and_no_snapshot_action_gets_a_button() 
         }
     }
 }
+
+#[test]
+fn the_guest_agent_entities_and_a_vms_disk_used_once_the_agent_reported_it() {
+    let mut view = view();
+    let vm = std::sync::Arc::make_mut(view.guests.get_mut(&100).unwrap());
+    vm.disk_from_agent = true;
+    let object = ObjectRef::Guest(GuestKind::Qemu, 100);
+    let info = device_info(&ctx(), &view, &object).unwrap();
+    assert!(
+        info.disk_used,
+        "the discovery inputs change, so it is sent again"
+    );
+    let p: Value = serde_json::from_str(&device_config(&ctx(), &view, &object).unwrap()).unwrap();
+    let cmps = &p["cmps"];
+    assert_eq!(cmps["disk_used"]["uniq_id"], "pve2mqtt_home_100_disk_used");
+    assert_eq!(cmps["disk_used"]["dev_cla"], "data_size");
+    assert_eq!(cmps["agent"]["p"], "binary_sensor");
+    assert_eq!(cmps["agent"]["dev_cla"], "connectivity");
+    assert_eq!(cmps["agent"]["ent_cat"], "diagnostic");
+    assert_eq!(cmps["agent"]["name"], "Agent responding");
+    assert_eq!(cmps["os"]["p"], "sensor");
+    assert_eq!(cmps["os"]["ent_cat"], "diagnostic");
+    assert_eq!(cmps["ip_address"]["json_attr_t"], "pve2mqtt/home/qemu/100");
+    assert_eq!(
+        cmps["ip_address"]["json_attr_tpl"],
+        "{{ {'ip_addresses': value_json.ip_addresses} | tojson }}"
+    );
+    assert!(
+        cmps["ip_address"].get("ent_cat").is_none(),
+        "a primary sensor"
+    );
+    // A container: addresses from its interfaces, no agent, no OS
+    let ct = payload(&ObjectRef::Guest(GuestKind::Lxc, 101));
+    assert!(ct["cmps"].get("ip_address").is_some());
+    assert!(ct["cmps"].get("agent").is_none() && ct["cmps"].get("os").is_none());
+}

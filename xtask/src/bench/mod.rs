@@ -313,9 +313,35 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
             "min_gap_s": min_gap,
         }),
     );
+    run.result
+        .insert("agent_lane".into(), agent_lane(&run.timeline.snapshot()));
     run.count_retained().await?;
     run.read_logs();
     Ok(Value::Object(run.result.clone()))
+}
+
+/// The agent lane's requests (guest agent and container interfaces, issue 12): how
+/// many, by endpoint, and how many per slow-lane interval on average over the run.
+fn agent_lane(entries: &[timeline::Entry]) -> Value {
+    let agent: Vec<&timeline::Entry> = entries
+        .iter()
+        .filter(|e| e.route.contains("/agent/") || e.route.ends_with("/interfaces"))
+        .collect();
+    let mut by_endpoint = std::collections::BTreeMap::<String, u64>::new();
+    for e in &agent {
+        *by_endpoint.entry(e.route.clone()).or_default() += 1;
+    }
+    let span = match (entries.first(), entries.last()) {
+        (Some(first), Some(last)) => last.seen - first.seen,
+        _ => 0.0,
+    };
+    let rounds = (span / SLOW_INTERVAL).max(1.0);
+    json!({
+        "requests": agent.len(),
+        "span_s": span,
+        "per_slow_round": agent.len() as f64 / rounds,
+        "by_endpoint": by_endpoint,
+    })
 }
 
 #[cfg(test)]

@@ -226,6 +226,20 @@ pub fn print_tables(r: &Value) {
         "| slow-lane round spread over / smallest gap | {spread} / {} s |",
         fmt(&slow["min_gap_s"], 2)
     ));
+    let agent = &r["agent_lane"];
+    let agent_ends: Vec<String> = agent["by_endpoint"]
+        .as_object()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|(k, v)| format!("`{k}` {v}"))
+        .collect();
+    out.push(format!(
+        "| agent lane (guest agent, ≤ poll.agent_max_per_round guests per round) | {} in {} s, {} per slow-lane interval: {} |",
+        agent["requests"],
+        fmt(&agent["span_s"], 0),
+        fmt(&agent["per_slow_round"], 1),
+        if agent_ends.is_empty() { "-".to_string() } else { agent_ends.join(", ") }
+    ));
     out.push(String::new());
     out.push("| per fast-lane poll | polls | MQTT msgs | MQTT bytes | messages by topic class | bridge CPU ms |".into());
     out.push("|---|---|---|---|---|---|".into());
