@@ -534,6 +534,31 @@ mod tests {
     }
 
     #[test]
+    fn a_node_command_dropped_on_a_full_queue_gets_a_live_rejection_with_its_id() {
+        let msg = overloaded_node(
+            "home".into(),
+            "pve1".into(),
+            br#"{"action":"stopall","id":"q"}"#,
+        );
+        match msg {
+            PublisherMsg::NodeTask {
+                node,
+                report,
+                retain,
+                ..
+            } => {
+                assert_eq!(node, "pve1");
+                assert!(!retain);
+                assert_eq!(report.state, Phase::Rejected);
+                assert_eq!(report.action, "stopall");
+                assert_eq!(report.id.as_deref(), Some("q"));
+                assert!(report.error.unwrap().contains("overloaded"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn the_source_address_towards_loopback_is_loopback() {
         let ip = source_address("127.0.0.1".parse().unwrap()).expect("an address");
         assert!(ip.is_loopback());
