@@ -222,10 +222,10 @@ impl ClusterPoller {
             }
             // The task list first (when due and allowed): this poll's view then carries
             // what it says, and a task that just ended is refreshed right after it.
-            let task_news = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                news = tasks.step(&self.client, clock.now() as u64) => news,
-            };
+                _ = tasks.poll(&self.client, clock.now() as u64) => {}
+            }
             // The last answer goes before the next one arrives, so the bridge never holds
             // two (1.6 MB each at 5,000 guests): a failed poll drops it anyway, and an answer
             // held back by `sudden_loss` is confirmed or replaced by the next poll.
@@ -278,7 +278,7 @@ impl ClusterPoller {
                     if !self.emit(view).await {
                         break;
                     }
-                    if !self.after_tasks(&mut tasks, task_news, &backup_logs).await {
+                    if !self.after_tasks(&mut tasks, &backup_logs).await {
                         break;
                     }
                     next_poll = tokio::time::Instant::now() + self.interval;
@@ -368,7 +368,6 @@ impl ClusterPoller {
     async fn after_tasks(
         &self,
         tasks: &mut tasks::TaskWatch,
-        news: Option<tasks::TaskNews>,
         backup_logs: &mpsc::Sender<(String, String)>,
     ) -> bool {
         let Some(view) = self.views.borrow().clone() else {
@@ -389,9 +388,7 @@ impl ClusterPoller {
                 return false;
             }
         }
-        let Some(news) = news else {
-            return true;
-        };
+        let news = tasks.take_news();
         for (vmid, _) in news.ended.into_iter().take(tasks::MAX_REFRESHES_PER_READ) {
             let Some(guest) = view.guests.get(&vmid) else {
                 continue;

@@ -19,7 +19,7 @@ use crate::model::{row_failed, LastTask, TaskFacts};
 use crate::pve::{GuestStatus, PveClient, PveError, TaskListEntry};
 
 /// At most this many guests are refreshed after one read (a burst of task ends, e.g. a
-/// node's bulk start, is left to the next polls).
+/// node's bulk start: the others show with the cluster-wide list, a poll later).
 pub(super) const MAX_REFRESHES_PER_READ: usize = 16;
 
 /// A guest's status word from its `status/current` (as after a command).
@@ -68,6 +68,9 @@ pub(super) struct TaskWatch {
     last: HashMap<u32, LastTask>,
     /// Last tasks changed but not yet handed to the publisher.
     unsent: BTreeMap<u32, LastTask>,
+    /// News not yet acted on (a poll whose answer failed or was held back keeps it for
+    /// the next one, so no backup log is skipped).
+    pending: TaskNews,
     pub facts: TaskFacts,
 }
 
@@ -83,13 +86,14 @@ impl TaskWatch {
             failed: HashMap::new(),
             last: HashMap::new(),
             unsent: BTreeMap::new(),
+            pending: TaskNews::default(),
             facts: TaskFacts::default(),
         }
     }
 
     /// Makes at most one request: the privilege check when it is due, else the task
     /// list when it is due and allowed. `None` when nothing was read.
-    pub async fn step(&mut self, client: &PveClient, unix_now: u64) -> Option<TaskNews> {
+    async fn step(&mut self, client: &PveClient, unix_now: u64) -> Option<TaskNews> {
         let now = Instant::now();
         if self.next_read.is_some_and(|at| now < at) {
             return None;
@@ -198,6 +202,20 @@ impl TaskWatch {
             failed_24h,
         };
         news
+    }
+
+    /// Reads when due (see [`TaskWatch::step`]) and keeps what it found for
+    /// [`TaskWatch::take_news`].
+    pub async fn poll(&mut self, client: &PveClient, unix_now: u64) {
+        if let Some(news) = self.step(client, unix_now).await {
+            self.pending.ended.extend(news.ended);
+            self.pending.finished_backups.extend(news.finished_backups);
+        }
+    }
+
+    /// What the reads found since the last call.
+    pub fn take_news(&mut self) -> TaskNews {
+        std::mem::take(&mut self.pending)
     }
 
     /// Last tasks that changed since the last call, for the publisher.
