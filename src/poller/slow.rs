@@ -117,7 +117,10 @@ pub(super) async fn slow_lane(
         // only those: the guest rows are thousands and not needed here).
         let rows = resources.borrow_and_update().clone();
         let mut candidates = plan(&rows);
-        candidates.extend(health.requests(&rows, Instant::now()));
+        // Not in a backups-only round: the probes' hints would be used up unasked.
+        if !only_backups {
+            candidates.extend(health.requests(&rows, Instant::now()));
+        }
         drop(rows);
         let mut requests = select_due(candidates, &cadence, &schedule, Instant::now());
         if only_backups {
