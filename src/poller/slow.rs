@@ -136,7 +136,10 @@ pub(super) async fn slow_lane(
         // only those: the guest rows are thousands and not needed here).
         let rows = resources.borrow_and_update().clone();
         let mut candidates = plan(&rows);
-        candidates.extend(health.requests(&rows, Instant::now()));
+        // Not in a backups-only round: the probes' hints would be used up unasked.
+        if !only_backups {
+            candidates.extend(health.requests(&rows, Instant::now()));
+        }
         candidates.extend(
             node_health::plan(&rows, &cadence.health)
                 .into_iter()
