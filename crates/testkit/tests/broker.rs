@@ -22,8 +22,10 @@ async fn retain(broker: &Mosquitto, topic: &str, payload: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_probe_records_topics_payloads_and_retain_flags() {
     let broker = Mosquitto::builder().persistence(false).spawn().unwrap();
-    let publisher = Probe::connect(broker.port, &["kit/unused"]).await;
+    let publisher = Probe::connect(broker.port, &["kit/kept"]).await;
     publisher.publish("kit/kept", "old", true).await;
+    // The broker has it once it echoes it back (publish only queues the message).
+    publisher.wait_topic("kit/kept", 10 * SECS, |_| true).await;
     // A subscriber that comes later gets the retained copy with the retain flag set,
     let probe = Probe::connect(broker.port, &["kit/#"]).await;
     let kept = probe

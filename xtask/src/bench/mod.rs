@@ -41,11 +41,13 @@ pub const SLOW_INTERVAL: f64 = 20.0;
 /// The simulator's lifecycle task length.
 pub const TASK_DURATION_MS: u64 = 200;
 pub const FAST_ROUTE: &str = "GET /cluster/resources";
-pub const SLOW_ROUTES: [&str; 4] = [
+pub const SLOW_ROUTES: [&str; 6] = [
     "GET /version",
     "GET /cluster/status",
     "GET /nodes/{node}/status",
     "GET /nodes/{node}/storage/{storage}/content",
+    "GET /nodes/{node}/qemu/{vmid}/snapshot",
+    "GET /nodes/{node}/lxc/{vmid}/snapshot",
 ];
 
 #[derive(Args, Clone, Debug)]
