@@ -121,6 +121,7 @@ pub(super) async fn slow_lane(
     }
     let mut data = SlowData::default();
     let mut schedule = Schedule::default();
+    let mut first_round = true;
     let mut health = HealthProbes::default();
     let mut only_backups = false;
     // A snapshot command just ended: read that guest's snapshots, nothing else.
@@ -177,12 +178,19 @@ pub(super) async fn slow_lane(
         let reads_backups = requests
             .iter()
             .any(|r| matches!(r, SlowRequest::StorageContent { .. }));
-        // Spread the requests over half the interval: never a burst of N at once.
+        // Spread the requests over half the interval: never a burst of N at once. The
+        // first round after start goes at a quicker pace (still one request at a time), so
+        // disks, pools and backups are in Home Assistant within seconds of a (re)start,
+        // not after a whole spread-out round.
+        let spread = (interval / (2 * requests.len().max(1) as u32)).min(Duration::from_secs(2));
         let spacing = if only_backups {
             Duration::from_millis(100)
+        } else if first_round {
+            spread.min(FIRST_ROUND_SPACING)
         } else {
-            (interval / (2 * requests.len().max(1) as u32)).min(Duration::from_secs(2))
+            spread
         };
+        first_round = false;
         let mut backups: HashMap<u32, NewestBackup> = HashMap::new();
         let mut backups_complete = true;
         for (i, request) in requests.iter().enumerate() {
@@ -259,6 +267,9 @@ pub(super) async fn slow_lane(
 
 /// How often a finished vzdump task's log is tried before it is given up.
 const LOG_ATTEMPTS: u8 = 3;
+
+/// The pause between two requests of the first round after start.
+const FIRST_ROUND_SPACING: Duration = Duration::from_millis(100);
 
 /// A schedule entry not attempted for this long is dropped (its node or guest is gone;
 /// longer than any detail's cadence).
