@@ -269,7 +269,7 @@ pub(super) async fn slow_lane(
 const LOG_ATTEMPTS: u8 = 3;
 
 /// The pause between two requests of the first round after start.
-const FIRST_ROUND_SPACING: Duration = Duration::from_millis(100);
+const FIRST_ROUND_SPACING: Duration = Duration::from_millis(150);
 
 /// A schedule entry not attempted for this long is dropped (its node or guest is gone;
 /// longer than any detail's cadence).

@@ -41,14 +41,18 @@ pub const SLOW_INTERVAL: f64 = 20.0;
 /// The simulator's lifecycle task length.
 pub const TASK_DURATION_MS: u64 = 200;
 pub const FAST_ROUTE: &str = "GET /cluster/resources";
-pub const SLOW_ROUTES: [&str; 6] = [
-    "GET /version",
-    "GET /cluster/status",
-    "GET /nodes/{node}/status",
-    "GET /nodes/{node}/storage/{storage}/content",
-    "GET /nodes/{node}/qemu/{vmid}/snapshot",
-    "GET /nodes/{node}/lxc/{vmid}/snapshot",
-];
+/// Is this a slow-lane route? Every GET the bridge makes on a schedule except the fast
+/// lane's (`/cluster/resources`, `/cluster/tasks`, the hourly `/access/permissions`), the
+/// agent lane's and what commands and task follow-ups read (`/tasks/…`, `status/current`).
+pub fn is_slow_route(route: &str) -> bool {
+    route.starts_with("GET ")
+        && route != FAST_ROUTE
+        && route != "GET /cluster/tasks"
+        && route != "GET /access/permissions"
+        && !is_agent_route(route)
+        && !route.contains("/tasks/")
+        && !route.ends_with("/status/current")
+}
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -324,7 +328,7 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
 }
 
 /// A guest-agent or container-interfaces route (the agent lane's).
-fn is_agent_route(route: &str) -> bool {
+pub fn is_agent_route(route: &str) -> bool {
     route.contains("/agent/") || route.ends_with("/interfaces")
 }
 

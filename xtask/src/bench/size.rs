@@ -16,7 +16,7 @@ use super::latency::strip_ansi;
 use super::report::{topic_class, Window, STATE_CLASSES};
 use super::timeline::{Entry, Timeline};
 use super::{
-    log, BASE, DISCOVERY_PREFIX, FAST_ROUTE, SLOW_INTERVAL, SLOW_ROUTES, TASK_DURATION_MS,
+    is_slow_route, log, BASE, DISCOVERY_PREFIX, FAST_ROUTE, SLOW_INTERVAL, TASK_DURATION_MS,
 };
 use crate::mqtt::{Msg, Recorder};
 use crate::procs::{self, Mosquitto};
@@ -109,7 +109,17 @@ impl SizeRun {
             .iter()
             .filter(|g| g["status"] == "running")
             .count();
-        let expected_objects = 1 + node_count + world_guests.len() + storage_rows;
+        // Node health (issue 11): each disk and ZFS pool is a device of its own.
+        let mut health_objects = 0usize;
+        for node in world["nodes"].as_array().into_iter().flatten() {
+            let Some(name) = node["name"].as_str() else {
+                continue;
+            };
+            let health = sim.get(&format!("/_sim/nodes/{name}/health")).await?;
+            health_objects += health["disks"].as_array().map_or(0, Vec::len)
+                + health["zfs"].as_array().map_or(0, Vec::len);
+        }
+        let expected_objects = 1 + node_count + world_guests.len() + storage_rows + health_objects;
         let eligible = world_guests
             .iter()
             .filter(|g| !truthy(&g["template"]) && !truthy(&g["hastate"]))
@@ -425,7 +435,7 @@ impl SizeRun {
             w.slow_requests = w
                 .counters
                 .iter()
-                .filter(|(k, _)| SLOW_ROUTES.contains(&k.as_str()))
+                .filter(|(k, _)| is_slow_route(k))
                 .map(|(_, v)| v)
                 .sum();
         }
@@ -549,7 +559,7 @@ pub fn slow_rounds(entries: &[Entry]) -> Vec<SlowRound> {
     };
     let mut rounds: Vec<SlowRound> = Vec::new();
     for e in entries {
-        if e.seq < first_poll || !SLOW_ROUTES.contains(&e.route.as_str()) {
+        if e.seq < first_poll || !is_slow_route(&e.route) {
             continue;
         }
         if e.route == "GET /version" {
