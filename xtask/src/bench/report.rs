@@ -459,14 +459,15 @@ pub fn print_targets(results: &[Value]) {
         .map(|r| sum(&r["fast_lane"]["requests_per_poll"]))
         .collect();
     row(
-        "fast lane: 1 request per poll, any size".into(),
+        // Issue 12: `/cluster/resources` on every poll, `/cluster/tasks` at most every 10 s.
+        "fast lane: at most 2 requests per poll, any size".into(),
         results
             .iter()
             .zip(&per_poll)
             .map(|(r, p)| format!("{}: {p:.2}", text(&r["size"])))
             .collect::<Vec<_>>()
             .join(", "),
-        per_poll.iter().all(|p| (p - 1.0).abs() < 1e-9),
+        per_poll.iter().all(|p| *p <= 2.0 + 1e-9),
     );
     let max_of = |v: &Value| {
         v.as_array()
