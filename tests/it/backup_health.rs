@@ -139,3 +139,69 @@ async fn a_scheduled_backup_that_fails_for_one_guest_of_three_gives_exactly_one_
     bridge.stop().await.unwrap();
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
+    // Given a generated cluster whose guests with a vmid ending in 5 are backed up on a
+    // Proxmox Backup Server storage, verified: VM/CT 115 failed, 105 ok
+    let broker = Mosquitto::start();
+    let sim = start_sim(pve2mqtt::sim::SimOptions {
+        nodes: Some(2),
+        guests: Some(20),
+        ..sim_options()
+    })
+    .await;
+    let content: serde_json::Value = sim_http(&sim)
+        .get(format!(
+            "{}/api2/json/nodes/pve1/storage/pbs-backup/content?content=backup",
+            sim.base_url()
+        ))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken={}", pve2mqtt::sim::DEFAULT_TOKEN),
+        )
+        .send()
+        .await
+        .expect("content GET")
+        .json()
+        .await
+        .expect("content JSON");
+    let rows = content["data"].as_array().expect("PBS content rows").clone();
+    let row = |vmid: u64| {
+        rows.iter()
+            .find(|r| r["vmid"] == vmid)
+            .unwrap_or_else(|| panic!("a PBS backup of {vmid}: {rows:?}"))
+            .clone()
+    };
+    // The simulator lists them as PBS does: `pbs-vm`/`pbs-ct`, a verification object
+    assert!(row(115)["format"].as_str().unwrap().starts_with("pbs-"));
+    assert_eq!(row(115)["verification"]["state"], "failed");
+    assert_eq!(row(105)["verification"]["state"], "ok");
+    assert!(row(105)["verification"]["upid"]
+        .as_str()
+        .unwrap()
+        .starts_with("UPID:"));
+
+    // When the bridge reads the backup storages
+    let probe = Probe::connect(broker.port, ALL).await;
+    let bridge = Bridge::start(TestConfig::new(&sim, broker.port, "").config());
+
+    // Then each guest carries its newest backup's verification and size
+    let verified = |vmid: u64, state: &'static str| {
+        let probe = &probe;
+        async move {
+            probe
+                .wait_for("the guest's verified backup", 20 * SECS, |m| {
+                    let topic_ok = m.topic.ends_with(&format!("/qemu/{vmid}"))
+                        || m.topic.ends_with(&format!("/lxc/{vmid}"));
+                    topic_ok && !m.payload.is_empty() && m.json()["last_backup_verification"] == state
+                })
+                .await
+                .json()
+        }
+    };
+    let failed = verified(115, "failed").await;
+    assert_eq!(failed["last_backup_size"], row(115)["size"]);
+    verified(105, "ok").await;
+    bridge.stop().await.unwrap();
+}

@@ -159,7 +159,7 @@ pub async fn sim_send(
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
 
-fn sim_http(sim: &SimHandle) -> reqwest::Client {
+pub fn sim_http(sim: &SimHandle) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(sim.ca_pem().expect("TLS sim").as_bytes()).expect("CA");
     reqwest::Client::builder()
         .add_root_certificate(ca)

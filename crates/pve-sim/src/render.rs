@@ -742,6 +742,16 @@ pub fn storage_content(
         if volume.protected {
             put(&mut row, "protected", 1);
         }
+        if let Some(state) = &volume.verification {
+            // The UPID of the PBS verification job that checked it (PBS's own format).
+            let upid = format!(
+                "UPID:pbs:000004D2:0000ABCD:00000000:{:08X}:verificationjob:{}\\x3av-{:08x}:root@pam:",
+                volume.ctime + 3600,
+                storage.id,
+                volume.ctime
+            );
+            row.insert("verification".into(), json!({"state": state, "upid": upid}));
+        }
         rows.push(Value::Object(row));
     }
     rows

@@ -954,6 +954,7 @@ pub fn schedule_vzdump(
             subtype: Some(kind),
             notes,
             protected: job.protected,
+            verification: None,
         };
         schedule.effects.push((
             end,

@@ -429,6 +429,9 @@ pub struct Volume {
     pub subtype: Option<GuestType>,
     pub notes: Option<String>,
     pub protected: bool,
+    /// The last verification of a backup on a Proxmox Backup Server storage (`ok` or
+    /// `failed`); `None`: not verified, or not on PBS.
+    pub verification: Option<String>,
 }
 
 /// The whole simulated cluster.
@@ -828,6 +831,18 @@ impl World {
             nodes: None,
             dump_dir: "/mnt/pve/nfs-backup/dump".into(),
         });
+        // A Proxmox Backup Server datastore: the odd vmids ending in 5 are backed up
+        // there, with a verification state (one in ten of them failed).
+        storages.push(Storage {
+            id: "pbs-backup".into(),
+            plugintype: "pbs".into(),
+            content: "backup".into(),
+            shared: true,
+            total: 8192 * GIB,
+            base_used: 2100 * GIB,
+            nodes: None,
+            dump_dir: String::new(),
+        });
 
         let health = generated_health(&nodes, &mut guests, now);
         let node_health = (0..node_count)
@@ -873,6 +888,23 @@ impl World {
                 );
             }
         }
+        let on_pbs: Vec<(u32, GuestType, u64)> = world
+            .guests
+            .values()
+            .filter(|guest| guest.vmid % 10 == 5 && !guest.template)
+            .map(|guest| (guest.vmid, guest.kind, guest.maxdisk))
+            .collect();
+        for (vmid, kind, maxdisk) in on_pbs {
+            let ctime = midnight.saturating_sub(86_400) + 7200 + u64::from(vmid % 3600);
+            let verification = if vmid % 100 == 15 { "failed" } else { "ok" };
+            world.push_pbs_backup(
+                "pbs-backup",
+                (vmid, kind),
+                ctime,
+                maxdisk / 9 + u64::from(vmid) * 4096,
+                Some(verification),
+            );
+        }
         for node in world
             .nodes
             .iter()
@@ -910,9 +942,45 @@ impl World {
             subtype: Some(kind),
             notes: notes.map(str::to_string),
             protected,
+            verification: None,
         };
         self.volumes.push(volume.clone());
         volume
+    }
+
+    /// Adds a backup snapshot on a Proxmox Backup Server storage, as PBS lists it:
+    /// `{storage}:backup/{vm|ct}/{vmid}/{RFC 3339 time}`, format `pbs-vm`/`pbs-ct`
+    /// (the recorded fixture `nodes_node_storage_storage_content.pbs-backups.json`),
+    /// with its last verification state.
+    pub fn push_pbs_backup(
+        &mut self,
+        storage: &str,
+        (vmid, kind): (u32, GuestType),
+        ctime: u64,
+        size: u64,
+        verification: Option<&str>,
+    ) {
+        let (dir, format) = match kind {
+            GuestType::Qemu => ("vm", "pbs-vm"),
+            GuestType::Lxc => ("ct", "pbs-ct"),
+        };
+        self.volumes.push(Volume {
+            storage: storage.to_string(),
+            node: None,
+            volid: format!(
+                "{storage}:backup/{dir}/{vmid}/{}Z",
+                format_time(ctime, '-', 'T', ':')
+            ),
+            content: "backup".into(),
+            format: format.into(),
+            size,
+            ctime,
+            vmid: Some(vmid),
+            subtype: Some(kind),
+            notes: None,
+            protected: false,
+            verification: verification.map(str::to_string),
+        });
     }
 
     /// An installer ISO and a container template in the node's `local` storage.
@@ -943,6 +1011,7 @@ impl World {
                 ctime,
                 vmid: None,
                 subtype: None,
+                verification: None,
                 notes: None,
                 protected: false,
             });
