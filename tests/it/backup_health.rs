@@ -166,7 +166,10 @@ async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
         .json()
         .await
         .expect("content JSON");
-    let rows = content["data"].as_array().expect("PBS content rows").clone();
+    let rows = content["data"]
+        .as_array()
+        .expect("PBS content rows")
+        .clone();
     let row = |vmid: u64| {
         rows.iter()
             .find(|r| r["vmid"] == vmid)
@@ -194,7 +197,9 @@ async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
                 .wait_for("the guest's verified backup", 20 * SECS, |m| {
                     let topic_ok = m.topic.ends_with(&format!("/qemu/{vmid}"))
                         || m.topic.ends_with(&format!("/lxc/{vmid}"));
-                    topic_ok && !m.payload.is_empty() && m.json()["last_backup_verification"] == state
+                    topic_ok
+                        && !m.payload.is_empty()
+                        && m.json()["last_backup_verification"] == state
                 })
                 .await
                 .json()
