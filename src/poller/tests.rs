@@ -1,0 +1,196 @@
+//! The poller against the simulator: refreshes, spacing, overrides.
+
+use super::*;
+use crate::config::Config;
+use crate::sim::{self, SimOptions};
+
+const RESOURCES: &str = "GET /cluster/resources";
+
+struct Running {
+    sim: sim::SimHandle,
+    refresh: mpsc::Sender<Refresh>,
+    views: watch::Receiver<Option<Arc<ClusterView>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A poller on a simulated cluster, with intervals far beyond the test (only the first
+/// poll and refreshes poll), and the given refresh spacing.
+async fn start(refresh_spacing: Duration) -> Running {
+    let sim = sim::start(SimOptions {
+        nodes: Some(2),
+        guests: Some(6),
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("pve-root-ca.pem");
+    std::fs::write(&ca, sim.ca_pem().unwrap()).unwrap();
+    let toml = format!(
+        "[proxmox]\nurl = \"{}\"\ntoken = \"{}\"\nca_file = \"{}\"\n",
+        sim.base_url(),
+        sim::DEFAULT_TOKEN,
+        ca.display()
+    );
+    let config = Config::from_toml_str(&toml, &HashMap::new()).unwrap();
+    let client = PveClient::new(&config.clusters[0]).unwrap();
+    let (publisher, mut published) = mpsc::channel(64);
+    tokio::spawn(async move { while published.recv().await.is_some() {} });
+    let (refresh, refresh_rx) = mpsc::channel(16);
+    let refresh_self = refresh.clone();
+    let (views_tx, views) = watch::channel(None);
+    let poller = ClusterPoller {
+        id: "pve".into(),
+        console_url: client.current_url(),
+        client,
+        interval: Duration::from_secs(3600),
+        slow_interval: Duration::from_secs(3600),
+        cadence: Cadence::default(),
+        refresh_spacing,
+        publisher,
+        refresh: refresh_rx,
+        views: views_tx,
+        stats: Default::default(),
+        reporting: ReportRules::default(),
+        tasks_interval: Duration::from_secs(3600),
+        refresh_self,
+        agent: AgentCadence {
+            max_per_round: 0,
+            ..AgentCadence::default()
+        },
+        agent_data: Default::default(),
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(poller.run(stop.clone()));
+    Running {
+        sim,
+        refresh,
+        views,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    fn polls(&self) -> u64 {
+        self.sim.world().counters()[RESOURCES]
+    }
+
+    /// After the first poll: queues one refresh per guest for three guests, each with
+    /// a status the guest does not have (so each override shows in the view), and
+    /// waits for a view that carries all three. Returns those statuses.
+    async fn refresh_three_after_first_poll(&mut self) -> Vec<(u32, String)> {
+        let first = tokio::time::timeout(WAIT, self.views.wait_for(Option::is_some))
+            .await
+            .expect("first poll")
+            .unwrap()
+            .clone()
+            .unwrap();
+        let fresh: Vec<(u32, String)> = first
+            .guests
+            .values()
+            .take(3)
+            .map(|g| {
+                let other = if g.status == "running" {
+                    "stopped"
+                } else {
+                    "running"
+                };
+                (g.vmid, other.to_string())
+            })
+            .collect();
+        assert_eq!(fresh.len(), 3);
+        fresh
+    }
+
+    fn send(&self, fresh: &[(u32, String)]) {
+        for (vmid, status) in fresh {
+            self.refresh
+                .try_send(Refresh {
+                    status_override: Some((*vmid, status.clone())),
+                    ..Refresh::default()
+                })
+                .unwrap();
+        }
+    }
+
+    async fn wait_for_statuses(&mut self, fresh: &[(u32, String)]) {
+        tokio::time::timeout(
+            WAIT,
+            self.views.wait_for(|view| {
+                view.as_ref().is_some_and(|v| {
+                    fresh
+                        .iter()
+                        .all(|(vmid, status)| v.guests[vmid].status == *status)
+                })
+            }),
+        )
+        .await
+        .expect("a view with every fresh status")
+        .unwrap();
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        self.sim.stop().await;
+    }
+}
+
+/// Several commands ending while the poller is busy: their refreshes share one
+/// `/cluster/resources` request, and the view it publishes carries every one of their
+/// fresh statuses. Runs on the single-threaded test runtime, so all refreshes are
+/// queued before the poller sees the first one.
+#[tokio::test]
+async fn refreshes_queued_together_are_served_by_one_poll() {
+    let mut running = start(Duration::ZERO).await;
+    let fresh = running.refresh_three_after_first_poll().await;
+    let polls_before = running.polls();
+    running.send(&fresh);
+    running.wait_for_statuses(&fresh).await;
+    let polls = running.polls() - polls_before;
+    assert_eq!(polls, 1, "three queued refreshes took {polls} polls");
+    running.stop().await;
+}
+
+/// Refreshes soon after a poll cost Proxmox nothing at first: the statuses read after
+/// the tasks are published from the last answer at once, and one poll follows when
+/// the spacing is up (here: never, within the test).
+#[tokio::test]
+async fn refreshes_within_the_spacing_are_served_from_the_last_answer() {
+    let mut running = start(Duration::from_secs(3600)).await;
+    let fresh = running.refresh_three_after_first_poll().await;
+    let polls_before = running.polls();
+    running.send(&fresh);
+    // Had a refresh polled, the simulator would have counted the request before the
+    // view with the statuses existed.
+    running.wait_for_statuses(&fresh).await;
+    assert_eq!(running.polls() - polls_before, 0);
+    running.stop().await;
+}
+
+/// … and the poll does follow once the spacing is up, one for all of them.
+#[tokio::test]
+async fn a_spaced_refresh_polls_once_when_the_spacing_is_up() {
+    let mut running = start(Duration::from_millis(300)).await;
+    let fresh = running.refresh_three_after_first_poll().await;
+    let polls_before = running.polls();
+    running.send(&fresh);
+    running.wait_for_statuses(&fresh).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while running.polls() == polls_before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing else asks for a poll: a second one would come from the refreshes.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(running.polls() - polls_before, 1);
+    // The poll's view still carries the statuses read after the tasks.
+    let view = running.views.borrow().clone().unwrap();
+    for (vmid, status) in &fresh {
+        assert_eq!(&view.guests[vmid].status, status);
+    }
+    running.stop().await;
+}
