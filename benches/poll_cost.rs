@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use pve2mqtt::model::{build_view, RateMemory, SlowData, ViewBuilder};
 use pve2mqtt::publisher::state_json;
 use pve2mqtt::pve::{decode_cluster_resources, for_each_cluster_resource};
-use pve2mqtt::sim::{self, SimOptions};
+use pve_sim::{self as sim, SimOptions};
 
 /// Runs per stage; the fastest is printed: on a shared, noisy machine the minimum is the
 /// run least disturbed by others, the closest to the stage's own cost.

@@ -41,10 +41,10 @@ enum Command {
     },
     /// The built-in Proxmox VE simulator.
     #[cfg(feature = "sim")]
-    Sim(pve2mqtt::sim::SimArgs),
+    Sim(pve_sim::SimArgs),
     /// Simulator + embedded MQTT broker + bridge in one process.
     #[cfg(feature = "demo")]
-    Demo(pve2mqtt::demo::DemoArgs),
+    Demo(pve2mqtt_demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,10 +71,10 @@ fn main() -> ExitCode {
             Command::Health { listen } => health(&listen).await,
             #[cfg(feature = "sim")]
             Command::Sim(args) => {
-                pve2mqtt::sim::run(args.into_options(), pve2mqtt::signal::shutdown()).await
+                pve_sim::run(args.into_options(), pve2mqtt::signal::shutdown()).await
             }
             #[cfg(feature = "demo")]
-            Command::Demo(args) => pve2mqtt::demo::run(args, pve2mqtt::signal::shutdown()).await,
+            Command::Demo(args) => pve2mqtt_demo::run(args, pve2mqtt::signal::shutdown()).await,
         }
     });
     match result {

@@ -15,7 +15,7 @@ const VM_DEVICE: &str = "homeassistant/device/pve2mqtt_pve_100/config";
 const AGENT_PATH: &str = "/nodes/pve/qemu/100/agent/";
 
 /// A test config whose agent lane asks every guest every second, in 1 s rounds.
-fn agent_config(sim: &pve2mqtt::sim::SimHandle, port: u16) -> TestConfig {
+fn agent_config(sim: &pve_sim::SimHandle, port: u16) -> TestConfig {
     let mut cfg = TestConfig::new(sim, port, "");
     cfg.toml = cfg.toml.replace(
         "slow_interval = \"2s\"",
@@ -25,10 +25,7 @@ fn agent_config(sim: &pve2mqtt::sim::SimHandle, port: u16) -> TestConfig {
 }
 
 /// The simulator's recorded requests whose path starts with `prefix`.
-fn requests_to(
-    sim: &pve2mqtt::sim::SimHandle,
-    prefix: &str,
-) -> Vec<pve2mqtt::sim::RecordedRequest> {
+fn requests_to(sim: &pve_sim::SimHandle, prefix: &str) -> Vec<pve_sim::RecordedRequest> {
     sim.world()
         .requests(0)
         .into_iter()
@@ -236,7 +233,7 @@ async fn a_token_without_the_agent_privilege_is_skipped_quietly_and_check_says_s
     .await;
     let probe = Probe::connect(broker.port, ALL).await;
     let mut cfg = agent_config(&sim, broker.port);
-    cfg.toml = cfg.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
+    cfg.toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
 
     // Then `check` names the privilege that applies, and still passes
     let output = tokio::process::Command::new(BIN)
@@ -277,7 +274,7 @@ async fn a_token_without_the_agent_privilege_is_skipped_quietly_and_check_says_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_vm_monitor_on_pve8() {
     let broker = Mosquitto::start();
-    let sim = start_sim(pve2mqtt::sim::SimOptions {
+    let sim = start_sim(pve_sim::SimOptions {
         pve_version: "8.4.1".into(),
         ..sim_options()
     })

@@ -11,7 +11,7 @@ const ALL: &[&str] = &["pve2mqtt/#"];
 const JOB: &str = "backup-5d7a9f1c-1a2b";
 const LOG: &str = "GET /nodes/{node}/tasks/{upid}/log";
 
-fn config(sim: &pve2mqtt::sim::SimHandle, port: u16) -> pve2mqtt::config::Config {
+fn config(sim: &pve_sim::SimHandle, port: u16) -> pve2mqtt::config::Config {
     let cfg = TestConfig::new(sim, port, "");
     let toml = cfg.toml.replace(
         "slow_interval = \"2s\"\n",
@@ -145,7 +145,7 @@ async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
     // Given a generated cluster whose guests with a vmid ending in 5 are backed up on a
     // Proxmox Backup Server storage, verified: VM/CT 115 failed, 105 ok
     let broker = Mosquitto::start();
-    let sim = start_sim(pve2mqtt::sim::SimOptions {
+    let sim = start_sim(pve_sim::SimOptions {
         nodes: Some(2),
         guests: Some(20),
         ..sim_options()
@@ -158,7 +158,7 @@ async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
         ))
         .header(
             "Authorization",
-            format!("PVEAPIToken={}", pve2mqtt::sim::DEFAULT_TOKEN),
+            format!("PVEAPIToken={}", pve_sim::DEFAULT_TOKEN),
         )
         .send()
         .await

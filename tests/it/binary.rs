@@ -116,7 +116,7 @@ async fn check_reports_proxmox_and_broker_and_exits_zero() {
     assert!(stdout.contains("Proxmox VE"), "{stdout}");
     assert!(stdout.contains("read state: yes"), "{stdout}");
     // The token secret is never printed.
-    let secret = pve2mqtt::sim::DEFAULT_TOKEN.split('=').nth(1).unwrap();
+    let secret = pve_sim::DEFAULT_TOKEN.split('=').nth(1).unwrap();
     assert!(!stdout.contains(secret) && !stderr.contains(secret));
 }
 
@@ -173,7 +173,7 @@ async fn check_with_a_wrong_token_exits_2_with_one_line_reason() {
     let sim = start_sim(sim_options()).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
     let wrong = cfg.toml.replace(
-        pve2mqtt::sim::DEFAULT_TOKEN,
+        pve_sim::DEFAULT_TOKEN,
         "root@pam!pve2mqtt=11111111-2222-3333-4444-555555555555",
     );
     let path = cfg.dir.path().join("wrong.toml");

@@ -15,7 +15,7 @@ const PROXMOX_STATE: &str = "pve2mqtt/bridge/proxmox/pve";
 const RESOURCES: &str = "GET /cluster/resources";
 
 /// Polls of `/cluster/resources` the simulator served so far.
-async fn polls(sim: &pve2mqtt::sim::SimHandle) -> u64 {
+async fn polls(sim: &pve_sim::SimHandle) -> u64 {
     sim_get(sim, "/_sim/counters").await[RESOURCES]
         .as_u64()
         .unwrap_or(0)
@@ -23,7 +23,7 @@ async fn polls(sim: &pve2mqtt::sim::SimHandle) -> u64 {
 
 /// A config whose timer never polls again within a test: only the first poll and
 /// refreshes reach Proxmox.
-fn quiet_config(sim: &pve2mqtt::sim::SimHandle, port: u16) -> TestConfig {
+fn quiet_config(sim: &pve_sim::SimHandle, port: u16) -> TestConfig {
     let mut cfg = TestConfig::new(sim, port, "");
     cfg.toml = cfg
         .toml

@@ -96,7 +96,7 @@ fn finals(probe: &Probe, id: &str) -> Vec<serde_json::Value> {
 /// published while the bridge is not subscribed is not kept for it, by design) until one
 /// ends `ok`. Then checks that Proxmox got exactly one POST per command that reported a
 /// result, and that no command had two final results.
-async fn a_command_runs_once(sim: &pve2mqtt::sim::SimHandle, port: u16, id: &str) {
+async fn a_command_runs_once(sim: &pve_sim::SimHandle, port: u16, id: &str) {
     let since = last_seq(sim).await;
     let deadline = tokio::time::Instant::now() + SETTLE;
     // A client whose subscription works: it got the retained bridge state.
@@ -262,7 +262,7 @@ async fn the_core_behaviour_holds_on_a_three_node_nats_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_core_behaviour_holds_on_the_embedded_rumqttd_of_the_demo() {
     let port = free_port();
-    pve2mqtt::demo::start_embedded_broker(([127, 0, 0, 1], port).into()).expect("start rumqttd");
+    pve2mqtt_demo::start_embedded_broker(([127, 0, 0, 1], port).into()).expect("start rumqttd");
     core_behaviour(Target::Fixed(port)).await;
 }
 

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pve2mqtt::sim::{SimHandle, SimOptions};
+use pve_sim::{SimHandle, SimOptions};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -355,7 +355,7 @@ async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says
     )
     .await;
     let mut cfg = fast_slow_lane(&sim, broker.port);
-    cfg.toml = cfg.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
+    cfg.toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
 
     // When `check` runs
     let output = tokio::process::Command::new(BIN)

@@ -8,7 +8,7 @@ use crate::support::*;
 const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 
 /// The Proxmox requests the simulator recorded since `since`, POSTs only.
-pub(crate) async fn posts(sim: &pve2mqtt::sim::SimHandle, since: u64) -> Vec<Value> {
+pub(crate) async fn posts(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
     let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
     all.as_array()
         .expect("request list")
@@ -18,7 +18,7 @@ pub(crate) async fn posts(sim: &pve2mqtt::sim::SimHandle, since: u64) -> Vec<Val
         .collect()
 }
 
-pub(crate) async fn last_seq(sim: &pve2mqtt::sim::SimHandle) -> u64 {
+pub(crate) async fn last_seq(sim: &pve_sim::SimHandle) -> u64 {
     let all = sim_get(sim, "/_sim/requests?since=0").await;
     all.as_array()
         .and_then(|a| a.last())
@@ -59,7 +59,7 @@ pub(crate) async fn wait_final(probe: &Probe, topic: &str, id: &str) -> Value {
 
 struct World {
     broker: Mosquitto,
-    sim: pve2mqtt::sim::SimHandle,
+    sim: pve_sim::SimHandle,
     probe: Probe,
     bridge: Bridge,
     _cfg: TestConfig,
@@ -296,7 +296,7 @@ async fn a_403_is_reported_as_a_permission_failure() {
     .await;
     let probe = Probe::connect(broker.port, ALL).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
+    let toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
     let bridge =
         Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
     probe
@@ -770,7 +770,7 @@ async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
     bridge.stop().await.unwrap();
 }
 
-use pve2mqtt::sim::SimOptions;
+use pve_sim::SimOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_commands_is_rate_limited_and_never_floods_proxmox() {

@@ -148,7 +148,7 @@ async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once(
             m.text() == "online"
         })
         .await;
-    let token_id = pve2mqtt::sim::DEFAULT_TOKEN.split('=').next().unwrap();
+    let token_id = pve_sim::DEFAULT_TOKEN.split('=').next().unwrap();
     sim_send(
         &sim,
         "DELETE",
@@ -275,7 +275,7 @@ async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
     let broker = Mosquitto::start();
-    let sim = start_sim(pve2mqtt::sim::SimOptions {
+    let sim = start_sim(pve_sim::SimOptions {
         nodes: Some(2),
         guests: Some(6),
         ..sim_options()

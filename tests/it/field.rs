@@ -235,7 +235,7 @@ async fn two_mib_retained_on_a_command_topic_neither_knocks_the_bridge_offline_n
 }
 
 /// The `/cluster/resources` requests the simulator saw after `since`, and the last seq.
-async fn resources_requests(sim: &pve2mqtt::sim::SimHandle, since: u64) -> (usize, u64) {
+async fn resources_requests(sim: &pve_sim::SimHandle, since: u64) -> (usize, u64) {
     let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
     let rows = all.as_array().expect("request list");
     let count = rows
@@ -247,12 +247,12 @@ async fn resources_requests(sim: &pve2mqtt::sim::SimHandle, since: u64) -> (usiz
 }
 
 /// Gives the bridge's token these ACLs, as an admin re-creating them does.
-async fn set_token_acl(sim: &pve2mqtt::sim::SimHandle, acl: serde_json::Value) {
+async fn set_token_acl(sim: &pve_sim::SimHandle, acl: serde_json::Value) {
     sim_send(
         sim,
         "POST",
         "/_sim/tokens",
-        serde_json::json!({"token": pve2mqtt::sim::DEFAULT_TOKEN, "privileges": acl}),
+        serde_json::json!({"token": pve_sim::DEFAULT_TOKEN, "privileges": acl}),
     )
     .await;
 }

@@ -42,12 +42,12 @@ fn assert_final_is_final(states: &[Value]) {
     }
 }
 
-async fn requests_since(sim: &pve2mqtt::sim::SimHandle, since: u64) -> Vec<Value> {
+async fn requests_since(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
     let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
     all.as_array().expect("request list").clone()
 }
 
-async fn last_seq(sim: &pve2mqtt::sim::SimHandle) -> u64 {
+async fn last_seq(sim: &pve_sim::SimHandle) -> u64 {
     requests_since(sim, 0)
         .await
         .last()
@@ -55,12 +55,12 @@ async fn last_seq(sim: &pve2mqtt::sim::SimHandle) -> u64 {
         .unwrap_or(0)
 }
 
-async fn set_task_duration(sim: &pve2mqtt::sim::SimHandle, ms: u64) {
+async fn set_task_duration(sim: &pve_sim::SimHandle, ms: u64) {
     sim_send(sim, "POST", "/_sim/config", json!({"task_duration_ms": ms})).await;
 }
 
 /// Waits until the simulator shows no running task of `kind`.
-async fn wait_tasks_done(sim: &pve2mqtt::sim::SimHandle, kind: &str) {
+async fn wait_tasks_done(sim: &pve_sim::SimHandle, kind: &str) {
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let tasks = sim_get(sim, "/_sim/tasks").await;
@@ -250,7 +250,7 @@ async fn a_forged_running_report_with_an_unknown_upid_ends_failed_and_frees_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_node_backup_resumes_one_follower_for_all_its_guests() {
     let broker = Mosquitto::start();
-    let sim = start_sim(pve2mqtt::sim::SimOptions {
+    let sim = start_sim(pve_sim::SimOptions {
         nodes: Some(1),
         guests: Some(50),
         ..sim_options()

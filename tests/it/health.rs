@@ -13,7 +13,7 @@ struct Running {
     _cfg: TestConfig,
 }
 
-fn start(sim: &pve2mqtt::sim::SimHandle, broker_port: u16, envs: &[(&str, &str)]) -> Running {
+fn start(sim: &pve_sim::SimHandle, broker_port: u16, envs: &[(&str, &str)]) -> Running {
     let port = free_port();
     let cfg = TestConfig::new(
         sim,

@@ -14,7 +14,7 @@ const ON: &str = "[commands]\nnode_power = true\n";
 
 struct World {
     broker: Mosquitto,
-    sim: pve2mqtt::sim::SimHandle,
+    sim: pve_sim::SimHandle,
     probe: Probe,
     bridge: Bridge,
     _cfg: TestConfig,
@@ -25,7 +25,7 @@ struct World {
 /// waits for the first poll.
 async fn world(nodes: Option<usize>, extra: &str) -> World {
     let broker = Mosquitto::start();
-    let sim = start_sim(pve2mqtt::sim::SimOptions {
+    let sim = start_sim(pve_sim::SimOptions {
         nodes,
         guests: nodes.map(|n| n * 2),
         ..sim_options()
@@ -79,7 +79,7 @@ async fn wait_error(probe: &Probe, topic: &str, needle: &str) -> Msg {
         .await
 }
 
-async fn set_node_online(sim: &pve2mqtt::sim::SimHandle, node: &str, online: bool) {
+async fn set_node_online(sim: &pve_sim::SimHandle, node: &str, online: bool) {
     sim_send(
         sim,
         "POST",
@@ -440,14 +440,9 @@ async fn a_node_reboot_is_followed_until_the_node_is_back() {
 }
 
 /// `pve2mqtt check` (the real binary) on the config `extra`, with `token`; its stdout.
-async fn check_output(
-    sim: &pve2mqtt::sim::SimHandle,
-    port: u16,
-    token: &str,
-    extra: &str,
-) -> String {
+async fn check_output(sim: &pve_sim::SimHandle, port: u16, token: &str, extra: &str) -> String {
     let mut cfg = TestConfig::new(sim, port, extra);
-    cfg.toml = cfg.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
+    cfg.toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
     let path = cfg.write();
     let output = tokio::process::Command::new(BIN)
         .args(["check", "--config"])
@@ -462,7 +457,7 @@ async fn check_output(
 async fn check_says_whether_the_token_may_do_node_power() {
     let broker = Mosquitto::start();
     let sim = start_sim(sim_options()).await;
-    let full = pve2mqtt::sim::DEFAULT_TOKEN;
+    let full = pve_sim::DEFAULT_TOKEN;
     let out = check_output(&sim, broker.port, full, ON).await;
     assert!(out.contains("  node power: yes\n"), "{out}");
     let out = check_output(&sim, broker.port, full, "").await;

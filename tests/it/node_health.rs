@@ -12,7 +12,7 @@ use crate::support::*;
 const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 
 /// A config with the detail cadences short enough to run every slow round (2 s).
-fn config(sim: &pve2mqtt::sim::SimHandle, port: u16, poll_extra: &str) -> TestConfig {
+fn config(sim: &pve_sim::SimHandle, port: u16, poll_extra: &str) -> TestConfig {
     let mut cfg = TestConfig::new(sim, port, "");
     cfg.toml = cfg.toml.replace(
         "slow_interval = \"2s\"",
@@ -24,7 +24,7 @@ fn config(sim: &pve2mqtt::sim::SimHandle, port: u16, poll_extra: &str) -> TestCo
 const FAST_DETAILS: &str = "disks_interval = \"1s\"\ncertificates_interval = \"1s\"";
 
 /// The simulator's recorded requests, oldest first.
-async fn requests(sim: &pve2mqtt::sim::SimHandle) -> Vec<Value> {
+async fn requests(sim: &pve_sim::SimHandle) -> Vec<Value> {
     sim_get(sim, "/_sim/requests?since=0")
         .await
         .as_array()
@@ -261,7 +261,7 @@ async fn updates_are_read_only_when_opted_in_and_skipped_quietly_without_sys_mod
         broker.port,
         &format!("{FAST_DETAILS}\nupdates = true\nupdates_interval = \"1h\""),
     );
-    let toml = on.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
+    let toml = on.toml.replace(pve_sim::DEFAULT_TOKEN, token);
     let bridge =
         Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -322,7 +322,7 @@ async fn opted_in_updates_become_an_update_entity_and_a_pending_count() {
 async fn a_node_without_zfs_has_no_pools_and_is_not_asked_again_every_round() {
     // Given a generated cluster: pve2 has no zfsutils (500), pve1 and pve3 have a pool
     let broker = Mosquitto::start();
-    let sim = start_sim(pve2mqtt::sim::SimOptions {
+    let sim = start_sim(pve_sim::SimOptions {
         nodes: Some(3),
         guests: Some(6),
         ..sim_options()
@@ -458,11 +458,7 @@ async fn check_says_whether_the_token_can_read_node_health_and_updates() {
         stdout
     }
     let audit = config(&sim, broker.port, "updates = true");
-    let stdout = run(
-        &audit,
-        audit.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token),
-    )
-    .await;
+    let stdout = run(&audit, audit.toml.replace(pve_sim::DEFAULT_TOKEN, token)).await;
     assert!(
         stdout.contains("  node health (disks, ZFS, reboot required): yes"),
         "{stdout}"

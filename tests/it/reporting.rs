@@ -7,7 +7,7 @@
 //! guest's `maxdisk` moves the storage by an exact amount (800 GiB total, 0.5 % = 4 GiB).
 use std::time::Duration;
 
-use pve2mqtt::sim::SimHandle;
+use pve_sim::SimHandle;
 use serde_json::json;
 
 use crate::state::pve_get;

@@ -18,7 +18,7 @@ const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 /// A broker with persistence, the seed simulator, a probe, and the config of a bridge.
 struct World {
     broker: Mosquitto,
-    sim: pve2mqtt::sim::SimHandle,
+    sim: pve_sim::SimHandle,
     probe: Probe,
     cfg: TestConfig,
 }

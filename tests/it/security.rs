@@ -191,7 +191,7 @@ async fn secrets_never_appear_in_logs_at_trace_level_nor_in_mqtt_payloads() {
         "trace logging produced only {} bytes",
         logs.len()
     );
-    let token_secret = pve2mqtt::sim::DEFAULT_TOKEN.split('=').nth(1).unwrap();
+    let token_secret = pve_sim::DEFAULT_TOKEN.split('=').nth(1).unwrap();
     for secret in [token_secret, "s3cret-mqtt-Pa55"] {
         assert!(!logs.contains(secret), "secret {secret} in the logs");
         for m in probe.messages() {

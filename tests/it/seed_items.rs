@@ -8,7 +8,7 @@ use crate::support::*;
 
 const ALL: &[&str] = &["pve2mqtt/#"];
 
-fn config(sim: &pve2mqtt::sim::SimHandle, port: u16) -> pve2mqtt::config::Config {
+fn config(sim: &pve_sim::SimHandle, port: u16) -> pve2mqtt::config::Config {
     TestConfig::new(sim, port, "").config()
 }
 

@@ -14,7 +14,7 @@ const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 
 struct World {
     _broker: Mosquitto,
-    sim: pve2mqtt::sim::SimHandle,
+    sim: pve_sim::SimHandle,
     probe: Probe,
     bridge: Bridge,
     _cfg: TestConfig,
@@ -45,7 +45,7 @@ async fn world(extra: &str) -> World {
 }
 
 /// Every request that changes something (not a GET) since `since`.
-async fn writes(sim: &pve2mqtt::sim::SimHandle, since: u64) -> Vec<Value> {
+async fn writes(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
     let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
     all.as_array()
         .expect("request list")

@@ -271,7 +271,7 @@ async fn home_assistant_birth_makes_the_bridge_republish_discovery_and_states() 
 }
 
 /// GET a Proxmox API path on the simulator with the default token.
-pub async fn pve_get(sim: &pve2mqtt::sim::SimHandle, path: &str) -> serde_json::Value {
+pub async fn pve_get(sim: &pve_sim::SimHandle, path: &str) -> serde_json::Value {
     let ca = reqwest::Certificate::from_pem(sim.ca_pem().unwrap().as_bytes()).unwrap();
     let http = reqwest::Client::builder()
         .add_root_certificate(ca)
@@ -281,7 +281,7 @@ pub async fn pve_get(sim: &pve2mqtt::sim::SimHandle, path: &str) -> serde_json::
         .get(format!("{}/api2/json{path}", sim.base_url()))
         .header(
             "Authorization",
-            format!("PVEAPIToken={}", pve2mqtt::sim::DEFAULT_TOKEN),
+            format!("PVEAPIToken={}", pve_sim::DEFAULT_TOKEN),
         )
         .send()
         .await
@@ -571,10 +571,10 @@ async fn an_unchanged_world_publishes_nothing_on_later_polls() {
     bridge.stop().await.unwrap();
 }
 
-async fn poll_count(sim: &pve2mqtt::sim::SimHandle) -> u64 {
+async fn poll_count(sim: &pve_sim::SimHandle) -> u64 {
     sim_get(sim, "/_sim/counters").await["GET /cluster/resources"]
         .as_u64()
         .unwrap_or(0)
 }
 
-use pve2mqtt::sim::SimOptions;
+use pve_sim::SimOptions;

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pve2mqtt::config::Config;
-use pve2mqtt::sim::{self, SimHandle, SimOptions};
+use pve_sim::{self as sim, SimHandle, SimOptions};
 use tokio::sync::oneshot;
 
 pub use testkit::{free_port, terminate, Mosquitto, Msg, NatsCluster, Probe, SECS};

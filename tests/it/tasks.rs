@@ -12,7 +12,7 @@ const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 const TASKS: &str = "GET /cluster/tasks";
 
 /// The Proxmox API of the simulator, as another client (the GUI) uses it.
-async fn pve(sim: &pve2mqtt::sim::SimHandle, method: &str, path: &str, token: &str) -> Value {
+async fn pve(sim: &pve_sim::SimHandle, method: &str, path: &str, token: &str) -> Value {
     let ca = reqwest::Certificate::from_pem(sim.ca_pem().unwrap().as_bytes()).unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(ca)
@@ -36,7 +36,7 @@ async fn pve(sim: &pve2mqtt::sim::SimHandle, method: &str, path: &str, token: &s
     response.json().await.expect("JSON")
 }
 
-fn tasks_requests(sim: &pve2mqtt::sim::SimHandle) -> u64 {
+fn tasks_requests(sim: &pve_sim::SimHandle) -> u64 {
     sim.world().counters().get(TASKS).copied().unwrap_or(0)
 }
 
@@ -97,7 +97,7 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
             &sim,
             "GET",
             &format!("/nodes/pve/tasks/{upid}/status"),
-            pve2mqtt::sim::DEFAULT_TOKEN,
+            pve_sim::DEFAULT_TOKEN,
         )
         .await;
         if status["data"]["status"] == "stopped" {
@@ -175,7 +175,7 @@ async fn the_task_list_is_read_at_most_once_per_tasks_interval_and_failures_coun
         &sim,
         "POST",
         "/nodes/pve/lxc/101/status/stop",
-        pve2mqtt::sim::DEFAULT_TOKEN,
+        pve_sim::DEFAULT_TOKEN,
     )
     .await;
     let bridge = Bridge::start(config);
@@ -236,7 +236,7 @@ async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
     sim.world().add_token(token, privileges).unwrap();
     let probe = Probe::connect(broker.port, ALL).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace(pve2mqtt::sim::DEFAULT_TOKEN, token);
+    let toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
     let path = cfg.dir.path().join("nosys.toml");
     std::fs::write(&path, &toml).unwrap();
 

@@ -10,8 +10,9 @@
 //! - [`poller`]: per cluster, the fast lane (one request per poll) and the slow lane.
 //! - [`command`]: MQTT commands → Proxmox POSTs, each task followed to its end.
 //! - [`app`]: wiring and ordered shutdown.
-//! - [`sim`], [`demo`]: the built-in Proxmox simulator (the `pve-sim` crate, re-exported
-//!   here) and the one-command demo.
+//!
+//! The simulator (`crates/pve-sim`) and the demo (`crates/demo`) are crates of their own
+//! that this library does not depend on; the `pve2mqtt` binary (root package) joins them.
 //!
 //! Path A (state): poller → `model::build_view` → publisher → `ha::discovery` / state
 //! JSON → MQTT, publishing only what changed.
@@ -22,8 +23,6 @@ pub mod app;
 pub mod check;
 pub mod command;
 pub mod config;
-#[cfg(feature = "demo")]
-pub mod demo;
 pub mod ha;
 pub mod http;
 pub mod logging;
@@ -33,8 +32,4 @@ pub mod poller;
 pub mod publisher;
 pub mod pve;
 pub mod signal;
-/// The simulator lives in its own crate (`crates/pve-sim`), so editing the bridge does not
-/// recompile it; re-exported under its old path for the demo, the tests and the benches.
-#[cfg(feature = "sim")]
-pub use pve_sim as sim;
 pub mod types;

@@ -433,7 +433,7 @@ async fn task_status_and_log_go_to_the_node_named_in_the_upid() {
         } else {
             json_ok(include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/pve/nodes_node_tasks_upid_status.stopped-ok-token.json"
+                "/../../tests/fixtures/pve/nodes_node_tasks_upid_status.stopped-ok-token.json"
             )))
         }
     })
@@ -465,7 +465,7 @@ async fn storage_content_filters_by_content_type_in_the_query() {
     let server = RawServer::start(|_, _| {
         json_ok(include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/pve/nodes_node_storage_storage_content.pbs-backups.json"
+            "/../../tests/fixtures/pve/nodes_node_storage_storage_content.pbs-backups.json"
         )))
     })
     .await;
@@ -487,21 +487,21 @@ async fn every_read_endpoint_hits_its_path_and_decodes_its_fixture() {
         let body = if target.ends_with("/cluster/resources") {
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json"
+                "/../../tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json"
             ))
         } else if target.ends_with("/cluster/status") {
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pve/cluster_status.4node.json"))
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/pve/cluster_status.4node.json"))
         } else if target.ends_with("/nodes/pve/status") {
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pve/nodes_node_status.pve9.1.2.json"))
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/pve/nodes_node_status.pve9.1.2.json"))
         } else if target.ends_with("/status/current") {
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/pve/nodes_node_qemu_vmid_status_current.pve8.x-qemu9.0-running.json"
+                "/../../tests/fixtures/pve/nodes_node_qemu_vmid_status_current.pve8.x-qemu9.0-running.json"
             ))
         } else if target.ends_with("/access/permissions") {
             r#"{"data":{"/":{"Sys.Audit":1},"/vms":{"VM.PowerMgmt":1}}}"#
         } else if target.starts_with("/api2/json/nodes/pve1/tasks?") {
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pve/nodes_node_tasks.vzdump-ok.json"))
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/pve/nodes_node_tasks.vzdump-ok.json"))
         } else {
             return response("501 Method 'GET' not implemented", None, "");
         };
@@ -750,7 +750,6 @@ fn construction_rejects_settings_that_cannot_work() {
 }
 
 /// TLS: certificates from rcgen, served by axum-server over rustls (ring).
-#[cfg(feature = "sim")]
 mod tls {
     use super::*;
     use axum::routing::get;
@@ -979,11 +978,11 @@ fn streamed_rows_are_the_rows_of_the_whole_list() {
     for body in [
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json"
+            "/../../tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json"
         )),
         include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/pve/cluster_resources.4node-qemu-node-storage.json"
+            "/../../tests/fixtures/pve/cluster_resources.4node-qemu-node-storage.json"
         )),
     ] {
         let whole = decode_cluster_resources(body.as_bytes()).unwrap();

@@ -269,7 +269,7 @@ mod tests {
         // The recorded body is {"data":null}; the text is only in the status line.
         let body = include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/pve/error_403_permission.body.json"
+            "/../../tests/fixtures/pve/error_403_permission.body.json"
         ));
         let err = from_response(
             403,
@@ -284,7 +284,7 @@ mod tests {
     fn a_400_keeps_the_parameter_errors_and_shows_them_on_one_line() {
         let body = include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/pve/error_400_parameter_verification.body.json"
+            "/../../tests/fixtures/pve/error_400_parameter_verification.body.json"
         ));
         let err = from_response(400, Some("Parameter verification failed."), body);
         let PveError::Api {

@@ -594,7 +594,7 @@ mod tests {
         ($name:literal) => {
             include_str!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/pve/",
+                "/../../tests/fixtures/pve/",
                 $name
             ))
         };

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::Config;
-use crate::sim::{self, SimOptions};
+use pve_sim::{self as sim, SimOptions};
 
 const RESOURCES: &str = "GET /cluster/resources";
 

@@ -511,7 +511,7 @@ fn apply_overrides(view: &mut ClusterView, overrides: &mut HashMap<u32, (String,
         .count();
 }
 
-#[cfg(all(test, feature = "sim"))]
+#[cfg(test)]
 mod tests;
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use anyhow::Context;
 use rumqttc::{Event, Incoming, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::sim::{self, SimOptions};
+use pve2mqtt::config::Config;
+use pve_sim::{self as sim, SimOptions};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -43,7 +43,7 @@ fn pick_broker_addr() -> anyhow::Result<SocketAddr> {
 pub fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<()> {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
-        max_payload_size: crate::mqtt::MAX_PACKET_SIZE,
+        max_payload_size: pve2mqtt::mqtt::MAX_PACKET_SIZE,
         max_inflight_count: 500,
         auth: None,
         external_auth: None,
@@ -166,7 +166,7 @@ node_power = true
 
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch(config.mqtt.clone(), base, stop.clone()));
-    let result = crate::app::run(config, shutdown).await;
+    let result = pve2mqtt::app::run(config, shutdown).await;
     stop.cancel();
     let _ = watcher.await;
     simulator.stop().await;
@@ -175,11 +175,11 @@ node_power = true
 
 /// Subscribes like any client would and prints a running summary every 10 s: what a
 /// subscriber actually received, not what the bridge thinks it sent.
-async fn watch(cfg: crate::config::MqttConfig, base: String, stop: CancellationToken) {
-    let Ok(opts) = crate::mqtt::base_options(&cfg, "pve2mqtt-demo-watcher") else {
+async fn watch(cfg: pve2mqtt::config::MqttConfig, base: String, stop: CancellationToken) {
+    let Ok(opts) = pve2mqtt::mqtt::base_options(&cfg, "pve2mqtt-demo-watcher") else {
         return;
     };
-    let (client, mut eventloop) = crate::mqtt::client(opts, 100);
+    let (client, mut eventloop) = pve2mqtt::mqtt::client(opts, 100);
     let _ = client.subscribe(format!("{base}/#"), QoS::AtMostOnce).await;
     let _ = client.subscribe("homeassistant/#", QoS::AtMostOnce).await;
     let mut counts: HashMap<&'static str, u64> = HashMap::new();

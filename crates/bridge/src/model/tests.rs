@@ -19,10 +19,11 @@ fn resources(json: &str) -> Vec<Resource> {
     serde_json::from_value(envelope["data"].clone()).unwrap()
 }
 
-const ONE_NODE: &str =
-    include_str!("../../tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json");
+const ONE_NODE: &str = include_str!(
+    "../../../../tests/fixtures/pve/cluster_resources.1node-lxc-qemu-storage-sdn.json"
+);
 const FOUR_NODES: &str =
-    include_str!("../../tests/fixtures/pve/cluster_resources.4node-qemu-node-storage.json");
+    include_str!("../../../../tests/fixtures/pve/cluster_resources.4node-qemu-node-storage.json");
 
 #[test]
 fn a_recorded_cluster_becomes_nodes_guests_and_storages() {
