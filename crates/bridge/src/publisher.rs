@@ -715,7 +715,12 @@ mod tests {
                 "vmid": vmid, "node": "pve", "status": status, "name": format!("g{vmid}")}),
             );
         }
-        let rows: Vec<Resource> = serde_json::from_value(rows.into()).unwrap();
+        view_of(rows.into())
+    }
+
+    /// The view of cluster `home` from these `/cluster/resources` rows.
+    fn view_of(rows: serde_json::Value) -> PublisherMsg {
+        let rows: Vec<Resource> = serde_json::from_value(rows).unwrap();
         PublisherMsg::View(Arc::new(build_view(
             "home",
             "https://pve:8006",
@@ -796,16 +801,7 @@ mod tests {
             {"id": "node/pve", "type": "node", "node": "pve", "status": "online"},
             {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": status, "name": name}
         ]);
-        let rows: Vec<Resource> = serde_json::from_value(rows).unwrap();
-        PublisherMsg::View(Arc::new(build_view(
-            "home",
-            "https://pve:8006",
-            &rows,
-            &SlowData::default(),
-            &mut RateMemory::default(),
-            0.0,
-            None,
-        )))
+        view_of(rows)
     }
 
     #[tokio::test]

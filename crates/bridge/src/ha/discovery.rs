@@ -240,55 +240,55 @@ pub fn device_info(
     Some(info)
 }
 
-/// One entity (HA "component") inside a device payload, with HA's abbreviated keys.
+/// One entity (HA "component") inside a device payload, with HA's abbreviated keys; the
+/// fields left `None` are left out ([`Component::into_value`]).
 #[derive(Serialize, Default)]
 struct Component {
     p: &'static str,
     uniq_id: String,
     name: Cow<'static, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     val_tpl: Option<Cow<'static, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     dev_cla: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_cla: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     unit_of_meas: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     sug_dsp_prc: Option<u8>,
     /// The values of an `enum` sensor.
-    #[serde(skip_serializing_if = "Option::is_none")]
     ops: Option<&'static [&'static str]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     ent_cat: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     ic: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     en: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     cmd_t: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pl_prs: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pl_on: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pl_off: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_on: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_off: Option<&'static str>,
     /// Overrides the device-level state topic (the last-command sensor reads `…/task`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_t: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     json_attr_t: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     json_attr_tpl: Option<&'static str>,
     /// Overrides the device-level availability list.
-    #[serde(skip_serializing_if = "Option::is_none")]
     avty: Option<Value>,
     /// QoS is not a shared device option in HA, so it is set per component.
     qos: u8,
+}
+
+impl Component {
+    /// The component as HA reads it: only the fields that are set.
+    fn into_value(self) -> Value {
+        // Serialising our own plain struct cannot fail.
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(fields) = &mut value {
+            fields.retain(|_, field| !field.is_null());
+        }
+        value
+    }
+}
+
+/// The availability of an entity that must stay available while its object is not (the
+/// bridge's and the cluster API's state only).
+fn bridge_and_api(topics: &Topics, c: &str) -> Value {
+    serde_json::json!([{"t": topics.bridge_state()}, {"t": topics.bridge_proxmox(c)}])
 }
 
 /// The retained discovery payload of one object, or `None` if it is not in the view.
@@ -334,10 +334,7 @@ pub fn device_config(
         let attributes = attributes.or(spec.attributes);
         let avty = match spec.availability {
             Availability::Object => None,
-            Availability::BridgeAndApi => Some(serde_json::json!([
-                {"t": topics.bridge_state()},
-                {"t": topics.bridge_proxmox(c)},
-            ])),
+            Availability::BridgeAndApi => Some(bridge_and_api(topics, c)),
         };
         let component = Component {
             p: spec.platform,
@@ -358,11 +355,7 @@ pub fn device_config(
             qos: 1,
             ..Component::default()
         };
-        // Serialising our own plain struct cannot fail.
-        components.insert(
-            spec.key.to_string(),
-            serde_json::to_value(component).unwrap_or(Value::Null),
-        );
+        components.insert(spec.key.to_string(), component.into_value());
     }
     if let ObjectRef::Guest(kind, vmid) = object {
         control_components(ctx, c, *kind, *vmid, &device_id, controls, &mut components);

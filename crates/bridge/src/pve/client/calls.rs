@@ -180,10 +180,9 @@ impl PveClient {
         action: &str,
         params: &[(&str, String)],
     ) -> Result<Upid, PveError> {
-        let vmid = vmid.to_string();
-        let segments = ["nodes", node, kind.as_str(), &vmid, "status", action];
-        let (label, text) = self.post_for_text(&segments, params).await?;
-        parse_upid(&label, &text)
+        let path = &["status", action];
+        self.guest_task(Method::POST, (node, kind, vmid), path, Some(params))
+            .await
     }
 
     /// `POST /nodes/{node}/vzdump`. Proxmox answers a UPID, or the literal `OK` when none of
