@@ -416,6 +416,12 @@ impl<O: Outbox> Publisher<O> {
         record.nodes = view.nodes.len();
         record.guests = view.guests.len();
 
+        // What the slow lane has asked for is an input of every guest's discovery payload
+        // (`health_entities`) that no guest's own state holds: when it changes, every guest's
+        // discovery is checked in this round, at once, not at the guest's next change.
+        let asked_changed = previous
+            .as_deref()
+            .is_some_and(|p| p.cluster.health_known != view.cluster.health_known);
         for object in view.objects() {
             let available = view.is_available(&object);
             let entry = record.objects.entry(object.clone()).or_default();
@@ -426,6 +432,7 @@ impl<O: Outbox> Publisher<O> {
             }
             // The common case on an idle poll: nothing to render, nothing to send.
             let unchanged = !is_new
+                && !(asked_changed && matches!(object, ObjectRef::Guest(..)))
                 && previous
                     .as_deref()
                     .is_some_and(|p| p.same_state(view, &object));
