@@ -141,6 +141,18 @@ pub fn device_info(
             Some(format!("{}/#v1:0:={}", view.console_url, fragment))
         }
     };
+    // A part of a node's hardware (a disk, a ZFS pool): a device of its own, via the node.
+    let on_node = |node: &String, name: String, model: String| DeviceInfo {
+        name,
+        model,
+        via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
+        sw_version: None,
+        configuration_url: console(&format!("node%2F{node}")),
+        controls: false,
+        updates: false,
+        health: HealthEntities::default(),
+        disk_used: false,
+    };
     let info = match object {
         ObjectRef::Cluster => DeviceInfo {
             name: format!("Proxmox {}", view.cluster.name.as_deref().unwrap_or(c)),
@@ -206,35 +218,18 @@ pub fn device_info(
         }
         ObjectRef::Disk(node, disk) => {
             let state = view.disks.get(&(node.clone(), disk.clone()))?;
-            DeviceInfo {
-                name: format!("{disk} on {node}"),
-                model: state
-                    .model
-                    .clone()
-                    .filter(|m| !m.is_empty() && m != "unknown")
-                    .unwrap_or_else(|| "Physical disk".to_string()),
-                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
-                sw_version: None,
-                configuration_url: console(&format!("node%2F{node}")),
-                controls: false,
-                updates: false,
-                health: HealthEntities::default(),
-                disk_used: false,
-            }
+            let model = (state.model.clone())
+                .filter(|m| !m.is_empty() && m != "unknown")
+                .unwrap_or_else(|| "Physical disk".to_string());
+            on_node(node, format!("{disk} on {node}"), model)
         }
         ObjectRef::Zfs(node, pool) => {
             view.zfs.get(&(node.clone(), pool.clone()))?;
-            DeviceInfo {
-                name: format!("ZFS {pool} on {node}"),
-                model: "ZFS pool".to_string(),
-                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
-                sw_version: None,
-                configuration_url: console(&format!("node%2F{node}")),
-                controls: false,
-                updates: false,
-                health: HealthEntities::default(),
-                disk_used: false,
-            }
+            on_node(
+                node,
+                format!("ZFS {pool} on {node}"),
+                "ZFS pool".to_string(),
+            )
         }
     };
     Some(info)

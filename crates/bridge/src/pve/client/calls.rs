@@ -121,16 +121,8 @@ impl PveClient {
         kind: GuestKind,
         vmid: u32,
     ) -> Result<GuestStatus, PveError> {
-        let vmid = vmid.to_string();
-        self.get_data(&Call::get(&[
-            "nodes",
-            node,
-            kind.as_str(),
-            &vmid,
-            "status",
-            "current",
-        ]))
-        .await
+        self.guest_get((node, kind, vmid), &["status", "current"])
+            .await
     }
 
     /// `GET /access/permissions`: the token's own effective privileges.

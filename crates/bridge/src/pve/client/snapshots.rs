@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::decode::decode_data;
-use super::{Call, PveClient};
+use super::{guest_segments, Call, PveClient};
 use crate::pve::error::PveError;
 use crate::pve::types::GuestKind;
 use crate::pve::upid::{Upid, UpidParseError};
@@ -39,15 +39,7 @@ impl PveClient {
         kind: GuestKind,
         vmid: u32,
     ) -> Result<Vec<SnapshotEntry>, PveError> {
-        let vmid = vmid.to_string();
-        self.get_data(&Call::get(&[
-            "nodes",
-            node,
-            kind.as_str(),
-            &vmid,
-            "snapshot",
-        ]))
-        .await
+        self.guest_get((node, kind, vmid), &["snapshot"]).await
     }
 
     /// `POST …/snapshot` (`snapname`, `description`, qemu `vmstate`): task
@@ -99,8 +91,7 @@ impl PveClient {
         form: Option<&[(&str, String)]>,
     ) -> Result<Upid, PveError> {
         let vmid = vmid.to_string();
-        let mut segments = vec!["nodes", node, kind.as_str(), &vmid];
-        segments.extend_from_slice(path);
+        let segments = guest_segments(node, kind, &vmid, path);
         self.start_task(method, &segments, form).await
     }
 
