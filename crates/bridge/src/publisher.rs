@@ -430,9 +430,10 @@ impl<O: Outbox> Publisher<O> {
             if is_new {
                 debug!(cluster = %c, %object, "new object");
             }
+            let recheck = asked_changed && matches!(object, ObjectRef::Guest(..));
             // The common case on an idle poll: nothing to render, nothing to send.
             let unchanged = !is_new
-                && !(asked_changed && matches!(object, ObjectRef::Guest(..)))
+                && !recheck
                 && previous
                     .as_deref()
                     .is_some_and(|p| p.same_state(view, &object));
