@@ -133,10 +133,11 @@ pub(super) fn layer(
                 }
                 if names.len() != 1 {
                     let (count, key) = (names.len(), key.to_ascii_uppercase());
-                    return Err(env_var(
-                        var,
-                        format!("{count} [[proxmox]] clusters are configured, so name the one meant: PVE2MQTT_PROXMOX__<NAME>__{key}"),
-                    ));
+                    let reason = format!(
+                        "{count} [[proxmox]] clusters are configured, so name the one meant: \
+                         PVE2MQTT_PROXMOX__<NAME>__{key}"
+                    );
+                    return Err(env_var(var, reason));
                 }
                 format!("proxmox[0].{key}")
             }
