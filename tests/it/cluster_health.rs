@@ -403,3 +403,57 @@ async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says
     assert_eq!(state["ha"], Value::Null);
     bridge.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_replication_is_known_every_guest_is_told_at_once_not_at_its_next_change() {
+    // Given a stopped container (its state does not move by itself) and a Proxmox that
+    // fails the replication list, so the bridge cannot tell yet whether guests replicate
+    let broker = Mosquitto::start();
+    let sim = start_sim(sim_options()).await;
+    sim_send(
+        &sim,
+        "PATCH",
+        "/_sim/guests/101",
+        json!({"status": "stopped"}),
+    )
+    .await;
+    let fault = json!({"path_prefix": "/cluster/replication", "kind": "status",
+        "status": 500, "message": "temporarily unavailable", "count": 100_000});
+    sim_send(&sim, "POST", "/_sim/faults", fault).await;
+    let probe = Probe::connect(broker.port, ALL).await;
+    let bridge = Bridge::start(fast_slow_lane(&sim, broker.port).config());
+    let device = "homeassistant/device/pve2mqtt_pve_101/config";
+    let first = probe
+        .wait_topic(device, 20 * SECS, |m| !m.payload.is_empty())
+        .await
+        .json();
+    assert!(first["cmps"].get("replication").is_none(), "{first}");
+    // (the slow lane has settled the container's backups and snapshots meanwhile)
+    wait_count(&sim, "GET /cluster/replication", 3).await;
+
+    // When Proxmox answers the replication list
+    sim_send(&sim, "DELETE", "/_sim/faults", json!({})).await;
+
+    // Then the container's discovery says at once that it has no replication, without a
+    // change of its own
+    probe
+        .wait_topic(device, 10 * SECS, |m| {
+            m.json()["cmps"]["replication"] == json!({"p": "binary_sensor"})
+        })
+        .await;
+    // And its next change of state carries no discovery message
+    probe.clear();
+    sim_send(&sim, "PATCH", "/_sim/guests/101", json!({"lock": "backup"})).await;
+    probe
+        .wait_topic("pve2mqtt/pve/lxc/101", 10 * SECS, |m| {
+            m.json()["lock"] == "backup"
+        })
+        .await;
+    let again: Vec<Msg> = probe
+        .messages()
+        .into_iter()
+        .filter(|m| m.topic == device)
+        .collect();
+    assert!(again.is_empty(), "discovery sent again: {:?}", again.len());
+    bridge.stop().await.unwrap();
+}

@@ -30,8 +30,8 @@ use agent::agent_lane;
 pub use agent::AgentCadence;
 pub use cluster_health::check_lines as cluster_health_check;
 pub use node_health::HealthCadence;
-use slow::slow_lane;
 pub use slow::Cadence;
+use slow::{slow_lane, SlowLane};
 
 use crate::model::{
     AgentData, ClusterView, RateMemory, ReportRules, SlowData, TaskFacts, ViewBuilder,
@@ -110,20 +110,20 @@ impl ClusterPoller {
         // Finished vzdump tasks (node, UPID) whose log the slow lane reads once.
         let (backup_logs, backup_logs_rx) = mpsc::channel(256);
         let (snapshots_tx, snapshots_rx) = mpsc::channel::<u32>(64);
-        let slow_lane = tokio::spawn(slow_lane(
-            self.client.clone(),
-            self.slow_interval,
-            self.cadence.clone(),
-            resources_rx,
-            slow_tx,
-            reread.clone(),
-            backup_logs_rx,
-            snapshots::GuestFeed {
+        let lane = SlowLane {
+            client: self.client.clone(),
+            interval: self.slow_interval,
+            cadence: self.cadence.clone(),
+            resources: resources_rx,
+            out: slow_tx,
+            reread: reread.clone(),
+            backup_logs: backup_logs_rx,
+            guests: snapshots::GuestFeed {
                 views: self.views.subscribe(),
                 reread: snapshots_rx,
             },
-            shutdown.clone(),
-        ));
+        };
+        let slow_lane = tokio::spawn(slow_lane(lane, shutdown.clone()));
         // The agent lane: its own task, so slow guest agents never delay the other lanes.
         let (agent_tx, mut agent_rx) = watch::channel(Arc::new(AgentData::default()));
         let agent_lane = (self.agent.max_per_round > 0).then(|| {

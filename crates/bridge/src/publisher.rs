@@ -416,6 +416,12 @@ impl<O: Outbox> Publisher<O> {
         record.nodes = view.nodes.len();
         record.guests = view.guests.len();
 
+        // What the slow lane has asked for is an input of every guest's discovery payload
+        // (`health_entities`) that no guest's own state holds: when it changes, every guest's
+        // discovery is checked in this round, at once, not at the guest's next change.
+        let asked_changed = previous
+            .as_deref()
+            .is_some_and(|p| p.cluster.health_known != view.cluster.health_known);
         for object in view.objects() {
             let available = view.is_available(&object);
             let entry = record.objects.entry(object.clone()).or_default();
@@ -424,8 +430,10 @@ impl<O: Outbox> Publisher<O> {
             if is_new {
                 debug!(cluster = %c, %object, "new object");
             }
+            let recheck = asked_changed && matches!(object, ObjectRef::Guest(..));
             // The common case on an idle poll: nothing to render, nothing to send.
             let unchanged = !is_new
+                && !recheck
                 && previous
                     .as_deref()
                     .is_some_and(|p| p.same_state(view, &object));
@@ -715,7 +723,12 @@ mod tests {
                 "vmid": vmid, "node": "pve", "status": status, "name": format!("g{vmid}")}),
             );
         }
-        let rows: Vec<Resource> = serde_json::from_value(rows.into()).unwrap();
+        view_of(rows.into())
+    }
+
+    /// The view of cluster `home` from these `/cluster/resources` rows.
+    fn view_of(rows: serde_json::Value) -> PublisherMsg {
+        let rows: Vec<Resource> = serde_json::from_value(rows).unwrap();
         PublisherMsg::View(Arc::new(build_view(
             "home",
             "https://pve:8006",
@@ -796,16 +809,7 @@ mod tests {
             {"id": "node/pve", "type": "node", "node": "pve", "status": "online"},
             {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": status, "name": name}
         ]);
-        let rows: Vec<Resource> = serde_json::from_value(rows).unwrap();
-        PublisherMsg::View(Arc::new(build_view(
-            "home",
-            "https://pve:8006",
-            &rows,
-            &SlowData::default(),
-            &mut RateMemory::default(),
-            0.0,
-            None,
-        )))
+        view_of(rows)
     }
 
     #[tokio::test]

@@ -222,6 +222,111 @@ pub(crate) fn parse_url(text: &str, example: &str) -> Result<reqwest::Url, Strin
     })
 }
 
+/// One broker endpoint of `mqtt.url` / `mqtt.urls`: `mqtt://host[:1883]` or
+/// `mqtts://host[:8883]`, without credentials, path, query or fragment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttBroker {
+    /// As written, for messages.
+    pub url: String,
+    /// Without IPv6 brackets, as socket APIs want it.
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`
+    pub tls: bool,
+}
+
+impl MqttBroker {
+    pub fn parse(text: &str) -> Result<MqttBroker, String> {
+        let example = "e.g. mqtt://127.0.0.1:1883 or mqtts://broker.lan:8883";
+        let url = text.trim().to_owned();
+        let parsed = parse_url(&url, example)?;
+        let (tls, default_port) = match parsed.scheme() {
+            "mqtt" => (false, 1883),
+            "mqtts" => (true, 8883),
+            other => {
+                return Err(format!(
+                    "the scheme must be mqtt:// or mqtts:// (TLS), got `{other}://`; {example}"
+                ))
+            }
+        };
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(
+                "the URL must not contain credentials; use mqtt.username and mqtt.password".into(),
+            );
+        }
+        // `host_str` writes an IPv6 address in brackets, as in the URL.
+        let host = match parsed.host_str() {
+            Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
+            _ => return Err(format!("the URL has no host; {example}")),
+        }
+        .to_owned();
+        if parsed.query().is_some()
+            || parsed.fragment().is_some()
+            || !matches!(parsed.path(), "" | "/")
+        {
+            return Err(format!(
+                "the URL must not have a path, query or fragment; {example}"
+            ));
+        }
+        match parsed.port().unwrap_or(default_port) {
+            0 => Err("the port must be between 1 and 65535".into()),
+            port => Ok(MqttBroker {
+                url,
+                host,
+                port,
+                tls,
+            }),
+        }
+    }
+}
+
+/// A `commands.allow` entry: which guests MQTT commands may act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowRule {
+    Vmid(u32),
+    Tag(String),
+    Pool(String),
+}
+
+impl AllowRule {
+    /// A vmid (100 to 999999999), `tag:NAME` or `pool:NAME`.
+    pub fn parse(text: &str) -> Result<AllowRule, String> {
+        let shape = "expected a vmid (100 to 999999999), `tag:NAME` or `pool:NAME`";
+        if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+            let number = text.parse::<i128>().unwrap_or(i128::MAX);
+            return match u32::try_from(number) {
+                Ok(vmid) if (100..=999_999_999).contains(&vmid) => Ok(AllowRule::Vmid(vmid)),
+                _ => Err(format!("entry `{number}`: {shape}")),
+            };
+        }
+        let Some((kind, name)) = text.split_once(':') else {
+            return Err(format!("entry `{text}`: {shape}"));
+        };
+        let name = name.trim();
+        let name_ok = !name.is_empty()
+            && !name.contains(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'));
+        match kind.trim().to_ascii_lowercase().as_str() {
+            "tag" if name_ok => Ok(AllowRule::Tag(name.to_owned())),
+            "pool" if name_ok => Ok(AllowRule::Pool(name.to_owned())),
+            "tag" | "pool" => Err(format!(
+                "entry `{text}`: the name after `{kind}:` must be non-empty, without spaces, `,`, `;` or `:`"
+            )),
+            _ => Err(format!("entry `{text}`: {shape}")),
+        }
+    }
+}
+
+impl fmt::Display for AllowRule {
+    /// The form the rule is written in the config (`100`, `tag:NAME`, `pool:NAME`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllowRule::Vmid(vmid) => write!(f, "{vmid}"),
+            AllowRule::Tag(tag) => write!(f, "tag:{tag}"),
+            AllowRule::Pool(pool) => write!(f, "pool:{pool}"),
+        }
+    }
+}
+
 pub const TOKEN_SHAPE: &str =
     "expected USER@REALM!TOKENID=SECRET, e.g. pve2mqtt@pve!bridge=xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
 
@@ -343,6 +448,34 @@ pub fn format_fingerprint(digest: &[u8]) -> String {
         .map(|byte| format!("{byte:02X}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The inverse of [`format_fingerprint`]: 64 hex digits, or 32 colon-separated pairs, any case.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let expected = "expected the certificate's SHA-256 fingerprint: 32 bytes as hex, \
+                    like AB:CD:EF:… (64 hex digits, with or without `:`)";
+    let pairs: Vec<&str> = if text.contains(':') {
+        text.split(':').collect()
+    } else if text.len() % 2 == 0 && text.is_ascii() {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| &text[i..i + 2])
+            .collect()
+    } else {
+        return Err(format!("{expected}, got `{text}`"));
+    };
+    if pairs.len() != 32 {
+        return Err(format!("{expected}; got {} bytes in `{text}`", pairs.len()));
+    }
+    let mut bytes = [0u8; 32];
+    for (byte, pair) in bytes.iter_mut().zip(&pairs) {
+        *byte = (pair.len() == 2)
+            .then(|| u8::from_str_radix(pair, 16).ok())
+            .flatten()
+            .ok_or_else(|| format!("{expected}, got `{text}`"))?;
+    }
+    Ok(bytes)
 }
 
 /// The certificates of a PEM CA file (`ca_file` keys), read and parsed once at start-up so a

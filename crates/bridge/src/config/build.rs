@@ -1,16 +1,15 @@
-//! From the layered schema to the typed [`Config`]: the keys that depend on each other
-//! (`url`/`urls`, `token`/`token_file`, `password`/`password_file`, a fingerprint with several
-//! URLs, `slow_interval` after `interval`, cluster names) and the files keys name. Each value
-//! was checked alone while it was read (`values`); messages here name keys as [`Origins`] says
-//! they were given, and never quote a secret.
+//! From the layered schema to the typed [`Config`]: the keys that depend on each other and
+//! the files keys name. Each value was checked alone while it was read (`values`); messages
+//! here name keys as [`Origins`] says they were given, and never quote a secret.
 use std::path::PathBuf;
 use std::time::Duration;
 
 use config::ValueKind;
 
 use super::layers::{Clusters, Origins, Schema};
-use super::values::{check_cluster_name, NonEmpty, Parse, Topic};
+use super::values::{NonEmpty, Parse, Topic};
 use super::*;
+use crate::ha::topics::check_cluster_name;
 use crate::types::{CaBundle, ProxmoxUrl, TOKEN_SHAPE};
 
 const DEFAULT_SLOW_INTERVAL: Duration = Duration::from_secs(60);
@@ -53,6 +52,7 @@ struct Section<'a> {
 }
 
 impl Section<'_> {
+    /// `proxmox[1].token`
     fn path(&self, key: &str) -> String {
         format!("{}.{key}", self.label)
     }
@@ -76,34 +76,46 @@ impl Section<'_> {
         (first, a): (&str, Option<A>),
         (second, b): (&str, Option<B>),
     ) -> Result<(Option<A>, Option<B>), ConfigError> {
-        let (a, b) = match (a, b) {
-            (Some(a), Some(b)) => (a, b),
-            pair => return Ok(pair),
-        };
-        let a_env = self.origins.is_env(&self.path(first));
-        if a_env == self.origins.is_env(&self.path(second)) {
-            return Err(ConfigError::Conflict {
+        if a.is_none() || b.is_none() {
+            return Ok((a, b));
+        }
+        let env = |key| self.origins.is_env(&self.path(key));
+        match (env(first), env(second)) {
+            (true, false) => Ok((a, None)),
+            (false, true) => Ok((None, b)),
+            _ => Err(ConfigError::Conflict {
                 first: self.at(first),
                 second: self.at(second),
-            });
+            }),
         }
-        Ok(if a_env {
-            (Some(a), None)
-        } else {
-            (None, Some(b))
-        })
+    }
+
+    /// `url` or `urls` (see [`Section::one_of`]); `None` when neither is given.
+    fn urls<T>(
+        &self,
+        url: Option<T>,
+        urls: Option<Vec<T>>,
+        what: &str,
+    ) -> Result<Option<Vec<T>>, ConfigError> {
+        match self.one_of(("url", url), ("urls", urls))? {
+            (Some(one), _) => Ok(Some(vec![one])),
+            (None, Some(urls)) if urls.is_empty() => {
+                Err(self.invalid("urls", format!("must list at least one {what}")))
+            }
+            (None, urls) => Ok(urls),
+        }
+    }
+
+    fn unreadable(&self, key: &str, path: PathBuf, reason: impl ToString) -> ConfigError {
+        let (key, reason) = (self.at(key), reason.to_string());
+        ConfigError::UnreadableFile { key, path, reason }
     }
 
     fn ca_file(&self, path: Option<PathBuf>) -> Result<Option<CaBundle>, ConfigError> {
         let Some(path) = path else { return Ok(None) };
-        let key = self.at("ca_file");
-        CaBundle::read(key.clone(), &path)
-            .map(Some)
-            .map_err(|error| ConfigError::UnreadableFile {
-                key,
-                path,
-                reason: error.to_string(),
-            })
+        let read = CaBundle::read(self.at("ca_file"), &path);
+        read.map(Some)
+            .map_err(|error| self.unreadable("ca_file", path, error))
     }
 
     /// Reads a `*_file` secret (Docker secrets). Only a trailing newline is removed: editors
@@ -112,11 +124,7 @@ impl Section<'_> {
     fn secret_file(&self, key: &str, path: PathBuf) -> Result<(PathBuf, String), ConfigError> {
         match std::fs::read_to_string(&path) {
             Ok(contents) => Ok((path, contents.trim_end_matches(['\n', '\r']).to_owned())),
-            Err(error) => Err(ConfigError::UnreadableFile {
-                key: self.at(key),
-                path,
-                reason: error.to_string(),
-            }),
+            Err(error) => Err(self.unreadable(key, path, error)),
         }
     }
 }
@@ -131,29 +139,30 @@ pub(super) fn build(schema: Schema, origins: &Origins) -> Result<Config, ConfigE
                 .into(),
         });
     }
+    let section = |label| Section { label, origins };
     let labels: Vec<String> = (0..list.len())
         .map(|index| match array {
             true => format!("proxmox[{index}]"),
             false => "proxmox".into(),
         })
         .collect();
+    let sections: Vec<Section> = labels.iter().map(|label| section(label)).collect();
     let clusters = list
         .into_iter()
-        .zip(&labels)
-        .map(|(keys, label)| build_cluster(&Section { label, origins }, keys))
+        .zip(&sections)
+        .map(|(keys, raw)| build_cluster(raw, keys))
         .collect::<Result<Vec<_>, _>>()?;
-    check_cluster_names(&clusters, &labels, origins)?;
+    if clusters.len() > 1 {
+        check_cluster_names(&clusters, &sections)?;
+    }
+    let ha = schema.homeassistant;
+    Topic::parse(ValueKind::String(ha.discovery_prefix.clone()))
+        .map_err(|reason| section("homeassistant").invalid("discovery_prefix", reason))?;
     Ok(Config {
         clusters,
-        poll: check_poll(schema.poll, origins)?,
-        mqtt: build_mqtt(
-            &Section {
-                label: "mqtt",
-                origins,
-            },
-            schema.mqtt,
-        )?,
-        homeassistant: check_ha(schema.homeassistant, origins)?,
+        poll: check_poll(schema.poll, &section("poll"))?,
+        mqtt: build_mqtt(&section("mqtt"), schema.mqtt)?,
+        homeassistant: ha,
         commands: schema.commands,
         backup: schema.backup,
         http: schema.http,
@@ -161,55 +170,31 @@ pub(super) fn build(schema: Schema, origins: &Origins) -> Result<Config, ConfigE
     })
 }
 
-fn check_ha(ha: HaConfig, origins: &Origins) -> Result<HaConfig, ConfigError> {
-    match Topic::parse(ValueKind::String(ha.discovery_prefix.clone())) {
-        Ok(_) => Ok(ha),
-        Err(reason) => Err(ConfigError::Invalid {
-            key: origins.at("homeassistant.discovery_prefix"),
-            reason,
-        }),
-    }
-}
-
-fn check_poll(mut poll: PollConfig, origins: &Origins) -> Result<PollConfig, ConfigError> {
-    let invalid = |key: &str, reason| ConfigError::Invalid {
-        key: origins.at(key),
-        reason,
-    };
+fn check_poll(mut poll: PollConfig, raw: &Section<'_>) -> Result<PollConfig, ConfigError> {
     let show = humantime::format_duration;
     if poll.interval < MIN_POLL_INTERVAL {
         let reason = format!("must be at least 1s, got {}", show(poll.interval));
-        return Err(invalid("poll.interval", reason));
+        return Err(raw.invalid("interval", reason));
     }
     if poll.slow_interval.is_zero() {
         // Not given: raising `interval` above the default should not force setting this too.
         poll.slow_interval = DEFAULT_SLOW_INTERVAL.max(poll.interval);
     } else if poll.slow_interval < poll.interval {
-        let reason = format!(
-            "must be at least poll.interval ({}), got {}",
-            show(poll.interval),
-            show(poll.slow_interval)
-        );
-        return Err(invalid("poll.slow_interval", reason));
+        let (interval, slow) = (show(poll.interval), show(poll.slow_interval));
+        let reason = format!("must be at least poll.interval ({interval}), got {slow}");
+        return Err(raw.invalid("slow_interval", reason));
     }
     Ok(poll)
 }
 
 fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, ConfigError> {
-    let urls = match raw.one_of(("url", keys.url), ("urls", keys.urls))? {
-        (Some(url), _) => vec![url],
-        (None, Some(urls)) if urls.is_empty() => {
-            return Err(raw.invalid("urls", "must list at least one URL"))
-        }
-        (None, Some(urls)) => urls,
-        (None, None) => {
-            return Err(ConfigError::Missing {
-                key: raw.path("url"),
-                hint: "give the Proxmox API address, e.g. url = \"https://pve.example.lan:8006\" \
-                       (or urls = [...] for failover, or PVE2MQTT_PROXMOX__URL)"
-                    .into(),
-            })
-        }
+    let Some(urls) = raw.urls(keys.url, keys.urls, "URL")? else {
+        return Err(ConfigError::Missing {
+            key: raw.path("url"),
+            hint: "give the Proxmox API address, e.g. url = \"https://pve.example.lan:8006\" \
+                   (or urls = [...] for failover, or PVE2MQTT_PROXMOX__URL)"
+                .into(),
+        });
     };
     let token = match raw.one_of(("token", keys.token), ("token_file", keys.token_file))? {
         (Some(token), _) => {
@@ -218,11 +203,7 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
         (None, Some(path)) => {
             let (path, contents) = raw.secret_file("token_file", path)?;
             if contents.trim().is_empty() {
-                return Err(ConfigError::UnreadableFile {
-                    key: raw.at("token_file"),
-                    path,
-                    reason: "the file is empty".into(),
-                });
+                return Err(raw.unreadable("token_file", path, "the file is empty"));
             }
             ApiToken::parse(&contents).map_err(|reason| {
                 let path = path.display();
@@ -269,54 +250,38 @@ fn build_cluster(raw: &Section<'_>, keys: ProxmoxKeys) -> Result<ProxmoxConfig, 
 /// the environment addresses clusters case-insensitively).
 fn check_cluster_names(
     clusters: &[ProxmoxConfig],
-    labels: &[String],
-    origins: &Origins,
+    sections: &[Section<'_>],
 ) -> Result<(), ConfigError> {
-    if clusters.len() < 2 {
-        return Ok(());
-    }
-    for (index, cluster) in clusters.iter().enumerate() {
+    for (index, (cluster, raw)) in clusters.iter().zip(sections).enumerate() {
         let Some(name) = &cluster.name else {
+            let hint = "every [[proxmox]] cluster needs its own name when several are configured";
+            let key = raw.path("name");
             return Err(ConfigError::Missing {
-                key: format!("{}.name", labels[index]),
-                hint: "every [[proxmox]] cluster needs its own name when several are configured"
-                    .into(),
+                key,
+                hint: hint.into(),
             });
         };
-        if let Some(earlier) = clusters[..index].iter().position(|other| {
-            other
-                .name
-                .as_deref()
-                .is_some_and(|other| other.eq_ignore_ascii_case(name))
-        }) {
-            return Err(ConfigError::Invalid {
-                key: origins.at(&format!("{}.name", labels[index])),
-                reason: format!(
-                    "`{name}` is already the name of {}; cluster names must be unique \
-                     (compared ignoring case)",
-                    labels[earlier]
-                ),
-            });
+        let same = |other: &ProxmoxConfig| {
+            (other.name.as_deref()).is_some_and(|other| other.eq_ignore_ascii_case(name))
+        };
+        if let Some(earlier) = clusters[..index].iter().position(same) {
+            let reason = format!(
+                "`{name}` is already the name of {}; cluster names must be unique \
+                 (compared ignoring case)",
+                sections[earlier].label
+            );
+            return Err(raw.invalid("name", reason));
         }
     }
     Ok(())
 }
 
 fn build_mqtt(raw: &Section<'_>, keys: MqttKeys) -> Result<MqttConfig, ConfigError> {
-    let brokers = match raw.one_of(("url", keys.url), ("urls", keys.urls))? {
-        (Some(one), _) => vec![one],
-        (None, Some(urls)) if urls.is_empty() => {
-            return Err(raw.invalid("urls", "must list at least one broker URL"))
-        }
-        (None, Some(urls)) => urls,
-        // The default goes through the parser too: one source of truth for host, port, TLS.
-        (None, None) => {
-            vec![
-                <MqttBroker as Parse>::parse(ValueKind::String(DEFAULT_MQTT_URL.into()))
-                    .map_err(|reason| raw.invalid("url", reason))?,
-            ]
-        }
-    };
+    // The default goes through the parser too: one source of truth for host, port, TLS.
+    let default = || vec![MqttBroker::parse(DEFAULT_MQTT_URL).expect("a valid default")];
+    let brokers = raw
+        .urls(keys.url, keys.urls, "broker URL")?
+        .unwrap_or_else(default);
     let password = match raw.one_of(
         ("password", keys.password),
         ("password_file", keys.password_file),

@@ -1,14 +1,9 @@
 //! The schema and its layering: the TOML file, then the environment, merged by the `config`
 //! crate's own `File` and `Environment` sources and read into serde structs that refuse
-//! unknown keys. What `config` cannot know is added here:
-//! - which layer a value came from, so a message names `PVE2MQTT_MQTT__URL` rather than
-//!   `mqtt.url` when the environment gave it ([`Origins`]);
-//! - `PVE2MQTT_PROXMOX__<NAME>__<KEY>`, routed to the cluster of that name as an override
-//!   (`proxmox[1].token`), and the plain `PVE2MQTT_PROXMOX__<KEY>` for an `[[proxmox]]` of one;
-//! - the names of unknown keys as the admin wrote them, with a "did you mean" from `strsim`.
-//!
-//! Each value is read with its check (`values`), and a refusal is named here by the key as
-//! given ([`refused`]).
+//! unknown keys. What `config` cannot know is added here: which layer gave a value
+//! ([`Origins`], so a message names `PVE2MQTT_MQTT__URL`), `PVE2MQTT_PROXMOX__<NAME>__<KEY>`
+//! routed to the cluster of that name, and unknown keys named as written, with a "did you
+//! mean" from `strsim` ([`known_key`], [`refused`]).
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::path::Path;
@@ -57,10 +52,6 @@ pub(super) struct Clusters {
     pub list: Vec<ProxmoxKeys>,
 }
 
-impl Clusters {
-    const KEYS: &[&str] = ProxmoxKeys::KEYS;
-}
-
 impl<'de> Deserialize<'de> for Clusters {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct OneOrMany;
@@ -70,22 +61,22 @@ impl<'de> Deserialize<'de> for Clusters {
                 f.write_str("a table [proxmox] or an array of tables [[proxmox]]")
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Clusters, A::Error> {
-                let one = ProxmoxKeys::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(Clusters {
-                    array: false,
-                    list: vec![one],
-                })
+                let list = vec![ProxmoxKeys::deserialize(
+                    de::value::MapAccessDeserializer::new(map),
+                )?];
+                Ok(Clusters { array: false, list })
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Clusters, A::Error> {
-                let mut list = Vec::new();
-                while let Some(one) = seq.next_element()? {
-                    list.push(one);
-                }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Clusters, A::Error> {
+                let list = Vec::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
                 Ok(Clusters { array: true, list })
             }
         }
         deserializer.deserialize_any(OneOrMany)
     }
+}
+
+impl Clusters {
+    const KEYS: &[&str] = ProxmoxKeys::KEYS;
 }
 
 /// Which keys the environment gave, by path (`mqtt.url`, `proxmox[1].token`), with the
@@ -100,15 +91,6 @@ impl Origins {
     }
     pub fn is_env(&self, path: &str) -> bool {
         self.0.contains_key(path)
-    }
-    /// The variable that set `path` or a key below it (`mqqt` finds `PVE2MQTT_MQQT__URL`).
-    fn var_under(&self, path: &str) -> Option<&str> {
-        let below = format!("{path}.");
-        let mut vars: Vec<(&String, &String)> = self.0.iter().collect();
-        vars.sort();
-        vars.into_iter()
-            .find(|(key, _)| *key == path || key.starts_with(&below))
-            .map(|(_, var)| var.as_str())
     }
 }
 
@@ -129,12 +111,10 @@ pub(super) fn layer(
     check_section_shapes(&file)?;
     let (array, names) = file_clusters(&file);
 
-    let mut vars: Vec<(&String, &String)> = env
-        .iter()
-        .filter(|(name, _)| {
-            name.starts_with(ENV_PREFIX) && !NON_CONFIG_ENV_VARS.contains(&name.as_str())
-        })
-        .collect();
+    let ours = |(name, _): &(&String, &String)| {
+        name.starts_with(ENV_PREFIX) && !NON_CONFIG_ENV_VARS.contains(&name.as_str())
+    };
+    let mut vars: Vec<_> = env.iter().filter(ours).collect();
     vars.sort();
     let mut plain = config::Map::new();
     let mut overrides = Vec::new();
@@ -145,25 +125,24 @@ pub(super) fn layer(
         let key = match parts.as_slice() {
             // A leading `_` is the `PVE2MQTT__SECTION` slip; reported with a guess below.
             [section, key] if is_word(section) && is_word(key) && !section.starts_with('_') => {
+                known_key(var, section, key)?;
                 if section != "proxmox" || !array {
                     plain.insert(var.clone(), value.clone());
                     origins.0.insert(format!("{section}.{key}"), var.clone());
                     continue;
                 }
                 if names.len() != 1 {
-                    return Err(ConfigError::EnvVar {
-                        var: var.clone(),
-                        reason: format!(
-                            "{} [[proxmox]] clusters are configured, so name the one meant: \
-                             PVE2MQTT_PROXMOX__<NAME>__{}",
-                            names.len(),
-                            key.to_ascii_uppercase()
-                        ),
-                    });
+                    let (count, key) = (names.len(), key.to_ascii_uppercase());
+                    let reason = format!(
+                        "{count} [[proxmox]] clusters are configured, so name the one meant: \
+                         PVE2MQTT_PROXMOX__<NAME>__{key}"
+                    );
+                    return Err(env_var(var, reason));
                 }
                 format!("proxmox[0].{key}")
             }
             [section, _, key] if section == "proxmox" && is_word(key) => {
+                known_key(var, section, key)?;
                 let name = rest.split("__").nth(1).unwrap_or_default();
                 let index = cluster_named(var, name, &names)?;
                 if array {
@@ -187,13 +166,8 @@ pub(super) fn layer(
                 .source(Some(plain)),
         );
     for (key, value) in overrides {
-        builder =
-            builder
-                .set_override(key.as_str(), value)
-                .map_err(|error| ConfigError::EnvVar {
-                    var: origins.at(&key),
-                    reason: error.to_string(),
-                })?;
+        // Only known keys get here (`known_key`), so the path is always valid.
+        builder = builder.set_override(key, value).expect("a valid key path");
     }
     let merged = builder.build().map_err(|error| ConfigError::Invalid {
         key: "config".into(),
@@ -209,13 +183,29 @@ fn is_word(word: &str) -> bool {
     !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// An environment variable names a section and key of the schema; refused by name otherwise.
+fn known_key(var: &str, section: &str, key: &str) -> Result<(), ConfigError> {
+    let (mut reason, hint) = match section_keys(section) {
+        None => (
+            format!("there is no config section `{section}`"),
+            closest(section, SECTIONS).map(|s| format!("did you mean `{}`?", s.to_uppercase())),
+        ),
+        Some(keys) if !keys.contains(&key) => (
+            format!("the [{section}] section has no key `{key}`"),
+            unknown_key_hint(section, key),
+        ),
+        Some(_) => return Ok(()),
+    };
+    if let Some(hint) = hint {
+        let _ = write!(reason, " ({hint})");
+    }
+    Err(env_var(var, reason))
+}
+
 /// Whether the file has `[[proxmox]]`, and the cluster names it gives, in order.
 fn file_clusters(file: &config::Map<String, Value>) -> (bool, Vec<Option<String>>) {
     let name = |value: &Value| match &value.kind {
-        ValueKind::Table(table) => match table.get("name").map(|name| &name.kind) {
-            Some(ValueKind::String(name)) => Some(name.clone()),
-            _ => None,
-        },
+        ValueKind::Table(table) => table.get("name")?.clone().into_string().ok(),
         _ => None,
     };
     match file.get("proxmox").map(|value| &value.kind) {
@@ -227,59 +217,56 @@ fn file_clusters(file: &config::Map<String, Value>) -> (bool, Vec<Option<String>
 
 /// The index of the cluster that `PVE2MQTT_PROXMOX__<NAME>__<KEY>` names.
 fn cluster_named(var: &str, name: &str, names: &[Option<String>]) -> Result<usize, ConfigError> {
-    let matches: Vec<usize> = (0..names.len())
-        .filter(|&i| {
-            names[i]
-                .as_deref()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
-        .collect();
-    let reason = match matches.as_slice() {
-        [index] => return Ok(*index),
-        [] => format!("no [proxmox] cluster in the config file has the name `{name}`"),
+    let named = |(_, n): &(usize, &Option<String>)| {
+        n.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name))
+    };
+    let mut matches = names
+        .iter()
+        .enumerate()
+        .filter(named)
+        .map(|(index, _)| index);
+    let reason = match (matches.next(), matches.next()) {
+        (Some(index), None) => return Ok(index),
+        (None, _) => format!("no [proxmox] cluster in the config file has the name `{name}`"),
         _ => format!(
             "several clusters are named `{name}` (ignoring case); cluster names must be unique"
         ),
     };
-    Err(ConfigError::EnvVar {
-        var: var.into(),
-        reason,
-    })
+    Err(env_var(var, reason))
 }
 
 /// A section given as a value (`poll = 5`), named before serde would say "expected struct".
 fn check_section_shapes(file: &config::Map<String, Value>) -> Result<(), ConfigError> {
-    let refuse = |key: String, shape: &str, got: &ValueKind| ConfigError::Invalid {
-        key,
-        reason: format!("expected {shape}, got {}", describe(got)),
-    };
-    for (name, value) in file {
-        match (name.as_str(), &value.kind) {
-            (_, ValueKind::Table(_)) => {}
-            ("proxmox", ValueKind::Array(items)) => {
-                let mut items = items.iter().enumerate();
-                if let Some((index, item)) =
-                    items.find(|(_, item)| !matches!(item.kind, ValueKind::Table(_)))
-                {
-                    let key = format!("proxmox[{index}]");
-                    return Err(refuse(key, "a table ([[proxmox]])", &item.kind));
-                }
+    let not_table = |item: &&Value| !matches!(item.kind, ValueKind::Table(_));
+    for (name, value) in file
+        .iter()
+        .filter(|(name, _)| SECTIONS.contains(&name.as_str()))
+    {
+        let (key, shape, got) = match &value.kind {
+            ValueKind::Table(_) => continue,
+            ValueKind::Array(items) if name == "proxmox" => {
+                let Some((index, item)) = items.iter().enumerate().find(|(_, i)| not_table(i))
+                else {
+                    continue;
+                };
+                let shape = "a table ([[proxmox]])".to_owned();
+                (format!("proxmox[{index}]"), shape, &item.kind)
             }
-            ("proxmox", other) => {
+            other if name == "proxmox" => {
                 let shape = "a table [proxmox] or an array of tables [[proxmox]]";
-                return Err(refuse(name.clone(), shape, other));
+                (name.clone(), shape.to_owned(), other)
             }
-            (section, other) if SECTIONS.contains(&section) => {
-                return Err(refuse(name.clone(), &format!("a table [{section}]"), other));
-            }
-            _ => {}
-        }
+            other => (name.clone(), format!("a table [{name}]"), other),
+        };
+        let reason = format!("expected {shape}, got {}", describe(got));
+        return Err(ConfigError::Invalid { key, reason });
     }
     Ok(())
 }
 
 /// Maps serde's refusal to the key as written: the variable for an environment key, the file
-/// path otherwise; an unknown key with a hint.
+/// path otherwise; an unknown key of the file with a hint (the environment's are refused
+/// before, by [`known_key`]).
 fn refused(
     error: &serde_path_to_error::Error<config::ConfigError>,
     origins: &Origins,
@@ -296,73 +283,36 @@ fn refused(
         .and_then(|rest| rest.split('`').next())
     else {
         // A list item's reason starts with its index (`values`): `PVE2MQTT_COMMANDS__ALLOW[1]`.
-        let key = origins.at(&error.path().to_string());
-        return match message.strip_prefix('[').and_then(|m| m.split_once("]: ")) {
-            Some((index, reason)) => ConfigError::Invalid {
-                key: format!("{key}[{index}]"),
-                reason: reason.into(),
-            },
-            None => ConfigError::Invalid {
-                key,
-                reason: message,
-            },
+        let (index, reason) = match message.strip_prefix('[').and_then(|m| m.split_once("]: ")) {
+            Some((index, reason)) => (format!("[{index}]"), reason.to_owned()),
+            None => (String::new(), message.clone()),
         };
+        let key = format!("{}{index}", origins.at(&error.path().to_string()));
+        return ConfigError::Invalid { key, reason };
     };
-    // The path ends with the unknown key itself (`mqtt.pasword`).
+    // The path ends with the unknown key itself: `proxmox[1].urll` is in section `proxmox`.
     let full = error.path().to_string();
-    let parent = full
-        .strip_suffix(name)
-        .map_or("", |parent| parent.trim_end_matches('.'))
-        .to_owned();
-    let at_root = parent.is_empty();
-    // `proxmox[1]` → `proxmox`
-    let section = parent.split('[').next().unwrap_or_default().to_owned();
-    let section = section.as_str();
-    if let Some(var) = origins.var_under(&full) {
-        let mut reason = if at_root {
-            format!("there is no config section `{name}`")
-        } else {
-            format!("the [{section}] section has no key `{name}`")
-        };
-        let hint = if at_root {
-            closest(name, SECTIONS).map(|s| format!("did you mean `{}`?", s.to_uppercase()))
-        } else {
-            unknown_key_hint(section, name)
-        };
-        if let Some(hint) = hint {
-            let _ = write!(reason, " ({hint})");
-        }
-        return ConfigError::EnvVar {
-            var: var.into(),
-            reason,
-        };
-    }
-    if !at_root {
-        return ConfigError::UnknownKey {
-            key: full,
-            hint: unknown_key_hint(section, name),
-        };
+    let parent = full.strip_suffix(name).unwrap_or_default();
+    let section = parent.split(['.', '[']).next().unwrap_or_default();
+    if !section.is_empty() {
+        let hint = unknown_key_hint(section, name);
+        return ConfigError::UnknownKey { key: full, hint };
     }
     if let Some(ValueKind::Table(_) | ValueKind::Array(_)) = file.get(name).map(|v| &v.kind) {
         let hint = closest(name, SECTIONS)
             .map(|s| format!("did you mean `{s}`?"))
             .unwrap_or_else(|| format!("known sections: {}", SECTIONS.join(", ")));
-        return ConfigError::UnknownSection {
-            section: full,
-            hint: Some(hint),
-        };
+        let section = full;
+        return ConfigError::UnknownSection { section, hint };
     }
-    let hint = match home_of(name) {
+    let hint = Some(match home_of(name) {
         Some(section) => format!("`{name}` belongs in the [{section}] section"),
         None => {
             let all: Vec<String> = SECTIONS.iter().map(|s| format!("[{s}]")).collect();
             format!("keys belong in a section: {}", all.join(", "))
         }
-    };
-    ConfigError::UnknownKey {
-        key: full,
-        hint: Some(hint),
-    }
+    });
+    ConfigError::UnknownKey { key: full, hint }
 }
 
 /// "did you mean" for a misspelt key, or where a key of another section belongs.
@@ -401,21 +351,18 @@ fn malformed_env_var(var: &str, rest: &str) -> ConfigError {
     let trimmed = rest.trim_start_matches('_').to_ascii_lowercase();
     let guess = SECTIONS.iter().find_map(|section| {
         let key = trimmed.strip_prefix(section)?.trim_start_matches('_');
-        section_keys(section)?.contains(&key).then(|| {
-            format!(
-                "PVE2MQTT_{}__{}",
-                section.to_ascii_uppercase(),
-                key.to_ascii_uppercase()
-            )
-        })
+        let guess = format!("PVE2MQTT_{section}__{key}").to_ascii_uppercase();
+        section_keys(section)?.contains(&key).then_some(guess)
     });
     if let Some(guess) = guess {
         let _ = write!(reason, "; did you mean `{guess}`?");
     }
-    ConfigError::EnvVar {
-        var: var.into(),
-        reason,
-    }
+    env_var(var, reason)
+}
+
+fn env_var(var: &str, reason: String) -> ConfigError {
+    let var = var.to_owned();
+    ConfigError::EnvVar { var, reason }
 }
 
 /// Parser output with the quoted source lines removed: the `toml` parser quotes the line it

@@ -5,29 +5,10 @@
 //! unknown keys (`layers`). Each key is declared once, with its type and default
 //! (`section!`); each value type checks itself as serde reads it (`values::Parse`); `build`
 //! keeps only the keys that depend on each other. Every error names the key exactly as the
-//! admin wrote it: `mqtt.base_topic` in the file, or `PVE2MQTT_MQTT__BASE_TOPIC` when the
-//! environment gave it.
-//!
-//! Rules where SPEC is silent (documented for the README):
-//! - Environment section and key names are case-insensitive; the `PVE2MQTT_` prefix is not.
-//!   `PVE2MQTT_CONFIG` is left to the CLI (see [`NON_CONFIG_ENV_VARS`]).
-//! - List values from the environment are comma-separated; a TOML string is accepted for a
-//!   list key the same way.
-//! - Booleans accept `true/false`, `yes/no`, `on/off`, `1/0` (any case), from env or file.
-//! - Mutually exclusive keys (`url`/`urls`, `token`/`token_file`, `password`/`password_file`)
-//!   are an error when one layer sets both; a higher layer setting one replaces the other from
-//!   a lower layer (an env `TOKEN_FILE` overrides a file `token`). An empty string counts as unset.
-//!   The replaced value is still checked on its own (a bad file `url` is refused even when
-//!   the environment gives `urls`); a token's shape is only checked when it is the one used.
-//! - Optional strings (`ca_file`, `fingerprint`, `name`, `username`, `password`, ...) treat an
-//!   empty string as not given, as the SPEC example (`ca_file = ""`) implies.
-//! - `poll.slow_interval` defaults to the larger of 60s and `poll.interval`.
-//! - With several `[[proxmox]]` clusters, `PVE2MQTT_PROXMOX__<NAME>__<KEY>` addresses one by its
-//!   name; the plain `PVE2MQTT_PROXMOX__<KEY>` is only accepted when there is one cluster.
-//!   Clusters cannot be created from the environment alone beyond the single one.
-//! - Relative paths (`ca_file`, `*_file`) are relative to the working directory.
-//! - `fingerprint` pins one certificate, and each node has its own, so it is refused with
-//!   several `urls` (failover could never succeed); `ca_file` trusts every node instead.
+//! admin wrote it (`mqtt.base_topic` in the file, `PVE2MQTT_MQTT__BASE_TOPIC` from the
+//! environment) and never quotes a secret. The rules where SPEC is silent (case, lists,
+//! booleans, empty strings, exclusive keys across layers, `[[proxmox]]` by name in the
+//! environment) are the README's "Configuration".
 /// A section as serde reads it: each key with its type, checked by [`values::Parse`] as it is
 /// read, and its default. The field list is also the list of known keys (`layers`).
 macro_rules! section {
@@ -63,7 +44,7 @@ use std::time::Duration;
 use crate::model::ReportRules;
 use crate::types::{BackupMode, CaBundle, Compress, ProxmoxUrl, StorageId};
 
-pub use crate::types::{ApiToken, Secret};
+pub use crate::types::{AllowRule, ApiToken, MqttBroker, Secret};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -94,24 +75,18 @@ pub struct ProxmoxConfig {
 }
 
 section! {
+    /// `[poll]`: how often each lane and each slow read runs (README "Configuration").
     pub struct PollConfig {
         pub interval: Duration = Duration::from_secs(10),
         /// Zero until `build` gives the default (a given duration is never zero).
         pub slow_interval: Duration = Duration::ZERO,
-        /// `GET /cluster/tasks` at most this often (pvestatd broadcasts the list every ~10 s).
         pub tasks_interval: Duration = Duration::from_secs(10),
-        /// How often each guest's snapshot list is read (slow lane, per guest).
         pub snapshots_interval: Duration = Duration::from_secs(15 * 60),
-        /// How often a node's disks (`disks/list`) and ZFS pools (`disks/zfs`) are read.
         pub disks_interval: Duration = Duration::from_secs(15 * 60),
         /// Read pending package updates (`apt/update`, needs `Sys.Modify`): opt-in.
         pub updates: bool = false,
-        /// How often updates (`apt/update`) and the reboot-required check
-        /// (`apt/versions`) run.
         pub updates_interval: Duration = Duration::from_secs(3600),
-        /// How often the node certificate's expiry (`certificates/info`) is read.
         pub certificates_interval: Duration = Duration::from_secs(6 * 3600),
-        /// Each running guest's agent data at most this often (README "Guest agent").
         pub agent_interval: Duration = Duration::from_secs(300),
         /// At most this many guests' agents per slow round; 0 turns agent calls off.
         pub agent_max_per_round: usize = 20,
@@ -135,17 +110,6 @@ pub struct MqttConfig {
     pub ca_file: Option<CaBundle>,
 }
 
-/// One broker endpoint of `mqtt.url` / `mqtt.urls`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MqttBroker {
-    /// As written, for messages.
-    pub url: String,
-    pub host: String,
-    pub port: u16,
-    /// `mqtts://`
-    pub tls: bool,
-}
-
 section! {
     pub struct HaConfig {
         pub discovery: bool = true,
@@ -160,19 +124,11 @@ section! {
         pub read_only: bool = false,
         /// Empty = every guest.
         pub allow: Vec<AllowRule> = Vec::new(),
-        /// Node `reboot`/`shutdown`/`startall`/`stopall`/`suspendall`/`wakeonlan` on
-        /// `{base}/{c}/node/{node}/set` (SPEC §7); off by default.
+        /// Node power commands on `{base}/{c}/node/{node}/set` (SPEC §7); off by default.
         pub node_power: bool = false,
         /// Allow the snapshot `rollback` action (destructive: off by default).
         pub rollback: bool = false,
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AllowRule {
-    Vmid(u32),
-    Tag(String),
-    Pool(String),
 }
 
 section! {
@@ -208,7 +164,7 @@ impl From<ReportingConfig> for ReportRules {
             rates_floor: c.rates_floor,
             storage_percent: c.storage_percent,
             loadavg: c.loadavg,
-            backup_stale_after: ReportRules::DEFAULT.backup_stale_after,
+            ..ReportRules::DEFAULT
         }
     }
 }
@@ -224,23 +180,11 @@ section! {
     }
 }
 
-impl std::fmt::Display for AllowRule {
-    /// The form the rule is written in the config (`100`, `tag:NAME`, `pool:NAME`).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AllowRule::Vmid(vmid) => write!(f, "{vmid}"),
-            AllowRule::Tag(tag) => write!(f, "tag:{tag}"),
-            AllowRule::Pool(pool) => write!(f, "pool:{pool}"),
-        }
-    }
-}
-
 /// Why the configuration was refused. Every message names the key as the admin wrote it
 /// (`poll.interval` in the file, `proxmox[1].token` in an array of clusters, or the
 /// environment variable) and never contains a secret value.
 #[derive(thiserror::Error, Debug)]
 pub enum ConfigError {
-    /// The config file given with `--config` could not be read.
     #[error("cannot read config file `{}`: {source}", path.display())]
     ReadFile {
         path: PathBuf,
@@ -254,21 +198,16 @@ pub enum ConfigError {
         detail: String,
     },
     /// A table in the file that is not one of the known sections.
-    #[error("unknown section `{section}`{}", hint_suffix(hint))]
-    UnknownSection {
-        section: String,
-        hint: Option<String>,
-    },
+    #[error("unknown section `{section}` ({hint})")]
+    UnknownSection { section: String, hint: String },
     /// A key in the file that is not known in its section (`mqtt.pasword`).
     #[error("unknown key `{key}`{}", hint_suffix(hint))]
     UnknownKey { key: String, hint: Option<String> },
     /// A `PVE2MQTT_*` environment variable that does not map to a key, or cannot be applied.
     #[error("environment variable `{var}`: {reason}")]
     EnvVar { var: String, reason: String },
-    /// A required key has no value in any layer.
     #[error("missing `{key}`: {hint}")]
     Missing { key: String, hint: String },
-    /// Two mutually exclusive keys were given in the same layer.
     #[error("`{first}` and `{second}` are both set; give only one of them")]
     Conflict { first: String, second: String },
     /// A file named by a key (`token_file`, `password_file`, `ca_file`) cannot be used.
@@ -278,7 +217,6 @@ pub enum ConfigError {
         path: PathBuf,
         reason: String,
     },
-    /// A value of the wrong type or out of its allowed range.
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
 }
@@ -324,20 +262,13 @@ impl Config {
                 ConfigError::ReadFile { path, source }
             })?,
         };
-        Self::from_toml_with_origin(&text, path, env)
+        let (schema, origins) = layers::layer(&text, path, env)?;
+        build::build(schema, &origins)
     }
 
     /// Parse from TOML text + env (unit tests, and the Home Assistant add-on later).
     pub fn from_toml_str(toml: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        Self::from_toml_with_origin(toml, None, env)
-    }
-
-    fn from_toml_with_origin(
-        toml: &str,
-        path: Option<&Path>,
-        env: &HashMap<String, String>,
-    ) -> Result<Config, ConfigError> {
-        let (schema, origins) = layers::layer(toml, path, env)?;
+        let (schema, origins) = layers::layer(toml, None, env)?;
         build::build(schema, &origins)
     }
 }

@@ -9,7 +9,7 @@ use config::{Value, ValueKind};
 use serde::{de, Deserialize, Deserializer};
 
 use super::{AllowRule, MqttBroker, Secret};
-use crate::types::{BackupMode, Compress, ProxmoxUrl, StorageId};
+use crate::types::{parse_fingerprint, BackupMode, Compress, ProxmoxUrl, StorageId};
 
 /// A config value type and its check.
 pub(super) trait Parse: Sized {
@@ -53,7 +53,7 @@ parse! {
     };
     Topic => |kind| {
         let NonEmpty(topic) = NonEmpty::parse(kind)?;
-        check_topic_root(&topic).map(|()| Topic(topic))
+        crate::ha::topics::check_topic_root(&topic).map(|()| Topic(topic))
     };
     /// A secret: a type error names the type, never the value.
     Secret => |kind| match kind {
@@ -90,11 +90,7 @@ parse! {
     ProxmoxUrl => |kind| {
         ProxmoxUrl::parse(&text(kind, "a URL string like \"https://pve.example.lan:8006\"")?)
     };
-    MqttBroker => |kind| {
-        let url = text(kind, "a URL string like \"mqtt://127.0.0.1:1883\"")?.trim().to_owned();
-        let (host, port, tls) = parse_mqtt_url(&url)?;
-        Ok(MqttBroker { url, host, port, tls })
-    };
+    MqttBroker => |kind| MqttBroker::parse(&text(kind, "a URL string like \"mqtt://127.0.0.1:1883\"")?);
     /// SHA-256 of a certificate, see [`parse_fingerprint`].
     [u8; 32] => |kind| parse_fingerprint(&text(kind, "a string")?);
     /// `http.listen`: `host:port` (an IP address, `[::1]:9102` for IPv6).
@@ -125,11 +121,8 @@ parse! {
     };
     /// A reportable change (`[reporting]`): a number, 0 or more (text from the environment).
     f64 => |kind| match &kind {
-        ValueKind::I64(n) => Some(*n as f64),
-        ValueKind::U64(n) => Some(*n as f64),
         ValueKind::Float(n) => Some(*n),
-        ValueKind::String(text) => text.trim().parse::<f64>().ok(),
-        _ => None,
+        other => number::<f64>(other),
     }
     .filter(|n| n.is_finite() && *n >= 0.0)
     .ok_or_else(|| {
@@ -137,15 +130,12 @@ parse! {
         format!("expected a number, 0 or more (0: every change counts), got {got}")
     });
     /// A `commands.allow` entry: a vmid, `tag:NAME` or `pool:NAME`.
-    AllowRule => |kind| allow_rule(kind);
+    AllowRule => |kind| match kind {
+        ValueKind::I64(number) => AllowRule::parse(&number.to_string()),
+        other => AllowRule::parse(&text(other, "a string")?),
+    };
     /// A count (`poll.agent_max_per_round`): a whole number, 0 or more.
-    usize => |kind| match &kind {
-        ValueKind::I64(n) => usize::try_from(*n).ok(),
-        ValueKind::U64(n) => usize::try_from(*n).ok(),
-        ValueKind::String(text) => text.trim().parse::<usize>().ok(),
-        _ => None,
-    }
-    .ok_or_else(|| format!("expected a whole number, 0 or more, got {}", describe(&kind)));
+    usize => |kind| number::<usize>(&kind).ok_or_else(|| format!("expected a whole number, 0 or more, got {}", describe(&kind)));
 }
 
 /// An optional key: an empty string means "not given", as the SPEC example (`ca_file = ""`)
@@ -187,6 +177,16 @@ impl<T: Parse> Parse for Vec<T> {
     }
 }
 
+/// A whole number as TOML typed it, or as text (the environment), if it fits `T`.
+fn number<T: std::str::FromStr>(kind: &ValueKind) -> Option<T> {
+    match kind {
+        ValueKind::I64(n) => n.to_string().parse().ok(),
+        ValueKind::U64(n) => n.to_string().parse().ok(),
+        ValueKind::String(text) => text.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 fn text(kind: ValueKind, expected: &str) -> Result<String, String> {
     match kind {
         ValueKind::String(text) => Ok(text),
@@ -207,14 +207,9 @@ fn choice<T>(kind: ValueKind, parse: fn(&str) -> Option<T>, choices: &str) -> Re
 /// A value as shown after "got" in messages. Never called for secret keys.
 pub(super) fn describe(kind: &ValueKind) -> String {
     match kind {
-        ValueKind::Boolean(value) => value.to_string(),
-        ValueKind::I64(value) => value.to_string(),
-        ValueKind::I128(value) => value.to_string(),
-        ValueKind::U64(value) => value.to_string(),
-        ValueKind::U128(value) => value.to_string(),
-        ValueKind::Float(value) => value.to_string(),
         ValueKind::String(value) => format!("{value:?}"),
-        other => type_name(other).into(),
+        ValueKind::Nil | ValueKind::Array(_) | ValueKind::Table(_) => type_name(kind).into(),
+        scalar => scalar.to_string(),
     }
 }
 
@@ -227,140 +222,5 @@ fn type_name(kind: &ValueKind) -> &'static str {
         ValueKind::Array(_) => "an array",
         ValueKind::Table(_) => "a table",
         _ => "an integer",
-    }
-}
-
-/// `mqtt://host[:1883]` or `mqtts://host[:8883]` -> (host, port, tls). The host is returned
-/// without IPv6 brackets, as socket APIs want it.
-fn parse_mqtt_url(text: &str) -> Result<(String, u16, bool), String> {
-    let example = "e.g. mqtt://127.0.0.1:1883 or mqtts://broker.lan:8883";
-    let url = crate::types::parse_url(text, example)?;
-    let (tls, default_port) = match url.scheme() {
-        "mqtt" => (false, 1883),
-        "mqtts" => (true, 8883),
-        other => {
-            return Err(format!(
-                "the scheme must be mqtt:// or mqtts:// (TLS), got `{other}://`; {example}"
-            ))
-        }
-    };
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "the URL must not contain credentials; use mqtt.username and mqtt.password".into(),
-        );
-    }
-    // `host_str` writes an IPv6 address in brackets, as in the URL.
-    let host = match url.host_str() {
-        Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
-        _ => return Err(format!("the URL has no host; {example}")),
-    }
-    .to_owned();
-    if url.query().is_some() || url.fragment().is_some() || !matches!(url.path(), "" | "/") {
-        return Err(format!(
-            "the URL must not have a path, query or fragment; {example}"
-        ));
-    }
-    let port = url.port().unwrap_or(default_port);
-    if port == 0 {
-        return Err("the port must be between 1 and 65535".into());
-    }
-    Ok((host, port, tls))
-}
-
-/// SHA-256 as 64 hex digits, or 32 colon-separated pairs (`AB:CD:…`), any case.
-fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
-    let text = text.trim();
-    let expected = "expected the certificate's SHA-256 fingerprint: 32 bytes as hex, \
-                    like AB:CD:EF:… (64 hex digits, with or without `:`)";
-    let pairs: Vec<&str> = if text.contains(':') {
-        text.split(':').collect()
-    } else if text.len() % 2 == 0 && text.is_ascii() {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| &text[i..i + 2])
-            .collect()
-    } else {
-        return Err(format!("{expected}, got `{text}`"));
-    };
-    if pairs.len() != 32 {
-        return Err(format!("{expected}; got {} bytes in `{text}`", pairs.len()));
-    }
-    let mut bytes = [0u8; 32];
-    for (byte, pair) in bytes.iter_mut().zip(&pairs) {
-        if pair.len() != 2 {
-            return Err(format!("{expected}, got `{text}`"));
-        }
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| format!("{expected}, got `{text}`"))?;
-    }
-    Ok(bytes)
-}
-
-/// The cluster id goes into MQTT topics and Home Assistant unique ids, where `/`, `+`, `#`
-/// and spaces would break things.
-pub(super) fn check_cluster_name(name: &str) -> Result<(), String> {
-    if name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` may only contain letters, digits, `_` and `-` (it becomes part of MQTT \
-             topics and Home Assistant ids)"
-        ))
-    }
-}
-
-/// A topic prefix we publish under: wildcards and NUL are illegal in published topics, and
-/// empty levels from a stray `/` would make topics nobody subscribes to.
-fn check_topic_root(topic: &str) -> Result<(), String> {
-    if topic.contains(['+', '#']) {
-        return Err(format!(
-            "`{topic}` must not contain the MQTT wildcards `+` or `#`"
-        ));
-    }
-    if topic.contains('\0') {
-        return Err("must not contain a NUL character".into());
-    }
-    if topic.starts_with('/') || topic.ends_with('/') {
-        return Err(format!("`{topic}` must not start or end with `/`"));
-    }
-    if topic.contains("//") {
-        return Err(format!("`{topic}` must not contain an empty level (`//`)"));
-    }
-    Ok(())
-}
-
-fn allow_rule(kind: ValueKind) -> Result<AllowRule, String> {
-    let shape = "expected a vmid (100 to 999999999), `tag:NAME` or `pool:NAME`";
-    let text = match kind {
-        ValueKind::I64(number) => return vmid_rule(i128::from(number), shape),
-        ValueKind::String(text) => text,
-        other => return Err(format!("expected a string, got {}", describe(&other))),
-    };
-    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
-        let number = text.parse::<i128>().unwrap_or(i128::MAX);
-        return vmid_rule(number, shape);
-    }
-    let Some((kind, name)) = text.split_once(':') else {
-        return Err(format!("entry `{text}`: {shape}"));
-    };
-    let name = name.trim();
-    let name_ok = !name.is_empty()
-        && !name.contains(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'));
-    match kind.trim().to_ascii_lowercase().as_str() {
-        "tag" if name_ok => Ok(AllowRule::Tag(name.to_owned())),
-        "pool" if name_ok => Ok(AllowRule::Pool(name.to_owned())),
-        "tag" | "pool" => Err(format!(
-            "entry `{text}`: the name after `{kind}:` must be non-empty, without spaces, `,`, `;` or `:`"
-        )),
-        _ => Err(format!("entry `{text}`: {shape}")),
-    }
-}
-
-fn vmid_rule(number: i128, shape: &str) -> Result<AllowRule, String> {
-    match u32::try_from(number) {
-        Ok(vmid) if (100..=999_999_999).contains(&vmid) => Ok(AllowRule::Vmid(vmid)),
-        _ => Err(format!("entry `{number}`: {shape}")),
     }
 }

@@ -141,6 +141,18 @@ pub fn device_info(
             Some(format!("{}/#v1:0:={}", view.console_url, fragment))
         }
     };
+    // A part of a node's hardware (a disk, a ZFS pool): a device of its own, via the node.
+    let on_node = |node: &String, name: String, model: String| DeviceInfo {
+        name,
+        model,
+        via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
+        sw_version: None,
+        configuration_url: console(&format!("node%2F{node}")),
+        controls: false,
+        updates: false,
+        health: HealthEntities::default(),
+        disk_used: false,
+    };
     let info = match object {
         ObjectRef::Cluster => DeviceInfo {
             name: format!("Proxmox {}", view.cluster.name.as_deref().unwrap_or(c)),
@@ -206,89 +218,72 @@ pub fn device_info(
         }
         ObjectRef::Disk(node, disk) => {
             let state = view.disks.get(&(node.clone(), disk.clone()))?;
-            DeviceInfo {
-                name: format!("{disk} on {node}"),
-                model: state
-                    .model
-                    .clone()
-                    .filter(|m| !m.is_empty() && m != "unknown")
-                    .unwrap_or_else(|| "Physical disk".to_string()),
-                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
-                sw_version: None,
-                configuration_url: console(&format!("node%2F{node}")),
-                controls: false,
-                updates: false,
-                health: HealthEntities::default(),
-                disk_used: false,
-            }
+            let model = (state.model.clone())
+                .filter(|m| !m.is_empty() && m != "unknown")
+                .unwrap_or_else(|| "Physical disk".to_string());
+            on_node(node, format!("{disk} on {node}"), model)
         }
         ObjectRef::Zfs(node, pool) => {
             view.zfs.get(&(node.clone(), pool.clone()))?;
-            DeviceInfo {
-                name: format!("ZFS {pool} on {node}"),
-                model: "ZFS pool".to_string(),
-                via_device: Some(Topics::device_id(c, &ObjectRef::Node(node.clone()))),
-                sw_version: None,
-                configuration_url: console(&format!("node%2F{node}")),
-                controls: false,
-                updates: false,
-                health: HealthEntities::default(),
-                disk_used: false,
-            }
+            on_node(
+                node,
+                format!("ZFS {pool} on {node}"),
+                "ZFS pool".to_string(),
+            )
         }
     };
     Some(info)
 }
 
-/// One entity (HA "component") inside a device payload, with HA's abbreviated keys.
+/// One entity (HA "component") inside a device payload, with HA's abbreviated keys; the
+/// fields left `None` are left out ([`Component::into_value`]).
 #[derive(Serialize, Default)]
 struct Component {
     p: &'static str,
     uniq_id: String,
     name: Cow<'static, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     val_tpl: Option<Cow<'static, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     dev_cla: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_cla: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     unit_of_meas: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     sug_dsp_prc: Option<u8>,
     /// The values of an `enum` sensor.
-    #[serde(skip_serializing_if = "Option::is_none")]
     ops: Option<&'static [&'static str]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     ent_cat: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     ic: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     en: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     cmd_t: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pl_prs: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pl_on: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pl_off: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_on: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_off: Option<&'static str>,
     /// Overrides the device-level state topic (the last-command sensor reads `…/task`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     stat_t: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     json_attr_t: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     json_attr_tpl: Option<&'static str>,
     /// Overrides the device-level availability list.
-    #[serde(skip_serializing_if = "Option::is_none")]
     avty: Option<Value>,
     /// QoS is not a shared device option in HA, so it is set per component.
     qos: u8,
+}
+
+impl Component {
+    /// The component as HA reads it: only the fields that are set.
+    fn into_value(self) -> Value {
+        // Serialising our own plain struct cannot fail.
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(fields) = &mut value {
+            fields.retain(|_, field| !field.is_null());
+        }
+        value
+    }
+}
+
+/// The availability of an entity that must stay available while its object is not (the
+/// bridge's and the cluster API's state only).
+fn bridge_and_api(topics: &Topics, c: &str) -> Value {
+    serde_json::json!([{"t": topics.bridge_state()}, {"t": topics.bridge_proxmox(c)}])
 }
 
 /// The retained discovery payload of one object, or `None` if it is not in the view.
@@ -334,10 +329,7 @@ pub fn device_config(
         let attributes = attributes.or(spec.attributes);
         let avty = match spec.availability {
             Availability::Object => None,
-            Availability::BridgeAndApi => Some(serde_json::json!([
-                {"t": topics.bridge_state()},
-                {"t": topics.bridge_proxmox(c)},
-            ])),
+            Availability::BridgeAndApi => Some(bridge_and_api(topics, c)),
         };
         let component = Component {
             p: spec.platform,
@@ -358,11 +350,7 @@ pub fn device_config(
             qos: 1,
             ..Component::default()
         };
-        // Serialising our own plain struct cannot fail.
-        components.insert(
-            spec.key.to_string(),
-            serde_json::to_value(component).unwrap_or(Value::Null),
-        );
+        components.insert(spec.key.to_string(), component.into_value());
     }
     if let ObjectRef::Guest(kind, vmid) = object {
         control_components(ctx, c, *kind, *vmid, &device_id, controls, &mut components);

@@ -351,6 +351,42 @@ impl Topics {
     }
 }
 
+/// The cluster id goes into MQTT topics and Home Assistant unique ids, where `/`, `+`, `#`
+/// and spaces would break things.
+pub fn check_cluster_name(name: &str) -> Result<(), String> {
+    if name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` may only contain letters, digits, `_` and `-` (it becomes part of MQTT \
+             topics and Home Assistant ids)"
+        ))
+    }
+}
+
+/// A topic prefix we publish under: wildcards and NUL are illegal in published topics, and
+/// empty levels from a stray `/` would make topics nobody subscribes to.
+pub fn check_topic_root(topic: &str) -> Result<(), String> {
+    if topic.contains(['+', '#']) {
+        return Err(format!(
+            "`{topic}` must not contain the MQTT wildcards `+` or `#`"
+        ));
+    }
+    if topic.contains('\0') {
+        return Err("must not contain a NUL character".into());
+    }
+    if topic.starts_with('/') || topic.ends_with('/') {
+        return Err(format!("`{topic}` must not start or end with `/`"));
+    }
+    if topic.contains("//") {
+        return Err(format!("`{topic}` must not contain an empty level (`//`)"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,16 +530,14 @@ mod tests {
     #[test]
     fn inbound_messages_go_to_the_task_that_acts_on_them() {
         let t = topics();
-        for topic in [
+        let publisher = [
             "homeassistant/status",
             "pve2mqtt/home/qemu/100/availability",
             "pve2mqtt/home/node/pve1/availability",
             "pve2mqtt/home/storage/pve1/local/availability",
             "pve2mqtt/home/cluster/availability",
-        ] {
-            assert_eq!(t.route_inbound(topic), InboundRoute::Publisher, "{topic}");
-        }
-        for topic in [
+        ];
+        let commands = [
             "pve2mqtt/home/qemu/100/set",
             "pve2mqtt/home/lxc/101/set",
             "pve2mqtt/home/lxc/101/task",
@@ -512,10 +546,8 @@ mod tests {
             // A cluster may be called `bridge`: its guests' commands are still commands.
             "pve2mqtt/bridge/qemu/100/set",
             "pve2mqtt/home/node/pve1/set",
-        ] {
-            assert_eq!(t.route_inbound(topic), InboundRoute::Commands, "{topic}");
-        }
-        for topic in [
+        ];
+        let ignored = [
             "pve2mqtt/bridge/state",
             "pve2mqtt/bridge/response/refresh",
             "pve2mqtt/home/qemu/100",
@@ -523,8 +555,15 @@ mod tests {
             "pve2mqtt/home/qemu/abc/set",
             "homeassistant/device/pve2mqtt_home_100/config",
             "other/home/qemu/100/set",
+        ];
+        for (route, topics) in [
+            (InboundRoute::Publisher, &publisher[..]),
+            (InboundRoute::Commands, &commands[..]),
+            (InboundRoute::Ignore, &ignored[..]),
         ] {
-            assert_eq!(t.route_inbound(topic), InboundRoute::Ignore, "{topic}");
+            for topic in topics {
+                assert_eq!(t.route_inbound(topic), route, "{topic}");
+            }
         }
         // Every filter the bridge subscribes to leads somewhere, checked on a sample
         // topic for each (`+` replaced by a plausible level).

@@ -179,10 +179,11 @@ impl GuestDraft<'_> {
             mem_percent,
             disk,
             maxdisk,
-            netin,
-            netout,
-            diskread,
-            diskwrite,
+            // Ride along (as `mem_percent` and `uptime` below).
+            netin: _,
+            netout: _,
+            diskread: _,
+            diskwrite: _,
             netin_rate,
             netout_rate,
             diskread_rate,
@@ -211,7 +212,7 @@ impl GuestDraft<'_> {
             as_of,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
-        let _ = (mem_percent, netin, netout, diskread, diskwrite, uptime);
+        let _ = (mem_percent, uptime);
         let always = *vmid != self.vmid
             || *kind != self.kind
             || name.as_deref() != self.name

@@ -96,19 +96,34 @@ impl Schedule {
     }
 }
 
+/// What the slow lane of one cluster reads, and where its answers go.
+pub(super) struct SlowLane {
+    pub client: PveClient,
+    /// `poll.slow_interval`
+    pub interval: Duration,
+    pub cadence: Cadence,
+    /// The node and storage rows of the fast lane's latest answer.
+    pub resources: watch::Receiver<Arc<Vec<Resource>>>,
+    pub out: watch::Sender<Arc<SlowData>>,
+    /// Read the backups again now (after a backup task).
+    pub reread: Arc<tokio::sync::Notify>,
+    /// Finished vzdump tasks (node, UPID) whose log is read once.
+    pub backup_logs: mpsc::Receiver<(String, String)>,
+    pub guests: GuestFeed,
+}
+
 /// The slow lane of one cluster (see the module docs).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn slow_lane(
-    client: PveClient,
-    interval: Duration,
-    cadence: Cadence,
-    mut resources: watch::Receiver<Arc<Vec<Resource>>>,
-    out: watch::Sender<Arc<SlowData>>,
-    reread: Arc<tokio::sync::Notify>,
-    mut backup_logs: mpsc::Receiver<(String, String)>,
-    mut guests: GuestFeed,
-    shutdown: CancellationToken,
-) {
+pub(super) async fn slow_lane(lane: SlowLane, shutdown: CancellationToken) {
+    let SlowLane {
+        client,
+        interval,
+        cadence,
+        mut resources,
+        out,
+        reread,
+        mut backup_logs,
+        mut guests,
+    } = lane;
     // Wait for the fast lane's first answer: it says which nodes and storages exist.
     loop {
         if !resources.borrow_and_update().is_empty() {

@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use super::error::{self, PveError};
 use super::tls;
+use super::types::GuestKind;
 use crate::config::ProxmoxConfig;
 use crate::types::ProxmoxUrl;
 
@@ -190,6 +191,17 @@ impl PveClient {
     async fn get_data<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, PveError> {
         let body = self.execute(call).await?;
         decode_data(&call.label(), &body)
+    }
+
+    /// `GET` of a guest's endpoint `nodes/{node}/{qemu|lxc}/{vmid}/{path…}`.
+    async fn guest_get<T: DeserializeOwned>(
+        &self,
+        (node, kind, vmid): (&str, GuestKind, u32),
+        path: &[&str],
+    ) -> Result<T, PveError> {
+        let vmid = vmid.to_string();
+        self.get_data(&Call::get(&guest_segments(node, kind, &vmid, path)))
+            .await
     }
 
     /// Sends `call` to the endpoint in use, failing over to the next ones on transport
@@ -479,6 +491,18 @@ fn failure_reason(error: &PveError) -> String {
         PveError::Timeout { .. } => "timed out".into(),
         other => other.to_string(),
     }
+}
+
+/// `nodes/{node}/{qemu|lxc}/{vmid}/{path…}`: the segments of a guest's endpoint.
+fn guest_segments<'a>(
+    node: &'a str,
+    kind: GuestKind,
+    vmid: &'a str,
+    path: &[&'a str],
+) -> Vec<&'a str> {
+    let mut segments = vec!["nodes", node, kind.as_str(), vmid];
+    segments.extend_from_slice(path);
+    segments
 }
 
 #[cfg(test)]

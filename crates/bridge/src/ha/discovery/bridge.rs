@@ -1,6 +1,6 @@
 //! The bridge's own Home Assistant device, as zigbee2mqtt and govee2mqtt have one: its
 //! version, a "Proxmox API" connectivity sensor per cluster, and a Refresh button.
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::{origin, Component, DiscoveryContext};
 use crate::ha::topics::discovery_id;
@@ -20,7 +20,7 @@ pub fn bridge_config(ctx: &DiscoveryContext, clusters: &[&str]) -> String {
     let mut components = Map::new();
     components.insert(
         "refresh".into(),
-        component(Component {
+        Component {
             p: "button",
             uniq_id: format!("{device_id}_refresh"),
             name: "Refresh".into(),
@@ -29,7 +29,8 @@ pub fn bridge_config(ctx: &DiscoveryContext, clusters: &[&str]) -> String {
             ic: Some("mdi:refresh"),
             qos: 1,
             ..Component::default()
-        }),
+        }
+        .into_value(),
     );
     for c in clusters {
         let key = format!("proxmox_{}", discovery_id(c));
@@ -40,7 +41,7 @@ pub fn bridge_config(ctx: &DiscoveryContext, clusters: &[&str]) -> String {
         };
         components.insert(
             key.clone(),
-            component(Component {
+            Component {
                 p: "binary_sensor",
                 uniq_id: format!("{device_id}_{key}"),
                 name,
@@ -51,7 +52,8 @@ pub fn bridge_config(ctx: &DiscoveryContext, clusters: &[&str]) -> String {
                 ic: Some("mdi:api"),
                 qos: 1,
                 ..Component::default()
-            }),
+            }
+            .into_value(),
         );
     }
     let payload = serde_json::json!({
@@ -67,9 +69,4 @@ pub fn bridge_config(ctx: &DiscoveryContext, clusters: &[&str]) -> String {
         "cmps": components,
     });
     payload.to_string()
-}
-
-fn component(component: Component) -> Value {
-    // Serialising our own plain struct cannot fail.
-    serde_json::to_value(component).unwrap_or(Value::Null)
 }

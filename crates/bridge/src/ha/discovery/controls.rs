@@ -50,40 +50,75 @@ pub(super) fn control_components(
         .into_iter()
         .filter(|a| a.valid_for(kind) && !a.is_snapshot())
     {
+        let button = Button {
+            name: button_name(action),
+            payload: action.as_str(),
+            icon: button_icon(action),
+            restart: action == Action::Reboot,
+            enabled: enabled_by_default(action),
+        };
         entries.push((
             action.as_str().to_string(),
-            Component {
-                p: "button",
-                name: button_name(action).into(),
-                cmd_t: Some(command_topic.clone()),
-                pl_prs: Some(action.as_str()),
-                dev_cla: (action == Action::Reboot).then_some("restart"),
-                ic: Some(button_icon(action)),
-                en: (!enabled_by_default(action)).then_some(false),
-                ..Component::default()
-            },
+            button.component(&command_topic),
         ));
     }
-    entries.push((
-        "last_command".into(),
+    entries.push(("last_command".into(), last_command(task_topic)));
+    insert_controls(entries, device_id, controls, components);
+}
+
+/// A command button: a press publishes `payload` on the command topic.
+pub(super) struct Button {
+    pub name: &'static str,
+    pub payload: &'static str,
+    pub icon: &'static str,
+    /// HA's `restart` device class.
+    pub restart: bool,
+    pub enabled: bool,
+}
+
+impl Button {
+    pub(super) fn component(self, command_topic: &str) -> Component {
         Component {
-            p: "sensor",
-            name: "Last command".into(),
-            val_tpl: Some(enum_template("state", COMMAND_STATES).into()),
-            dev_cla: Some("enum"),
-            ops: Some(COMMAND_STATES),
-            stat_t: Some(task_topic.clone()),
-            json_attr_t: Some(task_topic),
-            ent_cat: Some("diagnostic"),
-            ic: Some("mdi:console"),
+            p: "button",
+            name: self.name.into(),
+            cmd_t: Some(command_topic.to_owned()),
+            pl_prs: Some(self.payload),
+            dev_cla: self.restart.then_some("restart"),
+            ic: Some(self.icon),
+            en: (!self.enabled).then_some(false),
             ..Component::default()
-        },
-    ));
+        }
+    }
+}
+
+/// The last-command sensor: the state of the latest command's task, on `task_topic`.
+pub(super) fn last_command(task_topic: String) -> Component {
+    Component {
+        p: "sensor",
+        name: "Last command".into(),
+        val_tpl: Some(enum_template("state", COMMAND_STATES).into()),
+        dev_cla: Some("enum"),
+        ops: Some(COMMAND_STATES),
+        stat_t: Some(task_topic.clone()),
+        json_attr_t: Some(task_topic),
+        ent_cat: Some("diagnostic"),
+        ic: Some("mdi:console"),
+        ..Component::default()
+    }
+}
+
+/// The controls as announced (with control), or each as `{"p": platform}` (without).
+pub(super) fn insert_controls(
+    entries: Vec<(String, Component)>,
+    device_id: &str,
+    controls: bool,
+    components: &mut Map<String, Value>,
+) {
     for (key, mut component) in entries {
         let value = if controls {
             component.uniq_id = format!("{device_id}_{key}");
             component.qos = 1;
-            serde_json::to_value(component).unwrap_or(Value::Null)
+            component.into_value()
         } else {
             serde_json::json!({ "p": component.p })
         };

@@ -5,7 +5,7 @@
 //! restart does not remove and re-add them.
 use serde_json::{Map, Value};
 
-use super::specs::{Availability, Spec};
+use super::specs::Spec;
 use crate::model::{ClusterView, ObjectRef};
 
 /// Which health entity groups an object gets: `None` = not known yet, `Some(false)` =
@@ -76,26 +76,6 @@ fn nested_enum(parent: &str, field: &str, options: &[&str]) -> String {
     )
 }
 
-/// A spec with the defaults of `specs` (primary, enabled, the object's availability).
-fn spec(key: &'static str, platform: &'static str, name: &'static str, template: String) -> Spec {
-    Spec {
-        key,
-        platform,
-        name,
-        template: template.into(),
-        device_class: None,
-        state_class: None,
-        unit: None,
-        precision: None,
-        options: None,
-        diagnostic: false,
-        icon: None,
-        enabled: true,
-        availability: Availability::Object,
-        attributes: None,
-    }
-}
-
 fn with_icon(spec: Spec, icon: &'static str) -> Spec {
     Spec {
         icon: Some(icon),
@@ -113,7 +93,7 @@ fn enum_sensor(
     Spec {
         device_class: Some("enum"),
         options: Some(options),
-        ..spec(key, "sensor", name, template)
+        ..Spec::new(key, "sensor", name, template)
     }
 }
 
@@ -121,7 +101,7 @@ fn enum_sensor(
 fn problem(key: &'static str, name: &'static str, template: &str) -> Spec {
     Spec {
         device_class: Some("problem"),
-        ..spec(key, "binary_sensor", name, template.to_string())
+        ..Spec::new(key, "binary_sensor", name, template.to_string())
     }
 }
 
@@ -158,11 +138,11 @@ fn ceph_group() -> Group {
                 unit: Some("%"),
                 precision: Some(1),
                 icon: Some("mdi:database"),
-                ..spec(
+                ..Spec::new(
                     "ceph_usage",
                     "sensor",
                     "Ceph usage",
-                    "{{ value_json.ceph.used_percent if value_json.ceph else None }}".into(),
+                    "{{ value_json.ceph.used_percent if value_json.ceph else None }}",
                 )
             },
             None,
@@ -184,11 +164,11 @@ fn ha_group() -> Group {
             Spec {
                 diagnostic: true,
                 icon: Some("mdi:crown"),
-                ..spec(
+                ..Spec::new(
                     "ha_master",
                     "sensor",
                     "HA master",
-                    "{{ value_json.ha.master if value_json.ha else None }}".into(),
+                    "{{ value_json.ha.master if value_json.ha else None }}",
                 )
             },
             None,
@@ -232,11 +212,11 @@ fn replication_group() -> Group {
             Spec {
                 device_class: Some("timestamp"),
                 icon: Some("mdi:sync"),
-                ..spec(
+                ..Spec::new(
                     "last_replication",
                     "sensor",
                     "Last replication",
-                    "{{ value_json.replication.last_sync | timestamp_custom('%Y-%m-%dT%H:%M:%S+00:00', false) if value_json.replication and value_json.replication.last_sync else None }}".into(),
+                    "{{ value_json.replication.last_sync | timestamp_custom('%Y-%m-%dT%H:%M:%S+00:00', false) if value_json.replication and value_json.replication.last_sync else None }}",
                 )
             },
             None,

@@ -4,8 +4,8 @@
 //! if an earlier run with the switch on announced them.
 use serde_json::{Map, Value};
 
-use super::specs::{enum_template, COMMAND_STATES};
-use super::{Component, DiscoveryContext};
+use super::controls::{insert_controls, last_command, Button};
+use super::{bridge_and_api, Component, DiscoveryContext};
 use crate::command::node::NodeAction;
 
 fn name(action: NodeAction) -> &'static str {
@@ -48,57 +48,27 @@ pub(super) fn node_control_components(
     let task_topic = ctx.topics.node_task(c, node);
     let mut entries: Vec<(String, Component)> = Vec::new();
     for action in NodeAction::ALL {
-        entries.push((
-            button_key(action),
-            Component {
-                p: "button",
-                name: name(action).into(),
-                cmd_t: Some(command_topic.clone()),
-                pl_prs: Some(action.as_str()),
-                dev_cla: (action == NodeAction::Reboot).then_some("restart"),
-                ic: Some(icon(action)),
-                en: Some(false),
-                // Wake-on-LAN is for a node that is off: its button must not go
-                // unavailable with the node.
-                avty: (action == NodeAction::WakeOnLan).then(|| {
-                    serde_json::json!([
-                        {"t": ctx.topics.bridge_state()},
-                        {"t": ctx.topics.bridge_proxmox(c)},
-                    ])
-                }),
-                ..Component::default()
-            },
-        ));
-    }
-    entries.push((
-        "last_command".into(),
-        Component {
-            p: "sensor",
-            name: "Last command".into(),
-            val_tpl: Some(enum_template("state", COMMAND_STATES).into()),
-            dev_cla: Some("enum"),
-            ops: Some(COMMAND_STATES),
-            stat_t: Some(task_topic.clone()),
-            json_attr_t: Some(task_topic),
-            ent_cat: Some("diagnostic"),
-            ic: Some("mdi:console"),
-            avty: Some(serde_json::json!([
-                {"t": ctx.topics.bridge_state()},
-                {"t": ctx.topics.bridge_proxmox(c)},
-            ])),
-            ..Component::default()
-        },
-    ));
-    for (key, mut component) in entries {
-        let value = if controls {
-            component.uniq_id = format!("{device_id}_{key}");
-            component.qos = 1;
-            serde_json::to_value(component).unwrap_or(Value::Null)
-        } else {
-            serde_json::json!({ "p": component.p })
+        let button = Button {
+            name: name(action),
+            payload: action.as_str(),
+            icon: icon(action),
+            restart: action == NodeAction::Reboot,
+            enabled: false,
         };
-        components.insert(key, value);
+        let component = Component {
+            // Wake-on-LAN is for a node that is off: its button must not go unavailable
+            // with the node.
+            avty: (action == NodeAction::WakeOnLan).then(|| bridge_and_api(&ctx.topics, c)),
+            ..button.component(&command_topic)
+        };
+        entries.push((button_key(action), component));
     }
+    let sensor = Component {
+        avty: Some(bridge_and_api(&ctx.topics, c)),
+        ..last_command(task_topic)
+    };
+    entries.push(("last_command".into(), sensor));
+    insert_controls(entries, device_id, controls, components);
 }
 
 #[cfg(test)]

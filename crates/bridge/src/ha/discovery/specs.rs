@@ -126,7 +126,8 @@ pub(super) const TPL_SNAPSHOTS: &str =
 pub(super) const TPL_SNAPSHOT_LATEST: &str = "{{ value_json.snapshot_latest_time | timestamp_custom('%Y-%m-%dT%H:%M:%S+00:00', false) if value_json.snapshot_latest_time else None }}";
 
 impl Spec {
-    fn new(
+    /// A spec with the defaults: primary, enabled, the object's availability.
+    pub(super) fn new(
         key: &'static str,
         platform: &'static str,
         name: &'static str,

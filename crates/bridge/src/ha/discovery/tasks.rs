@@ -29,9 +29,5 @@ pub(super) fn last_task_component(
         qos: 1,
         ..Component::default()
     };
-    // Serialising our own plain struct cannot fail.
-    (
-        "last_task".to_string(),
-        serde_json::to_value(component).unwrap_or(Value::Null),
-    )
+    ("last_task".to_string(), component.into_value())
 }

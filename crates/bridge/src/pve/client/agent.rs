@@ -1,8 +1,9 @@
 //! The guest-agent calls (reference `pve-api-round2.md` §11, §12). Each may take Proxmox
 //! ~3 s (agent not running) to ~8 s (agent hung) to answer: the caller bounds them.
-use super::{Call, PveClient};
+use super::PveClient;
 use crate::pve::agent::{LxcInterface, OsInfo, QgaFilesystem, QgaInterface, QgaResult};
 use crate::pve::error::PveError;
+use crate::pve::types::GuestKind;
 
 impl PveClient {
     async fn agent<T: serde::de::DeserializeOwned>(
@@ -11,12 +12,8 @@ impl PveClient {
         vmid: u32,
         command: &str,
     ) -> Result<T, PveError> {
-        let vmid = vmid.to_string();
-        let answer: QgaResult<T> = self
-            .get_data(&Call::get(&[
-                "nodes", node, "qemu", &vmid, "agent", command,
-            ]))
-            .await?;
+        let guest = (node, GuestKind::Qemu, vmid);
+        let answer: QgaResult<T> = self.guest_get(guest, &["agent", command]).await?;
         Ok(answer.result)
     }
 
@@ -50,8 +47,7 @@ impl PveClient {
         node: &str,
         vmid: u32,
     ) -> Result<Option<Vec<LxcInterface>>, PveError> {
-        let vmid = vmid.to_string();
-        self.get_data(&Call::get(&["nodes", node, "lxc", &vmid, "interfaces"]))
+        self.guest_get((node, GuestKind::Lxc, vmid), &["interfaces"])
             .await
     }
 }

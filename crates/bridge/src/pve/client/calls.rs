@@ -121,16 +121,8 @@ impl PveClient {
         kind: GuestKind,
         vmid: u32,
     ) -> Result<GuestStatus, PveError> {
-        let vmid = vmid.to_string();
-        self.get_data(&Call::get(&[
-            "nodes",
-            node,
-            kind.as_str(),
-            &vmid,
-            "status",
-            "current",
-        ]))
-        .await
+        self.guest_get((node, kind, vmid), &["status", "current"])
+            .await
     }
 
     /// `GET /access/permissions`: the token's own effective privileges.
@@ -180,10 +172,9 @@ impl PveClient {
         action: &str,
         params: &[(&str, String)],
     ) -> Result<Upid, PveError> {
-        let vmid = vmid.to_string();
-        let segments = ["nodes", node, kind.as_str(), &vmid, "status", action];
-        let (label, text) = self.post_for_text(&segments, params).await?;
-        parse_upid(&label, &text)
+        let path = &["status", action];
+        self.guest_task(Method::POST, (node, kind, vmid), path, Some(params))
+            .await
     }
 
     /// `POST /nodes/{node}/vzdump`. Proxmox answers a UPID, or the literal `OK` when none of

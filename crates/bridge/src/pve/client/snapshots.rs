@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::decode::decode_data;
-use super::{Call, PveClient};
+use super::{guest_segments, Call, PveClient};
 use crate::pve::error::PveError;
 use crate::pve::types::GuestKind;
 use crate::pve::upid::{Upid, UpidParseError};
@@ -39,15 +39,7 @@ impl PveClient {
         kind: GuestKind,
         vmid: u32,
     ) -> Result<Vec<SnapshotEntry>, PveError> {
-        let vmid = vmid.to_string();
-        self.get_data(&Call::get(&[
-            "nodes",
-            node,
-            kind.as_str(),
-            &vmid,
-            "snapshot",
-        ]))
-        .await
+        self.guest_get((node, kind, vmid), &["snapshot"]).await
     }
 
     /// `POST …/snapshot` (`snapname`, `description`, qemu `vmstate`): task
@@ -59,9 +51,8 @@ impl PveClient {
         vmid: u32,
         form: &[(&str, String)],
     ) -> Result<Upid, PveError> {
-        let vmid = vmid.to_string();
-        let segments = ["nodes", node, kind.as_str(), &vmid, "snapshot"];
-        self.start_task(Method::POST, &segments, Some(form)).await
+        self.guest_task(Method::POST, (node, kind, vmid), &["snapshot"], Some(form))
+            .await
     }
 
     /// `POST …/snapshot/{name}/rollback` (`start`): task `qmrollback`/`vzrollback`.
@@ -73,17 +64,9 @@ impl PveClient {
         name: &str,
         form: &[(&str, String)],
     ) -> Result<Upid, PveError> {
-        let vmid = vmid.to_string();
-        let segments = [
-            "nodes",
-            node,
-            kind.as_str(),
-            &vmid,
-            "snapshot",
-            name,
-            "rollback",
-        ];
-        self.start_task(Method::POST, &segments, Some(form)).await
+        let path = &["snapshot", name, "rollback"];
+        self.guest_task(Method::POST, (node, kind, vmid), path, Some(form))
+            .await
     }
 
     /// `DELETE …/snapshot/{name}`: task `qmdelsnapshot`/`vzdelsnapshot`.
@@ -94,9 +77,22 @@ impl PveClient {
         vmid: u32,
         name: &str,
     ) -> Result<Upid, PveError> {
+        let path = &["snapshot", name];
+        self.guest_task(Method::DELETE, (node, kind, vmid), path, None)
+            .await
+    }
+
+    /// A task on a guest's endpoint `nodes/{node}/{qemu|lxc}/{vmid}/{path…}`. Never resent.
+    pub(super) async fn guest_task(
+        &self,
+        method: Method,
+        (node, kind, vmid): (&str, GuestKind, u32),
+        path: &[&str],
+        form: Option<&[(&str, String)]>,
+    ) -> Result<Upid, PveError> {
         let vmid = vmid.to_string();
-        let segments = ["nodes", node, kind.as_str(), &vmid, "snapshot", name];
-        self.start_task(Method::DELETE, &segments, None).await
+        let segments = guest_segments(node, kind, &vmid, path);
+        self.start_task(method, &segments, form).await
     }
 
     /// A request that answers `{"data": "UPID:…"}`. Never resent.
