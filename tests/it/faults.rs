@@ -62,11 +62,8 @@ async fn after_broker_restarts_the_bridge_republishes_everything_and_takes_comma
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxmox_answering_5xx_for_a_while_takes_objects_offline_and_the_bridge_recovers() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
+    let w = World::builder().probe(&["pve2mqtt/#"]).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100/availability", 20 * SECS, |m| {
             m.text() == "online"
@@ -74,7 +71,7 @@ async fn proxmox_answering_5xx_for_a_while_takes_objects_offline_and_the_bridge_
         .await;
     // Proxmox fails the next 3 cluster-wide reads
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         serde_json::json!({"path_prefix": "/cluster/resources", "kind": "status", "status": 500, "message": "cluster not ready - no quorum?", "count": 3}),
@@ -106,7 +103,7 @@ async fn proxmox_answering_5xx_for_a_while_takes_objects_offline_and_the_bridge_
         probe.latest("pve2mqtt/bridge/state").map(|m| m.text()),
         Some("online".into())
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,24 +271,25 @@ async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(pve_sim::SimOptions {
-        nodes: Some(2),
-        guests: Some(6),
-        ..sim_options()
-    })
-    .await;
+    let stage = World::builder()
+        .probe(&["pve2mqtt/#"])
+        .sim(pve_sim::SimOptions {
+            nodes: Some(2),
+            guests: Some(6),
+            ..sim_options()
+        })
+        .prepare()
+        .await;
     sim_send(
-        &sim,
+        &stage.sim,
         "POST",
         "/_sim/config",
         serde_json::json!({"task_duration_ms": 1500}),
     )
     .await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    let resources = crate::state::pve_get(&sim, "/cluster/resources").await;
+    let w = stage.start().await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
+    let resources = crate::state::pve_get(sim, "/cluster/resources").await;
     let running: Vec<(String, u64)> = resources
         .as_array()
         .unwrap()
@@ -337,14 +335,14 @@ async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
     }
     // While both reboots run: one guest migrates, the other is destroyed.
     sim_send(
-        &sim,
+        sim,
         "POST",
         &format!("/_sim/guests/{}/migrate", moving.1),
         serde_json::json!({"target": "pve2"}),
     )
     .await;
     sim_send(
-        &sim,
+        sim,
         "DELETE",
         &format!("/_sim/guests/{}", deleted.1),
         serde_json::json!({}),
@@ -382,5 +380,5 @@ async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
         .map(|m| m.topic.clone())
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }

@@ -10,38 +10,18 @@ use serde_json::{json, Value};
 use crate::commands::{last_seq, task_states, wait_final};
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
-
-struct World {
-    _broker: Mosquitto,
-    sim: pve_sim::SimHandle,
-    probe: Probe,
-    bridge: Bridge,
-    _cfg: TestConfig,
-}
-
 /// Seed world (VM 100 with snapshots `before-upgrade` → `ha-2026-11`, CT 101 with
 /// `clean-install`) and a bridge that has read the snapshot lists.
 async fn world(extra: &str) -> World {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, extra);
-    let bridge = Bridge::start(cfg.config());
+    let w = World::builder().config(extra).start().await;
     for topic in ["pve2mqtt/pve/qemu/100", "pve2mqtt/pve/lxc/101"] {
-        probe
+        w.probe
             .wait_topic(topic, 20 * SECS, |m| {
                 !m.payload.is_empty() && m.json()["snapshots"].is_number()
             })
             .await;
     }
-    World {
-        _broker: broker,
-        sim,
-        probe,
-        bridge,
-        _cfg: cfg,
-    }
+    w
 }
 
 /// Every request that changes something (not a GET) since `since`.
@@ -330,9 +310,10 @@ async fn a_duplicate_snapshot_name_ends_failed_with_the_proxmox_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_snapshot_commands_are_never_executed() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
+    let stage = World::builder()
+        .config("[commands]\nrollback = true\n")
+        .prepare()
+        .await;
     for (topic, payload) in [
         (
             "pve2mqtt/pve/qemu/100/set",
@@ -343,20 +324,20 @@ async fn retained_snapshot_commands_are_never_executed() {
             json!({"action": "delete_snapshot", "name": "clean-install", "id": "old-d"}),
         ),
     ] {
-        probe.publish(topic, &payload.to_string(), true).await;
+        stage.probe.publish(topic, &payload.to_string(), true).await;
     }
-    let since = last_seq(&sim).await;
-    let cfg = TestConfig::new(&sim, broker.port, "[commands]\nrollback = true\n");
-    let bridge = Bridge::start(cfg.config());
+    let since = last_seq(&stage.sim).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     for (topic, id) in [
         ("pve2mqtt/pve/qemu/100/task", "old-r"),
         ("pve2mqtt/pve/lxc/101/task", "old-d"),
     ] {
-        let result = wait_final(&probe, topic, id).await;
+        let result = wait_final(probe, topic, id).await;
         assert_eq!(result["state"], "rejected", "{result}");
         assert!(result["error"].as_str().unwrap().contains("retain"));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(writes(&sim, since).await.is_empty());
-    bridge.stop().await.unwrap();
+    assert!(writes(sim, since).await.is_empty());
+    w.stop().await;
 }
