@@ -215,12 +215,7 @@ async fn a_token_without_the_agent_privilege_is_skipped_quietly_and_check_says_s
     .await;
 
     // Then `check` names the privilege that applies, and still passes
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(stage.cfg.write())
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(stage.cfg.write()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(
@@ -259,12 +254,7 @@ async fn check_names_vm_monitor_on_pve8() {
     })
     .await;
     let cfg = TestConfig::new(&sim, broker.port, "");
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(cfg.write())
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(cfg.write()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("guest agent: yes (VM.Monitor on /vms, as PVE 8 asks)"),

@@ -46,11 +46,7 @@ async fn refresh_button(probe: &Probe) -> (String, String) {
 async fn pressing_refresh_in_home_assistant_polls_proxmox_at_once() {
     let w = quiet_world().start().await;
     let (sim, probe) = (&w.sim, &w.probe);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     let (topic, press) = refresh_button(probe).await;
     let before = polls(sim).await;
 
@@ -107,11 +103,7 @@ async fn a_retained_refresh_press_polls_nothing_and_is_cleared() {
             m.topic == topic && m.payload.is_empty()
         })
         .await;
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     // Had the press run, its poll would follow the start-up poll within the refresh
     // spacing (1 s); the timer itself polls next in an hour.
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -358,12 +358,7 @@ async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says
     .await;
 
     // When `check` runs
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(stage.cfg.write())
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(stage.cfg.write()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     // Then it says which parts the token cannot read, and why
     assert!(

@@ -7,22 +7,12 @@ use crate::support::*;
 
 /// The Proxmox requests the simulator recorded since `since`, POSTs only.
 pub(crate) async fn posts(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
-    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
-    all.as_array()
-        .expect("request list")
-        .iter()
-        .filter(|r| r["method"] == "POST")
-        .cloned()
-        .collect()
+    let mut all = requests_since(sim, since).await;
+    all.retain(|r| r["method"] == "POST");
+    all
 }
 
-pub(crate) async fn last_seq(sim: &pve_sim::SimHandle) -> u64 {
-    let all = sim_get(sim, "/_sim/requests?since=0").await;
-    all.as_array()
-        .and_then(|a| a.last())
-        .and_then(|r| r["seq"].as_u64())
-        .unwrap_or(0)
-}
+pub(crate) use crate::support::last_seq;
 
 /// Every `…/task` payload received for `id`, in order.
 pub(crate) fn task_states(probe: &Probe, topic: &str, id: &str) -> Vec<Value> {
@@ -65,8 +55,9 @@ async fn world(extra: &str) -> World {
         .await
 }
 
-/// Sends one command and returns (final task report, the POSTs it caused).
-async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Vec<Value>) {
+/// Sends one command on `pve2mqtt/pve/{kind}/{vmid}/set`; returns its final task report
+/// and the `seq` of the simulator's last request before it.
+pub(crate) async fn send_command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, u64) {
     let id = payload["id"]
         .as_str()
         .expect("test payloads carry an id")
@@ -80,6 +71,12 @@ async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Ve
         )
         .await;
     let result = wait_final(&w.probe, &format!("pve2mqtt/pve/{kind}/{vmid}/task"), &id).await;
+    (result, since)
+}
+
+/// Sends one command and returns (final task report, the POSTs it caused).
+async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Vec<Value>) {
+    let (result, since) = send_command(w, kind, vmid, payload).await;
     (result, posts(&w.sim, since).await)
 }
 
@@ -274,11 +271,7 @@ async fn a_403_is_reported_as_a_permission_failure() {
     .await;
     let w = stage.start().await;
     let probe = &w.probe;
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     probe
         .publish(
             "pve2mqtt/pve/qemu/100/set",
@@ -716,9 +709,7 @@ async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
         .clone();
     let vmid = guest["vmid"].as_u64().unwrap();
     let topic = format!("pve2mqtt/simcluster/qemu/{vmid}");
-    probe
-        .wait_topic(&topic, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    probe.wait_state(&topic).await;
     sim_send(
         sim,
         "POST",

@@ -178,11 +178,7 @@ fn online_count(probe: &Probe) -> usize {
 async fn two_mib_retained_on_a_command_topic_neither_knocks_the_bridge_offline_nor_runs() {
     let w = World::start().await;
     let (sim, probe) = (&w.sim, &w.probe);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     let before = online_count(probe);
     assert_eq!(before, 1, "one online at start");
     let posts_before = sim_get(sim, "/_sim/requests?since=0")
@@ -270,11 +266,7 @@ async fn one_empty_resources_answer_deletes_nothing_but_a_lasting_one_does() {
     let w = World::start().await;
     let (sim, probe) = (&w.sim, &w.probe);
     probe
-        .wait_topic(
-            "homeassistant/device/pve2mqtt_pve_100/config",
-            20 * SECS,
-            |m| !m.payload.is_empty(),
-        )
+        .wait_state("homeassistant/device/pve2mqtt_pve_100/config")
         .await;
     let (_, mut seen) = resources_requests(sim, 0).await;
 
@@ -343,11 +335,7 @@ async fn one_empty_resources_answer_deletes_nothing_but_a_lasting_one_does() {
 async fn refresh_requests_during_an_outage_wait_for_the_backoff() {
     let w = World::start().await;
     let (sim, probe) = (&w.sim, &w.probe);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
 
     // Proxmox fails every cluster-wide read from now on
     sim_send(

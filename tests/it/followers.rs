@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::commands::task_states;
 use crate::support::*;
 
 const TASK_100: &str = "pve2mqtt/pve/qemu/100/task";
@@ -13,17 +14,6 @@ const STATES: &[&str] = &["pve2mqtt/#"];
 
 fn is_final(state: &Value) -> bool {
     matches!(state.as_str(), Some("ok" | "failed" | "rejected"))
-}
-
-/// The `…/task` payloads on `topic` for command `id`, in the order received.
-fn reports(probe: &Probe, topic: &str, id: &str) -> Vec<Value> {
-    probe
-        .messages()
-        .into_iter()
-        .filter(|m| m.topic == topic && !m.payload.is_empty())
-        .map(|m| m.json())
-        .filter(|v| v["id"] == id)
-        .collect()
 }
 
 /// Panics unless `states` has at most one final report and nothing after it.
@@ -41,19 +31,6 @@ fn assert_final_is_final(states: &[Value]) {
             "a report after the final one: {shown:?}"
         );
     }
-}
-
-async fn requests_since(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
-    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
-    all.as_array().expect("request list").clone()
-}
-
-async fn last_seq(sim: &pve_sim::SimHandle) -> u64 {
-    requests_since(sim, 0)
-        .await
-        .last()
-        .and_then(|r| r["seq"].as_u64())
-        .unwrap_or(0)
 }
 
 async fn set_task_duration(sim: &pve_sim::SimHandle, ms: u64) {
@@ -95,11 +72,7 @@ async fn a_broker_restart_during_a_backup_gives_one_final_result_and_nothing_aft
     let bridge = Bridge::start(cfg.config());
     {
         let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-        probe
-            .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-                !m.payload.is_empty()
-            })
-            .await;
+        probe.wait_state("pve2mqtt/pve/qemu/100").await;
         probe
             .publish(
                 "pve2mqtt/pve/qemu/100/set",
@@ -150,9 +123,7 @@ async fn a_broker_restart_during_a_backup_gives_one_final_result_and_nothing_aft
 async fn a_partial_node_backup_reports_each_guest_from_its_log() {
     let w = World::builder().probe(STATES).start().await;
     let (sim, probe) = (&w.sim, &w.probe);
-    probe
-        .wait_topic("pve2mqtt/pve/lxc/101", 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    probe.wait_state("pve2mqtt/pve/lxc/101").await;
     sim_send(
         sim,
         "POST",
@@ -195,7 +166,7 @@ async fn a_partial_node_backup_reports_each_guest_from_its_log() {
     assert_eq!(state_of(100), Some(json!("ok")), "{response}");
     assert_eq!(state_of(101), Some(json!("failed")), "{response}");
     for topic in [TASK_100, "pve2mqtt/pve/lxc/101/task"] {
-        assert_final_is_final(&reports(probe, topic, "nb"));
+        assert_final_is_final(&task_states(probe, topic, "nb"));
     }
     w.stop().await;
 }
@@ -240,7 +211,7 @@ async fn a_forged_running_report_with_an_unknown_upid_ends_failed_and_frees_the_
             m.topic == TASK_100 && m.text().contains("\"after\"") && m.text().contains("\"ok\"")
         })
         .await;
-    assert_final_is_final(&reports(probe, TASK_100, "forged"));
+    assert_final_is_final(&task_states(probe, TASK_100, "forged"));
     w.stop().await;
 }
 
@@ -325,7 +296,7 @@ async fn a_restart_during_a_node_backup_resumes_one_follower_for_all_its_guests(
                 m.topic == topic && m.text().contains("\"ok\"")
             })
             .await;
-        assert_final_is_final(&reports(probe, &topic, "all"));
+        assert_final_is_final(&task_states(probe, &topic, "all"));
     }
     bridge.stop().await.unwrap();
 }
@@ -341,11 +312,7 @@ async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
         .start()
         .await;
     let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     // Proxmox starts the task at once but answers 7 s later (longer than the 5 s a
     // stopping bridge used to wait for its runners)
     sim_send(
@@ -384,7 +351,7 @@ async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
         .json();
     assert_eq!(done["state"], "ok", "{done}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_final_is_final(&reports(probe, TASK_100, "slow"));
+    assert_final_is_final(&task_states(probe, TASK_100, "slow"));
     bridge.stop().await.unwrap();
 }
 
@@ -393,20 +360,14 @@ async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
 /// list before concluding that the command never reached Proxmox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    set_task_duration(&sim, 2000).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let path = cfg.write();
+    let stage = World::builder().probe(STATES).prepare().await;
+    let (sim, probe) = (&stage.sim, &stage.probe);
+    set_task_duration(sim, 2000).await;
+    let path = stage.cfg.write();
     let mut child = spawn_bridge(&path, &[]);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         json!({"path_prefix": "/nodes/pve/qemu/100/status/reboot", "method": "POST", "kind": "late", "delay_ms": 3000, "count": 1}),
@@ -425,7 +386,7 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
     // The POST reached Proxmox: the task runs
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            let tasks = sim_get(&sim, "/_sim/tasks").await;
+            let tasks = sim_get(sim, "/_sim/tasks").await;
             if tasks
                 .as_array()
                 .unwrap()
@@ -455,7 +416,7 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
         "{done}"
     );
     // (The killed POST is not in the request log: its connection closed unanswered.)
-    let tasks = sim_get(&sim, "/_sim/tasks").await;
+    let tasks = sim_get(sim, "/_sim/tasks").await;
     let reboots = tasks
         .as_array()
         .unwrap()
@@ -464,7 +425,7 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
         .count();
     assert_eq!(reboots, 1, "the command ran once");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_final_is_final(&reports(&probe, TASK_100, "killed"));
+    assert_final_is_final(&task_states(probe, TASK_100, "killed"));
     child.kill().await.unwrap();
 }
 
@@ -474,11 +435,7 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
 async fn a_post_answered_after_the_timeout_reports_the_task_it_started() {
     let w = World::builder().probe(STATES).start().await;
     let (sim, probe) = (&w.sim, &w.probe);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     // The test config's timeout is 5 s
     sim_send(
         sim,
@@ -506,6 +463,6 @@ async fn a_post_answered_after_the_timeout_reports_the_task_it_started() {
         "{done}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_final_is_final(&reports(probe, TASK_100, "timeout"));
+    assert_final_is_final(&task_states(probe, TASK_100, "timeout"));
     w.stop().await;
 }

@@ -31,11 +31,7 @@ const FAST_DETAILS: &str = "disks_interval = \"1s\"\ncertificates_interval = \"1
 
 /// The simulator's recorded requests, oldest first.
 async fn requests(sim: &pve_sim::SimHandle) -> Vec<Value> {
-    sim_get(sim, "/_sim/requests?since=0")
-        .await
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    requests_since(sim, 0).await
 }
 
 fn route(r: &Value) -> &str {
@@ -193,9 +189,7 @@ async fn a_vanished_disk_is_removed_from_home_assistant() {
     let w = world(FAST_DETAILS).start().await;
     let (sim, probe) = (&w.sim, &w.probe);
     let device = "homeassistant/device/pve2mqtt_pve_disk_pve_sdb/config";
-    probe
-        .wait_topic(device, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    probe.wait_state(device).await;
 
     // When the failed disk is pulled (and no longer listed)
     let mut health = sim_get(sim, "/_sim/nodes/pve/health").await;
@@ -438,12 +432,7 @@ async fn check_says_whether_the_token_can_read_node_health_and_updates() {
     async fn run(cfg: &TestConfig, toml: String) -> String {
         let path = cfg.dir.path().join("check.toml");
         std::fs::write(&path, toml).unwrap();
-        let output = tokio::process::Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .await
-            .expect("run check");
+        let output = run_check(&path).await;
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         assert!(
             output.status.success(),

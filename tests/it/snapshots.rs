@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::commands::{last_seq, task_states, wait_final};
+use crate::commands::{last_seq, send_command, task_states, wait_final};
 use crate::support::*;
 
 /// Seed world (VM 100 with snapshots `before-upgrade` → `ha-2026-11`, CT 101 with
@@ -26,27 +26,14 @@ async fn world(extra: &str) -> World {
 
 /// Every request that changes something (not a GET) since `since`.
 async fn writes(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
-    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
-    all.as_array()
-        .expect("request list")
-        .iter()
-        .filter(|r| r["method"] != "GET")
-        .cloned()
-        .collect()
+    let mut all = requests_since(sim, since).await;
+    all.retain(|r| r["method"] != "GET");
+    all
 }
 
 /// Sends one command; returns its final report and the writes it caused.
 async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Vec<Value>) {
-    let id = payload["id"].as_str().expect("an id").to_string();
-    let since = last_seq(&w.sim).await;
-    w.probe
-        .publish(
-            &format!("pve2mqtt/pve/{kind}/{vmid}/set"),
-            &payload.to_string(),
-            false,
-        )
-        .await;
-    let result = wait_final(&w.probe, &format!("pve2mqtt/pve/{kind}/{vmid}/task"), &id).await;
+    let (result, since) = send_command(w, kind, vmid, payload).await;
     (result, writes(&w.sim, since).await)
 }
 

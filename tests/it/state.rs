@@ -25,9 +25,7 @@ const BRIDGE_DEVICE: &str = "homeassistant/device/pve2mqtt_bridge/config";
 
 async fn wait_for_seed_discovery(probe: &Probe) {
     for topic in SEED_DEVICES {
-        probe
-            .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
-            .await;
+        probe.wait_state(topic).await;
     }
 }
 
@@ -134,9 +132,7 @@ async fn retained_states_match_what_proxmox_reports() {
         "pve2mqtt/pve/lxc/101",
         "pve2mqtt/pve/node/pve",
     ] {
-        probe
-            .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
-            .await;
+        probe.wait_state(topic).await;
     }
     // Slow lane fills in node details and backups within a round.
     probe

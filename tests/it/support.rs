@@ -307,9 +307,7 @@ impl Stage {
     pub async fn start(self) -> World {
         let bridge = Bridge::start(self.cfg.config());
         for topic in &self.wait {
-            self.probe
-                .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
-                .await;
+            self.probe.wait_state(topic).await;
         }
         World {
             broker: self.broker,
@@ -321,8 +319,33 @@ impl Stage {
     }
 }
 
+/// The Proxmox requests the simulator recorded after `since` (their `seq`), oldest first.
+pub async fn requests_since(sim: &SimHandle, since: u64) -> Vec<serde_json::Value> {
+    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
+    all.as_array().expect("request list").clone()
+}
+
+/// The `seq` of the newest request the simulator recorded (0 before any).
+pub async fn last_seq(sim: &SimHandle) -> u64 {
+    requests_since(sim, 0)
+        .await
+        .last()
+        .and_then(|r| r["seq"].as_u64())
+        .unwrap_or(0)
+}
+
 /// The real binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_pve2mqtt");
+
+/// Runs `pve2mqtt check --config path` (the real binary) to its end.
+pub async fn run_check(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .await
+        .expect("run check")
+}
 
 /// Runs `pve2mqtt run --config path` as its own process, stdout and stderr captured.
 pub fn spawn_bridge(path: &Path, envs: &[(&str, &str)]) -> tokio::process::Child {

@@ -225,12 +225,7 @@ async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
     let path = stage.cfg.write();
 
     // `check` says what is missing, and for what.
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(&path).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("tasks of any origin, backup health: no — missing Sys.Audit on /"),

@@ -177,6 +177,9 @@ pub async fn main(mut args: BenchArgs) -> anyhow::Result<i32> {
         args.world.running,
         args.world.stats_interval.as_deref().unwrap_or("10s"),
     );
+    if args.ci {
+        println!("CI quick mode (--ci): {}, the smallest size and a few polls; a check of the harness and the fast lane's budget, its figures are not for publication", binary.display());
+    }
     let mut results = Vec::new();
     for (index, &(nodes, guests)) in sizes.iter().enumerate() {
         // Lone commands take ~0.4 s each: only at the largest size, to keep the run short.
