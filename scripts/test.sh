@@ -42,3 +42,9 @@ scripts/check-deb.sh debug
 # The quick soak (cargo xtask soak --ci, ~2 min): the real binary, a broker with persistence
 # on and its restarts, retained commands, Proxmox faults, one bridge restart.
 scripts/soak.sh --ci
+
+# The quick benchmark (cargo xtask bench --ci, ~40 s): the debug binary the tests built, at
+# the smallest size (1x10), in the frozen and the moving world, with a few commands; fails
+# unless its report is complete and the fast lane makes at most 2 requests per poll. Its
+# figures are not published (bench/RESULTS.md has the release build's).
+cargo xtask bench --ci

@@ -8,20 +8,17 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 const VM: &str = "pve2mqtt/pve/qemu/100";
 const CT: &str = "pve2mqtt/pve/lxc/101";
 const VM_DEVICE: &str = "homeassistant/device/pve2mqtt_pve_100/config";
 const AGENT_PATH: &str = "/nodes/pve/qemu/100/agent/";
 
-/// A test config whose agent lane asks every guest every second, in 1 s rounds.
-fn agent_config(sim: &pve_sim::SimHandle, port: u16) -> TestConfig {
-    let mut cfg = TestConfig::new(sim, port, "");
-    cfg.toml = cfg.toml.replace(
+/// A world whose agent lane asks every guest every second, in 1 s rounds.
+fn agent_world() -> WorldBuilder {
+    World::builder().replace(
         "slow_interval = \"2s\"",
         "slow_interval = \"1s\"\nagent_interval = \"1s\"",
-    );
-    cfg
+    )
 }
 
 /// The simulator's recorded requests whose path starts with `prefix`.
@@ -36,11 +33,8 @@ fn requests_to(sim: &pve_sim::SimHandle, prefix: &str) -> Vec<pve_sim::RecordedR
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_vm_with_the_agent_publishes_its_addresses_os_and_disk_used() {
     // Given the seed world: VM 100 with a running agent, CT 101 running
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = agent_config(&sim, broker.port);
-    let bridge = Bridge::start(cfg.config());
+    let w = agent_world().start().await;
+    let probe = &w.probe;
 
     // Then the VM's state carries the agent's data: no loopback, no link-local, IPv4 first
     let vm = probe
@@ -78,25 +72,17 @@ async fn a_running_vm_with_the_agent_publishes_its_addresses_os_and_disk_used() 
     assert_eq!(cmps["ip_address"]["json_attr_t"], VM);
     assert_eq!(cmps["os"]["ent_cat"], "diagnostic");
     assert_eq!(cmps["disk_used"]["uniq_id"], "pve2mqtt_pve_100_disk_used");
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_without_the_agent_configured_is_not_asked_again_every_round() {
     // Given VM 100 without an `agent` key in its config
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    sim_send(
-        &sim,
-        "POST",
-        "/_sim/agents/100",
-        json!({"config": "absent"}),
-    )
-    .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = agent_config(&sim, broker.port);
-    let bridge = Bridge::start(cfg.config());
+    let stage = agent_world().prepare().await;
+    let sim = &stage.sim;
+    sim_send(sim, "POST", "/_sim/agents/100", json!({"config": "absent"})).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
 
     // When the bridge runs for several agent intervals
     probe
@@ -109,7 +95,7 @@ async fn a_vm_without_the_agent_configured_is_not_asked_again_every_round() {
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Then the VM was asked once, and its state says nothing about an agent
-    let asked = requests_to(&sim, AGENT_PATH);
+    let asked = requests_to(sim, AGENT_PATH);
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert_eq!(asked[0].status, Some(500));
     let vm = probe.latest(VM).unwrap().json();
@@ -117,27 +103,25 @@ async fn a_vm_without_the_agent_configured_is_not_asked_again_every_round() {
     assert_eq!(vm["ip_addresses"], json!([]));
     assert!(vm["os"].is_null());
     // …while the container was asked every round
-    assert!(requests_to(&sim, "/nodes/pve/lxc/101/interfaces").len() >= 3);
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    assert!(requests_to(sim, "/nodes/pve/lxc/101/interfaces").len() >= 3);
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_that_times_out_is_backed_off_and_never_delays_the_other_lanes() {
     // Given VM 100 whose agent hangs: each call takes 2.5 s before Proxmox's timeout
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let stage = agent_world().prepare().await;
+    let sim = &stage.sim;
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/agents",
         json!({"command_wait_ms": 2500}),
     )
     .await;
-    sim_send(&sim, "POST", "/_sim/agents/100", json!({"mode": "timeout"})).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = agent_config(&sim, broker.port);
-    let bridge = Bridge::start(cfg.config());
+    sim_send(sim, "POST", "/_sim/agents/100", json!({"mode": "timeout"})).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let agent_route = "GET /nodes/{node}/qemu/{vmid}/agent/network-get-interfaces";
     let counters = || sim.world().counters();
 
@@ -168,7 +152,7 @@ async fn an_agent_that_times_out_is_backed_off_and_never_delays_the_other_lanes(
         .wait_topic(VM, 20 * SECS, |m| m.json()["agent"] == false)
         .await;
     tokio::time::sleep(Duration::from_secs(9)).await;
-    let asked = requests_to(&sim, AGENT_PATH);
+    let asked = requests_to(sim, AGENT_PATH);
     assert!(
         (2..=3).contains(&asked.len()),
         "{} agent calls: {asked:?}",
@@ -179,69 +163,59 @@ async fn an_agent_that_times_out_is_backed_off_and_never_delays_the_other_lanes(
     assert!(asked
         .iter()
         .all(|r| r.path.ends_with("network-get-interfaces")));
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_guests_are_not_asked() {
     // Given VM 100 and CT 101 stopped
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let stage = agent_world().prepare().await;
     for vmid in [100, 101] {
         sim_send(
-            &sim,
+            &stage.sim,
             "PATCH",
             &format!("/_sim/guests/{vmid}"),
             json!({"status": "stopped"}),
         )
         .await;
     }
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = agent_config(&sim, broker.port);
-    let bridge = Bridge::start(cfg.config());
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic(VM, 20 * SECS, |m| m.json()["status"] == "stopped")
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Then neither was asked, and their states carry no agent data
-    assert!(requests_to(&sim, AGENT_PATH).is_empty());
-    assert!(requests_to(&sim, "/nodes/pve/lxc/101/interfaces").is_empty());
+    assert!(requests_to(sim, AGENT_PATH).is_empty());
+    assert!(requests_to(sim, "/nodes/pve/lxc/101/interfaces").is_empty());
     let vm: Value = probe.latest(VM).unwrap().json();
     assert!(vm["agent"].is_null());
     assert_eq!(vm["ip_addresses"], json!([]));
     // And the VM's "Disk used" stays unannounced (Proxmox's 0 would be false)
     let device = probe.latest(VM_DEVICE).unwrap().json();
     assert!(device["cmps"].get("disk_used").is_none());
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_the_agent_privilege_is_skipped_quietly_and_check_says_so() {
     // Given a token that may read state but not the guest agent (PVE 9)
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
     let token = "reader@pve!bridge=aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
+    let stage = agent_world()
+        .replace(pve_sim::DEFAULT_TOKEN, token)
+        .prepare()
+        .await;
     sim_send(
-        &sim,
+        &stage.sim,
         "POST",
         "/_sim/tokens",
         json!({"token": token, "privileges": {"/": ["Sys.Audit", "VM.Audit", "Datastore.Audit"]}}),
     )
     .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let mut cfg = agent_config(&sim, broker.port);
-    cfg.toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
 
     // Then `check` names the privilege that applies, and still passes
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(cfg.write())
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(stage.cfg.write()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(
@@ -250,7 +224,8 @@ async fn a_token_without_the_agent_privilege_is_skipped_quietly_and_check_says_s
     );
 
     // And the bridge asks once, gets its 403, and does not ask again
-    let bridge = Bridge::start(cfg.config());
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic(CT, 20 * SECS, |m| {
             m.json()["ip_addresses"]
@@ -259,7 +234,7 @@ async fn a_token_without_the_agent_privilege_is_skipped_quietly_and_check_says_s
         })
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let asked = requests_to(&sim, AGENT_PATH);
+    let asked = requests_to(sim, AGENT_PATH);
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert_eq!(asked[0].status, Some(403));
     let vm = probe.latest(VM).unwrap().json();
@@ -267,8 +242,7 @@ async fn a_token_without_the_agent_privilege_is_skipped_quietly_and_check_says_s
     // The bridge stays healthy: still online
     let state = probe.latest("pve2mqtt/bridge/state").unwrap();
     assert_eq!(state.text(), "online");
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,12 +254,7 @@ async fn check_names_vm_monitor_on_pve8() {
     })
     .await;
     let cfg = TestConfig::new(&sim, broker.port, "");
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(cfg.write())
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(cfg.write()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("guest agent: yes (VM.Monitor on /vms, as PVE 8 asks)"),

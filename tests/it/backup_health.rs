@@ -7,40 +7,33 @@ use serde_json::json;
 
 use crate::support::*;
 
-const ALL: &[&str] = &["pve2mqtt/#"];
+const STATES: &[&str] = &["pve2mqtt/#"];
 const JOB: &str = "backup-5d7a9f1c-1a2b";
 const LOG: &str = "GET /nodes/{node}/tasks/{upid}/log";
 
-fn config(sim: &pve_sim::SimHandle, port: u16) -> pve2mqtt::config::Config {
-    let cfg = TestConfig::new(sim, port, "");
-    let toml = cfg.toml.replace(
+/// A world whose bridge reads the task list every second.
+fn world() -> WorldBuilder {
+    World::builder().probe(STATES).replace(
         "slow_interval = \"2s\"\n",
         "slow_interval = \"2s\"\ntasks_interval = \"1s\"\n",
-    );
-    pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_backup_that_fails_for_one_guest_of_three_gives_exactly_one_failed_verdict() {
     // Given three guests on node pve; the seed's job leaves CT 101 out
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let stage = world().prepare().await;
+    let sim = &stage.sim;
+    sim_send(sim, "POST", "/_sim/config", json!({"stats_interval_ms": 0})).await;
     sim_send(
-        &sim,
-        "POST",
-        "/_sim/config",
-        json!({"stats_interval_ms": 0}),
-    )
-    .await;
-    sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/guests",
         json!({"vmid": 102, "type": "lxc", "node": "pve", "name": "zigbee", "status": "running"}),
     )
     .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(config(&sim, broker.port));
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let ct = probe
         .wait_topic("pve2mqtt/pve/lxc/101", 20 * SECS, |m| {
             m.json()["backup_covered"] == false && m.json()["backup_stale"] == false
@@ -61,14 +54,14 @@ async fn a_scheduled_backup_that_fails_for_one_guest_of_three_gives_exactly_one_
 
     // When the job covers every guest, and its scheduled run fails for CT 102
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/backup-jobs",
         json!({"id": JOB, "all": true, "storage": "local"}),
     )
     .await;
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/tasks/next",
         json!({"vmid": 102, "action": "backup", "outcome": "fail",
@@ -76,7 +69,7 @@ async fn a_scheduled_backup_that_fails_for_one_guest_of_three_gives_exactly_one_
     )
     .await;
     let run = sim_send(
-        &sim,
+        sim,
         "POST",
         &format!("/_sim/backup-jobs/{JOB}/run"),
         json!({}),
@@ -136,22 +129,24 @@ async fn a_scheduled_backup_that_fails_for_one_guest_of_three_gives_exactly_one_
         .filter(|r| r.route == LOG && r.path.contains(&upid))
         .count();
     assert_eq!(reads, 1, "the job's log is read once");
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
     // Given a generated cluster whose guests with a vmid ending in 5 are backed up on a
     // Proxmox Backup Server storage, verified: VM/CT 115 failed, 105 ok
-    let broker = Mosquitto::start();
-    let sim = start_sim(pve_sim::SimOptions {
-        nodes: Some(2),
-        guests: Some(20),
-        ..sim_options()
-    })
-    .await;
-    let content: serde_json::Value = sim_http(&sim)
+    let stage = World::builder()
+        .probe(STATES)
+        .sim(pve_sim::SimOptions {
+            nodes: Some(2),
+            guests: Some(20),
+            ..sim_options()
+        })
+        .prepare()
+        .await;
+    let sim = &stage.sim;
+    let content: serde_json::Value = sim_http(sim)
         .get(format!(
             "{}/api2/json/nodes/pve1/storage/pbs-backup/content?content=backup",
             sim.base_url()
@@ -186,8 +181,8 @@ async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
         .starts_with("UPID:"));
 
     // When the bridge reads the backup storages
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(TestConfig::new(&sim, broker.port, "").config());
+    let w = stage.start().await;
+    let probe = &w.probe;
 
     // Then each guest carries its newest backup's verification and size
     let verified = |vmid: u64, state: &'static str| {
@@ -208,5 +203,5 @@ async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
     let failed = verified(115, "failed").await;
     assert_eq!(failed["last_backup_size"], row(115)["size"]);
     verified(105, "ok").await;
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }

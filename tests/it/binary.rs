@@ -11,6 +11,17 @@ fn signal(child: &std::process::Child, sig: &str) {
     assert!(status.success());
 }
 
+/// `pve2mqtt run` (the real binary) on the config at `path`, its output discarded.
+fn spawn_quiet(path: &std::path::Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pve2mqtt")
+}
+
 fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
     loop {
@@ -25,26 +36,13 @@ fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_bridge_process_leaves_bridge_state_offline() {
     // Given the real binary running against the simulator and a broker
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let path = cfg.write();
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pve2mqtt");
+    let stage = World::builder().probe(&["pve2mqtt/#"]).prepare().await;
+    let (broker, probe) = (&stage.broker, &stage.probe);
+    let mut child = spawn_quiet(&stage.cfg.write());
     probe
         .wait_topic("pve2mqtt/bridge/state", 20 * SECS, |m| m.text() == "online")
         .await;
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
 
     // When it is killed without a chance to clean up
     signal(&child, "KILL");
@@ -66,18 +64,9 @@ async fn killing_the_bridge_process_leaves_bridge_state_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_publishes_offline_and_exits_zero() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let path = cfg.write();
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn pve2mqtt");
+    let stage = World::builder().probe(&["pve2mqtt/#"]).prepare().await;
+    let probe = &stage.probe;
+    let mut child = spawn_quiet(&stage.cfg.write());
     probe
         .wait_topic("pve2mqtt/bridge/state", 20 * SECS, |m| m.text() == "online")
         .await;
@@ -99,12 +88,7 @@ async fn check_reports_proxmox_and_broker_and_exits_zero() {
     let sim = start_sim(sim_options()).await;
     let cfg = TestConfig::new(&sim, broker.port, "");
     let path = cfg.write();
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(&path).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
@@ -130,12 +114,7 @@ async fn check_tries_every_broker_of_mqtt_urls_and_passes_while_one_answers() {
         let cfg = TestConfig::with_urls(&sim, &urls, "");
         async move {
             let path = cfg.write();
-            let output = tokio::process::Command::new(BIN)
-                .args(["check", "--config"])
-                .arg(&path)
-                .output()
-                .await
-                .expect("run check");
+            let output = run_check(&path).await;
             (
                 output.status.code(),
                 String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -9,7 +9,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 const BRIDGE_DEVICE: &str = "homeassistant/device/pve2mqtt_bridge/config";
 const PROXMOX_STATE: &str = "pve2mqtt/bridge/proxmox/pve";
 const RESOURCES: &str = "GET /cluster/resources";
@@ -21,15 +20,12 @@ async fn polls(sim: &pve_sim::SimHandle) -> u64 {
         .unwrap_or(0)
 }
 
-/// A config whose timer never polls again within a test: only the first poll and
+/// A world whose timer never polls again within a test: only the first poll and
 /// refreshes reach Proxmox.
-fn quiet_config(sim: &pve_sim::SimHandle, port: u16) -> TestConfig {
-    let mut cfg = TestConfig::new(sim, port, "");
-    cfg.toml = cfg
-        .toml
+fn quiet_world() -> WorldBuilder {
+    World::builder()
         .replace("interval = \"1s\"", "interval = \"1h\"")
-        .replace("slow_interval = \"2s\"", "slow_interval = \"1h\"");
-    cfg
+        .replace("slow_interval = \"2s\"", "slow_interval = \"1h\"")
 }
 
 /// The Refresh button as Home Assistant has it: (command topic, payload on press).
@@ -48,17 +44,11 @@ async fn refresh_button(probe: &Probe) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pressing_refresh_in_home_assistant_polls_proxmox_at_once() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(quiet_config(&sim, broker.port).config());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
-    let (topic, press) = refresh_button(&probe).await;
-    let before = polls(&sim).await;
+    let w = quiet_world().start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
+    let (topic, press) = refresh_button(probe).await;
+    let before = polls(sim).await;
 
     // HA publishes a press without the retain flag.
     probe.publish(&topic, &press, false).await;
@@ -69,28 +59,25 @@ async fn pressing_refresh_in_home_assistant_polls_proxmox_at_once() {
     assert_eq!(answer["status"], "ok", "{answer}");
     assert_eq!(answer["data"]["refreshed"], json!(["pve"]));
     let deadline = tokio::time::Instant::now() + 10 * SECS;
-    while polls(&sim).await == before {
+    while polls(sim).await == before {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the press polled nothing"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// A press left retained on the broker (by a user's `retain: true`, or a broker that
 /// replays it) must not poll at every reconnect of the bridge (SPEC §7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_refresh_press_polls_nothing_and_is_cleared() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = quiet_config(&sim, broker.port);
     // A first run tells us what the button sends, as HA would learn it.
-    let bridge = Bridge::start(cfg.config());
-    let (topic, press) = refresh_button(&probe).await;
-    bridge.stop().await.unwrap();
+    let w = quiet_world().start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    let (topic, press) = refresh_button(probe).await;
+    w.bridge.stop().await.unwrap();
 
     probe.publish(&topic, &press, true).await;
     // On the broker before the bridge subscribes (the probe hears its own publish).
@@ -99,9 +86,9 @@ async fn a_retained_refresh_press_polls_nothing_and_is_cleared() {
             m.topic == topic && m.text() == press
         })
         .await;
-    sim_send(&sim, "POST", "/_sim/counters/reset", json!({})).await;
+    sim_send(sim, "POST", "/_sim/counters/reset", json!({})).await;
     probe.clear();
-    let bridge = Bridge::start(cfg.config());
+    let bridge = Bridge::start(w.cfg.config());
     let answer = probe
         .wait_topic("pve2mqtt/bridge/response/refresh", 20 * SECS, |_| true)
         .await
@@ -116,24 +103,18 @@ async fn a_retained_refresh_press_polls_nothing_and_is_cleared() {
             m.topic == topic && m.payload.is_empty()
         })
         .await;
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     // Had the press run, its poll would follow the start-up poll within the refresh
     // spacing (1 s); the timer itself polls next in an hour.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(polls(&sim).await, 1, "only the start-up poll");
+    assert_eq!(polls(sim).await, 1, "only the start-up poll");
     bridge.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxmox_api_state_goes_offline_while_polls_fail_and_online_when_they_succeed() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(TestConfig::new(&sim, broker.port, "").config());
+    let w = World::start().await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
     probe
         .wait_topic(PROXMOX_STATE, 20 * SECS, |m| m.text() == "online")
         .await;
@@ -151,7 +132,7 @@ async fn the_proxmox_api_state_goes_offline_while_polls_fail_and_online_when_the
 
     // Proxmox answers 500 to the next three polls, then drops two connections.
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         json!({"path_prefix": "/cluster/resources", "kind": "status", "status": 500,
@@ -165,7 +146,7 @@ async fn the_proxmox_api_state_goes_offline_while_polls_fail_and_online_when_the
         .wait_topic(PROXMOX_STATE, 30 * SECS, |m| m.text() == "online")
         .await;
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         json!({"path_prefix": "/cluster/resources", "kind": "drop", "count": 2}),
@@ -193,7 +174,7 @@ async fn the_proxmox_api_state_goes_offline_while_polls_fail_and_online_when_the
         changes,
         ["online", "offline", "online", "offline", "online"]
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// A node that goes offline: its own availability goes `offline` (its other entities
@@ -201,10 +182,8 @@ async fn the_proxmox_api_state_goes_offline_while_polls_fail_and_online_when_the
 /// so Home Assistant shows the sensor as "Disconnected", not "unavailable".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_node_is_a_state_of_its_connectivity_sensor_not_unavailable() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(TestConfig::new(&sim, broker.port, "").config());
+    let w = World::start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let device = probe
         .wait_topic(
             "homeassistant/device/pve2mqtt_pve_node_pve/config",
@@ -226,7 +205,7 @@ async fn an_offline_node_is_a_state_of_its_connectivity_sensor_not_unavailable()
         .wait_topic(&state_topic, 10 * SECS, |m| m.json()["status"] == "online")
         .await;
 
-    sim_send(&sim, "POST", "/_sim/nodes/pve", json!({"online": false})).await;
+    sim_send(sim, "POST", "/_sim/nodes/pve", json!({"online": false})).await;
     probe
         .wait_topic(&state_topic, 20 * SECS, |m| m.json()["status"] == "offline")
         .await;
@@ -247,5 +226,5 @@ async fn an_offline_node_is_a_state_of_its_connectivity_sensor_not_unavailable()
         connectivity["val_tpl"],
         "{{ 'ON' if value_json.status == 'online' else 'OFF' }}"
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }

@@ -198,12 +198,8 @@ async fn core_behaviour(mut target: Target) {
     probe
         .wait_topic("pve2mqtt/bridge/state", 30 * SECS, |m| m.text() == "online")
         .await;
-    probe
-        .wait_topic(DISCOVERY, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
-    probe
-        .wait_topic(STATE, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    probe.wait_state(DISCOVERY).await;
+    probe.wait_state(STATE).await;
 
     // State and discovery are retained
     retained_for_a_new_client(target.client_port()).await;
@@ -214,12 +210,8 @@ async fn core_behaviour(mut target: Target) {
     // Home Assistant's birth message brings discovery and states again
     probe.clear();
     probe.publish("homeassistant/status", "online", false).await;
-    probe
-        .wait_topic(DISCOVERY, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
-    probe
-        .wait_topic(STATE, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    probe.wait_state(DISCOVERY).await;
+    probe.wait_state(STATE).await;
 
     // The broker goes away and comes back: the bridge reconnects, says it is online,
     // everything is there again and commands run again

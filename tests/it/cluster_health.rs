@@ -7,17 +7,12 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 const CLUSTER: &str = "pve2mqtt/pve/cluster";
 const CLUSTER_DEVICE: &str = "homeassistant/device/pve2mqtt_pve_cluster/config";
 
-/// A bridge config whose slow lane runs every second.
-fn fast_slow_lane(sim: &SimHandle, port: u16) -> TestConfig {
-    let mut cfg = TestConfig::new(sim, port, "");
-    cfg.toml = cfg
-        .toml
-        .replace("slow_interval = \"2s\"", "slow_interval = \"1s\"");
-    cfg
+/// A world whose bridge runs its slow lane every second.
+fn fast_slow_lane() -> WorldBuilder {
+    World::builder().replace("slow_interval = \"2s\"", "slow_interval = \"1s\"")
 }
 
 async fn counters(sim: &SimHandle) -> BTreeMap<String, u64> {
@@ -43,10 +38,8 @@ async fn wait_count(sim: &SimHandle, route: &str, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ceph_health_warn_reaches_home_assistant_as_a_problem_within_one_slow_round() {
     // Given the seed world, whose single-node Ceph warns about pools without replicas
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(TestConfig::new(&sim, broker.port, "").config());
+    let w = World::start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
 
     // Then the cluster state carries it, with the check message
     let state = probe
@@ -93,7 +86,7 @@ async fn a_ceph_health_warn_reaches_home_assistant_as_a_problem_within_one_slow_
     assert_eq!(device["cmps"]["ceph_usage"]["unit_of_meas"], "%");
 
     // When Ceph turns HEALTH_ERR, the next slow round (2 s) reports it
-    sim_send(&sim, "POST", "/_sim/ceph", json!({"health": "HEALTH_ERR"})).await;
+    sim_send(sim, "POST", "/_sim/ceph", json!({"health": "HEALTH_ERR"})).await;
     let state = probe
         .wait_topic(CLUSTER, 6 * SECS, |m| {
             m.json()["ceph"]["health"] == "HEALTH_ERR"
@@ -105,7 +98,7 @@ async fn a_ceph_health_warn_reaches_home_assistant_as_a_problem_within_one_slow_
         "1 full osd(s)"
     );
     // And back to OK: no checks left
-    sim_send(&sim, "POST", "/_sim/ceph", json!({"health": "HEALTH_OK"})).await;
+    sim_send(sim, "POST", "/_sim/ceph", json!({"health": "HEALTH_OK"})).await;
     let state = probe
         .wait_topic(CLUSTER, 6 * SECS, |m| {
             m.json()["ceph"]["health"] == "HEALTH_OK"
@@ -113,23 +106,28 @@ async fn a_ceph_health_warn_reaches_home_assistant_as_a_problem_within_one_slow_
         .await
         .json();
     assert_eq!(state["ceph"]["checks"], json!({}));
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_without_ceph_ha_or_replication_is_probed_once_and_not_asked_every_round() {
     // Given the seed world without Ceph (and, as always, without HA and replication)
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    sim_send(&sim, "POST", "/_sim/ceph", json!({"installed": false})).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(fast_slow_lane(&sim, broker.port).config());
+    let stage = fast_slow_lane().prepare().await;
+    sim_send(
+        &stage.sim,
+        "POST",
+        "/_sim/ceph",
+        json!({"installed": false}),
+    )
+    .await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
 
     // When the slow lane has run four rounds
-    wait_count(&sim, "GET /cluster/status", 4).await;
+    wait_count(sim, "GET /cluster/status", 4).await;
 
     // Then each part was asked for once, in the first round, and then left alone
-    let seen = counters(&sim).await;
+    let seen = counters(sim).await;
     assert_eq!(count(&seen, "GET /cluster/ceph/status"), 1, "{seen:?}");
     assert_eq!(
         count(&seen, "GET /cluster/ha/status/current"),
@@ -154,24 +152,24 @@ async fn a_cluster_without_ceph_ha_or_replication_is_probed_once_and_not_asked_e
         json!({"p": "binary_sensor"})
     );
     assert_eq!(device["cmps"]["ha_problem"], json!({"p": "binary_sensor"}));
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hastate_and_lock_reach_the_guests_without_any_extra_request() {
     // Given a container locked by a backup and an HA-managed VM
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    sim_send(&sim, "PATCH", "/_sim/guests/101", json!({"lock": "backup"})).await;
+    let stage = World::builder().prepare().await;
+    let sim = &stage.sim;
+    sim_send(sim, "PATCH", "/_sim/guests/101", json!({"lock": "backup"})).await;
     sim_send(
-        &sim,
+        sim,
         "PATCH",
         "/_sim/guests/100",
         json!({"hastate": "started"}),
     )
     .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(TestConfig::new(&sim, broker.port, "").config());
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
 
     // Then the guest states carry them
     let ct = probe
@@ -237,35 +235,36 @@ async fn hastate_and_lock_reach_the_guests_without_any_extra_request() {
     // And none of it cost a request per guest: apart from the guest details that have
     // their own per-guest budget (snapshot lists, the guest agent), the lanes asked only
     // cluster-wide and per-node endpoints
-    let seen = counters(&sim).await;
+    let seen = counters(sim).await;
     let budgeted = ["/snapshot", "/agent/", "/interfaces"];
     let per_guest: Vec<&String> = seen
         .keys()
         .filter(|r| r.contains("{vmid}") && !budgeted.iter().any(|b| r.contains(b)))
         .collect();
     assert!(per_guest.is_empty(), "per-guest requests: {per_guest:?}");
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_replication_job_turns_the_guests_replication_problem_on() {
     // Given a two-node cluster where VM 100 replicates to pve2
-    let broker = Mosquitto::start();
-    let sim = start_sim(SimOptions {
-        nodes: Some(2),
-        guests: Some(4),
-        ..sim_options()
-    })
-    .await;
+    let stage = fast_slow_lane()
+        .sim(SimOptions {
+            nodes: Some(2),
+            guests: Some(4),
+            ..sim_options()
+        })
+        .prepare()
+        .await;
     sim_send(
-        &sim,
+        &stage.sim,
         "POST",
         "/_sim/replication",
         json!({"guest": 100, "target": "pve2", "every_minutes": 1}),
     )
     .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(fast_slow_lane(&sim, broker.port).config());
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let topic = "pve2mqtt/simcluster/qemu/100";
     let vm = probe
         .wait_topic(topic, 20 * SECS, |m| !m.json()["replication"].is_null())
@@ -305,7 +304,7 @@ async fn a_failing_replication_job_turns_the_guests_replication_problem_on() {
 
     // When the job starts failing
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/replication/100-0",
         json!({"failing": true}),
@@ -323,30 +322,33 @@ async fn a_failing_replication_job_turns_the_guests_replication_problem_on() {
     assert!(error.contains("zfs snapshot"), "{error}");
     assert_eq!(vm["replication"]["jobs"][0]["error"], error);
     // The per-node status is what the slow lane reads, once per node and round
-    let seen = counters(&sim).await;
+    let seen = counters(sim).await;
     assert_eq!(count(&seen, "GET /cluster/replication"), 1, "{seen:?}");
     assert!(
         count(&seen, "GET /nodes/{node}/replication") >= 2,
         "{seen:?}"
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says_so() {
     // Given a token that may read guests, storages and nodes, but nothing on `/`
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let token = "bridge@pve!ro=5ec12e7a-0000-4000-8000-0000000000aa";
+    let stage = fast_slow_lane()
+        .replace(pve_sim::DEFAULT_TOKEN, token)
+        .prepare()
+        .await;
+    let sim = &stage.sim;
     sim_send(
-        &sim,
+        sim,
         "PATCH",
         "/_sim/guests/100",
         json!({"hastate": "started"}),
     )
     .await;
-    let token = "bridge@pve!ro=5ec12e7a-0000-4000-8000-0000000000aa";
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/tokens",
         json!({"token": token, "privileges": {
@@ -354,16 +356,9 @@ async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says
         }}),
     )
     .await;
-    let mut cfg = fast_slow_lane(&sim, broker.port);
-    cfg.toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
 
     // When `check` runs
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(cfg.write())
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(stage.cfg.write()).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     // Then it says which parts the token cannot read, and why
     assert!(
@@ -380,18 +375,18 @@ async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says
 
     // And the bridge with that token asks once, publishes nothing for them, and does not
     // ask again every round (the HA-managed guest does not make it ask again either)
-    let probe = Probe::connect(broker.port, ALL).await;
-    sim_get(&sim, "/_sim/counters").await;
-    sim_send(&sim, "POST", "/_sim/counters/reset", json!({})).await;
-    let bridge = Bridge::start(cfg.config());
+    sim_get(sim, "/_sim/counters").await;
+    sim_send(sim, "POST", "/_sim/counters/reset", json!({})).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
             m.json()["hastate"] == "started"
         })
         .await;
-    wait_count(&sim, "GET /cluster/resources", 4).await;
+    wait_count(sim, "GET /cluster/resources", 4).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let seen = counters(&sim).await;
+    let seen = counters(sim).await;
     assert_eq!(count(&seen, "GET /cluster/ceph/status"), 1, "{seen:?}");
     assert_eq!(
         count(&seen, "GET /cluster/ha/status/current"),
@@ -401,7 +396,7 @@ async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says
     let state = probe.latest(CLUSTER).expect("cluster state").json();
     assert_eq!(state["ceph"], Value::Null);
     assert_eq!(state["ha"], Value::Null);
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,26 +5,14 @@ use serde_json::{json, Value};
 use crate::state::pve_get;
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
-
 /// The Proxmox requests the simulator recorded since `since`, POSTs only.
 pub(crate) async fn posts(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
-    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
-    all.as_array()
-        .expect("request list")
-        .iter()
-        .filter(|r| r["method"] == "POST")
-        .cloned()
-        .collect()
+    let mut all = requests_since(sim, since).await;
+    all.retain(|r| r["method"] == "POST");
+    all
 }
 
-pub(crate) async fn last_seq(sim: &pve_sim::SimHandle) -> u64 {
-    let all = sim_get(sim, "/_sim/requests?since=0").await;
-    all.as_array()
-        .and_then(|a| a.last())
-        .and_then(|r| r["seq"].as_u64())
-        .unwrap_or(0)
-}
+pub(crate) use crate::support::last_seq;
 
 /// Every `…/task` payload received for `id`, in order.
 pub(crate) fn task_states(probe: &Probe, topic: &str, id: &str) -> Vec<Value> {
@@ -57,40 +45,19 @@ pub(crate) async fn wait_final(probe: &Probe, topic: &str, id: &str) -> Value {
         .json()
 }
 
-struct World {
-    broker: Mosquitto,
-    sim: pve_sim::SimHandle,
-    probe: Probe,
-    bridge: Bridge,
-    _cfg: TestConfig,
-}
-
 /// Seed world + bridge; waits until the bridge knows the guests.
 async fn world(extra: &str) -> World {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, extra);
-    let bridge = Bridge::start(cfg.config());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
-    probe
-        .wait_topic("pve2mqtt/pve/lxc/101", 20 * SECS, |m| !m.payload.is_empty())
-        .await;
-    World {
-        broker,
-        sim,
-        probe,
-        bridge,
-        _cfg: cfg,
-    }
+    World::builder()
+        .config(extra)
+        .until("pve2mqtt/pve/qemu/100")
+        .until("pve2mqtt/pve/lxc/101")
+        .start()
+        .await
 }
 
-/// Sends one command and returns (final task report, the POSTs it caused).
-async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Vec<Value>) {
+/// Sends one command on `pve2mqtt/pve/{kind}/{vmid}/set`; returns its final task report
+/// and the `seq` of the simulator's last request before it.
+pub(crate) async fn send_command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, u64) {
     let id = payload["id"]
         .as_str()
         .expect("test payloads carry an id")
@@ -104,6 +71,12 @@ async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Ve
         )
         .await;
     let result = wait_final(&w.probe, &format!("pve2mqtt/pve/{kind}/{vmid}/task"), &id).await;
+    (result, since)
+}
+
+/// Sends one command and returns (final task report, the POSTs it caused).
+async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Vec<Value>) {
+    let (result, since) = send_command(w, kind, vmid, payload).await;
     (result, posts(&w.sim, since).await)
 }
 
@@ -281,11 +254,13 @@ async fn failures_carry_proxmox_text_whether_in_the_task_or_synchronous() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_is_reported_as_a_permission_failure() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
     let token = "audit@pve!ro=99999999-8888-7777-6666-555555555555";
+    let stage = World::builder()
+        .replace(pve_sim::DEFAULT_TOKEN, token)
+        .prepare()
+        .await;
     sim_send(
-        &sim,
+        &stage.sim,
         "POST",
         "/_sim/tokens",
         json!({
@@ -294,16 +269,9 @@ async fn a_403_is_reported_as_a_permission_failure() {
         }),
     )
     .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
-    let bridge =
-        Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    let w = stage.start().await;
+    let probe = &w.probe;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     probe
         .publish(
             "pve2mqtt/pve/qemu/100/set",
@@ -311,14 +279,14 @@ async fn a_403_is_reported_as_a_permission_failure() {
             false,
         )
         .await;
-    let result = wait_final(&probe, "pve2mqtt/pve/qemu/100/task", "p1").await;
+    let result = wait_final(probe, "pve2mqtt/pve/qemu/100/task", "p1").await;
     assert_eq!(result["state"], "failed");
     let error = result["error"].as_str().unwrap();
     assert!(
         error.contains("403") && error.contains("Permission check failed (/vms/100, VM.PowerMgmt)"),
         "{error}"
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,8 +362,8 @@ async fn backup_sends_the_vzdump_form_reports_progress_and_updates_last_backup()
 async fn the_new_state_is_published_right_after_the_task_without_waiting_for_a_poll() {
     // A poll interval far longer than the test: only the post-task refresh can publish.
     let w = world("").await;
-    let cfg_slow = TestConfig::new(&w.sim, w.broker.port, "");
-    let toml = cfg_slow
+    let toml = w
+        .cfg
         .toml
         .replace("interval = \"1s\"", "interval = \"300s\"")
         .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"");
@@ -554,27 +522,26 @@ async fn read_only_rejects_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_command_published_before_the_bridge_starts_is_never_executed() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
+    let stage = World::builder().prepare().await;
     // Given a retained "stop" waiting on the broker
-    probe
+    stage
+        .probe
         .publish(
             "pve2mqtt/pve/qemu/100/set",
             r#"{"action":"stop","id":"old"}"#,
             true,
         )
         .await;
-    let since = last_seq(&sim).await;
+    let since = last_seq(&stage.sim).await;
     // When the bridge starts
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     // Then it answers `rejected` and sends nothing to Proxmox
-    let result = wait_final(&probe, "pve2mqtt/pve/qemu/100/task", "old").await;
+    let result = wait_final(probe, "pve2mqtt/pve/qemu/100/task", "old").await;
     assert_eq!(result["state"], "rejected");
     assert!(result["error"].as_str().unwrap().contains("retain"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(posts(&sim, since).await.is_empty());
+    assert!(posts(sim, since).await.is_empty());
     let vm = probe
         .wait_topic("pve2mqtt/pve/qemu/100", 10 * SECS, |m| {
             !m.payload.is_empty()
@@ -582,29 +549,28 @@ async fn a_retained_command_published_before_the_bridge_starts_is_never_executed
         .await;
     assert_eq!(vm.json()["status"], "running");
     // and the retained command is gone from the broker
-    let late = Probe::connect(broker.port, &["pve2mqtt/pve/qemu/100/set"]).await;
+    let late = Probe::connect(w.broker.port, &["pve2mqtt/pve/qemu/100/set"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         late.messages().iter().all(|m| m.payload.is_empty()),
         "{:?}",
         late.messages()
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(SimOptions {
-        nodes: Some(2),
-        guests: Some(6),
-        ..sim_options()
-    })
-    .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    let resources = pve_get(&sim, "/cluster/resources").await;
+    let w = World::builder()
+        .sim(SimOptions {
+            nodes: Some(2),
+            guests: Some(6),
+            ..sim_options()
+        })
+        .start()
+        .await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    let resources = pve_get(sim, "/cluster/resources").await;
     let guests: Vec<(u64, String, String)> = resources
         .as_array()
         .unwrap()
@@ -647,7 +613,7 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
     // backup of one guest per node, one vzdump per node
     let on_pve1 = guests.iter().find(|g| g.1 == "pve1").unwrap();
     let on_pve2 = guests.iter().find(|g| g.1 == "pve2").unwrap();
-    let since = last_seq(&sim).await;
+    let since = last_seq(sim).await;
     probe
         .publish(
             "pve2mqtt/bridge/request/backup",
@@ -685,7 +651,7 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["transaction"], 7);
     }
-    let vzdumps: Vec<Value> = posts(&sim, since).await;
+    let vzdumps: Vec<Value> = posts(sim, since).await;
     assert_eq!(vzdumps.len(), 2, "{vzdumps:?}");
     let mut paths: Vec<String> = vzdumps
         .iter()
@@ -716,28 +682,24 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
     } else {
         assert_eq!(r["status"], "error", "reset is not a container action: {r}");
     }
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
     // A long poll interval: the bridge still thinks the guest is on its old node.
-    let broker = Mosquitto::start();
-    let sim = start_sim(SimOptions {
-        nodes: Some(2),
-        guests: Some(4),
-        ..sim_options()
-    })
-    .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg
-        .toml
+    let w = World::builder()
+        .sim(SimOptions {
+            nodes: Some(2),
+            guests: Some(4),
+            ..sim_options()
+        })
         .replace("interval = \"1s\"", "interval = \"300s\"")
-        .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"");
-    let bridge =
-        Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
-    let resources = pve_get(&sim, "/cluster/resources").await;
+        .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"")
+        .start()
+        .await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    let resources = pve_get(sim, "/cluster/resources").await;
     let guest = resources
         .as_array()
         .unwrap()
@@ -747,11 +709,9 @@ async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
         .clone();
     let vmid = guest["vmid"].as_u64().unwrap();
     let topic = format!("pve2mqtt/simcluster/qemu/{vmid}");
-    probe
-        .wait_topic(&topic, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    probe.wait_state(&topic).await;
     sim_send(
-        &sim,
+        sim,
         "POST",
         &format!("/_sim/guests/{vmid}/migrate"),
         json!({"target": "pve2"}),
@@ -764,10 +724,10 @@ async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
             false,
         )
         .await;
-    let result = wait_final(&probe, &format!("{topic}/task"), "mv").await;
+    let result = wait_final(probe, &format!("{topic}/task"), "mv").await;
     assert_eq!(result["state"], "failed", "{result}");
     assert!(result["error"].as_str().unwrap().contains("OK"), "{result}");
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 use pve_sim::SimOptions;

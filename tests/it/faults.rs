@@ -10,11 +10,7 @@ async fn after_broker_restarts_the_bridge_republishes_everything_and_takes_comma
     let bridge = Bridge::start(cfg.config());
     {
         let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-        probe
-            .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-                !m.payload.is_empty()
-            })
-            .await;
+        probe.wait_state("pve2mqtt/pve/qemu/100").await;
     }
     for round in 0..2 {
         // The broker restarts and forgets every retained message (no persistence).
@@ -62,11 +58,8 @@ async fn after_broker_restarts_the_bridge_republishes_everything_and_takes_comma
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxmox_answering_5xx_for_a_while_takes_objects_offline_and_the_bridge_recovers() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
+    let w = World::builder().probe(&["pve2mqtt/#"]).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100/availability", 20 * SECS, |m| {
             m.text() == "online"
@@ -74,7 +67,7 @@ async fn proxmox_answering_5xx_for_a_while_takes_objects_offline_and_the_bridge_
         .await;
     // Proxmox fails the next 3 cluster-wide reads
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         serde_json::json!({"path_prefix": "/cluster/resources", "kind": "status", "status": 500, "message": "cluster not ready - no quorum?", "count": 3}),
@@ -106,15 +99,13 @@ async fn proxmox_answering_5xx_for_a_while_takes_objects_offline_and_the_bridge_
         probe.latest("pve2mqtt/bridge/state").map(|m| m.text()),
         Some("online".into())
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_several_urls_a_dead_first_endpoint_fails_over_to_the_next_and_says_so() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
+    let stage = World::builder().probe(&["pve2mqtt/#"]).prepare().await;
+    let (sim, probe, cfg) = (&stage.sim, &stage.probe, &stage.cfg);
     let dead = format!("https://127.0.0.1:{}", free_port());
     let toml = cfg.toml.replace(
         &format!("url = \"{}\"", sim.base_url()),
@@ -123,11 +114,7 @@ async fn with_several_urls_a_dead_first_endpoint_fails_over_to_the_next_and_says
     let path = cfg.dir.path().join("failover.toml");
     std::fs::write(&path, toml).unwrap();
     let child = spawn_bridge(&path, &[]);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     let out = terminate(child).await;
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("failing over"), "{logs}");
@@ -137,11 +124,9 @@ async fn with_several_urls_a_dead_first_endpoint_fails_over_to_the_next_and_says
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let path = cfg.write();
+    let stage = World::builder().probe(&["pve2mqtt/#"]).prepare().await;
+    let (sim, probe) = (&stage.sim, &stage.probe);
+    let path = stage.cfg.write();
     let child = spawn_bridge(&path, &[]);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100/availability", 20 * SECS, |m| {
@@ -150,7 +135,7 @@ async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once(
         .await;
     let token_id = pve_sim::DEFAULT_TOKEN.split('=').next().unwrap();
     sim_send(
-        &sim,
+        sim,
         "DELETE",
         &format!("/_sim/tokens/{token_id}"),
         serde_json::json!({}),
@@ -173,18 +158,16 @@ async fn a_token_revoked_while_running_takes_objects_offline_and_is_logged_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_restart() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let stage = World::builder().probe(&["pve2mqtt/#"]).prepare().await;
+    let (broker, sim, probe) = (&stage.broker, &stage.sim, &stage.probe);
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/config",
         serde_json::json!({"task_duration_ms": 4000}),
     )
     .await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let path = cfg.write();
+    let path = stage.cfg.write();
     let spawn = || {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_pve2mqtt"))
             .args(["run", "--config"])
@@ -194,11 +177,7 @@ async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_re
             .unwrap()
     };
     let mut child = spawn();
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     probe
         .publish(
             "pve2mqtt/pve/qemu/100/set",
@@ -257,7 +236,7 @@ async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_re
         })
         .count();
     assert_eq!(finals, 1);
-    let requests = sim_get(&sim, "/_sim/requests?since=0").await;
+    let requests = sim_get(sim, "/_sim/requests?since=0").await;
     let reboots = requests
         .as_array()
         .unwrap()
@@ -274,24 +253,25 @@ async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(pve_sim::SimOptions {
-        nodes: Some(2),
-        guests: Some(6),
-        ..sim_options()
-    })
-    .await;
+    let stage = World::builder()
+        .probe(&["pve2mqtt/#"])
+        .sim(pve_sim::SimOptions {
+            nodes: Some(2),
+            guests: Some(6),
+            ..sim_options()
+        })
+        .prepare()
+        .await;
     sim_send(
-        &sim,
+        &stage.sim,
         "POST",
         "/_sim/config",
         serde_json::json!({"task_duration_ms": 1500}),
     )
     .await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    let resources = crate::state::pve_get(&sim, "/cluster/resources").await;
+    let w = stage.start().await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
+    let resources = crate::state::pve_get(sim, "/cluster/resources").await;
     let running: Vec<(String, u64)> = resources
         .as_array()
         .unwrap()
@@ -337,14 +317,14 @@ async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
     }
     // While both reboots run: one guest migrates, the other is destroyed.
     sim_send(
-        &sim,
+        sim,
         "POST",
         &format!("/_sim/guests/{}/migrate", moving.1),
         serde_json::json!({"target": "pve2"}),
     )
     .await;
     sim_send(
-        &sim,
+        sim,
         "DELETE",
         &format!("/_sim/guests/{}", deleted.1),
         serde_json::json!({}),
@@ -382,5 +362,5 @@ async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
         .map(|m| m.topic.clone())
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }

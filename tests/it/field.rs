@@ -14,8 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
-
 /// The bridge's own MQTT event loop against `port`, with a request channel of `capacity`
 /// and one subscription; every [`LinkEvent`] lands in the returned receiver.
 async fn event_loop(
@@ -178,19 +176,12 @@ fn online_count(probe: &Probe) -> usize {
 /// reconnect loop (`payload size limit exceeded`) and no command worked any more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_mib_retained_on_a_command_topic_neither_knocks_the_bridge_offline_nor_runs() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
-    let before = online_count(&probe);
+    let w = World::start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
+    let before = online_count(probe);
     assert_eq!(before, 1, "one online at start");
-    let posts_before = sim_get(&sim, "/_sim/requests?since=0")
+    let posts_before = sim_get(sim, "/_sim/requests?since=0")
         .await
         .as_array()
         .map(|a| a.iter().filter(|r| r["method"] == "POST").count())
@@ -205,12 +196,12 @@ async fn two_mib_retained_on_a_command_topic_neither_knocks_the_bridge_offline_n
 
     // Then the bridge stayed connected: no new `online` on its state
     assert_eq!(
-        online_count(&probe),
+        online_count(probe),
         before,
         "the bridge reconnected after the big message"
     );
     // and it never reached Proxmox
-    let posts_after = sim_get(&sim, "/_sim/requests?since=0")
+    let posts_after = sim_get(sim, "/_sim/requests?since=0")
         .await
         .as_array()
         .map(|a| a.iter().filter(|r| r["method"] == "POST").count())
@@ -231,7 +222,7 @@ async fn two_mib_retained_on_a_command_topic_neither_knocks_the_bridge_offline_n
                 && m.text().contains("\"ok\"")
         })
         .await;
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// The `/cluster/resources` requests the simulator saw after `since`, and the last seq.
@@ -272,25 +263,18 @@ fn discovery_deletes(probe: &Probe) -> Vec<String> {
 /// Assistant device; an answer that stays empty still removes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_empty_resources_answer_deletes_nothing_but_a_lasting_one_does() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
+    let w = World::start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
-        .wait_topic(
-            "homeassistant/device/pve2mqtt_pve_100/config",
-            20 * SECS,
-            |m| !m.payload.is_empty(),
-        )
+        .wait_state("homeassistant/device/pve2mqtt_pve_100/config")
         .await;
-    let (_, mut seen) = resources_requests(&sim, 0).await;
+    let (_, mut seen) = resources_requests(sim, 0).await;
 
     // When the token's ACLs are gone for exactly one poll
-    set_token_acl(&sim, serde_json::json!({})).await;
+    set_token_acl(sim, serde_json::json!({})).await;
     let deadline = std::time::Instant::now() + 10 * SECS;
     loop {
-        let (count, last) = resources_requests(&sim, seen).await;
+        let (count, last) = resources_requests(sim, seen).await;
         if count > 0 {
             seen = last;
             break;
@@ -309,11 +293,11 @@ async fn one_empty_resources_answer_deletes_nothing_but_a_lasting_one_does() {
         "Datastore.AllocateSpace",
         "Sys.Modify",
     ];
-    set_token_acl(&sim, serde_json::json!({"/": full})).await;
+    set_token_acl(sim, serde_json::json!({"/": full})).await;
     // and two more polls come back full
     let deadline = std::time::Instant::now() + 10 * SECS;
     loop {
-        let (count, _) = resources_requests(&sim, seen).await;
+        let (count, _) = resources_requests(sim, seen).await;
         if count >= 2 {
             break;
         }
@@ -323,7 +307,7 @@ async fn one_empty_resources_answer_deletes_nothing_but_a_lasting_one_does() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Then no device was deleted, and the guest never went away
-    assert_eq!(discovery_deletes(&probe), Vec::<String>::new());
+    assert_eq!(discovery_deletes(probe), Vec::<String>::new());
     assert!(
         !probe
             .messages()
@@ -333,7 +317,7 @@ async fn one_empty_resources_answer_deletes_nothing_but_a_lasting_one_does() {
     );
 
     // When the ACLs stay gone
-    set_token_acl(&sim, serde_json::json!({})).await;
+    set_token_acl(sim, serde_json::json!({})).await;
     // Then the second empty answer confirms it and the devices are removed
     probe
         .wait_topic(
@@ -342,27 +326,20 @@ async fn one_empty_resources_answer_deletes_nothing_but_a_lasting_one_does() {
             |m| m.payload.is_empty(),
         )
         .await;
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// Issue 9 item 12: during an outage, a flood of refresh requests must not defeat the
 /// polling backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_requests_during_an_outage_wait_for_the_backoff() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    let w = World::start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
 
     // Proxmox fails every cluster-wide read from now on
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         serde_json::json!({"path_prefix": "/cluster/resources", "kind": "status", "status": 500, "message": "cluster not ready - no quorum?"}),
@@ -373,7 +350,7 @@ async fn refresh_requests_during_an_outage_wait_for_the_backoff() {
             m.text() == "offline"
         })
         .await;
-    let (_, since) = resources_requests(&sim, 0).await;
+    let (_, since) = resources_requests(sim, 0).await;
 
     // When scripts ask for a refresh every 100 ms for 4 s
     for i in 0..40 {
@@ -388,12 +365,12 @@ async fn refresh_requests_during_an_outage_wait_for_the_backoff() {
     }
 
     // Then Proxmox was asked at the backoff's pace (2 s, 4 s, 8 s …), not once per refresh
-    let (count, _) = resources_requests(&sim, since).await;
+    let (count, _) = resources_requests(sim, since).await;
     assert!(
         count <= 3,
         "{count} requests for /cluster/resources in 4 s of outage"
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// Issue 9 item 11: Proxmox answers a page past the end of a task log with one synthetic

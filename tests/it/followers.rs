@@ -6,23 +6,14 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::commands::task_states;
 use crate::support::*;
 
 const TASK_100: &str = "pve2mqtt/pve/qemu/100/task";
+const STATES: &[&str] = &["pve2mqtt/#"];
 
 fn is_final(state: &Value) -> bool {
     matches!(state.as_str(), Some("ok" | "failed" | "rejected"))
-}
-
-/// The `…/task` payloads on `topic` for command `id`, in the order received.
-fn reports(probe: &Probe, topic: &str, id: &str) -> Vec<Value> {
-    probe
-        .messages()
-        .into_iter()
-        .filter(|m| m.topic == topic && !m.payload.is_empty())
-        .map(|m| m.json())
-        .filter(|v| v["id"] == id)
-        .collect()
 }
 
 /// Panics unless `states` has at most one final report and nothing after it.
@@ -40,19 +31,6 @@ fn assert_final_is_final(states: &[Value]) {
             "a report after the final one: {shown:?}"
         );
     }
-}
-
-async fn requests_since(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
-    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
-    all.as_array().expect("request list").clone()
-}
-
-async fn last_seq(sim: &pve_sim::SimHandle) -> u64 {
-    requests_since(sim, 0)
-        .await
-        .last()
-        .and_then(|r| r["seq"].as_u64())
-        .unwrap_or(0)
 }
 
 async fn set_task_duration(sim: &pve_sim::SimHandle, ms: u64) {
@@ -94,11 +72,7 @@ async fn a_broker_restart_during_a_backup_gives_one_final_result_and_nothing_aft
     let bridge = Bridge::start(cfg.config());
     {
         let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-        probe
-            .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-                !m.payload.is_empty()
-            })
-            .await;
+        probe.wait_state("pve2mqtt/pve/qemu/100").await;
         probe
             .publish(
                 "pve2mqtt/pve/qemu/100/set",
@@ -147,16 +121,11 @@ async fn a_broker_restart_during_a_backup_gives_one_final_result_and_nothing_aft
 /// `Finished Backup of VM 100`, so it is `ok`, and the response says which is which.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_node_backup_reports_each_guest_from_its_log() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    probe
-        .wait_topic("pve2mqtt/pve/lxc/101", 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    let w = World::builder().probe(STATES).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    probe.wait_state("pve2mqtt/pve/lxc/101").await;
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/tasks/next",
         json!({"vmid": 101, "action": "backup", "outcome": "fail", "error": "no space left on device"}),
@@ -197,9 +166,9 @@ async fn a_partial_node_backup_reports_each_guest_from_its_log() {
     assert_eq!(state_of(100), Some(json!("ok")), "{response}");
     assert_eq!(state_of(101), Some(json!("failed")), "{response}");
     for topic in [TASK_100, "pve2mqtt/pve/lxc/101/task"] {
-        assert_final_is_final(&reports(&probe, topic, "nb"));
+        assert_final_is_final(&task_states(probe, topic, "nb"));
     }
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// Issue 9 item 2: a retained `running` report naming a task Proxmox does not know (forged,
@@ -207,18 +176,19 @@ async fn a_partial_node_backup_reports_each_guest_from_its_log() {
 /// minute, and the guest takes commands again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_running_report_with_an_unknown_upid_ends_failed_and_frees_the_guest() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
+    let stage = World::builder().probe(STATES).prepare().await;
     let forged = json!({
         "id": "forged", "action": "start", "state": "running",
         "upid": "UPID:pve:000DEAD0:00BEEF00:6803E819:qmstart:100:root@pam!bridge:",
         "exitstatus": null, "error": null, "progress": null,
         "requested": pve2mqtt::command::report::unix_now() - 10, "finished": null,
     });
-    probe.publish(TASK_100, &forged.to_string(), true).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
+    stage
+        .probe
+        .publish(TASK_100, &forged.to_string(), true)
+        .await;
+    let w = stage.start().await;
+    let probe = &w.probe;
     let ended = probe
         .wait_for("the forged task's end", 60 * SECS, |m| {
             m.topic == TASK_100 && m.text().contains("\"failed\"")
@@ -241,31 +211,32 @@ async fn a_forged_running_report_with_an_unknown_upid_ends_failed_and_frees_the_
             m.topic == TASK_100 && m.text().contains("\"after\"") && m.text().contains("\"ok\"")
         })
         .await;
-    assert_final_is_final(&reports(&probe, TASK_100, "forged"));
-    bridge.stop().await.unwrap();
+    assert_final_is_final(&task_states(probe, TASK_100, "forged"));
+    w.stop().await;
 }
 
 /// Issue 9 item 3: a bridge restart in the middle of a node backup of many guests resumes
 /// one follower for the one UPID, reporting on every guest, not one follower per guest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_a_node_backup_resumes_one_follower_for_all_its_guests() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(pve_sim::SimOptions {
-        nodes: Some(1),
-        guests: Some(50),
-        ..sim_options()
-    })
-    .await;
-    set_task_duration(&sim, 150).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
+    let stage = World::builder()
+        .probe(STATES)
+        .sim(pve_sim::SimOptions {
+            nodes: Some(1),
+            guests: Some(50),
+            ..sim_options()
+        })
+        .prepare()
+        .await;
+    set_task_duration(&stage.sim, 150).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic("pve2mqtt/bridge/info", 20 * SECS, |m| {
             m.json()["clusters"][0]["reachable"] == true
         })
         .await;
-    let world = sim_get(&sim, "/_sim/world").await;
+    let world = sim_get(sim, "/_sim/world").await;
     let mut guests: Vec<(u64, String)> = world["guests"]
         .as_array()
         .unwrap()
@@ -304,14 +275,14 @@ async fn a_restart_during_a_node_backup_resumes_one_follower_for_all_its_guests(
         .await
         .json();
     let upid = running["upid"].as_str().unwrap().to_string();
-    bridge.stop().await.unwrap();
+    w.bridge.stop().await.unwrap();
 
     // The next run picks the backup up
-    let since = last_seq(&sim).await;
-    let bridge = Bridge::start(cfg.config());
+    let since = last_seq(sim).await;
+    let bridge = Bridge::start(w.cfg.config());
     tokio::time::sleep(Duration::from_secs(4)).await;
     let status_path = format!("/nodes/pve1/tasks/{upid}/status");
-    let polls = requests_since(&sim, since)
+    let polls = requests_since(sim, since)
         .await
         .iter()
         .filter(|r| r["path"] == status_path.as_str())
@@ -325,7 +296,7 @@ async fn a_restart_during_a_node_backup_resumes_one_follower_for_all_its_guests(
                 m.topic == topic && m.text().contains("\"ok\"")
             })
             .await;
-        assert_final_is_final(&reports(&probe, &topic, "all"));
+        assert_final_is_final(&task_states(probe, &topic, "all"));
     }
     bridge.stop().await.unwrap();
 }
@@ -335,22 +306,17 @@ async fn a_restart_during_a_node_backup_resumes_one_follower_for_all_its_guests(
 /// the bridge stops; the next run follows that task to its end: one result, `ok`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace("timeout = \"5s\"", "timeout = \"10s\"");
-    let config = pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
-    let bridge = Bridge::start(config.clone());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
+    let w = World::builder()
+        .probe(STATES)
+        .replace("timeout = \"5s\"", "timeout = \"10s\"")
+        .start()
         .await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     // Proxmox starts the task at once but answers 7 s later (longer than the 5 s a
     // stopping bridge used to wait for its runners)
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         json!({"path_prefix": "/nodes/pve/qemu/100/status/reboot", "method": "POST", "kind": "late", "delay_ms": 7000, "count": 1}),
@@ -367,7 +333,7 @@ async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
         .wait_topic(TASK_100, 10 * SECS, |m| m.text().contains("\"accepted\""))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    bridge.stop().await.unwrap();
+    w.bridge.stop().await.unwrap();
     let late = Probe::connect(broker.port, &[TASK_100]).await;
     let retained = late
         .wait_topic(TASK_100, 5 * SECS, |m| m.retain)
@@ -376,7 +342,7 @@ async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
     assert_eq!(retained["state"], "running", "{retained}");
     assert!(retained["upid"].is_string(), "{retained}");
 
-    let bridge = Bridge::start(config);
+    let bridge = Bridge::start(w.cfg.config());
     let done = probe
         .wait_for("the task's result", 30 * SECS, |m| {
             m.topic == TASK_100 && m.text().contains("\"slow\"") && is_final(&m.json()["state"])
@@ -385,7 +351,7 @@ async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
         .json();
     assert_eq!(done["state"], "ok", "{done}");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_final_is_final(&reports(&probe, TASK_100, "slow"));
+    assert_final_is_final(&task_states(probe, TASK_100, "slow"));
     bridge.stop().await.unwrap();
 }
 
@@ -394,20 +360,14 @@ async fn a_stop_during_a_slow_post_still_reports_the_task_it_started() {
 /// list before concluding that the command never reached Proxmox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    set_task_duration(&sim, 2000).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let path = cfg.write();
+    let stage = World::builder().probe(STATES).prepare().await;
+    let (sim, probe) = (&stage.sim, &stage.probe);
+    set_task_duration(sim, 2000).await;
+    let path = stage.cfg.write();
     let mut child = spawn_bridge(&path, &[]);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         json!({"path_prefix": "/nodes/pve/qemu/100/status/reboot", "method": "POST", "kind": "late", "delay_ms": 3000, "count": 1}),
@@ -426,7 +386,7 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
     // The POST reached Proxmox: the task runs
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            let tasks = sim_get(&sim, "/_sim/tasks").await;
+            let tasks = sim_get(sim, "/_sim/tasks").await;
             if tasks
                 .as_array()
                 .unwrap()
@@ -456,7 +416,7 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
         "{done}"
     );
     // (The killed POST is not in the request log: its connection closed unanswered.)
-    let tasks = sim_get(&sim, "/_sim/tasks").await;
+    let tasks = sim_get(sim, "/_sim/tasks").await;
     let reboots = tasks
         .as_array()
         .unwrap()
@@ -465,7 +425,7 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
         .count();
     assert_eq!(reboots, 1, "the command ran once");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_final_is_final(&reports(&probe, TASK_100, "killed"));
+    assert_final_is_final(&task_states(probe, TASK_100, "killed"));
     child.kill().await.unwrap();
 }
 
@@ -473,19 +433,12 @@ async fn an_accepted_report_without_upid_is_looked_up_in_the_nodes_task_list() {
 /// so the result is the task's, not "did not answer".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_answered_after_the_timeout_reports_the_task_it_started() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    let w = World::builder().probe(STATES).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     // The test config's timeout is 5 s
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/faults",
         json!({"path_prefix": "/nodes/pve/qemu/100/status/reboot", "method": "POST", "kind": "late", "delay_ms": 6000, "count": 1}),
@@ -510,6 +463,6 @@ async fn a_post_answered_after_the_timeout_reports_the_task_it_started() {
         "{done}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_final_is_final(&reports(&probe, TASK_100, "timeout"));
-    bridge.stop().await.unwrap();
+    assert_final_is_final(&task_states(probe, TASK_100, "timeout"));
+    w.stop().await;
 }

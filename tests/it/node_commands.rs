@@ -9,44 +9,23 @@ use serde_json::{json, Value};
 use crate::commands::{last_seq, posts, task_states, wait_final};
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 const ON: &str = "[commands]\nnode_power = true\n";
-
-struct World {
-    broker: Mosquitto,
-    sim: pve_sim::SimHandle,
-    probe: Probe,
-    bridge: Bridge,
-    _cfg: TestConfig,
-}
 
 /// The simulator (`nodes`: a generated cluster `simcluster` of that many nodes, else
 /// the seed world: node `pve`, guests 100 and 101) and a bridge with `extra` config;
 /// waits for the first poll.
 async fn world(nodes: Option<usize>, extra: &str) -> World {
-    let broker = Mosquitto::start();
-    let sim = start_sim(pve_sim::SimOptions {
-        nodes,
-        guests: nodes.map(|n| n * 2),
-        ..sim_options()
-    })
-    .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, extra);
-    let bridge = Bridge::start(cfg.config());
     let (c, node) = cluster_node(nodes);
-    probe
-        .wait_topic(&format!("pve2mqtt/{c}/node/{node}"), 20 * SECS, |m| {
-            !m.payload.is_empty()
+    World::builder()
+        .sim(pve_sim::SimOptions {
+            nodes,
+            guests: nodes.map(|n| n * 2),
+            ..sim_options()
         })
-        .await;
-    World {
-        broker,
-        sim,
-        probe,
-        bridge,
-        _cfg: cfg,
-    }
+        .config(extra)
+        .until(&format!("pve2mqtt/{c}/node/{node}"))
+        .start()
+        .await
 }
 
 fn cluster_node(nodes: Option<usize>) -> (&'static str, &'static str) {
@@ -190,9 +169,8 @@ async fn node_power_is_refused_when_commands_node_power_is_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retained_node_command_is_never_executed_and_is_cleared() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
+    let stage = World::builder().config(ON).prepare().await;
+    let probe = &stage.probe;
     // Left on the broker before the bridge starts.
     probe
         .publish(
@@ -206,10 +184,10 @@ async fn a_retained_node_command_is_never_executed_and_is_cleared() {
             m.topic == "pve2mqtt/pve/node/pve/set"
         })
         .await;
-    let since = last_seq(&sim).await;
-    let cfg = TestConfig::new(&sim, broker.port, ON);
-    let bridge = Bridge::start(cfg.config());
-    let notice = wait_error(&probe, "pve2mqtt/pve/node/pve/task", "retained").await;
+    let since = last_seq(&stage.sim).await;
+    let w = stage.start().await;
+    let (sim, probe, broker) = (&w.sim, &w.probe, &w.broker);
+    let notice = wait_error(probe, "pve2mqtt/pve/node/pve/task", "retained").await;
     assert!(!notice.retain);
     assert_eq!(notice.json()["id"], "old");
     probe
@@ -218,7 +196,7 @@ async fn a_retained_node_command_is_never_executed_and_is_cleared() {
         })
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let sent = posts(&sim, since).await;
+    let sent = posts(sim, since).await;
     assert!(sent.is_empty(), "{sent:?}");
     assert!(retained_on(broker.port, "pve2mqtt/pve/node/pve/set")
         .await
@@ -229,7 +207,7 @@ async fn a_retained_node_command_is_never_executed_and_is_cleared() {
             .is_empty(),
         "a replay does not become the node's report"
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,13 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
+/// A world with `poll_extra` in its `[poll]` section, e.g. [`FAST_DETAILS`].
+fn world(poll_extra: &str) -> WorldBuilder {
+    World::builder().replace(
+        "slow_interval = \"2s\"",
+        &format!("slow_interval = \"2s\"\n{poll_extra}"),
+    )
+}
 
 /// A config with the detail cadences short enough to run every slow round (2 s).
 fn config(sim: &pve_sim::SimHandle, port: u16, poll_extra: &str) -> TestConfig {
@@ -25,11 +31,7 @@ const FAST_DETAILS: &str = "disks_interval = \"1s\"\ncertificates_interval = \"1
 
 /// The simulator's recorded requests, oldest first.
 async fn requests(sim: &pve_sim::SimHandle) -> Vec<Value> {
-    sim_get(sim, "/_sim/requests?since=0")
-        .await
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    requests_since(sim, 0).await
 }
 
 fn route(r: &Value) -> &str {
@@ -48,11 +50,8 @@ const HEALTH_ROUTES: &[&str] = &[
 async fn a_failing_disk_and_a_degraded_pool_reach_home_assistant_as_problems_within_one_slow_round()
 {
     // Given the seed world, its disk sda and pool rpool healthy, and a running bridge
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = config(&sim, broker.port, FAST_DETAILS);
-    let bridge = Bridge::start(cfg.config());
+    let w = world(FAST_DETAILS).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let sda = probe
         .wait_topic("pve2mqtt/pve/disk/pve/sda", 20 * SECS, |m| {
             m.json()["problem"] == false
@@ -104,14 +103,14 @@ async fn a_failing_disk_and_a_degraded_pool_reach_home_assistant_as_problems_wit
 
     // When the disk fails and the pool degrades
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/nodes/pve/disks/sda",
         json!({"health": "FAILED!"}),
     )
     .await;
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/nodes/pve/zfs/rpool",
         json!({"health": "DEGRADED"}),
@@ -141,15 +140,13 @@ async fn a_failing_disk_and_a_degraded_pool_reach_home_assistant_as_problems_wit
     assert_eq!(node["subscription"], "none");
     assert_eq!(node["reboot_required"], true);
     assert_eq!(node["updates"], Value::Null, "updates are opt-in");
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disks_and_pools_go_offline_with_their_node_and_come_back() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(config(&sim, broker.port, FAST_DETAILS).config());
+    let w = world(FAST_DETAILS).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     for topic in [
         "pve2mqtt/pve/disk/pve/nvme0n1/availability",
         "pve2mqtt/pve/zfs/pve/tank/availability",
@@ -160,7 +157,7 @@ async fn disks_and_pools_go_offline_with_their_node_and_come_back() {
     }
 
     // When the node goes offline
-    sim_send(&sim, "POST", "/_sim/nodes/pve", json!({"online": false})).await;
+    sim_send(sim, "POST", "/_sim/nodes/pve", json!({"online": false})).await;
 
     // Then its disks and pools are unavailable, not gone
     for topic in [
@@ -176,7 +173,7 @@ async fn disks_and_pools_go_offline_with_their_node_and_come_back() {
         .is_some_and(|m| !m.payload.is_empty()));
 
     // And back online they are available again
-    sim_send(&sim, "POST", "/_sim/nodes/pve", json!({"online": true})).await;
+    sim_send(sim, "POST", "/_sim/nodes/pve", json!({"online": true})).await;
     probe
         .wait_topic(
             "pve2mqtt/pve/disk/pve/nvme0n1/availability",
@@ -184,27 +181,23 @@ async fn disks_and_pools_go_offline_with_their_node_and_come_back() {
             |m| m.text() == "online",
         )
         .await;
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_disk_is_removed_from_home_assistant() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(config(&sim, broker.port, FAST_DETAILS).config());
+    let w = world(FAST_DETAILS).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let device = "homeassistant/device/pve2mqtt_pve_disk_pve_sdb/config";
-    probe
-        .wait_topic(device, 20 * SECS, |m| !m.payload.is_empty())
-        .await;
+    probe.wait_state(device).await;
 
     // When the failed disk is pulled (and no longer listed)
-    let mut health = sim_get(&sim, "/_sim/nodes/pve/health").await;
+    let mut health = sim_get(sim, "/_sim/nodes/pve/health").await;
     health["disks"]
         .as_array_mut()
         .unwrap()
         .retain(|d| d["name"] != "sdb");
-    sim_send(&sim, "PUT", "/_sim/nodes/pve/health", health).await;
+    sim_send(sim, "PUT", "/_sim/nodes/pve/health", health).await;
 
     // Then its device and state are cleared
     probe
@@ -215,7 +208,7 @@ async fn a_vanished_disk_is_removed_from_home_assistant() {
             m.payload.is_empty()
         })
         .await;
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,11 +283,8 @@ async fn updates_are_read_only_when_opted_in_and_skipped_quietly_without_sys_mod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opted_in_updates_become_an_update_entity_and_a_pending_count() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = config(&sim, broker.port, "updates = true");
-    let bridge = Bridge::start(cfg.config());
+    let w = world("updates = true").start().await;
+    let probe = &w.probe;
     let node = probe
         .wait_topic("pve2mqtt/pve/node/pve", 20 * SECS, |m| {
             !m.json()["updates"].is_null()
@@ -315,24 +305,23 @@ async fn opted_in_updates_become_an_update_entity_and_a_pending_count() {
         .json();
     assert_eq!(device["cmps"]["update"]["p"], "update");
     assert_eq!(device["cmps"]["updates_pending"]["p"], "sensor");
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_zfs_has_no_pools_and_is_not_asked_again_every_round() {
     // Given a generated cluster: pve2 has no zfsutils (500), pve1 and pve3 have a pool
-    let broker = Mosquitto::start();
-    let sim = start_sim(pve_sim::SimOptions {
-        nodes: Some(3),
-        guests: Some(6),
-        ..sim_options()
-    })
-    .await;
-    let probe = Probe::connect(broker.port, ALL).await;
     // The default cadences (15 min and more) and updates on: five
     // requests per node that the schedule must spread (at most 3 per node and round).
-    let cfg = config(&sim, broker.port, "updates = true");
-    let bridge = Bridge::start(cfg.config());
+    let w = world("updates = true")
+        .sim(pve_sim::SimOptions {
+            nodes: Some(3),
+            guests: Some(6),
+            ..sim_options()
+        })
+        .start()
+        .await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic("pve2mqtt/simcluster/zfs/pve1/rpool", 20 * SECS, |_| true)
         .await;
@@ -343,9 +332,9 @@ async fn a_node_without_zfs_has_no_pools_and_is_not_asked_again_every_round() {
         .await;
     // Two more rounds.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    bridge.stop().await.unwrap();
+    w.bridge.stop().await.unwrap();
 
-    let seen = requests(&sim).await;
+    let seen = requests(sim).await;
     // pve2's 500 was asked once: the next try waits for its cadence.
     let zfs_pve2: Vec<&Value> = seen
         .iter()
@@ -385,7 +374,7 @@ async fn a_node_without_zfs_has_no_pools_and_is_not_asked_again_every_round() {
         }
     }
     // The fast lane is still one request per poll: no per-node request there.
-    let counters = sim_get(&sim, "/_sim/counters").await;
+    let counters = sim_get(sim, "/_sim/counters").await;
     assert!(counters["GET /cluster/resources"].as_u64().unwrap() >= 4);
 }
 
@@ -443,12 +432,7 @@ async fn check_says_whether_the_token_can_read_node_health_and_updates() {
     async fn run(cfg: &TestConfig, toml: String) -> String {
         let path = cfg.dir.path().join("check.toml");
         std::fs::write(&path, toml).unwrap();
-        let output = tokio::process::Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&path)
-            .output()
-            .await
-            .expect("run check");
+        let output = run_check(&path).await;
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         assert!(
             output.status.success(),

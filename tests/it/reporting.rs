@@ -64,7 +64,7 @@ async fn set_vm_disk(sim: &SimHandle, maxdisk: u64) {
 /// Gives VM 100 a disk of `maxdisk` and waits until the bridge published it (a disk size
 /// always counts, so its state shows that a poll saw the change) and two more polls ran:
 /// anything those polls had to publish beside it, the storage's state included, is out.
-async fn move_vm_disk_and_let_two_polls_pass(s: &Setup, maxdisk: u64) {
+async fn move_vm_disk_and_let_two_polls_pass(s: &World, maxdisk: u64) {
     set_vm_disk(&s.sim, maxdisk).await;
     s.probe
         .wait_topic(VM, 20 * SECS, |m| m.json()["maxdisk"] == maxdisk)
@@ -77,44 +77,30 @@ fn count(probe: &Probe, topic: &str) -> usize {
     probe.messages().iter().filter(|m| m.topic == topic).count()
 }
 
-struct Setup {
-    _broker: Mosquitto,
-    sim: SimHandle,
-    probe: Probe,
-    bridge: Bridge,
-    _cfg: TestConfig,
-}
-
 /// The seed world with frozen figures, a bridge polling every second with `reporting`
 /// as its `[reporting]` section, and a probe that has seen the first states.
-async fn setup(reporting: &str) -> Setup {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    freeze(&sim).await;
-    let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
-    let cfg = TestConfig::new(&sim, broker.port, &format!("[reporting]\n{reporting}\n"));
-    let bridge = Bridge::start(cfg.config());
-    for topic in [LVM, LOCAL, VM, CT] {
-        probe
-            .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
-            .await;
-    }
+async fn setup(reporting: &str) -> World {
+    let stage = World::builder()
+        .probe(&["pve2mqtt/#"])
+        .config(&format!("[reporting]\n{reporting}\n"))
+        .until(LVM)
+        .until(LOCAL)
+        .until(VM)
+        .until(CT)
+        .prepare()
+        .await;
+    freeze(&stage.sim).await;
+    let w = stage.start().await;
     // `local` is a directory storage: its `avail` changes once more when the slow lane
     // has read Proxmox's own figure (issue 12), a change that always counts.
-    probe
+    w.probe
         .wait_topic(LOCAL, 20 * SECS, |m| {
             let s = m.json();
             let figure = |k: &str| s[k].as_u64().unwrap_or(0);
             figure("avail") + figure("used") < figure("total")
         })
         .await;
-    Setup {
-        _broker: broker,
-        sim,
-        probe,
-        bridge,
-        _cfg: cfg,
-    }
+    w
 }
 
 fn used(msg: &Msg) -> u64 {

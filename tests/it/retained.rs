@@ -13,45 +13,23 @@ use serde_json::{json, Value};
 use crate::commands::{last_seq, posts, wait_final};
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
-
-/// A broker with persistence, the seed simulator, a probe, and the config of a bridge.
-struct World {
-    broker: Mosquitto,
-    sim: pve_sim::SimHandle,
-    probe: Probe,
-    cfg: TestConfig,
+/// A broker with persistence, the seed simulator, a probe, and the config of a bridge
+/// that each test starts (and restarts) itself.
+async fn world() -> Stage {
+    World::builder().persistence(true).prepare().await
 }
 
-async fn world() -> World {
-    let broker = Mosquitto::builder()
-        .persistence(true)
-        .spawn()
-        .expect("start mosquitto with persistence");
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    World {
-        broker,
-        sim,
-        probe,
-        cfg,
-    }
-}
-
-impl World {
-    /// Starts the bridge and waits until it is connected and knows the guests.
-    async fn start_bridge(&self) -> Bridge {
-        self.probe.clear();
-        let bridge = Bridge::start(self.cfg.config());
-        wait_live_online(&self.probe).await;
-        self.probe
-            .wait_for("a poll", 20 * SECS, |m| {
-                m.topic == "pve2mqtt/pve/qemu/100" && !m.retain && !m.payload.is_empty()
-            })
-            .await;
-        bridge
-    }
+/// Starts the bridge and waits until it is connected and knows the guests.
+async fn start_bridge(w: &Stage) -> Bridge {
+    w.probe.clear();
+    let bridge = Bridge::start(w.cfg.config());
+    wait_live_online(&w.probe).await;
+    w.probe
+        .wait_for("a poll", 20 * SECS, |m| {
+            m.topic == "pve2mqtt/pve/qemu/100" && !m.retain && !m.payload.is_empty()
+        })
+        .await;
+    bridge
 }
 
 /// Waits for the bridge's own `online` (published live after its ConnAck and
@@ -115,7 +93,7 @@ fn texts(msgs: &[Msg]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_ran_live_is_cleared_and_does_not_run_again_after_a_broker_restart() {
     let mut w = world().await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     // Given a request published with the retain flag while the bridge runs
     w.probe
         .publish(
@@ -175,7 +153,7 @@ async fn a_retained_request_is_answered_with_an_error_and_cleared_and_never_runs
             .await;
     }
     let since = last_seq(&w.sim).await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     for (name, transaction) in [("command", "old-command"), ("backup", "old-backup")] {
         let answer = w
             .probe
@@ -214,7 +192,7 @@ async fn a_retained_request_is_answered_with_an_error_and_cleared_and_never_runs
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_sent_with_the_retain_flag_runs_once_and_its_ok_survives_a_bridge_restart() {
     let w = world().await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     w.probe
         .publish(
             "pve2mqtt/pve/qemu/100/set",
@@ -228,7 +206,7 @@ async fn a_command_sent_with_the_retain_flag_runs_once_and_its_ok_survives_a_bri
     bridge.stop().await.unwrap();
 
     let since = last_seq(&w.sim).await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     handled(&w.probe, "restarted").await;
     let ran = posts(&w.sim, since).await;
     assert!(ran.is_empty(), "the command ran again: {ran:?}");
@@ -249,7 +227,7 @@ async fn a_command_sent_with_the_retain_flag_runs_once_and_its_ok_survives_a_bri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_retained_command_is_rejected_without_burying_the_real_result() {
     let w = world().await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     w.probe
         .publish(
             "pve2mqtt/pve/qemu/100/set",
@@ -270,7 +248,7 @@ async fn a_replayed_retained_command_is_rejected_without_burying_the_real_result
     )
     .await;
     let since = last_seq(&w.sim).await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     let rejected = wait_final(&w.probe, "pve2mqtt/pve/qemu/100/task", "replay").await;
     assert_eq!(rejected["state"], "rejected", "{rejected}");
     assert!(
@@ -297,7 +275,7 @@ async fn a_replayed_retained_command_is_rejected_without_burying_the_real_result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_and_rate_limited_rejections_never_replace_the_running_report() {
     let w = world().await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     sim_send(
         &w.sim,
         "POST",
@@ -379,7 +357,7 @@ async fn more_retained_commands_than_the_rate_limit_are_all_rejected_and_cleared
         .await;
     }
     let since = last_seq(&w.sim).await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     handled(&w.probe, "marker").await;
     let rejected: Vec<Value> = w
         .probe
@@ -411,7 +389,7 @@ async fn more_retained_commands_than_the_rate_limit_are_all_rejected_and_cleared
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_to_500_unknown_topics_leaves_nothing_retained_and_is_not_republished() {
     let mut w = world().await;
-    let bridge = w.start_bridge().await;
+    let bridge = start_bridge(&w).await;
     let started = Instant::now();
     for i in 0..250 {
         let payload = format!(r#"{{"action":"stop","id":"f{i}"}}"#);

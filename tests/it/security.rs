@@ -1,14 +1,10 @@
 use crate::support::*;
 
-async fn run_check(toml: &str, dir: &std::path::Path) -> (Option<i32>, String) {
+/// `pve2mqtt check` on `toml`, written to a file in `dir`: its exit code and output.
+async fn check_toml(toml: &str, dir: &std::path::Path) -> (Option<i32>, String) {
     let path = dir.join(format!("check-{}.toml", free_port()));
     std::fs::write(&path, toml).unwrap();
-    let out = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
+    let out = run_check(&path).await;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -30,15 +26,15 @@ async fn proxmox_tls_is_verified_and_a_fingerprint_pin_is_enforced() {
         .to_string();
 
     // The right CA: accepted
-    let (code, out) = run_check(&cfg.toml, cfg.dir.path()).await;
+    let (code, out) = check_toml(&cfg.toml, cfg.dir.path()).await;
     assert_eq!(code, Some(0), "{out}");
     // No CA and no pin: the self-signed chain is refused
-    let (code, out) = run_check(&cfg.toml.replace(&ca_line, ""), cfg.dir.path()).await;
+    let (code, out) = check_toml(&cfg.toml.replace(&ca_line, ""), cfg.dir.path()).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.to_lowercase().contains("certificate"), "{out}");
     // The right pin, without the CA: accepted
     let pin = sim.fingerprint().unwrap();
-    let (code, out) = run_check(
+    let (code, out) = check_toml(
         &cfg.toml
             .replace(&ca_line, &format!("fingerprint = \"{pin}\"")),
         cfg.dir.path(),
@@ -47,7 +43,7 @@ async fn proxmox_tls_is_verified_and_a_fingerprint_pin_is_enforced() {
     assert_eq!(code, Some(0), "{out}");
     // A wrong pin is refused even with the right CA
     let wrong = format!("fingerprint = \"{}\"", vec!["AB"; 32].join(":"));
-    let (code, out) = run_check(
+    let (code, out) = check_toml(
         &cfg.toml.replace(&ca_line, &format!("{ca_line}\n{wrong}")),
         cfg.dir.path(),
     )
@@ -115,19 +111,15 @@ async fn the_bridge_talks_mqtts_with_a_password_and_a_wrong_password_is_refused(
         &mqtt,
     );
     assert_ne!(toml, cfg.toml);
-    let (code, out) = run_check(&toml, cfg.dir.path()).await;
+    let (code, out) = check_toml(&toml, cfg.dir.path()).await;
     assert_eq!(code, Some(0), "{out}");
     let bridge =
         Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     bridge.stop().await.unwrap();
 
     let wrong = toml.replace("s3cret-mqtt-Pa55", "not-the-password");
-    let (code, out) = run_check(&wrong, cfg.dir.path()).await;
+    let (code, out) = check_toml(&wrong, cfg.dir.path()).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("refused")
@@ -155,11 +147,7 @@ async fn secrets_never_appear_in_logs_at_trace_level_nor_in_mqtt_payloads() {
     let path = cfg.dir.path().join("secret.toml");
     std::fs::write(&path, &toml).unwrap();
     let child = spawn_bridge(&path, &[("RUST_LOG", "trace")]);
-    probe
-        .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
-            !m.payload.is_empty()
-        })
-        .await;
+    probe.wait_state("pve2mqtt/pve/qemu/100").await;
     // A command and a refused command add their own log lines.
     probe
         .publish(

@@ -6,18 +6,12 @@ use serde_json::json;
 use crate::commands::{last_seq, posts, wait_final};
 use crate::support::*;
 
-const ALL: &[&str] = &["pve2mqtt/#"];
-
-fn config(sim: &pve_sim::SimHandle, port: u16) -> pve2mqtt::config::Config {
-    TestConfig::new(sim, port, "").config()
-}
+const STATES: &[&str] = &["pve2mqtt/#"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_active_false_reaches_proxmox_and_true_is_refused_before_any_post() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(config(&sim, broker.port));
+    let w = World::builder().probe(STATES).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
             m.json()["status"] == "running"
@@ -26,7 +20,7 @@ async fn keep_active_false_reaches_proxmox_and_true_is_refused_before_any_post()
     let topic = "pve2mqtt/pve/qemu/100/task";
 
     // true: Proxmox would refuse it from any API token; the bridge says so and posts nothing
-    let since = last_seq(&sim).await;
+    let since = last_seq(sim).await;
     probe
         .publish(
             "pve2mqtt/pve/qemu/100/set",
@@ -34,13 +28,13 @@ async fn keep_active_false_reaches_proxmox_and_true_is_refused_before_any_post()
             false,
         )
         .await;
-    let refused = wait_final(&probe, topic, "keep").await;
+    let refused = wait_final(probe, topic, "keep").await;
     assert_eq!(refused["state"], "rejected");
     assert!(
         refused["error"].as_str().unwrap().contains("root@pam"),
         "{refused}"
     );
-    assert!(posts(&sim, since).await.is_empty());
+    assert!(posts(sim, since).await.is_empty());
 
     // false: passed through as keepActive=0, and the shutdown ends ok
     probe
@@ -50,27 +44,24 @@ async fn keep_active_false_reaches_proxmox_and_true_is_refused_before_any_post()
             false,
         )
         .await;
-    let done = wait_final(&probe, topic, "off").await;
+    let done = wait_final(probe, topic, "off").await;
     assert_eq!(done["state"], "ok", "{done}");
-    let sent = posts(&sim, since).await;
+    let sent = posts(sim, since).await;
     assert_eq!(sent.len(), 1);
     assert_eq!(
         sent[0]["route"],
         "POST /nodes/{node}/qemu/{vmid}/status/shutdown"
     );
     assert_eq!(sent[0]["form"]["keepActive"], "0", "{}", sent[0]);
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 /// Issue 12, smaller item: a directory storage's `avail` is Proxmox's (df's `bavail`,
 /// without the reserved blocks), not `total - used`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dir_storage_shows_the_avail_proxmox_reports() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(config(&sim, broker.port));
+    let w = World::builder().probe(STATES).start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let state = probe
         .wait_topic("pve2mqtt/pve/storage/pve/local", 20 * SECS, |m| {
             let s = m.json();
@@ -96,6 +87,5 @@ async fn a_dir_storage_shows_the_avail_proxmox_reports() {
         thin["total"].as_u64().unwrap() - thin["used"].as_u64().unwrap()
     );
     assert!(sim.world().counters()["GET /nodes/{node}/storage"] >= 1);
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }

@@ -7,66 +7,33 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::commands::{last_seq, task_states, wait_final};
+use crate::commands::{last_seq, send_command, task_states, wait_final};
 use crate::support::*;
-
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
-
-struct World {
-    _broker: Mosquitto,
-    sim: pve_sim::SimHandle,
-    probe: Probe,
-    bridge: Bridge,
-    _cfg: TestConfig,
-}
 
 /// Seed world (VM 100 with snapshots `before-upgrade` → `ha-2026-11`, CT 101 with
 /// `clean-install`) and a bridge that has read the snapshot lists.
 async fn world(extra: &str) -> World {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, extra);
-    let bridge = Bridge::start(cfg.config());
+    let w = World::builder().config(extra).start().await;
     for topic in ["pve2mqtt/pve/qemu/100", "pve2mqtt/pve/lxc/101"] {
-        probe
+        w.probe
             .wait_topic(topic, 20 * SECS, |m| {
                 !m.payload.is_empty() && m.json()["snapshots"].is_number()
             })
             .await;
     }
-    World {
-        _broker: broker,
-        sim,
-        probe,
-        bridge,
-        _cfg: cfg,
-    }
+    w
 }
 
 /// Every request that changes something (not a GET) since `since`.
 async fn writes(sim: &pve_sim::SimHandle, since: u64) -> Vec<Value> {
-    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
-    all.as_array()
-        .expect("request list")
-        .iter()
-        .filter(|r| r["method"] != "GET")
-        .cloned()
-        .collect()
+    let mut all = requests_since(sim, since).await;
+    all.retain(|r| r["method"] != "GET");
+    all
 }
 
 /// Sends one command; returns its final report and the writes it caused.
 async fn command(w: &World, kind: &str, vmid: u32, payload: Value) -> (Value, Vec<Value>) {
-    let id = payload["id"].as_str().expect("an id").to_string();
-    let since = last_seq(&w.sim).await;
-    w.probe
-        .publish(
-            &format!("pve2mqtt/pve/{kind}/{vmid}/set"),
-            &payload.to_string(),
-            false,
-        )
-        .await;
-    let result = wait_final(&w.probe, &format!("pve2mqtt/pve/{kind}/{vmid}/task"), &id).await;
+    let (result, since) = send_command(w, kind, vmid, payload).await;
     (result, writes(&w.sim, since).await)
 }
 
@@ -330,9 +297,10 @@ async fn a_duplicate_snapshot_name_ends_failed_with_the_proxmox_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_snapshot_commands_are_never_executed() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
+    let stage = World::builder()
+        .config("[commands]\nrollback = true\n")
+        .prepare()
+        .await;
     for (topic, payload) in [
         (
             "pve2mqtt/pve/qemu/100/set",
@@ -343,20 +311,20 @@ async fn retained_snapshot_commands_are_never_executed() {
             json!({"action": "delete_snapshot", "name": "clean-install", "id": "old-d"}),
         ),
     ] {
-        probe.publish(topic, &payload.to_string(), true).await;
+        stage.probe.publish(topic, &payload.to_string(), true).await;
     }
-    let since = last_seq(&sim).await;
-    let cfg = TestConfig::new(&sim, broker.port, "[commands]\nrollback = true\n");
-    let bridge = Bridge::start(cfg.config());
+    let since = last_seq(&stage.sim).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     for (topic, id) in [
         ("pve2mqtt/pve/qemu/100/task", "old-r"),
         ("pve2mqtt/pve/lxc/101/task", "old-d"),
     ] {
-        let result = wait_final(&probe, topic, id).await;
+        let result = wait_final(probe, topic, id).await;
         assert_eq!(result["state"], "rejected", "{result}");
         assert!(result["error"].as_str().unwrap().contains("retain"));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(writes(&sim, since).await.is_empty());
-    bridge.stop().await.unwrap();
+    assert!(writes(sim, since).await.is_empty());
+    w.stop().await;
 }

@@ -3,8 +3,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
-
 /// The seed world: standalone node `pve` (so the cluster id is `pve`), VM 100, CT 101,
 /// storages `local` and `local-lvm`.
 const SEED_DEVICES: &[&str] = &[
@@ -27,21 +25,16 @@ const BRIDGE_DEVICE: &str = "homeassistant/device/pve2mqtt_bridge/config";
 
 async fn wait_for_seed_discovery(probe: &Probe) {
     for topic in SEED_DEVICES {
-        probe
-            .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
-            .await;
+        probe.wait_state(topic).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_announces_every_seed_object_retained_with_distinct_unique_ids() {
     // Given a broker, the simulator's seed world and a running bridge
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    wait_for_seed_discovery(&probe).await;
+    let w = World::start().await;
+    let (broker, probe) = (&w.broker, &w.probe);
+    wait_for_seed_discovery(probe).await;
     // VM 100's guest agent reports its filesystems in the agent lane's first round, which
     // adds the VM's "Disk used" (issue 12).
     probe
@@ -127,24 +120,19 @@ async fn discovery_announces_every_seed_object_retained_with_distinct_unique_ids
         .json();
     assert!(ct["cmps"].get("disk_used").is_some());
 
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_states_match_what_proxmox_reports() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
+    let w = World::start().await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
     for topic in [
         "pve2mqtt/pve/qemu/100",
         "pve2mqtt/pve/lxc/101",
         "pve2mqtt/pve/node/pve",
     ] {
-        probe
-            .wait_topic(topic, 20 * SECS, |m| !m.payload.is_empty())
-            .await;
+        probe.wait_state(topic).await;
     }
     // Slow lane fills in node details and backups within a round.
     probe
@@ -159,7 +147,7 @@ async fn retained_states_match_what_proxmox_reports() {
         .await;
 
     // What Proxmox itself says, asked over its real API.
-    let resources = pve_get(&sim, "/cluster/resources").await;
+    let resources = pve_get(sim, "/cluster/resources").await;
     let late = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Everything below must be retained: a client connecting now gets it at once.
@@ -216,7 +204,7 @@ async fn retained_states_match_what_proxmox_reports() {
         }
     }
     // The VM's newest backup in storage content is its last_backup.
-    let content = pve_get(&sim, "/nodes/pve/storage/local/content?content=backup").await;
+    let content = pve_get(sim, "/nodes/pve/storage/local/content?content=backup").await;
     let newest = content
         .as_array()
         .unwrap()
@@ -235,17 +223,14 @@ async fn retained_states_match_what_proxmox_reports() {
     assert_eq!(info["clusters"][0]["guests"], 2);
     assert_eq!(seen.get("pve2mqtt/bridge/state").unwrap().text(), "online");
 
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn home_assistant_birth_makes_the_bridge_republish_discovery_and_states() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    wait_for_seed_discovery(&probe).await;
+    let w = World::start().await;
+    let probe = &w.probe;
+    wait_for_seed_discovery(probe).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // When Home Assistant (re)starts and sends its birth message
@@ -267,7 +252,7 @@ async fn home_assistant_birth_makes_the_bridge_republish_discovery_and_states() 
         .wait_topic("pve2mqtt/bridge/state", 10 * SECS, |m| m.text() == "online")
         .await;
 
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 /// GET a Proxmox API path on the simulator with the default token.
@@ -294,16 +279,13 @@ pub async fn pve_get(sim: &pve_sim::SimHandle, path: &str) -> serde_json::Value 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_guest_appears_and_a_removed_one_is_cleared_everywhere() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    wait_for_seed_discovery(&probe).await;
+    let w = World::start().await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
+    wait_for_seed_discovery(probe).await;
 
     // When a container is created in Proxmox
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/guests",
         serde_json::json!({
@@ -331,7 +313,7 @@ async fn a_new_guest_appears_and_a_removed_one_is_cleared_everywhere() {
         .await;
 
     // When the container 101 is destroyed
-    sim_send(&sim, "DELETE", "/_sim/guests/101", serde_json::json!({})).await;
+    sim_send(sim, "DELETE", "/_sim/guests/101", serde_json::json!({})).await;
     // Then its availability goes offline and every retained topic it had is cleared
     probe
         .wait_for("101 offline", 10 * SECS, |m| {
@@ -364,23 +346,20 @@ async fn a_new_guest_appears_and_a_removed_one_is_cleared_everywhere() {
         late.retained_by_topic()["pve2mqtt/bridge/info"].json()["clusters"][0]["guests"],
         2
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_that_vanished_while_the_bridge_was_down_are_cleaned_up_at_start() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    wait_for_seed_discovery(&probe).await;
-    bridge.stop().await.unwrap();
+    let w = World::start().await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
+    wait_for_seed_discovery(probe).await;
+    w.bridge.stop().await.unwrap();
 
     // While the bridge is down, container 101 is destroyed
-    sim_send(&sim, "DELETE", "/_sim/guests/101", serde_json::json!({})).await;
+    sim_send(sim, "DELETE", "/_sim/guests/101", serde_json::json!({})).await;
     probe.clear();
-    let bridge = Bridge::start(cfg.config());
+    let bridge = Bridge::start(w.cfg.config());
 
     // The next run finds its retained leftovers and clears them
     probe
@@ -413,25 +392,26 @@ async fn objects_that_vanished_while_the_bridge_was_down_are_cleaned_up_at_start
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_node_takes_its_objects_offline_while_the_other_node_keeps_updating() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(SimOptions {
-        nodes: Some(2),
-        guests: Some(6),
-        ..sim_options()
-    })
-    .await;
+    let stage = World::builder()
+        .sim(SimOptions {
+            nodes: Some(2),
+            guests: Some(6),
+            ..sim_options()
+        })
+        .prepare()
+        .await;
+    let sim = &stage.sim;
     // Live figures, so the healthy node's guests visibly keep updating.
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/config",
         serde_json::json!({"stats_interval_ms": 0}),
     )
     .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let bridge = Bridge::start(cfg.config());
-    let resources = pve_get(&sim, "/cluster/resources").await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    let resources = pve_get(sim, "/cluster/resources").await;
     let guests: Vec<(String, u64, String)> = resources
         .as_array()
         .unwrap()
@@ -457,7 +437,7 @@ async fn an_offline_node_takes_its_objects_offline_while_the_other_node_keeps_up
 
     // When node pve2 goes down
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/nodes/pve2",
         serde_json::json!({"online": false}),
@@ -525,30 +505,28 @@ async fn an_offline_node_takes_its_objects_offline_while_the_other_node_keeps_up
             .text(),
         "online"
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_world_publishes_nothing_on_later_polls() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let stage = World::builder()
+        .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"")
+        .prepare()
+        .await;
+    let sim = &stage.sim;
     // A still world: no figure moves in this test (a real cluster's refresh every 10 s,
     // as the simulator's do by default), and the slow lane runs once.
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/config",
         serde_json::json!({"frozen": true}),
     )
     .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg
-        .toml
-        .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"");
-    let bridge =
-        Bridge::start(pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap());
-    wait_for_seed_discovery(&probe).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    wait_for_seed_discovery(probe).await;
     probe
         .wait_topic("pve2mqtt/pve/node/pve", 20 * SECS, |m| {
             m.json()["pve_version"].is_string()
@@ -556,19 +534,19 @@ async fn an_unchanged_world_publishes_nothing_on_later_polls() {
         .await;
     // The second poll gives the first rates; let it pass.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let polls_before = poll_count(&sim).await;
+    let polls_before = poll_count(sim).await;
     probe.clear();
 
     tokio::time::sleep(Duration::from_millis(3500)).await;
 
-    let polls = poll_count(&sim).await - polls_before;
+    let polls = poll_count(sim).await - polls_before;
     assert!(polls >= 3, "the bridge kept polling ({polls} polls)");
     let published: Vec<String> = probe.messages().iter().map(|m| m.topic.clone()).collect();
     assert!(
         published.is_empty(),
         "{polls} idle polls published: {published:?}"
     );
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
 
 async fn poll_count(sim: &pve_sim::SimHandle) -> u64 {

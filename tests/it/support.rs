@@ -15,6 +15,9 @@ use tokio::sync::oneshot;
 
 pub use testkit::{free_port, terminate, Mosquitto, Msg, NatsCluster, Probe, SECS};
 
+/// What Home Assistant and scripts subscribe to: discovery and the bridge's own tree.
+pub const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
+
 /// Simulator options tuned for tests: TLS on, short delays.
 pub fn sim_options() -> SimOptions {
     SimOptions {
@@ -167,8 +170,182 @@ pub fn sim_http(sim: &SimHandle) -> reqwest::Client {
         .expect("http client")
 }
 
+/// One test's world: a real Mosquitto, the simulator over HTTPS, a probe subscribed
+/// before the bridge starts, the bridge's config and the bridge itself, in-process.
+/// `World::start()` is the seed world with the default test config;
+/// [`World::builder`] changes any part of it.
+pub struct World {
+    pub broker: Mosquitto,
+    pub sim: SimHandle,
+    pub probe: Probe,
+    pub cfg: TestConfig,
+    pub bridge: Bridge,
+}
+
+/// Options of a [`World`]: simulator options, config tweaks, broker persistence, probe
+/// filters and the first states to wait for.
+pub struct WorldBuilder {
+    sim: SimOptions,
+    extra: String,
+    replacements: Vec<(String, String)>,
+    persistence: Option<bool>,
+    filters: Vec<String>,
+    wait: Vec<String>,
+}
+
+impl World {
+    /// The seed world, the default test config, a probe on [`ALL`].
+    pub async fn start() -> World {
+        World::builder().start().await
+    }
+
+    pub fn builder() -> WorldBuilder {
+        WorldBuilder {
+            sim: sim_options(),
+            extra: String::new(),
+            replacements: Vec::new(),
+            persistence: None,
+            filters: ALL.iter().map(|f| f.to_string()).collect(),
+            wait: Vec::new(),
+        }
+    }
+
+    /// Stops the bridge (it must stop cleanly) and the simulator.
+    pub async fn stop(self) {
+        self.bridge
+            .stop()
+            .await
+            .expect("the bridge stopped cleanly");
+        self.sim.stop().await;
+    }
+}
+
+impl WorldBuilder {
+    /// The simulator's options (default: [`sim_options`]).
+    pub fn sim(mut self, options: SimOptions) -> Self {
+        self.sim = options;
+        self
+    }
+
+    /// TOML appended to the test config (after its `[mqtt]` section).
+    pub fn config(mut self, extra: &str) -> Self {
+        self.extra.push_str(extra);
+        self
+    }
+
+    /// Replaces `from` by `to` in the test config's TOML, e.g. a poll interval.
+    pub fn replace(mut self, from: &str, to: &str) -> Self {
+        self.replacements.push((from.to_string(), to.to_string()));
+        self
+    }
+
+    /// Mosquitto with persistence on or off (default: as `TESTKIT_MOSQUITTO_PERSISTENCE`).
+    pub fn persistence(mut self, on: bool) -> Self {
+        self.persistence = Some(on);
+        self
+    }
+
+    /// The probe's subscriptions (default: [`ALL`]).
+    pub fn probe(mut self, filters: &[&str]) -> Self {
+        self.filters = filters.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
+    /// After the bridge starts, waits until `topic` carries a non-empty payload.
+    pub fn until(mut self, topic: &str) -> Self {
+        self.wait.push(topic.to_string());
+        self
+    }
+
+    /// Starts the broker, the simulator and the probe, not the bridge: for a test that
+    /// prepares the simulator or the broker before the bridge starts.
+    pub async fn prepare(self) -> Stage {
+        let broker = match self.persistence {
+            None => Mosquitto::start(),
+            Some(on) => Mosquitto::builder()
+                .persistence(on)
+                .spawn()
+                .expect("start mosquitto"),
+        };
+        let sim = start_sim(self.sim.clone()).await;
+        let mut cfg = TestConfig::new(&sim, broker.port, &self.extra);
+        for (from, to) in &self.replacements {
+            assert!(
+                cfg.toml.contains(from.as_str()),
+                "no {from:?} in the test config"
+            );
+            cfg.toml = cfg.toml.replace(from.as_str(), to);
+        }
+        let filters: Vec<&str> = self.filters.iter().map(String::as_str).collect();
+        let probe = Probe::connect(broker.port, &filters).await;
+        Stage {
+            broker,
+            sim,
+            probe,
+            cfg,
+            wait: self.wait,
+        }
+    }
+
+    /// The whole world: broker, simulator, probe, bridge; then the waits asked for.
+    pub async fn start(self) -> World {
+        self.prepare().await.start().await
+    }
+}
+
+/// A world before its bridge starts: the broker, the simulator, the probe and the config.
+pub struct Stage {
+    pub broker: Mosquitto,
+    pub sim: SimHandle,
+    pub probe: Probe,
+    pub cfg: TestConfig,
+    wait: Vec<String>,
+}
+
+impl Stage {
+    /// Starts the bridge with the config, then waits as asked.
+    pub async fn start(self) -> World {
+        let bridge = Bridge::start(self.cfg.config());
+        for topic in &self.wait {
+            self.probe.wait_state(topic).await;
+        }
+        World {
+            broker: self.broker,
+            sim: self.sim,
+            probe: self.probe,
+            cfg: self.cfg,
+            bridge,
+        }
+    }
+}
+
+/// The Proxmox requests the simulator recorded after `since` (their `seq`), oldest first.
+pub async fn requests_since(sim: &SimHandle, since: u64) -> Vec<serde_json::Value> {
+    let all = sim_get(sim, &format!("/_sim/requests?since={since}")).await;
+    all.as_array().expect("request list").clone()
+}
+
+/// The `seq` of the newest request the simulator recorded (0 before any).
+pub async fn last_seq(sim: &SimHandle) -> u64 {
+    requests_since(sim, 0)
+        .await
+        .last()
+        .and_then(|r| r["seq"].as_u64())
+        .unwrap_or(0)
+}
+
 /// The real binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_pve2mqtt");
+
+/// Runs `pve2mqtt check --config path` (the real binary) to its end.
+pub async fn run_check(path: impl AsRef<std::ffi::OsStr>) -> std::process::Output {
+    tokio::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .await
+        .expect("run check")
+}
 
 /// Runs `pve2mqtt run --config path` as its own process, stdout and stderr captured.
 pub fn spawn_bridge(path: &Path, envs: &[(&str, &str)]) -> tokio::process::Child {

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const ALL: &[&str] = &["homeassistant/#", "pve2mqtt/#"];
 const TASKS: &str = "GET /cluster/tasks";
 
 /// The Proxmox API of the simulator, as another client (the GUI) uses it.
@@ -43,22 +42,22 @@ fn tasks_requests(sim: &pve_sim::SimHandle) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_last_task() {
     // Given VM 100 stopped, live task lists, and a bridge polling every 2 s
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let stage = World::builder()
+        .replace(
+            "interval = \"1s\"\n",
+            "interval = \"2s\"\ntasks_interval = \"2s\"\n",
+        )
+        .prepare()
+        .await;
+    let sim = &stage.sim;
     sim_send(
-        &sim,
+        sim,
         "PATCH",
         "/_sim/guests/100",
         json!({"status": "stopped"}),
     )
     .await;
-    sim_send(
-        &sim,
-        "POST",
-        "/_sim/config",
-        json!({"stats_interval_ms": 0}),
-    )
-    .await;
+    sim_send(sim, "POST", "/_sim/config", json!({"stats_interval_ms": 0})).await;
     sim.world()
         .add_token(
             "root@pam!gui=gui-secret",
@@ -67,14 +66,8 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
                 .collect(),
         )
         .unwrap();
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace(
-        "interval = \"1s\"\n",
-        "interval = \"2s\"\ntasks_interval = \"2s\"\n",
-    );
-    let config = pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
-    let bridge = Bridge::start(config);
+    let w = stage.start().await;
+    let (broker, sim, probe) = (&w.broker, &w.sim, &w.probe);
     probe
         .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
             m.json()["status"] == "stopped"
@@ -83,7 +76,7 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
 
     // When someone starts it in the Proxmox GUI
     let upid = pve(
-        &sim,
+        sim,
         "POST",
         "/nodes/pve/qemu/100/status/start",
         "root@pam!gui=gui-secret",
@@ -94,7 +87,7 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
         .to_string();
     let ended = loop {
         let status = pve(
-            &sim,
+            sim,
             "GET",
             &format!("/nodes/pve/tasks/{upid}/status"),
             pve_sim::DEFAULT_TOKEN,
@@ -135,57 +128,50 @@ async fn a_vm_started_from_the_proxmox_gui_shows_running_within_a_poll_with_its_
     assert_eq!(node["failed_tasks_24h"], 0);
 
     // And when the VM is gone, its last_task is cleared
-    sim_send(&sim, "DELETE", "/_sim/guests/100", json!({})).await;
+    sim_send(sim, "DELETE", "/_sim/guests/100", json!({})).await;
     probe
         .wait_topic("pve2mqtt/pve/qemu/100/last_task", 20 * SECS, |m| {
             m.payload.is_empty()
         })
         .await;
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_task_list_is_read_at_most_once_per_tasks_interval_and_failures_count_per_node() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
-    sim_send(
-        &sim,
-        "POST",
-        "/_sim/config",
-        json!({"stats_interval_ms": 0}),
-    )
-    .await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace(
-        "slow_interval = \"2s\"\n",
-        "slow_interval = \"2s\"\ntasks_interval = \"3s\"\n",
-    );
-    let config = pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
+    let stage = World::builder()
+        .replace(
+            "slow_interval = \"2s\"\n",
+            "slow_interval = \"2s\"\ntasks_interval = \"3s\"\n",
+        )
+        .prepare()
+        .await;
+    let sim = &stage.sim;
+    sim_send(sim, "POST", "/_sim/config", json!({"stats_interval_ms": 0})).await;
     // A failed task of another origin on node pve.
     sim_send(
-        &sim,
+        sim,
         "POST",
         "/_sim/tasks/next",
         json!({"vmid": 101, "action": "stop", "outcome": "fail"}),
     )
     .await;
     pve(
-        &sim,
+        sim,
         "POST",
         "/nodes/pve/lxc/101/status/stop",
         pve_sim::DEFAULT_TOKEN,
     )
     .await;
-    let bridge = Bridge::start(config);
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
 
     // Every change of the request count, timed: polls every 1 s, the task list every 3 s.
     let started = Instant::now();
     let mut reads: Vec<Instant> = Vec::new();
-    let mut seen = tasks_requests(&sim);
+    let mut seen = tasks_requests(sim);
     while started.elapsed() < Duration::from_millis(7_500) {
-        let now = tasks_requests(&sim);
+        let now = tasks_requests(sim);
         for _ in seen..now {
             reads.push(Instant::now());
         }
@@ -211,15 +197,17 @@ async fn the_task_list_is_read_at_most_once_per_tasks_interval_and_failures_coun
         .json();
     assert_eq!(last["status"], "failed");
     assert_eq!(last["type"], "vzstop");
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
     let token = "pve2mqtt@pve!nosys=nosys-secret";
+    let stage = World::builder()
+        .replace(pve_sim::DEFAULT_TOKEN, token)
+        .prepare()
+        .await;
+    let sim = &stage.sim;
     let privileges = [
         ("/vms", vec!["VM.Audit", "VM.PowerMgmt"]),
         ("/nodes", vec!["Sys.Audit"]),
@@ -234,27 +222,18 @@ async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
     })
     .collect();
     sim.world().add_token(token, privileges).unwrap();
-    let probe = Probe::connect(broker.port, ALL).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
-    let toml = cfg.toml.replace(pve_sim::DEFAULT_TOKEN, token);
-    let path = cfg.dir.path().join("nosys.toml");
-    std::fs::write(&path, &toml).unwrap();
+    let path = stage.cfg.write();
 
     // `check` says what is missing, and for what.
-    let output = tokio::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .await
-        .expect("run check");
+    let output = run_check(&path).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("tasks of any origin, backup health: no — missing Sys.Audit on /"),
         "{stdout}"
     );
 
-    let config = pve2mqtt::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
-    let bridge = Bridge::start(config);
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let state = probe
         .wait_topic("pve2mqtt/pve/qemu/100", 20 * SECS, |m| {
             m.json()["status"] == "running"
@@ -263,7 +242,7 @@ async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
     assert_eq!(state.json()["vmid"], 100);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        tasks_requests(&sim),
+        tasks_requests(sim),
         0,
         "no request that can only return nothing"
     );
@@ -273,6 +252,5 @@ async fn without_sys_audit_on_root_tasks_are_not_read_and_nothing_breaks() {
         .json();
     assert_eq!(node["failed_tasks_24h"], Value::Null);
     assert!(probe.latest("pve2mqtt/pve/qemu/100/last_task").is_none());
-    bridge.stop().await.unwrap();
-    sim.stop().await;
+    w.stop().await;
 }

@@ -1,12 +1,13 @@
-//! Processes for the harnesses: RSS and CPU time from /proc, and stopping a child by
-//! SIGTERM with a timeout. Free ports and the private Mosquitto (by PID, persistence
+//! Processes for the harnesses: RSS and CPU time from /proc. Stopping a child (SIGTERM,
+//! a timeout, SIGKILL), free ports and the private Mosquitto (by PID, persistence
 //! optional) come from the shared `crates/testkit`, as in the integration tests.
 
 use std::path::Path;
-use std::process::{Child, ExitStatus};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use anyhow::Context;
+use testkit::ChildProcess;
 pub use testkit::{free_port, Mosquitto};
 
 /// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`), if the process exists.
@@ -51,48 +52,16 @@ pub fn clock_ticks_per_second() -> u64 {
     }
 }
 
-/// Sends a signal to a child we started (by its PID, never by name).
-fn signal(child: &Child, signal: libc::c_int) {
-    // SAFETY: kill has no memory preconditions; the PID is our own child's.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, signal);
-    }
-}
-
-/// SIGTERM, then wait up to `timeout`; SIGKILL after that. Returns the exit code, or
-/// `None` if it had to be killed (or died by a signal).
+/// SIGTERM, then wait up to `timeout`; SIGKILL after that (the test kit's
+/// [`testkit::stop`]). Returns the exit code, or `None` if it had to be killed (or died
+/// by a signal).
 pub async fn terminate(child: &mut Child, timeout: Duration) -> Option<i32> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return status.code();
-    }
-    signal(child, libc::SIGTERM);
-    match wait_timeout(child, timeout).await {
-        Some(status) => status.code(),
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        }
-    }
-}
-
-/// Waits for the child's exit without blocking the runtime.
-pub async fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::stop(child, timeout).await?.code()
 }
 
 /// The exit code if the child has exited, without waiting.
 pub fn exited(child: &mut Child) -> Option<Option<i32>> {
-    child.try_wait().ok().flatten().map(|status| status.code())
+    child.exit_status().map(|status| status.code())
 }
 
 /// A private Mosquitto from the shared test kit, its output appended to

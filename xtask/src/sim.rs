@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::procs;
+use testkit::ChildProcess;
 
 /// The API token the simulator accepts and the bridge's config names.
 pub const TOKEN: &str = "root@pam!pve2mqtt=5ec12e7a-0000-4000-8000-000000000001";
@@ -123,8 +124,7 @@ impl Simulator {
 impl Drop for Simulator {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill_now();
         }
     }
 }

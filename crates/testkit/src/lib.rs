@@ -2,7 +2,7 @@
 //! port (started and stopped by PID, optionally with persistence), a private NATS cluster
 //! with its MQTT gateway (nodes killed and restarted by PID), free ports, and an
 //! MQTT probe that records what a subscriber really receives (topics, payloads, retain
-//! flags).
+//! flags), and child processes stopped by PID like a service manager does.
 //!
 //! Nothing here knows the bridge or the simulator, and nothing assumes the test harness:
 //! the fallible steps return `Result` (`Mosquitto::builder().spawn()`), and the
@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use mosquitto::{Mosquitto, MosquittoBuilder, PERSISTENCE_ENV};
 pub use nats::{NatsCluster, NatsClusterBuilder};
 pub use probe::{Msg, Probe};
-pub use process::terminate;
+pub use process::{signal, stop, terminate, wait_exit, ChildProcess};
 
 /// One second, for readable timeouts (`20 * SECS`).
 pub const SECS: Duration = Duration::from_secs(1);

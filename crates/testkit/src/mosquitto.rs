@@ -246,11 +246,8 @@ impl Mosquitto {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: the PID is our own child's, not yet reaped (we hold the `Child`).
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+        // The PID is our own child's, not yet reaped (we hold the `Child`).
+        if crate::process::signal(child.id(), libc::SIGTERM) {
             let deadline = Instant::now() + STOP_TIMEOUT;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

@@ -182,6 +182,13 @@ impl Probe {
         }
     }
 
+    /// Waits up to 20 s until `topic` carries a non-empty payload (a first state, a
+    /// discovery config); returns it.
+    pub async fn wait_state(&self, topic: &str) -> Msg {
+        self.wait_topic(topic, Duration::from_secs(20), |m| !m.payload.is_empty())
+            .await
+    }
+
     pub async fn publish(&self, topic: &str, payload: &str, retain: bool) {
         self.client
             .publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())

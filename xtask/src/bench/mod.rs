@@ -17,6 +17,7 @@
 //!   `accepted` on the task topic; task end (`ok` on the task topic) -> the guest's new
 //!   state on MQTT.
 
+mod ci;
 pub mod failover;
 mod latency;
 mod report;
@@ -56,12 +57,18 @@ pub fn is_slow_route(route: &str) -> bool {
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
-    /// The pve2mqtt binary (scripts/bench.sh builds the release one).
-    #[arg(long, default_value = "target/release/pve2mqtt")]
-    pub binary: PathBuf,
+    /// The pve2mqtt binary (scripts/bench.sh builds the release one) [default:
+    /// target/release/pve2mqtt; with --ci, target/debug/pve2mqtt].
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
     /// Only 1x10 and 3x300.
     #[arg(long)]
     pub quick: bool,
+    /// CI quick mode (scripts/test.sh, ~40 s): the debug binary, 1x10, 3 idle, 2 changed
+    /// and 2 moving polls, 10 commands; exits 1 unless the report is complete and the fast
+    /// lane makes at most 2 requests per poll. Its figures are not for publication.
+    #[arg(long)]
+    pub ci: bool,
     /// Comma-separated NODESxGUESTS, e.g. 1x10,10x5000.
     #[arg(long)]
     pub sizes: Option<String>,
@@ -117,20 +124,36 @@ pub fn parse_sizes(text: &str) -> anyhow::Result<Vec<(u32, u32)>> {
         .collect()
 }
 
-pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
-    let sizes = match (&args.sizes, args.quick) {
-        (Some(sizes), _) => parse_sizes(sizes)?,
-        (None, true) => vec![(1, 10), (3, 300)],
-        (None, false) => vec![(1, 10), (3, 300), (10, 1000), (10, 5000)],
+pub async fn main(mut args: BenchArgs) -> anyhow::Result<i32> {
+    if args.ci {
+        args.sizes = None;
+        args.idle_polls = ci::IDLE_POLLS;
+        args.changed_polls = ci::CHANGED_POLLS;
+        args.moving_polls = ci::MOVING_POLLS;
+        args.commands = ci::COMMANDS;
+    }
+    let sizes = match (&args.sizes, args.quick, args.ci) {
+        (_, _, true) => vec![ci::SIZE],
+        (Some(sizes), _, _) => parse_sizes(sizes)?,
+        (None, true, _) => vec![(1, 10), (3, 300)],
+        (None, false, _) => vec![(1, 10), (3, 300), (10, 1000), (10, 5000)],
     };
-    if !args.binary.is_file() {
+    let (binary, build) = match (&args.binary, args.ci) {
+        (Some(binary), _) => (binary.clone(), "cargo build --release"),
+        (None, true) => (PathBuf::from("target/debug/pve2mqtt"), "cargo build"),
+        (None, false) => (
+            PathBuf::from("target/release/pve2mqtt"),
+            "cargo build --release",
+        ),
+    };
+    if !binary.is_file() {
         log(&format!(
-            "{} not found: build it with `cargo build --release`",
-            args.binary.display()
+            "{} not found: build it with `{build}`",
+            binary.display()
         ));
         return Ok(2);
     }
-    let binary = args.binary.canonicalize()?;
+    let binary = binary.canonicalize()?;
     let started = std::time::Instant::now();
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -154,6 +177,9 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         args.world.running,
         args.world.stats_interval.as_deref().unwrap_or("10s"),
     );
+    if args.ci {
+        println!("CI quick mode (--ci): {}, the smallest size and a few polls; a check of the harness and the fast lane's budget, its figures are not for publication", binary.display());
+    }
     let mut results = Vec::new();
     for (index, &(nodes, guests)) in sizes.iter().enumerate() {
         // Lone commands take ~0.4 s each: only at the largest size, to keep the run short.
@@ -167,6 +193,16 @@ pub async fn main(args: BenchArgs) -> anyhow::Result<i32> {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
     }
     log(&format!("total {:.0} s", started.elapsed().as_secs_f64()));
+    if args.ci {
+        let problems: Vec<String> = results.iter().flat_map(ci::check).collect();
+        for problem in &problems {
+            log(&format!("CI check failed: {problem}"));
+        }
+        if !problems.is_empty() {
+            return Ok(1);
+        }
+        log("CI check passed: the report is complete and the fast lane within its budget (a debug build: figures not for publication)");
+    }
     Ok(0)
 }
 

@@ -18,6 +18,7 @@ use super::{report, SoakArgs};
 use crate::mqtt::{Publisher, Subscriber};
 use crate::procs::{self, Mosquitto};
 use crate::sim::{Simulator, TOKEN};
+use testkit::ChildProcess;
 
 const QEMU_ACTIONS: &[(&str, f64)] = &[
     ("start", 3.0),
@@ -136,8 +137,7 @@ impl Drop for Bridge {
     /// A soak that fails half-way must not leave a bridge running.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill_now();
         }
     }
 }
