@@ -403,10 +403,9 @@ async fn a_token_without_the_privileges_skips_ceph_and_ha_quietly_and_check_says
 async fn once_replication_is_known_every_guest_is_told_at_once_not_at_its_next_change() {
     // Given a stopped container (its state does not move by itself) and a Proxmox that
     // fails the replication list, so the bridge cannot tell yet whether guests replicate
-    let broker = Mosquitto::start();
-    let sim = start_sim(sim_options()).await;
+    let stage = fast_slow_lane().prepare().await;
     sim_send(
-        &sim,
+        &stage.sim,
         "PATCH",
         "/_sim/guests/101",
         json!({"status": "stopped"}),
@@ -414,9 +413,9 @@ async fn once_replication_is_known_every_guest_is_told_at_once_not_at_its_next_c
     .await;
     let fault = json!({"path_prefix": "/cluster/replication", "kind": "status",
         "status": 500, "message": "temporarily unavailable", "count": 100_000});
-    sim_send(&sim, "POST", "/_sim/faults", fault).await;
-    let probe = Probe::connect(broker.port, ALL).await;
-    let bridge = Bridge::start(fast_slow_lane(&sim, broker.port).config());
+    sim_send(&stage.sim, "POST", "/_sim/faults", fault).await;
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
     let device = "homeassistant/device/pve2mqtt_pve_101/config";
     let first = probe
         .wait_topic(device, 20 * SECS, |m| !m.payload.is_empty())
@@ -424,10 +423,10 @@ async fn once_replication_is_known_every_guest_is_told_at_once_not_at_its_next_c
         .json();
     assert!(first["cmps"].get("replication").is_none(), "{first}");
     // (the slow lane has settled the container's backups and snapshots meanwhile)
-    wait_count(&sim, "GET /cluster/replication", 3).await;
+    wait_count(sim, "GET /cluster/replication", 3).await;
 
     // When Proxmox answers the replication list
-    sim_send(&sim, "DELETE", "/_sim/faults", json!({})).await;
+    sim_send(sim, "DELETE", "/_sim/faults", json!({})).await;
 
     // Then the container's discovery says at once that it has no replication, without a
     // change of its own
@@ -438,7 +437,7 @@ async fn once_replication_is_known_every_guest_is_told_at_once_not_at_its_next_c
         .await;
     // And its next change of state carries no discovery message
     probe.clear();
-    sim_send(&sim, "PATCH", "/_sim/guests/101", json!({"lock": "backup"})).await;
+    sim_send(sim, "PATCH", "/_sim/guests/101", json!({"lock": "backup"})).await;
     probe
         .wait_topic("pve2mqtt/pve/lxc/101", 10 * SECS, |m| {
             m.json()["lock"] == "backup"
@@ -450,5 +449,5 @@ async fn once_replication_is_known_every_guest_is_told_at_once_not_at_its_next_c
         .filter(|m| m.topic == device)
         .collect();
     assert!(again.is_empty(), "discovery sent again: {:?}", again.len());
-    bridge.stop().await.unwrap();
+    w.stop().await;
 }
