@@ -183,6 +183,19 @@ e = entity("sensor.pve_last_command")
 check("node: Last command is an enum on node/pve/task",
       e.get("device_class") == "enum" and e["discovery_payload"].get("state_topic") == "pve2mqtt/pve/node/pve/task",
       str(e.get("device_class")))
+def wait_entity(eid, pred=lambda s: True, timeout=90.0):
+    """The entity's state once it exists in HA and `pred` holds (the slow lane's first
+    rounds bring disks, pools and updates some seconds after the guests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, payload = ha.rest("GET", f"/api/states/{eid}")
+        if status < 400 and pred(payload["state"]):
+            return payload
+        if time.monotonic() > deadline:
+            return payload if status < 400 else {"state": f"missing (HTTP {status})", "attributes": {}}
+        time.sleep(0.5)
+
+
 # --- cluster health (issue 11) ---------------------------------------------------------
 e = entity("sensor.proxmox_pve_ceph_health")
 check("Ceph health: enum with its options, reads HEALTH_WARN (the demo's single-node Ceph)",
@@ -199,9 +212,28 @@ e = entity("sensor.home_assistant_lock")
 check("guest lock: enum, reads none", e.get("device_class") == "enum" and e.get("state") == "none",
       f"{e.get('device_class')} {e.get('state')}")
 e = entity("binary_sensor.home_assistant_ha_managed")
-check("guest HA managed: off (the demo has no HA resource)", e.get("state") == "off", str(e.get("state")))
-check("no HA manager or replication entity without HA or replication",
-      not [x for x in by_id if x.endswith("_ha_manager") or x.endswith("_replication")])
+check("guest HA managed: off for VM 100 (not an HA resource)", e.get("state") == "off", str(e.get("state")))
+# The demo's VM 102 `windows` is an HA resource, replicated to node pve2 (cluster of two).
+e = entity("binary_sensor.windows_ha_managed")
+check("guest HA managed: on for VM 102", e.get("state") == "on", str(e.get("state")))
+e = wait_entity("sensor.windows_ha_state", lambda s: s == "started")
+check("guest HA state: enum reading started",
+      e["state"] == "started" and e["attributes"].get("device_class") == "enum", e["state"])
+e = wait_entity("binary_sensor.proxmox_pve_ha_manager", lambda s: s == "off")
+check("HA manager: a problem sensor, off (quorate, no service in error)",
+      e["state"] == "off" and e["attributes"].get("device_class") == "problem", e["state"])
+e = wait_entity("sensor.proxmox_pve_ha_master", lambda s: s == "pve")
+check("HA master: pve", e["state"] == "pve", e["state"])
+e = wait_entity("binary_sensor.windows_replication", lambda s: s == "off")
+check("replication of VM 102: a problem sensor, off",
+      e["state"] == "off" and e["attributes"].get("device_class") == "problem", e["state"])
+e = wait_entity("sensor.windows_last_replication", lambda s: s[:2] == "20")
+check("replication of VM 102: last sync is a timestamp",
+      e["state"][:2] == "20" and e["attributes"].get("device_class") == "timestamp", e["state"])
+check("no replication entity on a guest without a job",
+      not [x for x in by_id if x.startswith(("binary_sensor.home_assistant_replication", "binary_sensor.mqtt_replication"))])
+e = wait_entity("binary_sensor.pve2_connectivity", lambda s: s == "on")
+check("node pve2 of the demo cluster: connectivity on", e["state"] == "on", e["state"])
 
 # --- sizes ----------------------------------------------------------------------------
 for eid in ["sensor.home_assistant_disk_size", "sensor.local_on_pve_total"]:
@@ -295,19 +327,6 @@ check("node back: connectivity on", st == "on", st)
 wait_state("sensor.home_assistant_status", lambda s: s == "running", 60)
 
 # --- node health (issue 11): disks, ZFS pools, updates, reboot, certificate ----------
-def wait_entity(eid, pred=lambda s: True, timeout=90.0):
-    """The entity's state once it exists in HA and `pred` holds (the slow lane's first
-    rounds bring disks, pools and updates some seconds after the guests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, payload = ha.rest("GET", f"/api/states/{eid}")
-        if status < 400 and pred(payload["state"]):
-            return payload
-        if time.monotonic() > deadline:
-            return payload if status < 400 else {"state": f"missing (HTTP {status})", "attributes": {}}
-        time.sleep(0.5)
-
-
 e = wait_entity("binary_sensor.sdb_on_pve_smart", lambda s: s == "on")
 check("failing disk sdb: SMART problem sensor is on",
       e["state"] == "on" and e["attributes"].get("device_class") == "problem", e["state"])

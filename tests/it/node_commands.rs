@@ -460,3 +460,128 @@ async fn check_says_whether_the_token_may_do_node_power() {
         "{out}"
     );
 }
+
+/// A `stopall` the bridge started is still running when the bridge stops: the retained
+/// report stays `running` (not `failed`), and the next run follows the same task to its
+/// end and reports it once, without sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_command_running_across_a_bridge_restart_is_followed_to_its_end() {
+    let w = world(None, ON).await;
+    // Each guest's shutdown takes 3 s: the stopall outlives the first bridge.
+    sim_send(
+        &w.sim,
+        "POST",
+        "/_sim/config",
+        json!({"task_duration_ms": 3000}),
+    )
+    .await;
+    let since = last_seq(&w.sim).await;
+    let topic = "pve2mqtt/pve/node/pve/task";
+    w.probe
+        .publish(
+            "pve2mqtt/pve/node/pve/set",
+            r#"{"action":"stopall","id":"across"}"#,
+            false,
+        )
+        .await;
+    let running = w
+        .probe
+        .wait_for("stopall running", 20 * SECS, |m| {
+            m.topic == topic && m.json()["id"] == "across" && m.json()["state"] == "running"
+        })
+        .await
+        .json();
+    let upid = running["upid"].as_str().expect("a UPID").to_string();
+    w.bridge.stop().await.unwrap();
+    let kept = retained_on(w.broker.port, topic).await;
+    assert_eq!(kept[0].json()["state"], "running", "{:?}", kept[0].text());
+
+    let bridge = Bridge::start(w._cfg.config());
+    let done = wait_final(&w.probe, topic, "across").await;
+    assert_eq!(done["state"], "ok", "{done}");
+    assert_eq!(done["upid"], upid.as_str());
+    assert_eq!(done["exitstatus"], "OK");
+    let finals: Vec<Value> = task_states(&w.probe, topic, "across")
+        .into_iter()
+        .filter(|v| matches!(v["state"].as_str(), Some("ok" | "failed" | "rejected")))
+        .collect();
+    assert_eq!(finals.len(), 1, "one final result: {finals:?}");
+    let bulk: Vec<Value> = posts(&w.sim, since)
+        .await
+        .into_iter()
+        .filter(|p| p["path"] == "/nodes/pve/stopall")
+        .collect();
+    assert_eq!(bulk.len(), 1, "sent once: {bulk:?}");
+    let status = format!("/nodes/pve/tasks/{upid}/status");
+    let all = sim_get(&w.sim, &format!("/_sim/requests?since={since}")).await;
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"] == status.as_str()),
+        "the new run read the task's status"
+    );
+    bridge.stop().await.unwrap();
+}
+
+/// Which node the bridge runs on is read from `/cluster/status` by the node command's
+/// own task: while that read is slow, a guest command is accepted at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_command_is_accepted_while_a_node_commands_safety_read_is_slow() {
+    let w = world(Some(3), ON).await;
+    let world_json = sim_get(&w.sim, "/_sim/world").await;
+    let guest = world_json["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["template"] != true && g["status"] == "running")
+        .expect("a running guest")
+        .clone();
+    let guest_topic = format!(
+        "pve2mqtt/simcluster/{}/{}",
+        guest["type"].as_str().unwrap(),
+        guest["vmid"]
+    );
+    sim_send(
+        &w.sim,
+        "POST",
+        "/_sim/faults",
+        json!({"path_prefix": "/cluster/status", "kind": "slow", "delay_ms": 4000}),
+    )
+    .await;
+    let node_topic = "pve2mqtt/simcluster/node/pve2/task";
+    w.probe
+        .publish(
+            "pve2mqtt/simcluster/node/pve2/set",
+            r#"{"action":"shutdown","id":"slow-safety"}"#,
+            false,
+        )
+        .await;
+    w.probe
+        .publish(
+            &format!("{guest_topic}/set"),
+            r#"{"action":"reboot","id":"meanwhile"}"#,
+            false,
+        )
+        .await;
+    w.probe
+        .wait_for("the guest command accepted", 20 * SECS, |m| {
+            m.topic == format!("{guest_topic}/task") && m.json()["id"] == "meanwhile"
+        })
+        .await;
+    assert!(
+        task_states(&w.probe, node_topic, "slow-safety").is_empty(),
+        "the guest command was not held up by the node command's safety read"
+    );
+    // The node command goes on once the read answers: pve1 is the bridge's node, and
+    // two of three stay online.
+    w.probe
+        .wait_for("the shutdown sent", 30 * SECS, |m| {
+            m.topic == node_topic
+                && m.json()["id"] == "slow-safety"
+                && m.json()["state"] == "running"
+        })
+        .await;
+    sim_send(&w.sim, "DELETE", "/_sim/faults", json!({})).await;
+    w.bridge.stop().await.unwrap();
+}

@@ -243,14 +243,22 @@ async fn watch(cfg: pve2mqtt::config::MqttConfig, base: String, stop: Cancellati
 }
 
 /// Beside the seed world: a Windows VM whose guest agent is installed but not running
-/// (its "Agent responding" shows the problem; issue 12).
+/// (its "Agent responding" shows the problem; issue 12); and what only a cluster has
+/// (issue 11): node `pve2` joins, making a cluster named `pve` of two (so the cluster id
+/// in topics stays `pve`), and VM 102 is HA-managed and replicated to `pve2` every
+/// 15 minutes (the HA manager's and the replication's entities).
 fn add_demo_guests(simulator: &sim::SimHandle) -> anyhow::Result<()> {
     let world = simulator.world();
     let guest: sim::NewGuest = serde_json::from_value(serde_json::json!({
         "vmid": 102, "type": "qemu", "node": "pve", "name": "windows", "status": "running",
-        "cpus": 4, "maxmem": 8u64 << 30, "maxdisk": 64u64 << 30,
+        "cpus": 4, "maxmem": 8u64 << 30, "maxdisk": 64u64 << 30, "hastate": "started",
     }))?;
     world.add_guest(guest)?;
     world.set_agent(102, None, Some(sim::AgentMode::NotRunning))?;
+    world.join_node("pve2", "192.168.1.11", "pve")?;
+    let job: sim::NewReplicationJob = serde_json::from_value(serde_json::json!({
+        "guest": 102, "target": "pve2", "every_minutes": 15,
+    }))?;
+    world.add_replication_job(job)?;
     Ok(())
 }

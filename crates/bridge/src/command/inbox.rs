@@ -25,7 +25,7 @@ use super::resume::PendingResume;
 use super::runner::{Job, Reply, Runner, Target};
 use crate::config::{BackupConfig, CommandsConfig};
 use crate::ha::topics::Topics;
-use crate::model::GuestState;
+use crate::model::{ClusterView, GuestState};
 use crate::mqtt::Inbound;
 use crate::poller::Refresh;
 use crate::publisher::PublisherMsg;
@@ -98,6 +98,7 @@ pub struct CommandHandler {
     /// When the last "rate limited" warning was logged (one per 10 s at most).
     last_limit_log: Option<Instant>,
     pub(super) pending_resumes: Vec<PendingResume>,
+    pub(super) pending_node_resumes: Vec<super::node_resume::PendingNodeResume>,
     /// Nodes with a command in flight (`node_run`).
     pub(super) nodes: super::node_run::NodeSlots,
 }
@@ -121,6 +122,7 @@ impl CommandHandler {
             limiter: RateLimiter::new(Instant::now()),
             last_limit_log: None,
             pending_resumes: Vec::new(),
+            pending_node_resumes: Vec::new(),
             nodes: Default::default(),
         }
     }
@@ -131,7 +133,10 @@ impl CommandHandler {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick(), if !self.pending_resumes.is_empty() => self.try_resumes(&shutdown),
+                _ = tick.tick(), if !self.pending_resumes.is_empty() || !self.pending_node_resumes.is_empty() => {
+                    self.try_resumes(&shutdown);
+                    self.try_node_resumes(&shutdown);
+                }
                 msg = inbox.recv() => match msg {
                     Some(msg) => self.handle(msg, &shutdown).await,
                     None => break,
@@ -187,6 +192,8 @@ impl CommandHandler {
                     }
                 }
             }
+        } else if let Some((cluster, node)) = self.topics.parse_node_task(&msg.topic) {
+            self.node_task_report(cluster, node, &msg.payload, msg.retain, shutdown);
         } else if let Some(name) = self.topics.parse_bridge_request(&msg.topic) {
             // Empty: a clear, as on `…/set` (send `{}` for a request without fields).
             if msg.payload.is_empty() {
@@ -328,13 +335,11 @@ impl CommandHandler {
             && !self.busy.is_busy(cluster, vmid)
     }
 
-    /// The cluster's handle and the guest as the latest poll saw it.
-    fn lookup(
+    /// The cluster's handle and its latest view; `unknown` before its first poll.
+    pub(super) fn polled(
         &self,
         cluster_id: &str,
-        kind: Option<GuestKind>,
-        vmid: u32,
-    ) -> Result<(ClusterHandle, GuestState), Rejection> {
+    ) -> Result<(ClusterHandle, std::sync::Arc<ClusterView>), Rejection> {
         let unknown = |reason: String| Rejection::new(RejectionKind::Unknown, reason);
         let handle = cluster(&self.registry, cluster_id)
             .ok_or_else(|| unknown(format!("unknown cluster '{cluster_id}'")))?;
@@ -343,6 +348,18 @@ impl CommandHandler {
                 "cluster '{cluster_id}' not polled yet: Proxmox has not answered since the bridge started"
             )));
         };
+        Ok((handle, view))
+    }
+
+    /// The cluster's handle and the guest as the latest poll saw it.
+    fn lookup(
+        &self,
+        cluster_id: &str,
+        kind: Option<GuestKind>,
+        vmid: u32,
+    ) -> Result<(ClusterHandle, GuestState), Rejection> {
+        let (handle, view) = self.polled(cluster_id)?;
+        let unknown = |reason: String| Rejection::new(RejectionKind::Unknown, reason);
         let guest = view
             .guests
             .get(&vmid)
@@ -602,11 +619,11 @@ impl CommandHandler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::Config;
 
-    const CONFIG: &str = r#"
+    pub(crate) const CONFIG: &str = r#"
 [proxmox]
 url = "https://127.0.0.1:8006"
 token = "root@pam!pve2mqtt=5ec12e7a-0000-4000-8000-000000000001"
@@ -616,7 +633,7 @@ url = "mqtt://127.0.0.1:1883"
 "#;
 
     /// A handler with no cluster registered yet, and what it sends to the publisher.
-    fn handler() -> (CommandHandler, mpsc::Receiver<PublisherMsg>) {
+    pub(crate) fn handler() -> (CommandHandler, mpsc::Receiver<PublisherMsg>) {
         let config = Config::from_toml_str(CONFIG, &Default::default()).expect("test config");
         let (tx, rx) = mpsc::channel(16);
         let handler = CommandHandler::new(

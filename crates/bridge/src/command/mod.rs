@@ -8,11 +8,13 @@
 //! - [`runner`]: one task per accepted job POSTs to the node the guest is on now, follows
 //!   the task, asks the poller for an immediate refresh, and reports every step on the
 //!   guest's retained `…/task` topic ([`report`]) through the publisher ([`links`]).
-//! - [`resume`] follows tasks an earlier run started and did not see end.
+//! - [`resume`] follows tasks an earlier run started and did not see end;
+//!   [`node_resume`] does so for node commands ([`node`], [`node_run`]).
 pub mod busy;
 pub mod inbox;
 pub mod links;
 pub mod node;
+pub mod node_resume;
 pub mod node_run;
 pub mod parse;
 pub mod policy;

@@ -10,13 +10,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::parse::{Rejection, RejectionKind, MAX_PAYLOAD};
+use super::parse::{envelope, id_field, Envelope, Rejection, RejectionKind};
 use super::requests::Vmid;
 use crate::config::CommandsConfig;
 use crate::model::ClusterView;
-
-/// The longest `id` echoed back (as for guest commands).
-const MAX_ID_LEN: usize = 128;
 
 /// The most guests one `vms` list may name.
 pub const MAX_VMS: usize = 500;
@@ -160,49 +157,14 @@ fn unknown_action(word: &str) -> Rejection {
 /// Parses a node command payload. The `id` is recovered even from payloads that are
 /// otherwise rejected.
 pub fn parse_node(payload: &[u8]) -> Result<NodeCommand, (Option<String>, Rejection)> {
-    if payload.len() > MAX_PAYLOAD {
-        return Err((
-            None,
-            Rejection::invalid(format!(
-                "payload too large ({} bytes, at most {MAX_PAYLOAD})",
-                payload.len()
-            )),
-        ));
-    }
-    let Ok(text) = std::str::from_utf8(payload) else {
-        return Err((None, Rejection::invalid("payload is not UTF-8")));
-    };
-    let text = text.trim();
-    if text.is_empty() {
-        return Err((None, Rejection::invalid("empty payload")));
-    }
-    if !text.starts_with('{') && !text.starts_with('[') {
-        let action = NodeAction::parse(text).ok_or_else(|| (None, unknown_action(text)))?;
-        return Ok(NodeCommand::new(action));
-    }
-    let object: Map<String, Value> = match serde_json::from_str(text) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => return Err((None, Rejection::invalid("JSON payload must be an object"))),
-        Err(e) => {
-            return Err((
-                None,
-                Rejection::invalid(format!("payload is not valid JSON: {e}")),
-            ))
+    let object = match envelope(payload).map_err(|r| (None, r))? {
+        Envelope::Word(word) => {
+            let action = NodeAction::parse(word).ok_or_else(|| (None, unknown_action(word)))?;
+            return Ok(NodeCommand::new(action));
         }
+        Envelope::Object(object) => object,
     };
-    let id = match object.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => {
-            return Err((
-                None,
-                Rejection::invalid(format!(
-                    "id must be a string of at most {MAX_ID_LEN} characters"
-                )),
-            ))
-        }
-    };
+    let id = id_field(&object).map_err(|r| (None, r))?;
     match parse_object(&object) {
         Ok(mut command) => {
             command.id = id;
@@ -316,14 +278,11 @@ pub fn node_power_possible(policy: &CommandsConfig) -> bool {
 }
 
 /// Checks the command against the latest view: the node is known, its state fits the
-/// action, `vms` are guests on it; reboot/shutdown of the bridge's own node or of the
-/// node whose loss would cost quorum need `force`. `host_node` is the node the bridge
-/// runs on, if it could tell (see `node_run::host_node`).
+/// action, `vms` are guests on it. The safety rules are [`check_safety`].
 pub fn check_against_view(
     view: &ClusterView,
     node: &str,
     command: &NodeCommand,
-    host_node: Option<&str>,
 ) -> Result<(), Rejection> {
     let Some(state) = view.nodes.get(node) else {
         return Err(Rejection::new(
@@ -368,6 +327,19 @@ pub fn check_against_view(
             Some(_) => {}
         }
     }
+    Ok(())
+}
+
+/// Reboot/shutdown of the bridge's own node, of the last online node or of the node
+/// whose loss would cost quorum need `force`. `host_node` is the node the bridge runs
+/// on, if it could tell (see `node_run::host_node`).
+pub fn check_safety(
+    view: &ClusterView,
+    node: &str,
+    command: &NodeCommand,
+    host_node: Option<&str>,
+) -> Result<(), Rejection> {
+    let action = command.action;
     if action.powers_off() && !command.forced() {
         if host_node == Some(node) {
             return invalid(format!(
@@ -398,6 +370,7 @@ pub fn check_against_view(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::parse::MAX_PAYLOAD;
 
     #[test]
     fn bare_words_and_json_become_node_commands() {

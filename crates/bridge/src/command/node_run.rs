@@ -23,7 +23,9 @@ use tracing::{info, warn};
 
 use super::inbox::CommandHandler;
 use super::links::{cluster, ClusterHandle, Reporter};
-use super::node::{authorize_node, check_against_view, id_of, parse_node, NodeAction, NodeCommand};
+use super::node::{
+    authorize_node, check_against_view, check_safety, id_of, parse_node, NodeAction, NodeCommand,
+};
 use super::parse::{Rejection, RejectionKind};
 use super::report::{unix_now, Phase, TaskReport};
 use crate::model::ClusterView;
@@ -46,24 +48,44 @@ const STATUS_LOSS_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// The reason a retained node command gets.
 const RETAINED: &str = "retained command ignored: publish commands without the retain flag (a retained command would replay at every reconnect); the bridge cleared it from the broker";
 
-/// Nodes, as (cluster, node), with a command in flight.
+/// Nodes, as (cluster, node), with a command in flight, and every node this run has
+/// held (a retained `running` report for one of those is this run's own).
 #[derive(Clone, Debug, Default)]
-pub struct NodeSlots(Arc<Mutex<HashSet<(String, String)>>>);
+pub struct NodeSlots(Arc<Mutex<Slots>>);
+
+#[derive(Debug, Default)]
+struct Slots {
+    busy: HashSet<(String, String)>,
+    held: HashSet<(String, String)>,
+}
 
 impl NodeSlots {
-    fn lock(&self) -> MutexGuard<'_, HashSet<(String, String)>> {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn key(cluster: &str, node: &str) -> (String, String) {
+        (cluster.to_string(), node.to_string())
+    }
+
     pub fn is_busy(&self, cluster: &str, node: &str) -> bool {
-        self.lock()
-            .contains(&(cluster.to_string(), node.to_string()))
+        self.lock().busy.contains(&Self::key(cluster, node))
+    }
+
+    /// Whether a command of this run has held the node (running or finished).
+    pub fn taken_by_this_run(&self, cluster: &str, node: &str) -> bool {
+        self.lock().held.contains(&Self::key(cluster, node))
     }
 
     /// Takes the node's slot, or `None` while another command holds it.
     pub fn claim(&self, cluster: &str, node: &str) -> Option<NodeGuard> {
-        let key = (cluster.to_string(), node.to_string());
-        self.lock().insert(key.clone()).then(|| NodeGuard {
+        let key = Self::key(cluster, node);
+        let mut slots = self.lock();
+        if !slots.busy.insert(key.clone()) {
+            return None;
+        }
+        slots.held.insert(key.clone());
+        Some(NodeGuard {
             slots: self.clone(),
             key,
         })
@@ -79,7 +101,7 @@ pub struct NodeGuard {
 
 impl Drop for NodeGuard {
     fn drop(&mut self) {
-        self.slots.lock().remove(&self.key);
+        self.slots.lock().busy.remove(&self.key);
     }
 }
 
@@ -186,26 +208,18 @@ impl CommandHandler {
         command: &NodeCommand,
         shutdown: &CancellationToken,
     ) -> Result<(), Rejection> {
-        let unknown = |reason: String| Rejection::new(RejectionKind::Unknown, reason);
-        let handle = cluster(&self.registry, cluster_id)
-            .ok_or_else(|| unknown(format!("unknown cluster '{cluster_id}'")))?;
-        let Some(view) = handle.view.borrow().clone() else {
-            return Err(unknown(format!(
-                "cluster '{cluster_id}' not polled yet: Proxmox has not answered since the bridge started"
-            )));
-        };
+        let (handle, view) = self.polled(cluster_id)?;
         if !view.nodes.contains_key(node) {
-            return Err(unknown(format!(
-                "unknown node '{node}' in cluster '{cluster_id}'"
-            )));
+            return Err(Rejection::new(
+                RejectionKind::Unknown,
+                format!("unknown node '{node}' in cluster '{cluster_id}'"),
+            ));
         }
         authorize_node(&self.policy)?;
-        let host = if command.action.powers_off() && !command.forced() {
-            host_node(&handle.client, &view).await
-        } else {
-            None
-        };
-        check_against_view(&view, node, command, host.as_deref())?;
+        // The safety rules need to know which node the bridge runs on, a request: the
+        // runner checks them, so that no other command waits for it here
+        // ([`NodeRunner::refused`]).
+        check_against_view(&view, node, command)?;
         let guard = self.nodes.claim(cluster_id, node).ok_or_else(|| {
             Rejection::new(
                 RejectionKind::Busy,
@@ -221,6 +235,7 @@ impl CommandHandler {
             reporter: self.reporter.clone(),
             shutdown: shutdown.clone(),
             _guard: guard,
+            resumed: false,
         };
         self.runners.spawn(runner.run());
         Ok(())
@@ -310,8 +325,11 @@ fn source_address(to: IpAddr) -> Option<IpAddr> {
 enum NodeRunError {
     #[error("{0}")]
     Proxmox(#[from] PveError),
-    #[error("the bridge stopped before the end was seen; check node {node}'s state")]
-    Stopped { node: String },
+    /// The bridge is stopping (the next run picks the command up).
+    #[error("the bridge stopped before the end was seen")]
+    Stopped,
+    #[error("the bridge stopped while sending this command, before Proxmox answered: whether it ran is unknown; check node {0}'s task list")]
+    Interrupted(String),
     #[error("{0}")]
     Timeout(String),
     #[error("Proxmox no longer knows task {upid}: {reason}")]
@@ -326,16 +344,30 @@ enum NodeRunError {
     Exit(String),
 }
 
-/// One accepted node command.
-struct NodeRunner {
-    cluster: String,
-    node: String,
-    command: NodeCommand,
-    report: TaskReport,
-    handle: ClusterHandle,
-    reporter: Reporter,
-    shutdown: CancellationToken,
-    _guard: NodeGuard,
+/// What a node watch knows beforehand.
+#[derive(Debug, Default)]
+struct Watch {
+    /// The node's boot time before the reboot, as the polls saw it.
+    booted: Option<u64>,
+    /// A reboot requested at this time (Unix seconds): any boot after it ends it.
+    booted_after: Option<u64>,
+    /// How much of the deadline an earlier run used.
+    elapsed: Duration,
+}
+
+/// One accepted node command, or one an earlier run started (`resumed`).
+pub(super) struct NodeRunner {
+    pub cluster: String,
+    pub node: String,
+    pub command: NodeCommand,
+    pub report: TaskReport,
+    pub handle: ClusterHandle,
+    pub reporter: Reporter,
+    pub shutdown: CancellationToken,
+    pub _guard: NodeGuard,
+    /// Picked up after a restart: no POST, only the rest of the follow
+    /// ([`super::node_resume`]).
+    pub resumed: bool,
 }
 
 impl NodeRunner {
@@ -345,10 +377,40 @@ impl NodeRunner {
             .await;
     }
 
-    async fn run(mut self) {
-        self.publish().await;
-        info!(cluster = %self.cluster, node = %self.node, action = %self.command.action, "node command accepted");
-        let result = self.execute().await;
+    pub(super) async fn run(mut self) {
+        if !self.resumed {
+            if let Some(rejection) = self.refused().await {
+                warn!(cluster = %self.cluster, node = %self.node, reason = %rejection, "node command rejected");
+                // This command's own fault, for a known node whose slot it holds: it
+                // becomes the node's report, as the inbox's rejections do.
+                let report = TaskReport::rejected(
+                    self.command.id.clone(),
+                    self.command.action.as_str(),
+                    &rejection.reason,
+                );
+                self.reporter
+                    .node_task(&self.cluster, &self.node, &report, true)
+                    .await;
+                return;
+            }
+        }
+        if self.resumed {
+            info!(cluster = %self.cluster, node = %self.node, action = %self.command.action, upid = self.report.upid.as_deref().unwrap_or(""), "following a node command an earlier run started");
+        } else {
+            self.publish().await;
+            info!(cluster = %self.cluster, node = %self.node, action = %self.command.action, "node command accepted");
+        }
+        let result = if self.resumed {
+            self.pick_up().await
+        } else {
+            self.execute().await
+        };
+        if let Err(NodeRunError::Stopped) = result {
+            // The retained report stays `running`: the next run follows it to its end.
+            info!(cluster = %self.cluster, node = %self.node, upid = self.report.upid.as_deref().unwrap_or(""),
+                  "bridge stopping: the node command's end will be reported after the restart");
+            return;
+        }
         self.report.finished = Some(unix_now());
         match result {
             Ok(()) => {
@@ -366,6 +428,19 @@ impl NodeRunner {
         self.publish().await;
     }
 
+    /// The safety rules, with the node the bridge runs on (read from `/cluster/status`
+    /// unless the host name tells) and the latest view: reboot and shutdown without
+    /// `force` only.
+    async fn refused(&self) -> Option<Rejection> {
+        if !self.command.action.powers_off() || self.command.forced() {
+            return None;
+        }
+        let view = self.handle.view.borrow().clone()?;
+        let host = host_node(&self.handle.client, &view).await;
+        let view = self.handle.view.borrow().clone().unwrap_or(view);
+        check_safety(&view, &self.node, &self.command, host.as_deref()).err()
+    }
+
     async fn execute(&mut self) -> Result<(), NodeRunError> {
         let client = self.handle.client.clone();
         let action = self.command.action;
@@ -374,27 +449,63 @@ impl NodeRunner {
                 let booted = self.booted();
                 client.node_power(&self.node, action.as_str()).await?;
                 self.running(None).await;
-                self.watch_node(action, booted).await
+                let watch = Watch {
+                    booted,
+                    ..Watch::default()
+                };
+                self.watch_node(action, watch).await
             }
             NodeAction::WakeOnLan => {
                 let mac = client.wake_on_lan(&self.node).await?;
                 info!(node = %self.node, mac = %mac, via = %client.current_url(), "Wake-on-LAN packet sent");
                 self.running(None).await;
-                self.watch_node(action, None).await
+                self.watch_node(action, Watch::default()).await
             }
             NodeAction::StartAll | NodeAction::StopAll | NodeAction::SuspendAll => {
                 let upid = client
                     .node_bulk(&self.node, action.as_str(), &self.command.bulk_form())
                     .await?;
                 self.running(Some(&upid)).await;
-                let exit = self.follow(&upid).await?;
-                self.report.exitstatus = Some(exit.clone());
-                if crate::pve::exitstatus_is_success(&exit) {
-                    Ok(())
-                } else {
-                    Err(NodeRunError::Exit(exit))
-                }
+                self.finish_bulk(&upid).await
             }
+        }
+    }
+
+    /// The rest of a command an earlier run started: a bulk task is followed by its
+    /// UPID; reboot, shutdown and Wake-on-LAN are watched for what remains of their
+    /// deadline (a reboot is done once the node is online with a boot time after the
+    /// request). `accepted` means that run stopped before Proxmox answered the POST.
+    async fn pick_up(&mut self) -> Result<(), NodeRunError> {
+        let action = self.command.action;
+        if self.report.state != Phase::Running {
+            return Err(NodeRunError::Interrupted(self.node.clone()));
+        }
+        if action.is_bulk() {
+            let upid = self
+                .report
+                .upid
+                .as_deref()
+                .and_then(|u| u.parse::<Upid>().ok())
+                .ok_or_else(|| NodeRunError::Interrupted(self.node.clone()))?;
+            return self.finish_bulk(&upid).await;
+        }
+        let since_request = Duration::from_secs(unix_now().saturating_sub(self.report.requested));
+        let watch = Watch {
+            booted: None,
+            booted_after: Some(self.report.requested),
+            elapsed: since_request,
+        };
+        self.watch_node(action, watch).await
+    }
+
+    /// Follows a bulk task to its end: `ok` on `OK` or `WARNINGS: n`.
+    async fn finish_bulk(&mut self, upid: &Upid) -> Result<(), NodeRunError> {
+        let exit = self.follow(upid).await?;
+        self.report.exitstatus = Some(exit.clone());
+        if crate::pve::exitstatus_is_success(&exit) {
+            Ok(())
+        } else {
+            Err(NodeRunError::Exit(exit))
         }
     }
 
@@ -418,14 +529,8 @@ impl NodeRunner {
         let started = tokio::time::Instant::now();
         let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
-            let wait = if started.elapsed() < Duration::from_secs(30) {
-                Duration::from_millis(250)
-            } else {
-                Duration::from_secs(2)
-            };
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(NodeRunError::Stopped { node: self.node.clone() }),
-                _ = tokio::time::sleep(wait) => {}
+            if !super::runner::pause_between_reads(started, &self.shutdown).await {
+                return Err(NodeRunError::Stopped);
             }
             if started.elapsed() > BULK_DEADLINE {
                 return Err(NodeRunError::Timeout(format!(
@@ -465,18 +570,19 @@ impl NodeRunner {
     /// (reboot), or online (Wake-on-LAN), looking every second; asks the poller for a poll
     /// every 5 s.
     /// A reboot also counts as done when the node is online with another boot time than
-    /// `booted` (a reboot quicker than the polls).
-    async fn watch_node(
-        &self,
-        action: NodeAction,
-        booted: Option<u64>,
-    ) -> Result<(), NodeRunError> {
+    /// `watch.booted`, or one after `watch.booted_after` (a reboot quicker than the polls).
+    async fn watch_node(&self, action: NodeAction, watch: Watch) -> Result<(), NodeRunError> {
         let deadline = match action {
             NodeAction::Shutdown => SHUTDOWN_DEADLINE,
             NodeAction::Reboot => REBOOT_DEADLINE,
             _ => WAKE_DEADLINE,
         };
-        let give_up = tokio::time::Instant::now() + deadline;
+        let give_up = tokio::time::Instant::now() + deadline.saturating_sub(watch.elapsed);
+        let Watch {
+            booted,
+            booted_after,
+            ..
+        } = watch;
         let view = &self.handle.view;
         let mut seen_offline = false;
         let mut tick: u32 = 0;
@@ -486,7 +592,9 @@ impl NodeRunner {
                 .as_ref()
                 .and_then(|v| v.nodes.get(&self.node))
                 .map_or((None, false), |n| {
-                    let rebooted = booted.is_some() && n.started.is_some() && n.started != booted;
+                    let rebooted = n.started.is_some()
+                        && ((booted.is_some() && n.started != booted)
+                            || booted_after.is_some_and(|t| n.started > Some(t)));
                     (Some(n.status == "online"), rebooted)
                 });
             match (action, online) {
@@ -511,7 +619,7 @@ impl NodeRunner {
             }
             tick += 1;
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(NodeRunError::Stopped { node: self.node.clone() }),
+                _ = self.shutdown.cancelled() => return Err(NodeRunError::Stopped),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }

@@ -149,45 +149,66 @@ fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection::invalid(reason))
 }
 
-/// Parses a payload for a guest of `kind`. The `id` is recovered even from payloads
-/// that are otherwise rejected, so the caller can correlate the rejection.
-pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>, Rejection)> {
+/// A command payload, guest or node: a bare word, or a JSON object.
+pub enum Envelope<'a> {
+    Word(&'a str),
+    Object(Map<String, Value>),
+}
+
+/// Reads a command payload's envelope: at most [`MAX_PAYLOAD`] bytes of UTF-8, not
+/// empty, a bare word or a JSON object.
+pub fn envelope(payload: &[u8]) -> Result<Envelope<'_>, Rejection> {
     if payload.len() > MAX_PAYLOAD {
-        return Err((
-            None,
-            Rejection::invalid(format!(
-                "payload too large ({} bytes, at most {MAX_PAYLOAD})",
-                payload.len()
-            )),
+        return reject(format!(
+            "payload too large ({} bytes, at most {MAX_PAYLOAD})",
+            payload.len()
         ));
     }
     let Ok(text) = std::str::from_utf8(payload) else {
-        return Err((None, Rejection::invalid("payload is not UTF-8")));
+        return reject("payload is not UTF-8");
     };
     let text = text.trim();
     if text.is_empty() {
-        return Err((None, Rejection::invalid("empty payload")));
+        return reject("empty payload");
     }
     if !text.starts_with('{') && !text.starts_with('[') {
-        let action = Action::parse(text).ok_or_else(|| (None, unknown_action(text)))?;
-        if !action.valid_for(kind) {
-            return Err((None, invalid_for(action, kind)));
-        }
-        let command = Command::new(action);
-        super::snapshot::complete(&command).map_err(|r| (None, r))?;
-        return Ok(command);
+        return Ok(Envelope::Word(text));
     }
-    let object: Map<String, Value> = match serde_json::from_str(text) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => return Err((None, Rejection::invalid("JSON payload must be an object"))),
-        Err(e) => {
-            return Err((
-                None,
-                Rejection::invalid(format!("payload is not valid JSON: {e}")),
-            ))
+    match serde_json::from_str(text) {
+        Ok(Value::Object(o)) => Ok(Envelope::Object(o)),
+        Ok(_) => reject("JSON payload must be an object"),
+        Err(e) => reject(format!("payload is not valid JSON: {e}")),
+    }
+}
+
+/// The `id` field of a JSON command: a string of at most [`MAX_ID_LEN`] characters or
+/// a number, echoed back in the reports.
+pub fn id_field(object: &Map<String, Value>) -> Result<Option<String>, Rejection> {
+    match object.get("id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => reject(format!(
+            "id must be a string of at most {MAX_ID_LEN} characters"
+        )),
+    }
+}
+
+/// Parses a payload for a guest of `kind`. The `id` is recovered even from payloads
+/// that are otherwise rejected, so the caller can correlate the rejection.
+pub fn parse(payload: &[u8], kind: GuestKind) -> Result<Command, (Option<String>, Rejection)> {
+    match envelope(payload).map_err(|r| (None, r))? {
+        Envelope::Word(text) => {
+            let action = Action::parse(text).ok_or_else(|| (None, unknown_action(text)))?;
+            if !action.valid_for(kind) {
+                return Err((None, invalid_for(action, kind)));
+            }
+            let command = Command::new(action);
+            super::snapshot::complete(&command).map_err(|r| (None, r))?;
+            Ok(command)
         }
-    };
-    parse_fields(&object, kind)
+        Envelope::Object(object) => parse_fields(&object, kind),
+    }
 }
 
 /// Parses a command already read as a JSON object (`action`, `id`, options); the bridge
@@ -196,19 +217,7 @@ pub fn parse_fields(
     object: &Map<String, Value>,
     kind: GuestKind,
 ) -> Result<Command, (Option<String>, Rejection)> {
-    let id = match object.get("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.len() <= MAX_ID_LEN => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => {
-            return Err((
-                None,
-                Rejection::invalid(format!(
-                    "id must be a string of at most {MAX_ID_LEN} characters"
-                )),
-            ))
-        }
-    };
+    let id = id_field(object).map_err(|r| (None, r))?;
     parse_object(object, kind)
         .map_err(|r| (id.clone(), r))
         .map(|mut c| {

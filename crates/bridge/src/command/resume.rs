@@ -25,6 +25,12 @@ use crate::pve::{GuestKind, Upid};
 /// How long after its request a report is still worth resuming.
 const RESUME_WINDOW_SECS: u64 = 24 * 3600;
 
+/// Whether an earlier run's report is recent enough to wait for its cluster.
+pub(super) fn still_fresh(report: &TaskReport) -> bool {
+    // `saturating_add`: a forged `requested` must not overflow.
+    report.requested.saturating_add(RESUME_WINDOW_SECS) > unix_now()
+}
+
 /// A retained `accepted`/`running` report of an earlier run, waiting for its cluster.
 #[derive(Debug)]
 pub struct PendingResume {
@@ -49,8 +55,7 @@ impl CommandHandler {
             if self.busy.is_busy(&cluster, vmid) || self.busy.taken_by_this_run(&cluster, vmid) {
                 continue; // this run's own report, or one a command of this run replaced
             }
-            // `saturating_add`: a forged `requested` must not overflow.
-            let fresh = report.requested.saturating_add(RESUME_WINDOW_SECS) > unix_now();
+            let fresh = still_fresh(&report);
             let handle = links::cluster(&self.registry, &cluster);
             let upid = report.upid.as_deref().and_then(|u| u.parse::<Upid>().ok());
             let action = Action::parse(&report.action);
@@ -140,33 +145,11 @@ impl CommandHandler {
 
 #[cfg(test)]
 mod tests {
+    use super::super::inbox::tests::{handler, CONFIG};
     use super::*;
     use crate::config::Config;
-    use crate::ha::topics::Topics;
     use crate::publisher::PublisherMsg;
     use tokio::sync::mpsc;
-
-    const CONFIG: &str = r#"
-[proxmox]
-url = "https://127.0.0.1:8006"
-token = "root@pam!pve2mqtt=5ec12e7a-0000-4000-8000-000000000001"
-
-[mqtt]
-url = "mqtt://127.0.0.1:1883"
-"#;
-
-    fn handler() -> (CommandHandler, mpsc::Receiver<PublisherMsg>) {
-        let config = Config::from_toml_str(CONFIG, &Default::default()).expect("test config");
-        let (tx, rx) = mpsc::channel(16);
-        let handler = CommandHandler::new(
-            Topics::new("pve2mqtt", "homeassistant"),
-            config.commands,
-            config.backup,
-            links::Registry::default(),
-            tx,
-        );
-        (handler, rx)
-    }
 
     /// Registers cluster `home` as polled, with no guests.
     fn polled_without_guests(

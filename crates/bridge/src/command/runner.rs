@@ -499,15 +499,8 @@ impl Runner {
         let mut failing_since: Option<tokio::time::Instant> = None;
         let mut failures = 0u32;
         loop {
-            // Fast at first (most lifecycle tasks take 1-5 s), then gentler on Proxmox.
-            let wait = if started.elapsed() < Duration::from_secs(30) {
-                Duration::from_millis(250)
-            } else {
-                Duration::from_secs(2)
-            };
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(RunError::Stopped),
-                _ = tokio::time::sleep(wait) => {}
+            if !pause_between_reads(started, &self.shutdown).await {
+                return Err(RunError::Stopped);
             }
             if tokio::time::Instant::now() > give_up {
                 return Err(RunError::GaveUp {
@@ -620,6 +613,23 @@ impl Runner {
             }
         }
         let _ = self.handle.refresh.send(refresh).await;
+    }
+}
+
+/// The wait before a follower's next task-status read: fast at first (most lifecycle
+/// tasks take 1-5 s), then gentler on Proxmox. `false` once the bridge is stopping.
+pub(super) async fn pause_between_reads(
+    started: tokio::time::Instant,
+    shutdown: &CancellationToken,
+) -> bool {
+    let wait = if started.elapsed() < Duration::from_secs(30) {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(2)
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }
 

@@ -200,8 +200,13 @@ impl Topics {
     /// Parses `{base}/{c}/node/{node}/set` into (cluster, node). The command filter
     /// (`{base}/+/+/+/set`) already covers it.
     pub fn parse_node_command(&self, topic: &str) -> Option<(String, String)> {
+        self.parse_node_topic(topic, "/set")
+    }
+
+    /// `{base}/{c}/node/{node}{suffix}` into (cluster, node).
+    fn parse_node_topic(&self, topic: &str, suffix: &str) -> Option<(String, String)> {
         let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
-        let rest = rest.strip_suffix("/set")?;
+        let rest = rest.strip_suffix(suffix)?;
         match rest.split('/').collect::<Vec<_>>().as_slice() {
             [cluster, "node", node] => Some((cluster.to_string(), node.to_string())),
             _ => None,
@@ -303,6 +308,12 @@ impl Topics {
         }
     }
 
+    /// Parses `{base}/{c}/node/{node}/task` into (cluster, node): the task filter covers
+    /// it, and an earlier run's node command is picked up from it like a guest's.
+    pub fn parse_node_task(&self, topic: &str) -> Option<(String, String)> {
+        self.parse_node_topic(topic, "/task")
+    }
+
     /// Parses `{base}/bridge/request/{name}` into the request's name (one topic level,
     /// possibly empty: the `+` of the subscription matches an empty level too).
     pub fn parse_bridge_request<'t>(&self, topic: &'t str) -> Option<&'t str> {
@@ -321,6 +332,7 @@ impl Topics {
         } else if self.parse_command(topic).is_some()
             || self.parse_node_command(topic).is_some()
             || self.parse_task(topic).is_some()
+            || self.parse_node_task(topic).is_some()
             || self.parse_bridge_request(topic).is_some()
         {
             InboundRoute::Commands
@@ -546,12 +558,13 @@ mod tests {
             // A cluster may be called `bridge`: its guests' commands are still commands.
             "pve2mqtt/bridge/qemu/100/set",
             "pve2mqtt/home/node/pve1/set",
+            // An earlier run's node command, picked up after a restart.
+            "pve2mqtt/home/node/pve1/task",
         ];
         let ignored = [
             "pve2mqtt/bridge/state",
             "pve2mqtt/bridge/response/refresh",
             "pve2mqtt/home/qemu/100",
-            "pve2mqtt/home/node/pve1/task",
             "pve2mqtt/home/qemu/abc/set",
             "homeassistant/device/pve2mqtt_home_100/config",
             "other/home/qemu/100/set",
@@ -615,6 +628,11 @@ mod tests {
         assert_eq!(t.parse_node_command("pve2mqtt/home/qemu/100/set"), None);
         assert_eq!(t.parse_node_command("pve2mqtt/home/node/pve1/task"), None);
         assert_eq!(t.parse_task("pve2mqtt/home/node/pve1/task"), None);
+        assert_eq!(
+            t.parse_node_task("pve2mqtt/home/node/pve1/task"),
+            Some(("home".to_string(), "pve1".to_string()))
+        );
+        assert_eq!(t.parse_node_task("pve2mqtt/home/node/pve1/set"), None);
         assert_eq!(t.parse_command("pve2mqtt/home/node/pve1/set"), None);
     }
 }
