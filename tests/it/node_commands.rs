@@ -496,7 +496,7 @@ async fn a_node_command_running_across_a_bridge_restart_is_followed_to_its_end()
     let kept = retained_on(w.broker.port, topic).await;
     assert_eq!(kept[0].json()["state"], "running", "{:?}", kept[0].text());
 
-    let bridge = Bridge::start(w._cfg.config());
+    let bridge = Bridge::start(w.cfg.config());
     let done = wait_final(&w.probe, topic, "across").await;
     assert_eq!(done["state"], "ok", "{done}");
     assert_eq!(done["upid"], upid.as_str());
