@@ -162,9 +162,21 @@ impl BackupDraft<'_> {
 
 impl GuestDraft<'_> {
     /// Must this draft be reported, the guest's last reported state being `reported`?
-    /// Destructures every field of [`GuestState`], so a field added there does not
-    /// compile until it is classified here: always, threshold or ride along.
-    fn needs_report(&self, reported: &GuestState, rules: &ReportRules, now: f64) -> bool {
+    /// Also says whether a figure moved beyond its reportable change (see [`Changes`]).
+    fn needs_report(&self, reported: &GuestState, rules: &ReportRules, now: f64) -> Changes {
+        let (always, threshold) = self.changes(reported, rules);
+        Changes {
+            report: always
+                || rules.threshold_or_due(threshold, reported.as_of, now, phase_of_vmid(self.vmid)),
+            threshold,
+        }
+    }
+
+    /// Does a field that always counts differ from `reported`, and did a threshold
+    /// figure move beyond its reportable change? Destructures every field of
+    /// [`GuestState`], so a field added there does not compile until it is classified
+    /// here: always, threshold or ride along.
+    fn changes(&self, reported: &GuestState, rules: &ReportRules) -> (bool, bool) {
         let GuestState {
             vmid,
             kind,
@@ -208,7 +220,7 @@ impl GuestDraft<'_> {
             ip_addresses,
             os,
             disk_from_agent,
-            as_of,
+            as_of: _,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
         let _ = (mem_percent, netin, netout, diskread, diskwrite, uptime);
@@ -240,7 +252,7 @@ impl GuestDraft<'_> {
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
             || ReportRules::share_moved(*disk, self.disk, self.maxdisk, rules.storage_percent)
             || rules.rates_moved(rates, self.rates);
-        always || rules.threshold_or_due(threshold, *as_of, now, phase_of_vmid(self.vmid))
+        (always, threshold)
     }
 
     fn to_state(&self, now: f64) -> GuestState {
@@ -293,6 +305,23 @@ impl GuestDraft<'_> {
     }
 }
 
+/// What [`GuestDraft::needs_report`] found.
+struct Changes {
+    /// The draft must be reported.
+    report: bool,
+    /// A threshold figure moved beyond its reportable change (reported or not: within
+    /// `min_interval` it waits).
+    threshold: bool,
+}
+
+/// The guest's state from its row, and what the row memo keeps of the decision.
+pub(super) struct GuestOutcome {
+    pub state: Arc<GuestState>,
+    /// A threshold figure of the row differs from `state` beyond its reportable change
+    /// (only while `min_interval` holds it back; false when `state` is new).
+    pub threshold: bool,
+}
+
 /// The guest's state: the one last reported while nothing needs reporting, else a new one.
 pub(super) fn guest_state(
     row: &Resource,
@@ -300,19 +329,55 @@ pub(super) fn guest_state(
     rates: &mut RateMemory,
     (rules, now): (&ReportRules, f64),
     previous: Option<&ClusterView>,
-) -> Option<Arc<GuestState>> {
+) -> Option<GuestOutcome> {
     let before = previous.and_then(|p| p.guests.get(&row.vmid?));
     let mut draft = guest_draft(row, (slow, agent), rates, now, before.map(|b| &**b))?;
-    // Templates are no backup targets of their own.
-    draft.backup.stale = (slow.backups_read && !draft.template).then(|| {
-        draft
-            .last_backup
-            .is_none_or(|at| now - at as f64 > rules.backup_stale_after.as_secs_f64())
-    });
-    match before {
-        Some(before) if !draft.needs_report(before, rules, now) => Some(before.clone()),
-        _ => Some(Arc::new(draft.to_state(now))),
+    draft.backup.stale = backup_stale(slow, draft.template, draft.last_backup, rules, now);
+    if let Some(before) = before {
+        let changes = draft.needs_report(before, rules, now);
+        if !changes.report {
+            return Some(GuestOutcome {
+                state: before.clone(),
+                threshold: changes.threshold,
+            });
+        }
     }
+    Some(GuestOutcome {
+        state: Arc::new(draft.to_state(now)),
+        threshold: false,
+    })
+}
+
+/// `backup_stale`: no backup newer than `backup.stale_after`; `None` until the backup
+/// storages were read. Templates are no backup targets of their own.
+fn backup_stale(
+    slow: &SlowData,
+    template: bool,
+    last_backup: Option<u64>,
+    rules: &ReportRules,
+    now: f64,
+) -> Option<bool> {
+    (slow.backups_read && !template).then(|| {
+        last_backup.is_none_or(|at| now - at as f64 > rules.backup_stale_after.as_secs_f64())
+    })
+}
+
+/// Would [`guest_state`] keep `reported` at `now` for the row it last decided on, given
+/// again, with the same slow-lane and agent data? `reported` must be the state it
+/// returned for that row, `uptime` the row's, and `threshold` what [`GuestOutcome`] said.
+/// Only what depends on the time can differ then: `started` (a stalled uptime), the
+/// backup's staleness, and whether the state is due (`max_interval`, `min_interval`).
+/// The fast lane asks this instead of decoding a row that did not change (`RowMemo`).
+pub(super) fn still_reported(
+    reported: &GuestState,
+    (uptime, threshold): (Option<u64>, bool),
+    slow: &SlowData,
+    (rules, now): (&ReportRules, f64),
+) -> bool {
+    started(now, uptime, Some((reported.started, reported.uptime))) == reported.started
+        && backup_stale(slow, reported.template, reported.last_backup, rules, now)
+            == reported.backup_stale
+        && !rules.threshold_or_due(threshold, reported.as_of, now, phase_of_vmid(reported.vmid))
 }
 
 fn guest_draft<'a>(
