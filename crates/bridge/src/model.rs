@@ -292,6 +292,9 @@ pub struct ViewBuilder<'a> {
 }
 
 /// What [`ViewBuilder::add_raw`] did with a row.
+// Returned once per row and consumed at once: boxing the row would cost an allocation
+// per row for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum RowAdded {
     /// A guest row as in the last answer: its state, reused, not decoded.
@@ -373,7 +376,10 @@ impl<'a> ViewBuilder<'a> {
             return Ok(RowAdded::Decoded(row));
         }
         let hash = raw.hash();
-        if let Some(state) = self.reusable(self.rows, hash) {
+        if let Some((state, remembered)) = self.reusable(self.rows, hash) {
+            if let Some(memo) = self.memo.as_deref_mut() {
+                memo.set(self.rows, memo::MemoRow::guest(hash, &state, remembered));
+            }
             self.view.guests.insert(state.vmid, state.clone());
             self.rows += 1;
             return Ok(RowAdded::Reused(state));
@@ -392,18 +398,27 @@ impl<'a> ViewBuilder<'a> {
         }
     }
 
-    /// The previous view's state of row `index`, if the memory says it stands.
-    fn reusable(&self, index: usize, hash: u64) -> Option<Arc<GuestState>> {
-        let memo = self.memo.as_deref()?.get(index, hash)?;
-        let state = self.previous?.guests.get(&memo.vmid)?;
-        (Arc::as_ptr(state) as usize == memo.state
-            && guest::still_reported(
-                state,
-                (memo.uptime(), memo.threshold),
-                self.slow,
-                (&self.rules, self.now),
-            ))
-        .then(|| state.clone())
+    /// The previous view's state of row `index`, if the memory says it stands, and what
+    /// to remember of it now.
+    fn reusable(&self, index: usize, hash: u64) -> Option<(Arc<GuestState>, guest::Remembered)> {
+        let memo = self.memo.as_deref()?;
+        let row = memo.get(index, hash)?;
+        let state = self.previous?.guests.get(&row.vmid)?;
+        if Arc::as_ptr(state) as usize != row.state {
+            return None;
+        }
+        let lanes = (!memo.lanes_same()).then(|| {
+            let agent = self.agent.and_then(|a| a.get(&row.vmid));
+            guest::LaneDraft::of(row.vmid, state.kind, self.slow, agent)
+        });
+        let remembered = guest::still_reported(
+            state,
+            row.remembered(),
+            lanes,
+            self.slow,
+            (&self.rules, self.now),
+        )?;
+        Some((state.clone(), remembered))
     }
 
     pub fn add(&mut self, row: &Resource) {
@@ -442,8 +457,12 @@ impl<'a> ViewBuilder<'a> {
                     self.previous,
                 ) {
                     if let Some(hash) = hash {
-                        remembered =
-                            memo::MemoRow::guest(hash, row.uptime, &guest.state, guest.threshold);
+                        let kept = guest::Remembered {
+                            uptime: row.uptime,
+                            threshold: guest.threshold,
+                            threshold_rest: guest.threshold_rest,
+                        };
+                        remembered = memo::MemoRow::guest(hash, &guest.state, kept);
                     }
                     view.guests.insert(guest.state.vmid, guest.state);
                 }

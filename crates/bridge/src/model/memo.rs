@@ -8,12 +8,14 @@
 //! reuses the state it reported when the same bytes come again at the same place.
 //!
 //! The reuse gives exactly the state a full decode would give:
-//! - the row's bytes are the same (a keyed 64-bit hash, see `pve::row_hash`), and so is
-//!   everything else the state is made of: the slow lane's and the agent lane's data
-//!   (the same `Arc`s; another one clears the memory), the reporting rules, and the rates
-//!   (the same counters give the same rates, see `RateMemory`);
+//! - the row's bytes are the same (a keyed 64-bit hash, see `pve::row_hash`), and so are
+//!   the reporting rules (others clear the memory) and the rates (the same counters give
+//!   the same rates, see `RateMemory`);
 //! - the previous view still holds the very state decided then (the same `Arc`, which
 //!   that view keeps alive: no other state can sit at its address);
+//! - what the slow and agent lanes say of the guest is compared with that state as a
+//!   decode compares it, unless their data is the very data of the last build (the same
+//!   `Arc`s: it was compared then);
 //! - what depends on the time is evaluated again as a decode would: `started` (a stalled
 //!   uptime), the backup's staleness, and whether the state is due (`max_interval`, and
 //!   a figure held back by `min_interval`): see `guest::still_reported`.
@@ -21,6 +23,7 @@
 //! Node and storage rows (a few dozen) are always decoded.
 use std::sync::{Arc, Weak};
 
+use super::guest::Remembered;
 use super::{AgentData, GuestState, ReportRules, SlowData};
 
 /// Per row of the last answer: what the builder decided (see the module doc). Kept by the
@@ -28,11 +31,14 @@ use super::{AgentData, GuestState, ReportRules, SlowData};
 #[derive(Debug, Default)]
 pub struct RowMemo {
     rows: Vec<MemoRow>,
-    /// What the states were built with: other slow-lane or agent data (or rules) make
-    /// every row count as changed. Weak: the memory keeps no data alive, and the address
-    /// of an old `Arc` cannot be taken by a new one while this points to it.
+    /// The slow-lane and agent data of the last build. Weak: the memory keeps no data
+    /// alive, and the address of an old `Arc` cannot be taken by a new one while this
+    /// points to it.
     slow: Weak<SlowData>,
     agent: Weak<AgentData>,
+    /// This build has the last build's slow-lane and agent data.
+    lanes_same: bool,
+    /// Other rules make every row count as changed.
     rules: Option<ReportRules>,
 }
 
@@ -46,8 +52,9 @@ pub(super) struct MemoRow {
     /// The row's `uptime` (`u64::MAX`: none).
     pub uptime: u64,
     pub vmid: u32,
-    /// See [`GuestOutcome::threshold`](super::guest::GuestOutcome).
+    /// See [`GuestOutcome`](super::guest::GuestOutcome).
     pub threshold: bool,
+    pub threshold_rest: bool,
 }
 
 impl MemoRow {
@@ -58,46 +65,59 @@ impl MemoRow {
         uptime: u64::MAX,
         vmid: 0,
         threshold: false,
+        threshold_rest: false,
     };
 
-    pub fn uptime(&self) -> Option<u64> {
-        (self.uptime != u64::MAX).then_some(self.uptime)
+    pub fn remembered(&self) -> Remembered {
+        Remembered {
+            uptime: (self.uptime != u64::MAX).then_some(self.uptime),
+            threshold: self.threshold,
+            threshold_rest: self.threshold_rest,
+        }
     }
 
     /// What to remember of a guest row that gave `state`; `NONE` for an uptime that
     /// cannot be kept.
-    pub fn guest(hash: u64, uptime: Option<u64>, state: &Arc<GuestState>, threshold: bool) -> Self {
-        if uptime == Some(u64::MAX) {
+    pub fn guest(hash: u64, state: &Arc<GuestState>, remembered: Remembered) -> Self {
+        if remembered.uptime == Some(u64::MAX) {
             return MemoRow::NONE;
         }
         MemoRow {
             hash,
             state: Arc::as_ptr(state) as usize,
-            uptime: uptime.unwrap_or(u64::MAX),
+            uptime: remembered.uptime.unwrap_or(u64::MAX),
             vmid: state.vmid,
-            threshold,
+            threshold: remembered.threshold,
+            threshold_rest: remembered.threshold_rest,
         }
     }
 }
 
 impl RowMemo {
-    /// Starts a build with this data: forgets every row if it differs from the last
-    /// build's.
+    /// Starts a build with this data (see [`RowMemo::lanes_same`]); other rules than
+    /// the last build's forget every row.
     pub(super) fn begin(
         &mut self,
         slow: &Arc<SlowData>,
         agent: &Arc<AgentData>,
         rules: &ReportRules,
     ) {
-        let same = self.slow.as_ptr() == Arc::as_ptr(slow)
-            && self.agent.as_ptr() == Arc::as_ptr(agent)
-            && self.rules.as_ref() == Some(rules);
-        if !same {
+        if self.rules.as_ref() != Some(rules) {
             self.rows.clear();
-            self.slow = Arc::downgrade(slow);
-            self.agent = Arc::downgrade(agent);
             self.rules = Some(*rules);
         }
+        self.lanes_same =
+            self.slow.as_ptr() == Arc::as_ptr(slow) && self.agent.as_ptr() == Arc::as_ptr(agent);
+        if !self.lanes_same {
+            self.slow = Arc::downgrade(slow);
+            self.agent = Arc::downgrade(agent);
+        }
+    }
+
+    /// Does this build have the very slow-lane and agent data of the last one? Then
+    /// what they say of a remembered guest was compared already.
+    pub(super) fn lanes_same(&self) -> bool {
+        self.lanes_same
     }
 
     /// The memory of row `index` when it had this hash.
@@ -147,8 +167,7 @@ mod tests {
     use serde_json::json;
 
     use crate::model::{
-        AgentData, AgentInfo, ClusterView, RateMemory, ReportRules, RowAdded, RowMemo, SlowData,
-        ViewBuilder,
+        AgentData, ClusterView, RateMemory, ReportRules, RowAdded, RowMemo, SlowData, ViewBuilder,
     };
     use crate::pve::RawRow;
 
@@ -275,30 +294,32 @@ mod tests {
                     let guest = guests.remove(dice.below(16) as usize);
                     guests.insert(dice.below(16) as usize, guest);
                 }
-                if dice.chance(5) {
-                    let mut fresh = SlowData {
-                        backups_read: true,
-                        ..SlowData::default()
-                    };
-                    for guest in &guests {
-                        if dice.chance(50) {
-                            fresh
-                                .last_backup
-                                .insert(guest.vmid, now as u64 - dice.below(300));
-                        }
+                if dice.chance(10) {
+                    // A slow-lane round: new data, mostly the same as before.
+                    let mut fresh = (*slow).clone();
+                    fresh.backups_read = true;
+                    if dice.chance(50) {
+                        let vmid = guests[dice.below(16) as usize].vmid;
+                        fresh.last_backup.insert(vmid, now as u64 - dice.below(300));
                     }
                     slow = Arc::new(fresh);
                 }
-                if dice.chance(4) {
-                    let mut fresh = AgentData::new();
-                    fresh.insert(
-                        guests[0].vmid,
-                        AgentInfo {
-                            responding: Some(true),
-                            ip_addresses: vec![format!("10.0.0.{}", dice.below(250))],
-                            ..AgentInfo::default()
-                        },
-                    );
+                if dice.chance(15) {
+                    // The agent lane learns something of one guest (often nothing new):
+                    // its address, or a VM's disk use (it replaces the row's).
+                    let mut fresh = (*agent).clone();
+                    let vmid = guests[dice.below(16) as usize].vmid;
+                    let info = fresh.entry(vmid).or_default();
+                    info.responding = Some(true);
+                    match dice.below(3) {
+                        0 => info.ip_addresses = vec![format!("10.0.0.{}", dice.below(3))],
+                        1 => {
+                            let used = info.disk_used.unwrap_or(1 << 30);
+                            // 0.5 % of the 32 GiB disk is the reportable change.
+                            info.disk_used = Some(used + dice.below(3) * (100 << 20));
+                        }
+                        _ => {}
+                    }
                     agent = Arc::new(fresh);
                 }
                 let node = json!({"id": "node/pve1", "type": "node", "node": "pve1",
@@ -349,7 +370,56 @@ mod tests {
                 full = Some(next_full);
                 memoed = Some(next_memoed);
             }
-            assert!(reused > 400, "seed {seed}: only {reused} rows reused");
+            assert!(reused > 800, "seed {seed}: only {reused} rows reused");
+        }
+    }
+
+    /// A VM's disk use comes from its agent, not its row: a move beyond its reportable
+    /// change is reported though the row stayed the same, also once `min_interval`
+    /// held it back for a while (the memory keeps what it found meanwhile).
+    #[test]
+    fn a_vms_disk_from_its_agent_is_reported_though_its_row_did_not_change() {
+        let rules = ReportRules {
+            min_interval: Duration::from_secs(30),
+            ..ReportRules::default()
+        };
+        let row = r#"{"type":"qemu","vmid":100,"node":"pve1","status":"running","uptime":500,
+            "maxdisk":34359738368,"disk":0,"cpu":0.01,"maxcpu":2}"#;
+        let slow = Arc::new(SlowData::default());
+        let agent_with = |used: u64| -> Arc<AgentData> {
+            let mut data = AgentData::new();
+            data.entry(100).or_default().disk_used = Some(used);
+            Arc::new(data)
+        };
+        let (mut rates_full, mut rates_memo) = (RateMemory::default(), RateMemory::default());
+        let mut memo = RowMemo::default();
+        let (mut full, mut memoed): (Option<ClusterView>, Option<ClusterView>) = (None, None);
+        let gib = 1u64 << 30;
+        // At 0 s the disk is reported; at 5 s it moved by 1 GiB (3 % of 32 GiB): held
+        // back until 30 s, with the same agent data from 10 s on.
+        let moved = agent_with(5 * gib);
+        let steps = [(0.0, agent_with(4 * gib)), (5.0, moved.clone())]
+            .into_iter()
+            .chain((10..=40).step_by(5).map(|t| (f64::from(t), moved.clone())));
+        for (t, agent) in steps {
+            let now = 1_765_000_000.0 + t;
+            let mut builder = ViewBuilder::new("c", "", &slow, &mut rates_full, now, full.as_ref())
+                .reporting(rules)
+                .agent(&agent);
+            builder.add(&RawRow::new(row).decode().unwrap());
+            let next_full = builder.finish();
+            let mut builder =
+                ViewBuilder::new("c", "", &slow, &mut rates_memo, now, memoed.as_ref())
+                    .reporting(rules)
+                    .agent(&agent)
+                    .memo(&mut memo, &slow, &agent);
+            builder.add_raw(RawRow::new(row)).unwrap();
+            let next_memoed = builder.finish();
+            assert_eq!(next_full.guests, next_memoed.guests, "at {t} s");
+            let expected = if t < 30.0 { 4 * gib } else { 5 * gib };
+            assert_eq!(next_memoed.guests[&100].disk, Some(expected), "at {t} s");
+            full = Some(next_full);
+            memoed = Some(next_memoed);
         }
     }
 
