@@ -4,6 +4,12 @@
 //! The poller does decode and build in one pass, row by row ("streamed"); the separate
 //! decode and build columns say how that splits.
 //!
+//! The poller remembers each row of the last answer (`RowMemo`) and decodes only the
+//! guest rows that changed: "quiet poll" is such a build on the same answer again (a
+//! still cluster, or a poll between two of pvestatd's broadcasts), "moving poll" one on
+//! an answer in which every running guest changed (two answers of a live simulator, 2 s
+//! apart, in turn).
+//!
 //! `scripts/bench.sh` measures the whole bridge as the OS sees it (CPU time, RSS); this
 //! benchmark says where that time goes, so a change to one stage can be judged alone.
 //! The answer comes from the simulator over HTTP, so it is the same bytes the bridge
@@ -12,20 +18,37 @@
 //! ```text
 //! cargo bench --bench poll_cost                  # 10 nodes x 5000 guests
 //! cargo bench --bench poll_cost -- 3x300 10x1000 # other sizes
+//! POLL_COST_RUNS=2 valgrind --tool=callgrind target/release/deps/poll_cost-* --bench
+//!                                                # instructions per stage: each is a
+//!                                                # function `stage_*` (inclusive cost)
 //! ```
 //!
 //! Under `cargo test`/`nextest` (no `--bench` argument) it does nothing, like a
 //! criterion bench, so the test run stays fast.
 use std::time::{Duration, Instant};
 
-use pve2mqtt::model::{build_view, RateMemory, SlowData, ViewBuilder};
+use std::sync::Arc;
+
+use pve2mqtt::model::{
+    build_view, AgentData, ClusterView, RateMemory, RowMemo, SlowData, ViewBuilder,
+};
 use pve2mqtt::publisher::state_json;
-use pve2mqtt::pve::{decode_cluster_resources, for_each_cluster_resource};
+use pve2mqtt::pve::{
+    decode_cluster_resources, for_each_cluster_resource, for_each_cluster_row, Resource,
+};
 use pve_sim::{self as sim, SimOptions};
 
-/// Runs per stage; the fastest is printed: on a shared, noisy machine the minimum is the
-/// run least disturbed by others, the closest to the stage's own cost.
-const RUNS: usize = 30;
+/// Runs per stage (`POLL_COST_RUNS`, default 30); the fastest is printed: on a shared,
+/// noisy machine the minimum is the run least disturbed by others, the closest to the
+/// stage's own cost.
+fn runs() -> usize {
+    std::env::var("POLL_COST_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(30)
+}
+
+const URL: &str = "https://pve:8006";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,54 +66,77 @@ fn main() {
         sizes.push((10, 5000));
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    println!("| size | answer KiB | decode ms | build view ms | streamed decode+build ms | idle diff ms | render all states ms | per 1000 guests (streamed+diff) ms |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| size | answer KiB | decode ms | build view ms | streamed decode+build ms | quiet poll ms | moving poll ms | idle diff ms | render all states ms | per 1000 guests (quiet poll+diff) ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (nodes, guests) in sizes {
-        let body = runtime.block_on(fetch(nodes, guests));
-        let decode = fastest(|| {
-            let rows = decode_cluster_resources(&body).expect("decode");
-            std::hint::black_box(rows);
-        });
+        let (body, moved) = runtime.block_on(fetch(nodes, guests));
+        let decode = fastest(|| stage_decode(&body));
         let rows = decode_cluster_resources(&body).expect("decode");
-        let slow = SlowData::default();
+        let slow = Arc::new(SlowData::default());
+        let agent = Arc::new(AgentData::default());
         let mut rates = RateMemory::default();
-        let url = "https://pve:8006";
         // An idle poll builds on the view before it (nothing changed in between).
-        let previous = build_view("bench", url, &rows, &slow, &mut rates, 0.0, None);
+        let previous = build_view("bench", URL, &rows, &slow, &mut rates, 0.0, None);
         let mut now = 0.0;
         let build = fastest(|| {
             now += 10.0;
-            let view = build_view("bench", url, &rows, &slow, &mut rates, now, Some(&previous));
-            std::hint::black_box(view);
+            stage_build_view(&rows, &slow, &mut rates, now, &previous);
         });
         let streamed = fastest(|| {
             now += 10.0;
-            let mut builder =
-                ViewBuilder::new("bench", url, &slow, &mut rates, now, Some(&previous));
-            for_each_cluster_resource(&body, |row| builder.add(&row)).expect("decode");
-            std::hint::black_box(builder.finish());
+            stage_streamed(&body, &slow, &mut rates, now, &previous);
         });
-        let current = build_view("bench", url, &rows, &slow, &mut rates, now, Some(&previous));
-        let diff = fastest(|| {
-            let changed = current
-                .objects()
-                .filter(|object| !previous.same_state(&current, object))
-                .count();
-            std::hint::black_box(changed);
+        // The poller's path: the row memory, warmed by one build on this answer.
+        let mut memo = RowMemo::default();
+        now += 10.0;
+        let remembered = memo_build(
+            &body,
+            (&slow, &agent),
+            (&mut rates, &mut memo),
+            now,
+            Some(&previous),
+        );
+        let quiet = fastest(|| {
+            now += 5.0;
+            stage_quiet_poll(
+                &body,
+                (&slow, &agent),
+                (&mut rates, &mut memo),
+                now,
+                &remembered,
+            );
         });
-        let render = fastest(|| {
-            for object in current.objects() {
-                std::hint::black_box(state_json(&current, &object));
-            }
+        // In turn the two answers: every running guest's row differs from the last one.
+        let mut last = remembered.clone();
+        let mut turn = false;
+        let moving = fastest(|| {
+            now += 5.0;
+            turn = !turn;
+            let answer = if turn { &moved } else { &body };
+            last = stage_moving_poll(answer, (&slow, &agent), (&mut rates, &mut memo), now, &last);
         });
+        drop(rows);
+        let current = build_view(
+            "bench",
+            URL,
+            &decode_cluster_resources(&body).expect("decode"),
+            &slow,
+            &mut rates,
+            now,
+            Some(&previous),
+        );
+        let diff = fastest(|| stage_idle_diff(&previous, &current));
+        let render = fastest(|| stage_render(&current));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let per_thousand = ms(streamed + diff) * 1000.0 / guests as f64;
+        let per_thousand = ms(quiet + diff) * 1000.0 / guests as f64;
         println!(
-            "| {nodes}x{guests} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {nodes}x{guests} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             body.len() / 1024,
             ms(decode),
             ms(build),
             ms(streamed),
+            ms(quiet),
+            ms(moving),
             ms(diff),
             ms(render),
             per_thousand
@@ -98,37 +144,128 @@ fn main() {
     }
 }
 
-/// One `/cluster/resources` answer of a generated cluster, from the simulator over HTTP.
-async fn fetch(nodes: usize, guests: usize) -> Vec<u8> {
+#[inline(never)]
+fn stage_decode(body: &[u8]) {
+    let rows = decode_cluster_resources(body).expect("decode");
+    std::hint::black_box(rows);
+}
+
+#[inline(never)]
+fn stage_build_view(
+    rows: &[Resource],
+    slow: &SlowData,
+    rates: &mut RateMemory,
+    now: f64,
+    previous: &ClusterView,
+) {
+    let view = build_view("bench", URL, rows, slow, rates, now, Some(previous));
+    std::hint::black_box(view);
+}
+
+#[inline(never)]
+fn stage_streamed(
+    body: &[u8],
+    slow: &SlowData,
+    rates: &mut RateMemory,
+    now: f64,
+    previous: &ClusterView,
+) {
+    let mut builder = ViewBuilder::new("bench", URL, slow, rates, now, Some(previous));
+    for_each_cluster_resource(body, |row| builder.add(&row)).expect("decode");
+    std::hint::black_box(builder.finish());
+}
+
+/// A build as the poller does it, with the row memory.
+fn memo_build(
+    body: &[u8],
+    (slow, agent): (&Arc<SlowData>, &Arc<AgentData>),
+    (rates, memo): (&mut RateMemory, &mut RowMemo),
+    now: f64,
+    previous: Option<&ClusterView>,
+) -> ClusterView {
+    let mut builder = ViewBuilder::new("bench", URL, slow, rates, now, previous)
+        .agent(agent)
+        .memo(memo, slow, agent);
+    for_each_cluster_row(body, |raw| builder.add_raw(raw).map(drop)).expect("decode");
+    builder.finish()
+}
+
+#[inline(never)]
+fn stage_quiet_poll(
+    body: &[u8],
+    data: (&Arc<SlowData>, &Arc<AgentData>),
+    memory: (&mut RateMemory, &mut RowMemo),
+    now: f64,
+    previous: &ClusterView,
+) {
+    std::hint::black_box(memo_build(body, data, memory, now, Some(previous)));
+}
+
+#[inline(never)]
+fn stage_moving_poll(
+    body: &[u8],
+    data: (&Arc<SlowData>, &Arc<AgentData>),
+    memory: (&mut RateMemory, &mut RowMemo),
+    now: f64,
+    previous: &ClusterView,
+) -> ClusterView {
+    memo_build(body, data, memory, now, Some(previous))
+}
+
+#[inline(never)]
+fn stage_idle_diff(previous: &ClusterView, current: &ClusterView) {
+    let changed = current
+        .objects()
+        .filter(|object| !previous.same_state(current, object))
+        .count();
+    std::hint::black_box(changed);
+}
+
+#[inline(never)]
+fn stage_render(current: &ClusterView) {
+    for object in current.objects() {
+        std::hint::black_box(state_json(current, &object));
+    }
+}
+
+/// Two `/cluster/resources` answers of a generated cluster whose figures are live, 2 s
+/// apart, from the simulator over HTTP.
+async fn fetch(nodes: usize, guests: usize) -> (Vec<u8>, Vec<u8>) {
     let handle = sim::start(SimOptions {
         tls: false,
         nodes: Some(nodes),
         guests: Some(guests),
+        stats_interval: Duration::ZERO,
         ..SimOptions::default()
     })
     .await
     .expect("simulator");
-    let body = reqwest::Client::new()
-        .get(format!("{}/api2/json/cluster/resources", handle.base_url()))
-        .header(
-            "Authorization",
-            format!("PVEAPIToken={}", sim::DEFAULT_TOKEN),
-        )
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .expect("GET /cluster/resources")
-        .bytes()
-        .await
-        .expect("body")
-        .to_vec();
+    let get = || async {
+        reqwest::Client::new()
+            .get(format!("{}/api2/json/cluster/resources", handle.base_url()))
+            .header(
+                "Authorization",
+                format!("PVEAPIToken={}", sim::DEFAULT_TOKEN),
+            )
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("GET /cluster/resources")
+            .bytes()
+            .await
+            .expect("body")
+            .to_vec()
+    };
+    let first = get().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = get().await;
     handle.stop().await;
-    body
+    (first, second)
 }
 
 fn fastest(mut stage: impl FnMut()) -> Duration {
     stage(); // warm-up: first-touch allocations are not what a steady poll pays
-    (0..RUNS)
+    (0..runs())
         .map(|_| {
             let start = Instant::now();
             stage();

@@ -18,13 +18,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::pve::{GuestKind, NodeStatus, Resource, ResourceKind};
+use crate::pve::{GuestKind, NodeStatus, RawRow, Resource, ResourceKind};
 
 mod agent;
 mod backup;
 mod cluster_health;
 mod guest;
 mod health;
+mod memo;
 mod node;
 mod rates;
 mod reporting;
@@ -43,6 +44,7 @@ pub use guest::GuestState;
 pub use health::{
     certificate_expiry, reboot_required, DiskState, NodeHealthData, UpdatesState, ZfsState,
 };
+pub use memo::RowMemo;
 pub use node::NodeState;
 use node::{node_needs_report, node_state};
 pub use rates::{round_percent, round_rate, RateMemory};
@@ -283,6 +285,22 @@ pub struct ViewBuilder<'a> {
     tasks: Option<&'a TaskFacts>,
     /// The agent lane's knowledge, if any (see [`ViewBuilder::agent`]).
     agent: Option<&'a AgentData>,
+    /// The last answer's rows (see [`ViewBuilder::memo`]).
+    memo: Option<&'a mut RowMemo>,
+    /// Rows added so far.
+    rows: usize,
+}
+
+/// What [`ViewBuilder::add_raw`] did with a row.
+// Returned once per row and consumed at once: boxing the row would cost an allocation
+// per row for nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum RowAdded {
+    /// A guest row as in the last answer: its state, reused, not decoded.
+    Reused(Arc<GuestState>),
+    /// The row, decoded and added.
+    Decoded(Resource),
 }
 
 impl<'a> ViewBuilder<'a> {
@@ -307,6 +325,8 @@ impl<'a> ViewBuilder<'a> {
             rules: ReportRules::default(),
             tasks: None,
             agent: None,
+            memo: None,
+            rows: 0,
         }
     }
 
@@ -328,7 +348,88 @@ impl<'a> ViewBuilder<'a> {
         self
     }
 
+    /// Remembers the rows in `memo` and reuses the states of the guest rows that are as
+    /// in the last answer (see [`RowMemo`]), through [`ViewBuilder::add_raw`]. `slow`
+    /// and `agent` are the data given to [`ViewBuilder::new`] and [`ViewBuilder::agent`];
+    /// call this last.
+    pub fn memo(
+        mut self,
+        memo: &'a mut RowMemo,
+        slow: &Arc<SlowData>,
+        agent: &Arc<AgentData>,
+    ) -> Self {
+        debug_assert!(std::ptr::eq(&**slow, self.slow));
+        debug_assert!(self.agent.is_none_or(|a| std::ptr::eq(&**agent, a)));
+        memo.begin(slow, agent, &self.rules);
+        self.memo = Some(memo);
+        self
+    }
+
+    /// Adds one undecoded row. A guest row with the same bytes at the same place as in
+    /// the last answer, whose state the previous view still reports, is not decoded
+    /// (see [`RowMemo`]); any other row is decoded and added as by [`ViewBuilder::add`].
+    /// A row that cannot be decoded is an error, and the memory is cleared.
+    pub fn add_raw(&mut self, raw: RawRow<'_>) -> Result<RowAdded, serde_json::Error> {
+        if self.memo.is_none() {
+            let row = raw.decode()?;
+            self.add(&row);
+            return Ok(RowAdded::Decoded(row));
+        }
+        let hash = raw.hash();
+        if let Some((state, remembered)) = self.reusable(self.rows, hash) {
+            if let Some(memo) = self.memo.as_deref_mut() {
+                memo.set(self.rows, memo::MemoRow::guest(hash, &state, remembered));
+            }
+            self.view.guests.insert(state.vmid, state.clone());
+            self.rows += 1;
+            return Ok(RowAdded::Reused(state));
+        }
+        match raw.decode() {
+            Ok(row) => {
+                self.add_row(&row, Some(hash));
+                Ok(RowAdded::Decoded(row))
+            }
+            Err(err) => {
+                if let Some(memo) = self.memo.as_deref_mut() {
+                    memo.clear();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The previous view's state of row `index`, if the memory says it stands, and what
+    /// to remember of it now.
+    fn reusable(&self, index: usize, hash: u64) -> Option<(Arc<GuestState>, guest::Remembered)> {
+        let memo = self.memo.as_deref()?;
+        let row = memo.get(index, hash)?;
+        let state = self.previous?.guests.get(&row.vmid)?;
+        if Arc::as_ptr(state) as usize != row.state {
+            return None;
+        }
+        let lanes = (!memo.lanes_same()).then(|| {
+            let agent = self.agent.and_then(|a| a.get(&row.vmid));
+            guest::LaneDraft::of(row.vmid, state.kind, self.slow, agent)
+        });
+        let remembered = guest::still_reported(
+            state,
+            row.remembered(),
+            lanes,
+            self.slow,
+            (&self.rules, self.now),
+        )?;
+        Some((state.clone(), remembered))
+    }
+
     pub fn add(&mut self, row: &Resource) {
+        self.add_row(row, None);
+    }
+
+    /// Adds a decoded row; with its hash, remembers it in the memory.
+    fn add_row(&mut self, row: &Resource, hash: Option<u64>) {
+        let index = self.rows;
+        self.rows += 1;
+        let mut remembered = memo::MemoRow::NONE;
         let view = &mut self.view;
         let (rules, now) = (&self.rules, self.now);
         match row.kind {
@@ -355,7 +456,15 @@ impl<'a> ViewBuilder<'a> {
                     (rules, now),
                     self.previous,
                 ) {
-                    view.guests.insert(guest.vmid, guest);
+                    if let Some(hash) = hash {
+                        let kept = guest::Remembered {
+                            uptime: row.uptime,
+                            threshold: guest.threshold,
+                            threshold_rest: guest.threshold_rest,
+                        };
+                        remembered = memo::MemoRow::guest(hash, &guest.state, kept);
+                    }
+                    view.guests.insert(guest.state.vmid, guest.state);
                 }
             }
             ResourceKind::Storage => {
@@ -371,6 +480,9 @@ impl<'a> ViewBuilder<'a> {
             // pools, SDN zones, PVE 9 network rows and anything newer: not published (yet).
             _ => {}
         }
+        if let Some(memo) = self.memo.as_deref_mut() {
+            memo.set(index, remembered);
+        }
     }
 
     pub fn finish(self) -> ClusterView {
@@ -381,8 +493,13 @@ impl<'a> ViewBuilder<'a> {
             previous,
             rules,
             now,
+            memo,
+            rows,
             ..
         } = self;
+        if let Some(memo) = memo {
+            memo.finish(rows);
+        }
         health::add_health_objects(&mut view, &slow.node_health, previous, &rules, now);
         rates.retain(|vmid| view.guests.contains_key(&vmid));
         view.cluster = ClusterState {

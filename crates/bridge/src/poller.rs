@@ -34,10 +34,11 @@ pub use slow::Cadence;
 use slow::{slow_lane, SlowLane};
 
 use crate::model::{
-    AgentData, ClusterView, RateMemory, ReportRules, SlowData, TaskFacts, ViewBuilder,
+    AgentData, ClusterView, GuestState, RateMemory, ReportRules, RowAdded, RowMemo, SlowData,
+    TaskFacts, ViewBuilder,
 };
 use crate::publisher::PublisherMsg;
-use crate::pve::{for_each_cluster_resource, PveClient, PveError, Resource, ResourceKind};
+use crate::pve::{for_each_cluster_row, PveClient, PveError, Resource, ResourceKind};
 
 /// Asks a cluster's poller for an immediate fast poll (a command's task ended, or a
 /// `bridge/request/refresh`).
@@ -141,6 +142,8 @@ impl ClusterPoller {
 
         let clock = PollClock::start();
         let mut rates = RateMemory::default();
+        // The last answer's rows: a guest row that did not change is not decoded again.
+        let mut memo = RowMemo::default();
         let mut failures: u32 = 0;
         // The last answer applied, undecoded: a view is rebuilt from it when the slow lane
         // brings news or a refresh comes within `refresh_spacing` of the poll. 1.6 MB at
@@ -195,7 +198,7 @@ impl ClusterPoller {
                         if tokio::time::Instant::now() < until {
                             if let Some(body) = &last_body {
                                 let now = clock.now();
-                                if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, &tasks.facts, now).await { break; }
+                                if !self.rebuild(body, &mut slow_rx, (&mut rates, &mut memo), &mut overrides, &tasks.facts, now).await { break; }
                             }
                             next_poll = next_poll.min(until);
                             continue;
@@ -206,7 +209,7 @@ impl ClusterPoller {
                     // New slow-lane details: rebuild from the last answer, no extra request.
                     if let Some(body) = &last_body {
                         let now = clock.now();
-                        if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, &tasks.facts, now).await { break; }
+                        if !self.rebuild(body, &mut slow_rx, (&mut rates, &mut memo), &mut overrides, &tasks.facts, now).await { break; }
                     }
                     continue;
                 }
@@ -215,7 +218,7 @@ impl ClusterPoller {
                     self.agent_data = agent_rx.borrow_and_update().clone();
                     if let Some(body) = &last_body {
                         let now = clock.now();
-                        if !self.rebuild(body, &mut slow_rx, &mut rates, &mut overrides, &tasks.facts, now).await { break; }
+                        if !self.rebuild(body, &mut slow_rx, (&mut rates, &mut memo), &mut overrides, &tasks.facts, now).await { break; }
                     }
                     continue;
                 }
@@ -243,7 +246,7 @@ impl ClusterPoller {
                 let built = self.view_from(
                     &body,
                     &slow,
-                    &mut rates,
+                    (&mut rates, &mut memo),
                     &tasks.facts,
                     now,
                     previous.as_deref(),
@@ -315,7 +318,7 @@ impl ClusterPoller {
         &self,
         body: &[u8],
         slow_rx: &mut watch::Receiver<Arc<SlowData>>,
-        rates: &mut RateMemory,
+        memory: (&mut RateMemory, &mut RowMemo),
         overrides: &mut HashMap<u32, (String, Instant)>,
         facts: &TaskFacts,
         now: f64,
@@ -324,7 +327,8 @@ impl ClusterPoller {
         let previous = self.views.borrow().clone();
         // This body was decoded before, so this cannot fail; if it did, the next poll
         // brings a fresh answer anyway.
-        let Ok((mut view, _)) = self.view_from(body, &slow, rates, facts, now, previous.as_deref())
+        let Ok((mut view, _)) =
+            self.view_from(body, &slow, memory, facts, now, previous.as_deref())
         else {
             return true;
         };
@@ -335,11 +339,12 @@ impl ClusterPoller {
 
     /// Decodes one `/cluster/resources` answer straight into a view, row by row, and
     /// returns it with the node and storage rows, which the slow lane plans from.
+    /// Decodes only the guest rows that changed since the last answer (`RowMemo`).
     fn view_from(
         &self,
         body: &[u8],
-        slow: &SlowData,
-        rates: &mut RateMemory,
+        slow: &Arc<SlowData>,
+        (rates, memo): (&mut RateMemory, &mut RowMemo),
         facts: &TaskFacts,
         now: f64,
         previous: Option<&ClusterView>,
@@ -347,17 +352,28 @@ impl ClusterPoller {
         let mut builder = ViewBuilder::new(&self.id, &self.console_url, slow, rates, now, previous)
             .reporting(self.reporting)
             .tasks(facts)
-            .agent(&self.agent_data);
+            .agent(&self.agent_data)
+            .memo(memo, slow, &self.agent_data);
         let mut plan_rows = Vec::new();
         // One HA-managed guest row tells the slow lane that HA is configured.
         let mut managed_sent = false;
-        for_each_cluster_resource(body, |row| {
-            builder.add(&row);
-            let managed = row.is_guest() && row.hastate.is_some() && !managed_sent;
-            managed_sent |= managed;
-            if managed || matches!(row.kind, ResourceKind::Node | ResourceKind::Storage) {
-                plan_rows.push(row);
+        for_each_cluster_row(body, |raw| {
+            match builder.add_raw(raw)? {
+                RowAdded::Reused(guest) => {
+                    if guest.hastate.is_some() && !managed_sent {
+                        managed_sent = true;
+                        plan_rows.push(raw.decode()?);
+                    }
+                }
+                RowAdded::Decoded(row) => {
+                    let managed = row.is_guest() && row.hastate.is_some() && !managed_sent;
+                    managed_sent |= managed;
+                    if managed || matches!(row.kind, ResourceKind::Node | ResourceKind::Storage) {
+                        plan_rows.push(row);
+                    }
+                }
             }
+            Ok(())
         })?;
         Ok((builder.finish(), plan_rows))
     }
@@ -500,8 +516,11 @@ fn apply_overrides(view: &mut ClusterView, overrides: &mut HashMap<u32, (String,
         if *until < now || guest.status == *status {
             return false;
         }
-        // Copy on write: the guest may be shared with the previous view.
-        Arc::make_mut(guest).status = status.clone();
+        // A new state, never the old one changed in place: it may be shared with the
+        // previous view, and the row memory (`RowMemo`) knows states by address.
+        let mut changed = GuestState::clone(guest);
+        changed.status = status.clone();
+        *guest = Arc::new(changed);
         true
     });
     view.cluster.guests_running = view

@@ -126,45 +126,98 @@ struct GuestDraft<'a> {
     lock: Option<&'a str>,
     hastate: Option<&'a str>,
     pool: Option<&'a str>,
+    /// Depends on the time (see [`backup_stale`]).
+    backup_stale: Option<bool>,
+    /// What the slow and agent lanes say of the guest.
+    lanes: LaneDraft<'a>,
+}
+
+/// The fields of a guest's state that the slow and the agent lanes give, not its row,
+/// borrowed from their data.
+#[derive(Clone, Copy)]
+pub(super) struct LaneDraft<'a> {
     last_backup: Option<u64>,
-    backup: BackupDraft<'a>,
+    newest: Option<&'a NewestBackup>,
+    verdict: Option<&'a BackupVerdict>,
+    covered: Option<bool>,
     ha_state: Option<&'a str>,
     replication: Option<&'a Arc<GuestReplication>>,
     snapshots: Option<&'a SnapshotInfo>,
     agent: Option<bool>,
     ip_addresses: &'a [String],
     os: Option<&'a str>,
-    disk_from_agent: bool,
+    /// A VM's disk use from the agent's filesystems (Proxmox reports 0 for a VM): it
+    /// replaces the row's `disk`.
+    agent_disk: Option<u64>,
 }
 
-/// The backup health fields of a draft, borrowed from the slow lane's data.
-#[derive(Clone, Copy)]
-struct BackupDraft<'a> {
-    newest: Option<&'a NewestBackup>,
-    verdict: Option<&'a BackupVerdict>,
-    stale: Option<bool>,
-    covered: Option<bool>,
-}
+impl<'a> LaneDraft<'a> {
+    pub(super) fn of(
+        vmid: u32,
+        kind: GuestKind,
+        slow: &'a SlowData,
+        agent: Option<&'a AgentInfo>,
+    ) -> Self {
+        LaneDraft {
+            last_backup: slow.last_backup.get(&vmid).copied(),
+            newest: slow.newest_backup.get(&vmid),
+            verdict: slow.backup_verdicts.get(&vmid),
+            covered: slow
+                .not_backed_up
+                .as_ref()
+                .map(|list| !list.contains(&vmid)),
+            ha_state: slow.health.ha_services.get(&vmid).map(String::as_str),
+            replication: slow.health.replication.get(&vmid),
+            snapshots: slow.snapshots.get(&vmid),
+            agent: agent.and_then(|a| a.responding),
+            ip_addresses: agent.map_or(&[], |a| a.ip_addresses.as_slice()),
+            os: agent.and_then(|a| a.os.as_deref()),
+            agent_disk: agent
+                .and_then(|a| a.disk_used)
+                .filter(|_| kind == GuestKind::Qemu),
+        }
+    }
 
-impl BackupDraft<'_> {
-    /// Equal to what `reported` says? (all "always" fields)
-    fn same_as(&self, reported: &GuestState) -> bool {
-        reported.last_backup_size == self.newest.and_then(|n| n.size)
+    /// Equal to what `reported` says? (all "always" fields but `backup_stale`, which
+    /// depends on the time)
+    pub(super) fn same_as(&self, reported: &GuestState) -> bool {
+        reported.last_backup == self.last_backup
+            && reported.last_backup_size == self.newest.and_then(|n| n.size)
             && reported.last_backup_verification.as_deref()
                 == self.newest.and_then(|n| n.verification.as_deref())
             && reported.last_backup_status == self.verdict.map(|v| v.status)
             && reported.last_backup_error.as_deref()
                 == self.verdict.and_then(|v| v.error.as_deref())
-            && reported.backup_stale == self.stale
             && reported.backup_covered == self.covered
+            && reported.ha_state.as_deref() == self.ha_state
+            && reported.replication.as_ref() == self.replication
+            && Some(&reported.snapshots) == self.snapshots.or(Some(&SnapshotInfo::default()))
+            && reported.agent == self.agent
+            && reported.ip_addresses.as_slice() == self.ip_addresses
+            && reported.os.as_deref() == self.os
+            && reported.disk_from_agent == self.agent_disk.is_some()
     }
 }
 
 impl GuestDraft<'_> {
     /// Must this draft be reported, the guest's last reported state being `reported`?
-    /// Destructures every field of [`GuestState`], so a field added there does not
-    /// compile until it is classified here: always, threshold or ride along.
-    fn needs_report(&self, reported: &GuestState, rules: &ReportRules, now: f64) -> bool {
+    /// Also says whether a figure moved beyond its reportable change (see [`Changes`]).
+    fn needs_report(&self, reported: &GuestState, rules: &ReportRules, now: f64) -> Changes {
+        let (always, Thresholds { rest, disk }) = self.changes(reported, rules);
+        let threshold = rest || disk;
+        Changes {
+            report: always
+                || rules.threshold_or_due(threshold, reported.as_of, now, phase_of_vmid(self.vmid)),
+            threshold,
+            threshold_rest: rest,
+        }
+    }
+
+    /// Does a field that always counts differ from `reported`, and did a threshold
+    /// figure move beyond its reportable change? Destructures every field of
+    /// [`GuestState`], so a field added there does not compile until it is classified
+    /// here: always, threshold or ride along.
+    fn changes(&self, reported: &GuestState, rules: &ReportRules) -> (bool, Thresholds) {
         let GuestState {
             vmid,
             kind,
@@ -194,22 +247,23 @@ impl GuestDraft<'_> {
             lock,
             hastate,
             pool,
-            last_backup,
-            // Backup health: all "always", compared by `BackupDraft::same_as`.
+            backup_stale,
+            // From the slow and agent lanes: all "always", compared by
+            // `LaneDraft::same_as`.
+            last_backup: _,
             last_backup_size: _,
             last_backup_verification: _,
             last_backup_status: _,
             last_backup_error: _,
-            backup_stale: _,
             backup_covered: _,
-            ha_state,
-            replication,
-            snapshots,
-            agent,
-            ip_addresses,
-            os,
-            disk_from_agent,
-            as_of,
+            ha_state: _,
+            replication: _,
+            snapshots: _,
+            agent: _,
+            ip_addresses: _,
+            os: _,
+            disk_from_agent: _,
+            as_of: _,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
         let _ = (mem_percent, uptime);
@@ -227,24 +281,18 @@ impl GuestDraft<'_> {
             || lock.as_deref() != self.lock
             || hastate.as_deref() != self.hastate
             || pool.as_deref() != self.pool
-            || *last_backup != self.last_backup
-            || !self.backup.same_as(reported)
-            || ha_state.as_deref() != self.ha_state
-            || replication.as_ref() != self.replication
-            || Some(snapshots) != self.snapshots.or(Some(&SnapshotInfo::default()))
-            || *agent != self.agent
-            || ip_addresses.as_slice() != self.ip_addresses
-            || os.as_deref() != self.os
-            || *disk_from_agent != self.disk_from_agent;
+            || *backup_stale != self.backup_stale
+            || !self.lanes.same_as(reported);
         let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
-        let threshold = ReportRules::moved(*cpu, self.cpu, rules.cpu)
+        let rest = ReportRules::moved(*cpu, self.cpu, rules.cpu)
             || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
-            || ReportRules::share_moved(*disk, self.disk, self.maxdisk, rules.storage_percent)
             || rules.rates_moved(rates, self.rates);
-        always || rules.threshold_or_due(threshold, *as_of, now, phase_of_vmid(self.vmid))
+        let disk = ReportRules::share_moved(*disk, self.disk, self.maxdisk, rules.storage_percent);
+        (always, Thresholds { rest, disk })
     }
 
     fn to_state(&self, now: f64) -> GuestState {
+        let lanes = &self.lanes;
         let [netin, netout, diskread, diskwrite] = self.counters;
         let [netin_rate, netout_rate, diskread_rate, diskwrite_rate] = self.rates;
         GuestState {
@@ -275,23 +323,51 @@ impl GuestDraft<'_> {
             lock: self.lock.map(str::to_owned),
             hastate: self.hastate.map(str::to_owned),
             pool: self.pool.map(str::to_owned),
-            last_backup: self.last_backup,
-            last_backup_size: self.backup.newest.and_then(|n| n.size),
-            last_backup_verification: self.backup.newest.and_then(|n| n.verification.clone()),
-            last_backup_status: self.backup.verdict.map(|v| v.status),
-            last_backup_error: self.backup.verdict.and_then(|v| v.error.clone()),
-            backup_stale: self.backup.stale,
-            backup_covered: self.backup.covered,
-            ha_state: self.ha_state.map(str::to_owned),
-            replication: self.replication.cloned(),
-            snapshots: self.snapshots.cloned().unwrap_or_default(),
-            agent: self.agent,
-            ip_addresses: self.ip_addresses.to_vec(),
-            os: self.os.map(str::to_owned),
-            disk_from_agent: self.disk_from_agent,
+            last_backup: lanes.last_backup,
+            last_backup_size: lanes.newest.and_then(|n| n.size),
+            last_backup_verification: lanes.newest.and_then(|n| n.verification.clone()),
+            last_backup_status: lanes.verdict.map(|v| v.status),
+            last_backup_error: lanes.verdict.and_then(|v| v.error.clone()),
+            backup_stale: self.backup_stale,
+            backup_covered: lanes.covered,
+            ha_state: lanes.ha_state.map(str::to_owned),
+            replication: lanes.replication.cloned(),
+            snapshots: lanes.snapshots.cloned().unwrap_or_default(),
+            agent: lanes.agent,
+            ip_addresses: lanes.ip_addresses.to_vec(),
+            os: lanes.os.map(str::to_owned),
+            disk_from_agent: lanes.agent_disk.is_some(),
             as_of: now,
         }
     }
+}
+
+/// Which threshold figures moved beyond their reportable change: `disk` (which a VM's
+/// agent data can replace), and any other (`rest`).
+struct Thresholds {
+    rest: bool,
+    disk: bool,
+}
+
+/// What [`GuestDraft::needs_report`] found.
+struct Changes {
+    /// The draft must be reported.
+    report: bool,
+    /// A threshold figure moved beyond its reportable change (reported or not: within
+    /// `min_interval` it waits).
+    threshold: bool,
+    /// The same, `disk` left out.
+    threshold_rest: bool,
+}
+
+/// The guest's state from its row, and what the row memory keeps of the decision.
+pub(super) struct GuestOutcome {
+    pub state: Arc<GuestState>,
+    /// A threshold figure of the draft differs from `state` beyond its reportable change
+    /// (only while `min_interval` holds it back; false when `state` is new)...
+    pub threshold: bool,
+    /// ...and the same, `disk` left out.
+    pub threshold_rest: bool,
 }
 
 /// The guest's state: the one last reported while nothing needs reporting, else a new one.
@@ -301,19 +377,99 @@ pub(super) fn guest_state(
     rates: &mut RateMemory,
     (rules, now): (&ReportRules, f64),
     previous: Option<&ClusterView>,
-) -> Option<Arc<GuestState>> {
+) -> Option<GuestOutcome> {
     let before = previous.and_then(|p| p.guests.get(&row.vmid?));
     let mut draft = guest_draft(row, (slow, agent), rates, now, before.map(|b| &**b))?;
-    // Templates are no backup targets of their own.
-    draft.backup.stale = (slow.backups_read && !draft.template).then(|| {
-        draft
-            .last_backup
-            .is_none_or(|at| now - at as f64 > rules.backup_stale_after.as_secs_f64())
-    });
-    match before {
-        Some(before) if !draft.needs_report(before, rules, now) => Some(before.clone()),
-        _ => Some(Arc::new(draft.to_state(now))),
+    draft.backup_stale = backup_stale(slow, draft.template, draft.lanes.last_backup, rules, now);
+    if let Some(before) = before {
+        let changes = draft.needs_report(before, rules, now);
+        if !changes.report {
+            return Some(GuestOutcome {
+                state: before.clone(),
+                threshold: changes.threshold,
+                threshold_rest: changes.threshold_rest,
+            });
+        }
     }
+    Some(GuestOutcome {
+        state: Arc::new(draft.to_state(now)),
+        threshold: false,
+        threshold_rest: false,
+    })
+}
+
+/// `backup_stale`: no backup newer than `backup.stale_after`; `None` until the backup
+/// storages were read. Templates are no backup targets of their own.
+fn backup_stale(
+    slow: &SlowData,
+    template: bool,
+    last_backup: Option<u64>,
+    rules: &ReportRules,
+    now: f64,
+) -> Option<bool> {
+    (slow.backups_read && !template).then(|| {
+        last_backup.is_none_or(|at| now - at as f64 > rules.backup_stale_after.as_secs_f64())
+    })
+}
+
+/// What the row memory keeps of a guest row (see `RowMemo`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Remembered {
+    /// The row's `uptime`.
+    pub uptime: Option<u64>,
+    /// [`GuestOutcome::threshold`], as of the last build.
+    pub threshold: bool,
+    /// [`GuestOutcome::threshold_rest`].
+    pub threshold_rest: bool,
+}
+
+/// Would [`guest_state`] keep `reported` at `now` for a row with the same bytes as the
+/// one it last decided on? `reported` must be the state it returned for that row (or
+/// that this function kept since), `remembered` what the row memory kept. `lanes` is
+/// what the slow and agent lanes say of the guest now; `None` when their data is the
+/// very data of the last build (it was compared then).
+///
+/// With the row the same, a decode could only decide otherwise on what the lanes give
+/// (compared here as a decode compares it, a VM's disk from its agent too) or on what
+/// depends on the time: `started` (a stalled uptime), the backup's staleness, and
+/// whether the state is due (`max_interval`, a figure held back by `min_interval`).
+/// Returns what to remember now, or `None`: decode the row.
+pub(super) fn still_reported(
+    reported: &GuestState,
+    remembered: Remembered,
+    lanes: Option<LaneDraft<'_>>,
+    slow: &SlowData,
+    (rules, now): (&ReportRules, f64),
+) -> Option<Remembered> {
+    let mut threshold = remembered.threshold;
+    if let Some(lanes) = lanes {
+        if !lanes.same_as(reported) {
+            return None;
+        }
+        // A VM's disk comes from its agent: compared as a decode would (without agent
+        // data the row's disk is the one compared when it was remembered).
+        if let Some(disk) = lanes.agent_disk {
+            threshold = remembered.threshold_rest
+                || ReportRules::share_moved(
+                    reported.disk,
+                    Some(disk),
+                    reported.maxdisk,
+                    rules.storage_percent,
+                );
+        }
+    }
+    let kept = started(
+        now,
+        remembered.uptime,
+        Some((reported.started, reported.uptime)),
+    ) == reported.started
+        && backup_stale(slow, reported.template, reported.last_backup, rules, now)
+            == reported.backup_stale
+        && !rules.threshold_or_due(threshold, reported.as_of, now, phase_of_vmid(reported.vmid));
+    kept.then_some(Remembered {
+        threshold,
+        ..remembered
+    })
 }
 
 fn guest_draft<'a>(
@@ -348,10 +504,7 @@ fn guest_draft<'a>(
             [None; 4]
         }
     };
-    // Proxmox reports no disk usage for a VM (always 0): the agent's filesystems do.
-    let agent_disk = agent
-        .and_then(|a| a.disk_used)
-        .filter(|_| kind == GuestKind::Qemu);
+    let lanes = LaneDraft::of(vmid, kind, slow, agent);
     Some(GuestDraft {
         vmid,
         kind,
@@ -364,7 +517,8 @@ fn guest_draft<'a>(
         mem: row.mem,
         maxmem: row.maxmem,
         mem_percent: percent(row.mem, row.maxmem),
-        disk: agent_disk.or(row.disk),
+        // Proxmox reports no disk usage for a VM (always 0): the agent's filesystems do.
+        disk: lanes.agent_disk.or(row.disk),
         maxdisk: row.maxdisk,
         counters,
         rates: guest_rates,
@@ -374,22 +528,7 @@ fn guest_draft<'a>(
         lock: row.lock.as_deref(),
         hastate: row.hastate.as_deref(),
         pool: row.pool.as_deref(),
-        last_backup: slow.last_backup.get(&vmid).copied(),
-        backup: BackupDraft {
-            newest: slow.newest_backup.get(&vmid),
-            verdict: slow.backup_verdicts.get(&vmid),
-            stale: None,
-            covered: slow
-                .not_backed_up
-                .as_ref()
-                .map(|list| !list.contains(&vmid)),
-        },
-        ha_state: slow.health.ha_services.get(&vmid).map(String::as_str),
-        replication: slow.health.replication.get(&vmid),
-        snapshots: slow.snapshots.get(&vmid),
-        agent: agent.and_then(|a| a.responding),
-        ip_addresses: agent.map_or(&[], |a| a.ip_addresses.as_slice()),
-        os: agent.and_then(|a| a.os.as_deref()),
-        disk_from_agent: agent_disk.is_some(),
+        backup_stale: None,
+        lanes,
     })
 }

@@ -32,7 +32,9 @@ mod decode;
 mod node_power;
 
 use decode::decode_data;
-pub use decode::{decode_cluster_resources, for_each_cluster_resource};
+pub use decode::{
+    decode_cluster_resources, for_each_cluster_resource, for_each_cluster_row, row_hash, RawRow,
+};
 pub use node_power::ClusterNodeRow;
 mod health;
 

@@ -23,7 +23,10 @@ mod upid;
 
 pub use action::Action;
 pub use client::SnapshotEntry;
-pub use client::{decode_cluster_resources, for_each_cluster_resource, ClusterNodeRow, PveClient};
+pub use client::{
+    decode_cluster_resources, for_each_cluster_resource, for_each_cluster_row, row_hash,
+    ClusterNodeRow, PveClient, RawRow,
+};
 pub use client::{
     CephCheck, CephHealth, CephOsdMap, CephPgMap, CephStatus, HaStatusRow, ReplicationJob,
 };

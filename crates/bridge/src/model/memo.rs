@@ -1,0 +1,452 @@
+//! The fast lane's memory of the last answer, row by row, so that a guest row that did
+//! not change is not decoded again.
+//!
+//! Between two of pvestatd's broadcasts (every ~10 s) Proxmox answers
+//! `/cluster/resources` with the same bytes for every guest; in a still cluster, always.
+//! Decoding a row costs more than anything else the fast lane does with it, so the
+//! builder keeps, per row position, a hash of the row's bytes and what it decided, and
+//! reuses the state it reported when the same bytes come again at the same place.
+//!
+//! The reuse gives exactly the state a full decode would give:
+//! - the row's bytes are the same (a keyed 64-bit hash, see `pve::row_hash`), and so are
+//!   the reporting rules (others clear the memory) and the rates (the same counters give
+//!   the same rates, see `RateMemory`);
+//! - the previous view still holds the very state decided then (the same `Arc`, which
+//!   that view keeps alive: no other state can sit at its address);
+//! - what the slow and agent lanes say of the guest is compared with that state as a
+//!   decode compares it, unless their data is the very data of the last build (the same
+//!   `Arc`s: it was compared then);
+//! - what depends on the time is evaluated again as a decode would: `started` (a stalled
+//!   uptime), the backup's staleness, and whether the state is due (`max_interval`, and
+//!   a figure held back by `min_interval`): see `guest::still_reported`.
+//!
+//! Node and storage rows (a few dozen) are always decoded.
+use std::sync::{Arc, Weak};
+
+use super::guest::Remembered;
+use super::{AgentData, GuestState, ReportRules, SlowData};
+
+/// Per row of the last answer: what the builder decided (see the module doc). Kept by the
+/// poller between polls; 32 bytes a row.
+#[derive(Debug, Default)]
+pub struct RowMemo {
+    rows: Vec<MemoRow>,
+    /// The slow-lane and agent data of the last build. Weak: the memory keeps no data
+    /// alive, and the address of an old `Arc` cannot be taken by a new one while this
+    /// points to it.
+    slow: Weak<SlowData>,
+    agent: Weak<AgentData>,
+    /// This build has the last build's slow-lane and agent data.
+    lanes_same: bool,
+    /// Other rules make every row count as changed.
+    rules: Option<ReportRules>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct MemoRow {
+    /// `pve::RawRow::hash` of the row.
+    pub hash: u64,
+    /// The state the row gave (`Arc::as_ptr`), compared, never followed; 0: none (not a
+    /// guest row, or not one the builder keeps).
+    pub state: usize,
+    /// The row's `uptime` (`u64::MAX`: none).
+    pub uptime: u64,
+    pub vmid: u32,
+    /// See [`GuestOutcome`](super::guest::GuestOutcome).
+    pub threshold: bool,
+    pub threshold_rest: bool,
+}
+
+impl MemoRow {
+    /// A row the memory does not reuse.
+    pub const NONE: MemoRow = MemoRow {
+        hash: 0,
+        state: 0,
+        uptime: u64::MAX,
+        vmid: 0,
+        threshold: false,
+        threshold_rest: false,
+    };
+
+    pub fn remembered(&self) -> Remembered {
+        Remembered {
+            uptime: (self.uptime != u64::MAX).then_some(self.uptime),
+            threshold: self.threshold,
+            threshold_rest: self.threshold_rest,
+        }
+    }
+
+    /// What to remember of a guest row that gave `state`; `NONE` for an uptime that
+    /// cannot be kept.
+    pub fn guest(hash: u64, state: &Arc<GuestState>, remembered: Remembered) -> Self {
+        if remembered.uptime == Some(u64::MAX) {
+            return MemoRow::NONE;
+        }
+        MemoRow {
+            hash,
+            state: Arc::as_ptr(state) as usize,
+            uptime: remembered.uptime.unwrap_or(u64::MAX),
+            vmid: state.vmid,
+            threshold: remembered.threshold,
+            threshold_rest: remembered.threshold_rest,
+        }
+    }
+}
+
+impl RowMemo {
+    /// Starts a build with this data (see [`RowMemo::lanes_same`]); other rules than
+    /// the last build's forget every row.
+    pub(super) fn begin(
+        &mut self,
+        slow: &Arc<SlowData>,
+        agent: &Arc<AgentData>,
+        rules: &ReportRules,
+    ) {
+        if self.rules.as_ref() != Some(rules) {
+            self.rows.clear();
+            self.rules = Some(*rules);
+        }
+        self.lanes_same =
+            self.slow.as_ptr() == Arc::as_ptr(slow) && self.agent.as_ptr() == Arc::as_ptr(agent);
+        if !self.lanes_same {
+            self.slow = Arc::downgrade(slow);
+            self.agent = Arc::downgrade(agent);
+        }
+    }
+
+    /// Does this build have the very slow-lane and agent data of the last one? Then
+    /// what they say of a remembered guest was compared already.
+    pub(super) fn lanes_same(&self) -> bool {
+        self.lanes_same
+    }
+
+    /// The memory of row `index` when it had this hash.
+    pub(super) fn get(&self, index: usize, hash: u64) -> Option<&MemoRow> {
+        self.rows
+            .get(index)
+            .filter(|row| row.hash == hash && row.state != 0)
+    }
+
+    /// Remembers row `index` (rows come in order, from 0).
+    pub(super) fn set(&mut self, index: usize, row: MemoRow) {
+        match self.rows.get_mut(index) {
+            Some(slot) => *slot = row,
+            None => {
+                debug_assert_eq!(index, self.rows.len());
+                self.rows.push(row);
+            }
+        }
+    }
+
+    /// The answer had `rows` rows.
+    pub(super) fn finish(&mut self, rows: usize) {
+        self.rows.truncate(rows);
+    }
+
+    /// Forgets every row (an answer that could not be read).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+    }
+
+    /// How many rows are remembered (tests).
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use crate::model::{
+        AgentData, ClusterView, RateMemory, ReportRules, RowAdded, RowMemo, SlowData, ViewBuilder,
+    };
+    use crate::pve::RawRow;
+
+    /// xorshift64*: a reproducible stream of choices.
+    struct Dice(u64);
+
+    impl Dice {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn chance(&mut self, percent: u64) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    /// One guest of the little world, as its row says it.
+    #[derive(Clone)]
+    struct Guest {
+        vmid: u32,
+        status: &'static str,
+        uptime: u64,
+        cpu: f64,
+        mem: u64,
+        netin: u64,
+        name: String,
+        hastate: Option<&'static str>,
+    }
+
+    impl Guest {
+        fn row(&self) -> String {
+            let running = self.status == "running";
+            let mut row = json!({
+                "id": format!("qemu/{}", self.vmid), "type": "qemu", "vmid": self.vmid,
+                "node": "pve1", "name": self.name, "status": self.status,
+                "maxcpu": 2, "maxmem": 4u64 << 30, "maxdisk": 32u64 << 30, "disk": 0,
+                "cpu": if running { self.cpu } else { 0.0 },
+                "mem": if running { self.mem } else { 0 },
+                "uptime": if running { self.uptime } else { 0 },
+                "netin": self.netin, "netout": self.netin / 2, "diskread": 0, "diskwrite": 0,
+            });
+            if let Some(ha) = self.hastate {
+                row["hastate"] = json!(ha);
+            }
+            row.to_string()
+        }
+    }
+
+    /// The same view built twice per poll, decoding every row and through the row memory,
+    /// with rows, time, slow-lane and agent data changing at random between polls, with
+    /// `min_interval` off and on.
+    #[test]
+    fn the_row_memory_builds_exactly_the_view_a_full_decode_builds() {
+        for (seed, min_interval) in [(1u64, 0u64), (2, 30), (3, 45)] {
+            let rules = ReportRules {
+                max_interval: Duration::from_secs(100),
+                min_interval: Duration::from_secs(min_interval),
+                backup_stale_after: Duration::from_secs(400),
+                ..ReportRules::default()
+            };
+            let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ seed);
+            let mut guests: Vec<Guest> = (0..16)
+                .map(|i| Guest {
+                    vmid: 100 + i,
+                    status: if i % 5 == 4 { "stopped" } else { "running" },
+                    uptime: 5_000 + u64::from(i) * 7,
+                    cpu: 0.05,
+                    mem: 1 << 30,
+                    netin: 1 << 20,
+                    name: format!("guest-{i}"),
+                    hastate: (i == 3).then_some("started"),
+                })
+                .collect();
+            let mut slow = Arc::new(SlowData::default());
+            let mut agent: Arc<AgentData> = Arc::new(HashMap::new());
+            let (mut rates_full, mut rates_memo) = (RateMemory::default(), RateMemory::default());
+            let mut memo = RowMemo::default();
+            let (mut full, mut memoed): (Option<ClusterView>, Option<ClusterView>) = (None, None);
+            let mut now = 1_765_000_000.0;
+            let mut reused = 0;
+            for poll in 0..150 {
+                // Time: mostly a poll interval, sometimes a long pause.
+                now += [1.0, 5.0, 5.0, 10.0, 37.0, 120.0][dice.below(6) as usize];
+                // pvestatd's broadcast (about every other poll) moves the running guests.
+                if dice.chance(40) {
+                    for guest in guests.iter_mut().filter(|g| g.status == "running") {
+                        if !dice.chance(10) {
+                            guest.uptime += 10; // else: stalled
+                        }
+                        guest.netin += dice.below(3) * 40_000;
+                        match dice.below(10) {
+                            0 => guest.cpu += 0.05, // 5 points: beyond the limit
+                            1..=3 => guest.cpu += 0.001,
+                            4 => guest.mem += 1 << 26, // 1.6 % of 4 GiB
+                            _ => {}
+                        }
+                    }
+                }
+                if dice.chance(5) {
+                    let guest = &mut guests[dice.below(16) as usize];
+                    guest.status = if guest.status == "running" {
+                        "stopped"
+                    } else {
+                        "running"
+                    };
+                    guest.uptime = if guest.status == "running" { 3 } else { 0 };
+                }
+                if dice.chance(3) {
+                    let i = dice.below(16) as usize;
+                    guests[i].name = format!("renamed-{poll}");
+                }
+                if dice.chance(2) {
+                    // A reboot noticed late: the uptime jumped down.
+                    let i = dice.below(16) as usize;
+                    guests[i].uptime /= 3;
+                }
+                if dice.chance(3) {
+                    // A guest moves to another place in the list.
+                    let guest = guests.remove(dice.below(16) as usize);
+                    guests.insert(dice.below(16) as usize, guest);
+                }
+                if dice.chance(10) {
+                    // A slow-lane round: new data, mostly the same as before.
+                    let mut fresh = (*slow).clone();
+                    fresh.backups_read = true;
+                    if dice.chance(50) {
+                        let vmid = guests[dice.below(16) as usize].vmid;
+                        fresh.last_backup.insert(vmid, now as u64 - dice.below(300));
+                    }
+                    slow = Arc::new(fresh);
+                }
+                if dice.chance(15) {
+                    // The agent lane learns something of one guest (often nothing new):
+                    // its address, or a VM's disk use (it replaces the row's).
+                    let mut fresh = (*agent).clone();
+                    let vmid = guests[dice.below(16) as usize].vmid;
+                    let info = fresh.entry(vmid).or_default();
+                    info.responding = Some(true);
+                    match dice.below(3) {
+                        0 => info.ip_addresses = vec![format!("10.0.0.{}", dice.below(3))],
+                        1 => {
+                            let used = info.disk_used.unwrap_or(1 << 30);
+                            // 0.5 % of the 32 GiB disk is the reportable change.
+                            info.disk_used = Some(used + dice.below(3) * (100 << 20));
+                        }
+                        _ => {}
+                    }
+                    agent = Arc::new(fresh);
+                }
+                let node = json!({"id": "node/pve1", "type": "node", "node": "pve1",
+                    "status": "online", "uptime": 99_000, "maxcpu": 8})
+                .to_string();
+                let rows: Vec<String> = std::iter::once(node)
+                    .chain(guests.iter().map(Guest::row))
+                    .collect();
+
+                let mut builder =
+                    ViewBuilder::new("c", "", &slow, &mut rates_full, now, full.as_ref())
+                        .reporting(rules)
+                        .agent(&agent);
+                for row in &rows {
+                    builder.add(&RawRow::new(row).decode().unwrap());
+                }
+                let mut next_full = builder.finish();
+
+                let mut builder =
+                    ViewBuilder::new("c", "", &slow, &mut rates_memo, now, memoed.as_ref())
+                        .reporting(rules)
+                        .agent(&agent)
+                        .memo(&mut memo, &slow, &agent);
+                for row in &rows {
+                    if let RowAdded::Reused(_) = builder.add_raw(RawRow::new(row)).unwrap() {
+                        reused += 1;
+                    }
+                }
+                let mut next_memoed = builder.finish();
+                if next_full != next_memoed {
+                    let differs = next_full
+                        .guests
+                        .iter()
+                        .find(|(vmid, state)| next_memoed.guests.get(vmid) != Some(state));
+                    panic!("seed {seed}, poll {poll}: {differs:?}");
+                }
+
+                // The poller's post-task status override: a new state in both views.
+                if dice.chance(4) {
+                    let vmid = guests[dice.below(16) as usize].vmid;
+                    for view in [&mut next_full, &mut next_memoed] {
+                        let guest = view.guests.get_mut(&vmid).unwrap();
+                        let mut changed = (**guest).clone();
+                        changed.status = "paused".into();
+                        *guest = Arc::new(changed);
+                    }
+                }
+                full = Some(next_full);
+                memoed = Some(next_memoed);
+            }
+            assert!(reused > 800, "seed {seed}: only {reused} rows reused");
+        }
+    }
+
+    /// A VM's disk use comes from its agent, not its row: a move beyond its reportable
+    /// change is reported though the row stayed the same, also once `min_interval`
+    /// held it back for a while (the memory keeps what it found meanwhile).
+    #[test]
+    fn a_vms_disk_from_its_agent_is_reported_though_its_row_did_not_change() {
+        let rules = ReportRules {
+            min_interval: Duration::from_secs(30),
+            ..ReportRules::default()
+        };
+        let row = r#"{"type":"qemu","vmid":100,"node":"pve1","status":"running","uptime":500,
+            "maxdisk":34359738368,"disk":0,"cpu":0.01,"maxcpu":2}"#;
+        let slow = Arc::new(SlowData::default());
+        let agent_with = |used: u64| -> Arc<AgentData> {
+            let mut data = AgentData::new();
+            data.entry(100).or_default().disk_used = Some(used);
+            Arc::new(data)
+        };
+        let (mut rates_full, mut rates_memo) = (RateMemory::default(), RateMemory::default());
+        let mut memo = RowMemo::default();
+        let (mut full, mut memoed): (Option<ClusterView>, Option<ClusterView>) = (None, None);
+        let gib = 1u64 << 30;
+        // At 0 s the disk is reported; at 5 s it moved by 1 GiB (3 % of 32 GiB): held
+        // back until 30 s, with the same agent data from 10 s on.
+        let moved = agent_with(5 * gib);
+        let steps = [(0.0, agent_with(4 * gib)), (5.0, moved.clone())]
+            .into_iter()
+            .chain((10..=40).step_by(5).map(|t| (f64::from(t), moved.clone())));
+        for (t, agent) in steps {
+            let now = 1_765_000_000.0 + t;
+            let mut builder = ViewBuilder::new("c", "", &slow, &mut rates_full, now, full.as_ref())
+                .reporting(rules)
+                .agent(&agent);
+            builder.add(&RawRow::new(row).decode().unwrap());
+            let next_full = builder.finish();
+            let mut builder =
+                ViewBuilder::new("c", "", &slow, &mut rates_memo, now, memoed.as_ref())
+                    .reporting(rules)
+                    .agent(&agent)
+                    .memo(&mut memo, &slow, &agent);
+            builder.add_raw(RawRow::new(row)).unwrap();
+            let next_memoed = builder.finish();
+            assert_eq!(next_full.guests, next_memoed.guests, "at {t} s");
+            let expected = if t < 30.0 { 4 * gib } else { 5 * gib };
+            assert_eq!(next_memoed.guests[&100].disk, Some(expected), "at {t} s");
+            full = Some(next_full);
+            memoed = Some(next_memoed);
+        }
+    }
+
+    #[test]
+    fn a_row_that_does_not_decode_fails_and_clears_the_memory() {
+        let slow = Arc::new(SlowData::default());
+        let agent: Arc<AgentData> = Arc::new(HashMap::new());
+        let mut rates = RateMemory::default();
+        let mut memo = RowMemo::default();
+        let good = r#"{"type":"qemu","vmid":100,"node":"pve1","status":"running","uptime":5}"#;
+        let mut builder = ViewBuilder::new("c", "", &slow, &mut rates, 1.0e9, None)
+            .agent(&agent)
+            .memo(&mut memo, &slow, &agent);
+        builder.add_raw(RawRow::new(good)).unwrap();
+        let view = builder.finish();
+        assert_eq!(memo.len(), 1);
+        let mut builder = ViewBuilder::new("c", "", &slow, &mut rates, 1.0e9 + 5.0, Some(&view))
+            .agent(&agent)
+            .memo(&mut memo, &slow, &agent);
+        assert!(matches!(
+            builder.add_raw(RawRow::new(good)),
+            Ok(RowAdded::Reused(_))
+        ));
+        assert!(builder
+            .add_raw(RawRow::new(r#"{"type":"qemu","vmid":"x"}"#))
+            .is_err());
+        drop(builder);
+        assert!(memo.is_empty());
+    }
+}
