@@ -10,6 +10,7 @@
 //! - [`poller`]: per cluster, the fast lane (one request per poll) and the slow lane.
 //! - [`command`]: MQTT commands → Proxmox POSTs, each task followed to its end.
 //! - [`app`]: wiring and ordered shutdown.
+//! - [`memory`]: gives freed heap memory back to the system after each view.
 //!
 //! The simulator (`crates/pve-sim`) and the demo (`crates/demo`) are crates of their own
 //! that this library does not depend on; the `pve2mqtt` binary (root package) joins them.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod ha;
 pub mod http;
 pub mod logging;
+pub mod memory;
 pub mod model;
 pub mod mqtt;
 pub mod poller;

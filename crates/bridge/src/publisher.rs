@@ -497,6 +497,10 @@ impl<O: Outbox> Publisher<O> {
         self.clusters.insert(c.clone(), record);
         self.clean_leftovers(&c).await;
         self.publish_bridge_info(false).await;
+        // The previous view goes first: with this poll's rendering, it is what the trim
+        // can give back.
+        drop(previous);
+        crate::memory::release_free_memory();
     }
 
     /// An object that is gone for good: tell subscribers it is offline, then clear every

@@ -112,7 +112,8 @@ pub(super) async fn agent_lane(
     shutdown: CancellationToken,
 ) {
     let mut memory: HashMap<u32, Memory> = HashMap::new();
-    let mut sent = AgentData::default();
+    // What was sent, shared with the watch: not a second copy of every guest's data.
+    let mut sent: Arc<AgentData> = Arc::default();
     let mut lxc_unsupported_until: Option<Instant> = None;
     let mut told_forbidden = false;
     loop {
@@ -183,9 +184,9 @@ pub(super) async fn agent_lane(
             .filter(|(_, m)| m.info != AgentInfo::default())
             .map(|(vmid, m)| (*vmid, m.info.clone()))
             .collect();
-        if data != sent {
-            sent = data.clone();
-            let _ = out.send(Arc::new(data));
+        if data != *sent {
+            sent = Arc::new(data);
+            let _ = out.send(sent.clone());
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
