@@ -226,6 +226,22 @@ fn truncate_chars(text: &str, max: usize) -> String {
     }
 }
 
+/// Test helper: the parameter errors of Proxmox's "HTTP 400: Parameter verification
+/// failed."; panics on any other error.
+#[cfg(test)]
+pub(crate) fn parameter_errors(err: &PveError) -> &Map<String, Value> {
+    let PveError::Api {
+        status: 400,
+        reason,
+        errors: Some(errors),
+    } = err
+    else {
+        panic!("expected a 400 with parameter errors, got {err:?}");
+    };
+    assert_eq!(reason, "Parameter verification failed.");
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,17 +303,7 @@ mod tests {
             "/../../tests/fixtures/pve/error_400_parameter_verification.body.json"
         ));
         let err = from_response(400, Some("Parameter verification failed."), body);
-        let PveError::Api {
-            status,
-            reason,
-            errors,
-        } = &err
-        else {
-            panic!("expected Api, got {err:?}");
-        };
-        assert_eq!(*status, 400);
-        assert_eq!(reason, "Parameter verification failed.");
-        let errors = errors.as_ref().unwrap();
+        let errors = parameter_errors(&err);
         assert_eq!(
             errors["vmid"].as_str(),
             Some("invalid format - value does not look like a valid VM ID\n")

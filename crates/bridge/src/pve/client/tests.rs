@@ -337,18 +337,9 @@ async fn a_400_keeps_the_errors_map_and_the_post_is_form_encoded() {
         .unwrap_err();
 
     // Then the map survives, and the request was one form-encoded POST to the right path
-    let PveError::Api {
-        status,
-        reason,
-        errors,
-    } = &err
-    else {
-        panic!("expected Api, got {err:?}");
-    };
-    assert_eq!(*status, 400);
-    assert_eq!(reason, "Parameter verification failed.");
+    let errors = crate::pve::error::parameter_errors(&err);
     assert_eq!(
-        errors.as_ref().unwrap()["timeout"].as_str(),
+        errors["timeout"].as_str(),
         Some("type check ('integer') failed - got 'soon'")
     );
     let requests = server.requests();
@@ -567,11 +558,10 @@ async fn a_decode_error_names_the_endpoint_and_the_json_path() {
     assert!(!err.is_transient());
 }
 
-#[tokio::test]
-async fn a_get_on_a_connection_closed_by_the_server_is_sent_again_once() {
-    // Given a server that answers the first request with keep-alive, then closes that
-    // connection when the second request arrives on it (pveproxy's 5 s idle close racing
-    // the pool), and answers normally on a new connection
+/// A server that answers the first request with keep-alive, then closes that connection
+/// when the second request arrives on it, and answers normally on a new connection; and a
+/// client that has made the first request.
+async fn closing_server() -> (RawServer, PveClient) {
     let server = RawServer::start(|request, n| match (n, request.connection) {
         (1, 0) => Reply::HangUp,
         _ => json_ok(VERSION_BODY),
@@ -579,6 +569,15 @@ async fn a_get_on_a_connection_closed_by_the_server_is_sent_again_once() {
     .await;
     let client = client_for(vec![server.url()]);
     client.version().await.unwrap();
+    (server, client)
+}
+
+#[tokio::test]
+async fn a_get_on_a_connection_closed_by_the_server_is_sent_again_once() {
+    // Given a server that answers the first request with keep-alive, then closes that
+    // connection when the second request arrives on it (pveproxy's 5 s idle close racing
+    // the pool), and answers normally on a new connection
+    let (server, client) = closing_server().await;
 
     // When the next GET goes out on the pooled connection
     let version = client.version().await.unwrap();
@@ -592,13 +591,7 @@ async fn a_get_on_a_connection_closed_by_the_server_is_sent_again_once() {
 #[tokio::test]
 async fn a_post_on_a_connection_closed_by_the_server_is_not_sent_again() {
     // Given the same closing server
-    let server = RawServer::start(|request, n| match (n, request.connection) {
-        (1, 0) => Reply::HangUp,
-        _ => json_ok(VERSION_BODY),
-    })
-    .await;
-    let client = client_for(vec![server.url()]);
-    client.version().await.unwrap();
+    let (server, client) = closing_server().await;
 
     // When a POST goes out on the pooled connection and is cut off
     let err = client
