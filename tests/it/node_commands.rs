@@ -35,16 +35,6 @@ fn cluster_node(nodes: Option<usize>) -> (&'static str, &'static str) {
     }
 }
 
-/// The retained messages a new subscriber to `topic` gets.
-async fn retained_on(port: u16, topic: &str) -> Vec<Msg> {
-    let late = Probe::connect(port, &[topic]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    late.messages()
-        .into_iter()
-        .filter(|m| m.retain && !m.payload.is_empty())
-        .collect()
-}
-
 /// Waits for a report on `topic` whose error contains `needle`.
 async fn wait_error(probe: &Probe, topic: &str, needle: &str) -> Msg {
     probe

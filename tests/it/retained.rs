@@ -6,7 +6,7 @@
 //! executed; what ran live is cleared from the broker; and a rejection that is not about
 //! a real new command for a known, idle guest never replaces the retained `…/task`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -70,16 +70,6 @@ async fn publish_stored(probe: &Probe, topic: &str, payload: &str, retain: bool)
             m.topic == topic && m.payload == payload.as_bytes()
         })
         .await;
-}
-
-/// The non-empty retained messages a new subscriber to `filter` gets from the broker.
-async fn retained_on(port: u16, filter: &str) -> Vec<Msg> {
-    let late = Probe::connect(port, &[filter]).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    late.messages()
-        .into_iter()
-        .filter(|m| m.retain && !m.payload.is_empty())
-        .collect()
 }
 
 fn texts(msgs: &[Msg]) -> Vec<String> {

@@ -360,3 +360,13 @@ pub fn spawn_bridge(path: &Path, envs: &[(&str, &str)]) -> tokio::process::Child
         .spawn()
         .expect("spawn pve2mqtt")
 }
+
+/// The non-empty retained messages a new subscriber to `filter` gets from the broker.
+pub async fn retained_on(port: u16, filter: &str) -> Vec<Msg> {
+    let late = Probe::connect(port, &[filter]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    late.messages()
+        .into_iter()
+        .filter(|m| m.retain && !m.payload.is_empty())
+        .collect()
+}
