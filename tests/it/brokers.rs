@@ -131,10 +131,16 @@ async fn a_command_runs_once(sim: &pve_sim::SimHandle, port: u16, id: &str) {
         if done {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no command reported a result within {SETTLE:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            // What the client saw instead, so that a failure says where it stopped.
+            let seen: Vec<String> = probe
+                .messages()
+                .iter()
+                .filter(|m| m.topic == TASK || m.topic == "pve2mqtt/bridge/state")
+                .map(|m| format!("{} {}", m.topic, m.text()))
+                .collect();
+            panic!("no command reported a result within {SETTLE:?}; sent {ids:?}, saw {seen:#?}");
+        }
     }
     // Time for a late or duplicate delivery (QoS 1 is at least once) to show up, if any.
     tokio::time::sleep(Duration::from_secs(2)).await;

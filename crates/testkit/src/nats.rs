@@ -16,8 +16,13 @@ use std::time::{Duration, Instant};
 use crate::free_port;
 
 /// How long a fresh cluster gets until every node answers MQTT (JetStream elects its
-/// meta leader first), and a restarted node.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// meta leader and creates the MQTT streams first), and a restarted node. About 6 s on an
+/// idle 2-core machine; once in a CI run next to the whole suite a node took over 30 s,
+/// so this matches the tests' own settle time.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How many of a node's last log lines a readiness failure quotes.
+const LOG_TAIL: usize = 30;
 
 /// Options of a cluster to start; see [`NatsCluster::builder`].
 #[derive(Debug, Clone)]
@@ -218,6 +223,22 @@ impl NatsCluster {
         self.dir.path()
     }
 
+    /// The last [`LOG_TAIL`] lines of node `index`'s log (of the shared log with
+    /// [`NatsClusterBuilder::log_to`]): the temporary directory is gone once the cluster
+    /// is dropped, so a failure has to quote it.
+    fn log_tail(&self, index: usize) -> String {
+        let path = match &self.log {
+            Some(path) => path.clone(),
+            None => self
+                .dir
+                .path()
+                .join(format!("{}.log", self.nodes[index].name)),
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+    }
+
     /// Waits until node `index` acknowledges an MQTT CONNECT.
     fn wait_ready(&mut self, index: usize) -> io::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -230,10 +251,11 @@ impl NatsCluster {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 node.child = None;
+                let name = node.name.clone();
                 return Err(io::Error::other(format!(
-                    "nats-server {} exited ({status}) before answering MQTT; see {}",
-                    node.name,
-                    self.dir.path().display()
+                    "nats-server {name} exited ({status}) before answering MQTT; its last \
+                     log lines:\n{}",
+                    self.log_tail(index)
                 )));
             }
             match mqtt_handshake(node.mqtt_port) {
@@ -245,7 +267,12 @@ impl NatsCluster {
                 self.kill(index);
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("nats-server {name} did not answer MQTT within 30 s ({last})"),
+                    format!(
+                        "nats-server {name} did not answer MQTT within {} s ({last}); \
+                         its last log lines:\n{}",
+                        READY_TIMEOUT.as_secs(),
+                        self.log_tail(index)
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(100));
