@@ -170,13 +170,22 @@ impl ClusterView {
 
     /// Every object in the view, cluster first.
     pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
+        self.objects_with_guests(
+            self.guests
+                .values()
+                .map(|g| ObjectRef::Guest(g.kind, g.vmid)),
+        )
+    }
+
+    /// Every object of the view but its guests, where `guests` come instead (in the
+    /// order of [`ClusterView::objects`]).
+    pub fn objects_with_guests<'a>(
+        &'a self,
+        guests: impl Iterator<Item = ObjectRef> + 'a,
+    ) -> impl Iterator<Item = ObjectRef> + 'a {
         std::iter::once(ObjectRef::Cluster)
             .chain(self.nodes.keys().map(|n| ObjectRef::Node(n.clone())))
-            .chain(
-                self.guests
-                    .values()
-                    .map(|g| ObjectRef::Guest(g.kind, g.vmid)),
-            )
+            .chain(guests)
             .chain(
                 self.storages
                     .keys()
@@ -192,6 +201,47 @@ impl ClusterView {
                     .keys()
                     .map(|(n, p)| ObjectRef::Zfs(n.clone(), p.clone())),
             )
+    }
+}
+
+/// How the guests of a view differ from those of an earlier one, by state (`Arc`), not
+/// by content: see [`ClusterView::guest_changes`].
+#[derive(Debug, Default, PartialEq)]
+pub struct GuestChanges {
+    /// Guests that are new or whose state is not the very state of the earlier view,
+    /// in vmid order.
+    pub changed: Vec<ObjectRef>,
+    /// Guests of the earlier view that are not in this one (or are now another kind).
+    pub gone: Vec<ObjectRef>,
+}
+
+impl ClusterView {
+    /// The guests whose state is not the very state (the same `Arc`) of `before`, and
+    /// those `before` had and this view has not: one walk over both, in vmid order, with
+    /// no lookup. The poller's views share every state a poll did not change (most
+    /// guests on most polls), so the publisher looks at the rest only.
+    pub fn guest_changes(&self, before: &ClusterView) -> GuestChanges {
+        let mut changes = GuestChanges::default();
+        let mut old = before.guests.iter().peekable();
+        for (vmid, state) in &self.guests {
+            while let Some((gone, was)) = old.next_if(|(old, _)| *old < vmid) {
+                changes.gone.push(ObjectRef::Guest(was.kind, *gone));
+            }
+            match old.next_if(|(old, _)| *old == vmid) {
+                Some((_, was)) if Arc::ptr_eq(was, state) => {}
+                Some((_, was)) => {
+                    if was.kind != state.kind {
+                        changes.gone.push(ObjectRef::Guest(was.kind, *vmid));
+                    }
+                    changes.changed.push(ObjectRef::Guest(state.kind, *vmid));
+                }
+                None => changes.changed.push(ObjectRef::Guest(state.kind, *vmid)),
+            }
+        }
+        changes
+            .gone
+            .extend(old.map(|(vmid, was)| ObjectRef::Guest(was.kind, *vmid)));
+        changes
     }
 }
 
