@@ -8,7 +8,9 @@
 //! guest rows that changed: "quiet poll" is such a build on the same answer again (a
 //! still cluster, or a poll between two of pvestatd's broadcasts), "moving poll" one on
 //! an answer in which every running guest changed (two answers of a live simulator, 2 s
-//! apart, in turn).
+//! apart, in turn). "quiet poll, answer scanned" is the quiet poll as it was before the
+//! poller remembered the whole answer: every answer scanned for its rows and every row
+//! hashed.
 //!
 //! `scripts/bench.sh` measures the whole bridge as the OS sees it (CPU time, RSS); this
 //! benchmark says where that time goes, so a change to one stage can be judged alone.
@@ -66,8 +68,8 @@ fn main() {
         sizes.push((10, 5000));
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    println!("| size | answer KiB | decode ms | build view ms | streamed decode+build ms | quiet poll ms | moving poll ms | idle diff ms | render all states ms | per 1000 guests (quiet poll+diff) ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| size | answer KiB | decode ms | build view ms | streamed decode+build ms | quiet poll ms | quiet poll, answer scanned ms | rebuild after slow-lane news ms | moving poll ms | idle diff ms | idle diff, shared states skipped ms | render all states ms | per 1000 guests (quiet poll+diff) ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (nodes, guests) in sizes {
         let (body, moved) = runtime.block_on(fetch(nodes, guests));
         let decode = fastest(|| stage_decode(&body));
@@ -106,6 +108,48 @@ fn main() {
                 &remembered,
             );
         });
+        // A rebuild after a slow-lane round brought news (new data, about no guest): each
+        // remembered guest is compared with what the lanes say of it, none is decoded.
+        // Built on a view as fresh as the quiet poll's, so that no more states are due.
+        now += 5.0;
+        let news_previous = memo_build(
+            &body,
+            (&slow, &agent),
+            (&mut rates, &mut memo),
+            now,
+            Some(&remembered),
+        );
+        let mut fresh_slow = slow.clone();
+        let slow_news = fastest(|| {
+            now += 5.0;
+            fresh_slow = Arc::new(SlowData::clone(&fresh_slow));
+            stage_quiet_poll(
+                &body,
+                (&fresh_slow, &agent),
+                (&mut rates, &mut memo),
+                now,
+                &news_previous,
+            );
+        });
+        let mut scanned_memo = RowMemo::default();
+        now += 5.0;
+        let scanned_previous = memo_build(
+            &body,
+            (&slow, &agent),
+            (&mut rates, &mut scanned_memo),
+            now,
+            Some(&previous),
+        );
+        let quiet_scanned = fastest(|| {
+            now += 5.0;
+            stage_quiet_poll_scanned(
+                &body,
+                (&slow, &agent),
+                (&mut rates, &mut scanned_memo),
+                now,
+                &scanned_previous,
+            );
+        });
         // In turn the two answers: every running guest's row differs from the last one.
         let mut last = remembered.clone();
         let mut turn = false;
@@ -126,18 +170,22 @@ fn main() {
             Some(&previous),
         );
         let diff = fastest(|| stage_idle_diff(&previous, &current));
+        let diff_shared = fastest(|| stage_idle_diff_shared(&previous, &current));
         let render = fastest(|| stage_render(&current));
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let per_thousand = ms(quiet + diff) * 1000.0 / guests as f64;
+        let per_thousand = ms(quiet + diff_shared) * 1000.0 / guests as f64;
         println!(
-            "| {nodes}x{guests} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {nodes}x{guests} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             body.len() / 1024,
             ms(decode),
             ms(build),
             ms(streamed),
             ms(quiet),
+            ms(quiet_scanned),
+            ms(slow_news),
             ms(moving),
             ms(diff),
+            ms(diff_shared),
             ms(render),
             per_thousand
         );
@@ -175,7 +223,8 @@ fn stage_streamed(
     std::hint::black_box(builder.finish());
 }
 
-/// A build as the poller does it, with the row memory.
+/// A build as the poller does it, with the row memory (an answer identical to the last
+/// one is read through the remembered rows, not scanned again).
 fn memo_build(
     body: &[u8],
     (slow, agent): (&Arc<SlowData>, &Arc<AgentData>),
@@ -186,8 +235,25 @@ fn memo_build(
     let mut builder = ViewBuilder::new("bench", URL, slow, rates, now, previous)
         .agent(agent)
         .memo(memo, slow, agent);
-    for_each_cluster_row(body, |raw| builder.add_raw(raw).map(drop)).expect("decode");
+    builder.add_answer(body, |_, _| Ok(())).expect("decode");
     builder.finish()
+}
+
+/// The same, scanning every answer for its rows (the poller before it remembered the
+/// answer).
+#[inline(never)]
+fn stage_quiet_poll_scanned(
+    body: &[u8],
+    (slow, agent): (&Arc<SlowData>, &Arc<AgentData>),
+    (rates, memo): (&mut RateMemory, &mut RowMemo),
+    now: f64,
+    previous: &ClusterView,
+) {
+    let mut builder = ViewBuilder::new("bench", URL, slow, rates, now, Some(previous))
+        .agent(agent)
+        .memo(memo, slow, agent);
+    for_each_cluster_row(body, |raw| builder.add_raw(raw).map(drop)).expect("decode");
+    std::hint::black_box(builder.finish());
 }
 
 #[inline(never)]
@@ -219,6 +285,18 @@ fn stage_idle_diff(previous: &ClusterView, current: &ClusterView) {
         .filter(|object| !previous.same_state(current, object))
         .count();
     std::hint::black_box(changed);
+}
+
+/// The publisher's pass since it skips guests whose state is the very state of the
+/// last view: one walk over both views' guests, then the other objects.
+#[inline(never)]
+fn stage_idle_diff_shared(previous: &ClusterView, current: &ClusterView) {
+    let changes = current.guest_changes(previous);
+    let changed = current
+        .objects_with_guests(changes.changed.into_iter())
+        .filter(|object| !previous.same_state(current, object))
+        .count();
+    std::hint::black_box((changed, changes.gone));
 }
 
 #[inline(never)]

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::pve::{GuestKind, NodeStatus, RawRow, Resource, ResourceKind};
+use crate::pve::{
+    for_each_cluster_row, row_hash, GuestKind, NodeStatus, PveError, RawRow, Resource, ResourceKind,
+};
 
 mod agent;
 mod backup;
@@ -170,13 +172,22 @@ impl ClusterView {
 
     /// Every object in the view, cluster first.
     pub fn objects(&self) -> impl Iterator<Item = ObjectRef> + '_ {
+        self.objects_with_guests(
+            self.guests
+                .values()
+                .map(|g| ObjectRef::Guest(g.kind, g.vmid)),
+        )
+    }
+
+    /// Every object of the view but its guests, where `guests` come instead (in the
+    /// order of [`ClusterView::objects`]).
+    pub fn objects_with_guests<'a>(
+        &'a self,
+        guests: impl Iterator<Item = ObjectRef> + 'a,
+    ) -> impl Iterator<Item = ObjectRef> + 'a {
         std::iter::once(ObjectRef::Cluster)
             .chain(self.nodes.keys().map(|n| ObjectRef::Node(n.clone())))
-            .chain(
-                self.guests
-                    .values()
-                    .map(|g| ObjectRef::Guest(g.kind, g.vmid)),
-            )
+            .chain(guests)
             .chain(
                 self.storages
                     .keys()
@@ -192,6 +203,47 @@ impl ClusterView {
                     .keys()
                     .map(|(n, p)| ObjectRef::Zfs(n.clone(), p.clone())),
             )
+    }
+}
+
+/// How the guests of a view differ from those of an earlier one, by state (`Arc`), not
+/// by content: see [`ClusterView::guest_changes`].
+#[derive(Debug, Default, PartialEq)]
+pub struct GuestChanges {
+    /// Guests that are new or whose state is not the very state of the earlier view,
+    /// in vmid order.
+    pub changed: Vec<ObjectRef>,
+    /// Guests of the earlier view that are not in this one (or are now another kind).
+    pub gone: Vec<ObjectRef>,
+}
+
+impl ClusterView {
+    /// The guests whose state is not the very state (the same `Arc`) of `before`, and
+    /// those `before` had and this view has not: one walk over both, in vmid order, with
+    /// no lookup. The poller's views share every state a poll did not change (most
+    /// guests on most polls), so the publisher looks at the rest only.
+    pub fn guest_changes(&self, before: &ClusterView) -> GuestChanges {
+        let mut changes = GuestChanges::default();
+        let mut old = before.guests.iter().peekable();
+        for (vmid, state) in &self.guests {
+            while let Some((gone, was)) = old.next_if(|(old, _)| *old < vmid) {
+                changes.gone.push(ObjectRef::Guest(was.kind, *gone));
+            }
+            match old.next_if(|(old, _)| *old == vmid) {
+                Some((_, was)) if Arc::ptr_eq(was, state) => {}
+                Some((_, was)) => {
+                    if was.kind != state.kind {
+                        changes.gone.push(ObjectRef::Guest(was.kind, *vmid));
+                    }
+                    changes.changed.push(ObjectRef::Guest(state.kind, *vmid));
+                }
+                None => changes.changed.push(ObjectRef::Guest(state.kind, *vmid)),
+            }
+        }
+        changes
+            .gone
+            .extend(old.map(|(vmid, was)| ObjectRef::Guest(was.kind, *vmid)));
+        changes
     }
 }
 
@@ -287,6 +339,9 @@ pub struct ViewBuilder<'a> {
     agent: Option<&'a AgentData>,
     /// The last answer's rows (see [`ViewBuilder::memo`]).
     memo: Option<&'a mut RowMemo>,
+    /// The answer the memory's rows are of, if it was read whole (see
+    /// [`ViewBuilder::add_answer`]).
+    answer: Option<memo::Answer>,
     /// Rows added so far.
     rows: usize,
 }
@@ -326,6 +381,7 @@ impl<'a> ViewBuilder<'a> {
             tasks: None,
             agent: None,
             memo: None,
+            answer: None,
             rows: 0,
         }
     }
@@ -361,8 +417,77 @@ impl<'a> ViewBuilder<'a> {
         debug_assert!(std::ptr::eq(&**slow, self.slow));
         debug_assert!(self.agent.is_none_or(|a| std::ptr::eq(&**agent, a)));
         memo.begin(slow, agent, &self.rules);
+        self.answer = memo.take_answer();
         self.memo = Some(memo);
         self
+    }
+
+    /// Adds every row of a `/cluster/resources` answer as [`ViewBuilder::add_raw`] does,
+    /// handing each to `each` with what was done with it (an error from `each` fails the
+    /// answer, as one from [`for_each_cluster_row`]); returns how many rows there were.
+    ///
+    /// With the memory (see [`ViewBuilder::memo`]), an answer byte for byte the one it
+    /// remembers (the same length and the same hash of all its bytes: between two of
+    /// pvestatd's broadcasts, and always in a still cluster) is not scanned for its rows
+    /// again, nor is each row hashed again: its rows are where they were, with the hashes
+    /// they had. Each row is then added exactly as on any other answer (so what depends
+    /// on the time, the slow lane or the agents is evaluated as always).
+    pub fn add_answer(
+        &mut self,
+        body: &[u8],
+        mut each: impl FnMut(RawRow<'_>, RowAdded) -> Result<(), serde_json::Error>,
+    ) -> Result<usize, PveError> {
+        let remembering = self.memo.is_some();
+        let (len, hash) = (body.len(), if remembering { row_hash(body) } else { 0 });
+        let known = self
+            .answer
+            .take()
+            .filter(|a| a.len == len && a.hash == hash);
+        let text = std::str::from_utf8(body).ok();
+        if let (Some(answer), Some(text)) = (known, text) {
+            for (index, &(start, end)) in answer.ranges.iter().enumerate() {
+                let Some(row) = text.get(start as usize..end as usize) else {
+                    return Err(answer_error(body, index));
+                };
+                let raw = RawRow::new(row);
+                let hash = self.memo.as_deref().and_then(|m| m.hash_at(index));
+                let added = self
+                    .add_raw_hashed(raw, hash.unwrap_or_else(|| raw.hash()))
+                    .and_then(|added| each(raw, added));
+                if added.is_err() {
+                    return Err(answer_error(body, index));
+                }
+            }
+            let rows = answer.ranges.len();
+            if let Some(memo) = self.memo.as_deref_mut() {
+                memo.set_answer(answer);
+                #[cfg(test)]
+                {
+                    memo.replayed += 1;
+                }
+            }
+            return Ok(rows);
+        }
+        // Where each row is, as an offset into `body` (a row the decoder copied, which
+        // Proxmox's plain shape never makes it do, leaves the answer unremembered).
+        let base = body.as_ptr() as usize;
+        let mut ranges = Some(Vec::new());
+        let rows = for_each_cluster_row(body, |raw| {
+            let start = (raw.text().as_ptr() as usize).wrapping_sub(base);
+            let end = start.wrapping_add(raw.text().len());
+            match ranges.as_mut() {
+                Some(ranges) if remembering && start <= end && end <= len => {
+                    ranges.push((start as u32, end as u32));
+                }
+                _ => ranges = None,
+            }
+            let added = self.add_raw(raw)?;
+            each(raw, added)
+        })?;
+        if let (Some(ranges), Some(memo)) = (ranges, self.memo.as_deref_mut()) {
+            memo.set_answer(memo::Answer { len, hash, ranges });
+        }
+        Ok(rows)
     }
 
     /// Adds one undecoded row. A guest row with the same bytes at the same place as in
@@ -375,7 +500,15 @@ impl<'a> ViewBuilder<'a> {
             self.add(&row);
             return Ok(RowAdded::Decoded(row));
         }
-        let hash = raw.hash();
+        self.add_raw_hashed(raw, raw.hash())
+    }
+
+    /// [`ViewBuilder::add_raw`] with the memory, of a row whose hash is known.
+    fn add_raw_hashed(
+        &mut self,
+        raw: RawRow<'_>,
+        hash: u64,
+    ) -> Result<RowAdded, serde_json::Error> {
         if let Some((state, remembered)) = self.reusable(self.rows, hash) {
             if let Some(memo) = self.memo.as_deref_mut() {
                 memo.set(self.rows, memo::MemoRow::guest(hash, &state, remembered));
@@ -521,6 +654,17 @@ impl<'a> ViewBuilder<'a> {
         };
         view
     }
+}
+
+/// The error of an answer one of whose rows could not be read: the one
+/// [`for_each_cluster_row`] gives (endpoint and JSON path).
+fn answer_error(body: &[u8], index: usize) -> PveError {
+    crate::pve::decode_cluster_resources(body)
+        .err()
+        .unwrap_or_else(|| PveError::Decode {
+            endpoint: "GET /cluster/resources".to_owned(),
+            message: format!("row {index} could not be read"),
+        })
 }
 
 #[cfg(test)]

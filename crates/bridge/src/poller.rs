@@ -38,7 +38,7 @@ use crate::model::{
     TaskFacts, ViewBuilder,
 };
 use crate::publisher::PublisherMsg;
-use crate::pve::{for_each_cluster_row, PveClient, PveError, Resource, ResourceKind};
+use crate::pve::{PveClient, PveError, Resource, ResourceKind};
 
 /// Asks a cluster's poller for an immediate fast poll (a command's task ended, or a
 /// `bridge/request/refresh`).
@@ -339,7 +339,8 @@ impl ClusterPoller {
 
     /// Decodes one `/cluster/resources` answer straight into a view, row by row, and
     /// returns it with the node and storage rows, which the slow lane plans from.
-    /// Decodes only the guest rows that changed since the last answer (`RowMemo`).
+    /// Decodes only the guest rows that changed since the last answer (`RowMemo`), and
+    /// does not scan an answer identical to the last one for its rows again.
     fn view_from(
         &self,
         body: &[u8],
@@ -357,8 +358,8 @@ impl ClusterPoller {
         let mut plan_rows = Vec::new();
         // One HA-managed guest row tells the slow lane that HA is configured.
         let mut managed_sent = false;
-        for_each_cluster_row(body, |raw| {
-            match builder.add_raw(raw)? {
+        builder.add_answer(body, |raw, added| {
+            match added {
                 RowAdded::Reused(guest) => {
                     if guest.hastate.is_some() && !managed_sent {
                         managed_sent = true;

@@ -154,6 +154,9 @@ struct ClusterRecord {
     view: Option<Arc<ClusterView>>,
     /// Counts views, for [`ObjectRecord::seen`].
     generation: u64,
+    /// Objects the last view's pass looked at (tests).
+    #[cfg(test)]
+    examined: usize,
 }
 
 #[derive(Serialize, PartialEq)]
@@ -408,6 +411,7 @@ impl<O: Outbox> Publisher<O> {
         if !record.reachable && record.polled {
             info!(cluster = %c, "Proxmox reachable again");
         }
+        let was_reachable = record.reachable;
         record.reachable = true;
         record.polled = true;
         record.outage_logged = false;
@@ -422,7 +426,41 @@ impl<O: Outbox> Publisher<O> {
         let asked_changed = previous
             .as_deref()
             .is_some_and(|p| p.cluster.health_known != view.cluster.health_known);
-        for object in view.objects() {
+        // A guest whose state is the very state (`Arc`) of the last view needs nothing
+        // (its record says what that view said), unless its availability may have moved
+        // (a node's, an outage's) or its discovery is checked again: then every object is.
+        let shared_guests_skipped = previous.as_deref().filter(|p| {
+            let online = |v: &'_ ClusterView| {
+                v.nodes
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.status == "online"))
+                    .collect::<Vec<_>>()
+            };
+            was_reachable
+                && !asked_changed
+                && p.console_url == view.console_url
+                && online(p) == online(view)
+        });
+        let (objects, gone_guests): (Box<dyn Iterator<Item = ObjectRef> + Send>, _) =
+            match shared_guests_skipped {
+                Some(p) => {
+                    let changes = view.guest_changes(p);
+                    (
+                        Box::new(view.objects_with_guests(changes.changed.into_iter())),
+                        Some(changes.gone),
+                    )
+                }
+                None => (Box::new(view.objects()), None),
+            };
+        #[cfg(test)]
+        {
+            record.examined = 0;
+        }
+        for object in objects {
+            #[cfg(test)]
+            {
+                record.examined += 1;
+            }
             let available = view.is_available(&object);
             let entry = record.objects.entry(object.clone()).or_default();
             entry.seen = generation;
@@ -483,12 +521,17 @@ impl<O: Outbox> Publisher<O> {
                 self.sink.send(&topic, availability(available), true).await;
             }
         }
-        let gone: Vec<ObjectRef> = record
+        // Skipped guests keep an older `seen`: which guests went, the walk above said.
+        let skipped = gone_guests.is_some();
+        let mut gone: Vec<ObjectRef> = record
             .objects
             .iter()
-            .filter(|(_, entry)| entry.seen != generation)
+            .filter(|(object, entry)| {
+                entry.seen != generation && !(skipped && matches!(object, ObjectRef::Guest(..)))
+            })
             .map(|(object, _)| object.clone())
             .collect();
+        gone.extend(gone_guests.unwrap_or_default());
         for object in gone {
             info!(cluster = %c, %object, "object vanished: removing it");
             record.objects.remove(&object);
@@ -670,7 +713,7 @@ mod tests {
     use super::*;
     use crate::command::report::Phase;
     use crate::ha::discovery::GuestControls;
-    use crate::model::{build_view, RateMemory, SlowData};
+    use crate::model::{build_view, GuestState, RateMemory, SlowData};
     use crate::pve::Resource;
 
     /// One publish as the broker would see it: (topic, payload, retain).
@@ -1019,5 +1062,134 @@ mod tests {
             again[0].1.contains("\"running\""),
             "the real report, not a rejection notice, comes back: {again:?}"
         );
+    }
+
+    /// The view [`view`] sends, to share its guest states with the next one.
+    fn built(guests: &[(&str, u32, &str)]) -> ClusterView {
+        match view(guests) {
+            PublisherMsg::View(view) => Arc::unwrap_or_clone(view),
+            _ => unreachable!(),
+        }
+    }
+
+    fn examined(p: &Publisher<Recorder>) -> usize {
+        p.clusters["home"].examined
+    }
+
+    #[tokio::test]
+    async fn a_view_that_shares_every_guest_state_with_the_last_examines_no_guest() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        let first = built(&[
+            ("qemu", 100, "running"),
+            ("lxc", 101, "running"),
+            ("qemu", 102, "stopped"),
+        ]);
+        p.handle(PublisherMsg::View(Arc::new(first.clone()))).await;
+        out.take();
+        let others = first.objects().count() - first.guests.len();
+
+        // The poller's view of an unchanged answer: the same states, shared.
+        p.handle(PublisherMsg::View(Arc::new(first.clone()))).await;
+        assert_eq!(out.take(), vec![]);
+        assert_eq!(
+            examined(&p),
+            others,
+            "only the cluster and its node are compared"
+        );
+
+        // One guest with a new state: only it is examined, and published.
+        let mut changed = first.clone();
+        let guest = changed.guests.get_mut(&101).unwrap();
+        let mut stopped = GuestState::clone(guest);
+        stopped.status = "stopped".into();
+        *guest = Arc::new(stopped);
+        p.handle(PublisherMsg::View(Arc::new(changed))).await;
+        assert_eq!(examined(&p), others + 1);
+        let sent = out.take();
+        assert!(
+            topics_of(&sent).contains(&"pve2mqtt/home/lxc/101"),
+            "{sent:?}"
+        );
+        assert!(
+            !sent
+                .iter()
+                .any(|(t, _, _)| t.contains("/100") || t.contains("/102")),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shared_guest_state_still_follows_its_node_its_removal_and_an_outage() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        let first = built(RUNNING);
+        p.handle(PublisherMsg::View(Arc::new(first.clone()))).await;
+        out.take();
+
+        // The node goes offline; the guests' states are the same (shared).
+        let mut node_down = first.clone();
+        node_down.nodes.get_mut("pve").unwrap().status = "offline".into();
+        p.handle(PublisherMsg::View(Arc::new(node_down))).await;
+        let sent = out.take();
+        for topic in [
+            "pve2mqtt/home/qemu/100/availability",
+            "pve2mqtt/home/lxc/101/availability",
+        ] {
+            assert!(
+                sent.contains(&(topic.into(), "offline".into(), true)),
+                "{topic}: {sent:?}"
+            );
+        }
+        p.handle(PublisherMsg::View(Arc::new(first.clone()))).await;
+        let sent = out.take();
+        assert!(
+            sent.contains(&(
+                "pve2mqtt/home/qemu/100/availability".into(),
+                "online".into(),
+                true
+            )),
+            "{sent:?}"
+        );
+
+        // Proxmox unreachable, then the same view again: online again.
+        p.handle(PublisherMsg::Unreachable {
+            cluster: "home".into(),
+            reason: "down".into(),
+        })
+        .await;
+        out.take();
+        p.handle(PublisherMsg::View(Arc::new(first.clone()))).await;
+        let sent = out.take();
+        assert!(
+            sent.contains(&(
+                "pve2mqtt/home/lxc/101/availability".into(),
+                "online".into(),
+                true
+            )),
+            "{sent:?}"
+        );
+
+        // Guest 101 vanishes, the other's state is shared: 101 is cleared, 100 left alone.
+        let mut gone = first.clone();
+        gone.guests.remove(&101);
+        p.handle(PublisherMsg::View(Arc::new(gone))).await;
+        let sent = out.take();
+        assert!(
+            sent.contains(&(
+                "pve2mqtt/home/lxc/101/availability".into(),
+                "offline".into(),
+                true
+            )),
+            "{sent:?}"
+        );
+        assert!(
+            sent.contains(&("pve2mqtt/home/lxc/101".into(), String::new(), true)),
+            "{sent:?}"
+        );
+        assert!(!sent.iter().any(|(t, _, _)| t.contains("/100")), "{sent:?}");
+        assert!(!p.clusters["home"]
+            .objects
+            .contains_key(&ObjectRef::Guest(GuestKind::Lxc, 101)));
     }
 }

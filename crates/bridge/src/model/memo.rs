@@ -40,6 +40,24 @@ pub struct RowMemo {
     lanes_same: bool,
     /// Other rules make every row count as changed.
     rules: Option<ReportRules>,
+    /// The answer these rows are of, when it was read whole by
+    /// [`ViewBuilder::add_answer`](super::ViewBuilder::add_answer); taken by the build
+    /// that starts, and given back by it only if it read an answer whole again.
+    answer: Option<Answer>,
+    /// Answers read through the remembered rows (tests).
+    #[cfg(test)]
+    pub(super) replayed: usize,
+}
+
+/// One `/cluster/resources` answer, by its length and a hash of all its bytes, with
+/// where its rows are: the same answer again need not be scanned for them (8 bytes a
+/// row).
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub len: usize,
+    pub hash: u64,
+    /// Byte ranges of the rows, in order.
+    pub ranges: Vec<(u32, u32)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,6 +132,21 @@ impl RowMemo {
         }
     }
 
+    /// The answer the remembered rows are of, if known; taken (see [`RowMemo::answer`]).
+    pub(super) fn take_answer(&mut self) -> Option<Answer> {
+        self.answer.take()
+    }
+
+    /// The rows remembered are those of `answer`.
+    pub(super) fn set_answer(&mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
+
+    /// The hash row `index` had, if remembered.
+    pub(super) fn hash_at(&self, index: usize) -> Option<u64> {
+        self.rows.get(index).map(|row| row.hash).filter(|h| *h != 0)
+    }
+
     /// Does this build have the very slow-lane and agent data of the last one? Then
     /// what they say of a remembered guest was compared already.
     pub(super) fn lanes_same(&self) -> bool {
@@ -146,6 +179,7 @@ impl RowMemo {
     /// Forgets every row (an answer that could not be read).
     pub fn clear(&mut self) {
         self.rows.clear();
+        self.answer = None;
     }
 
     /// How many rows are remembered (tests).
@@ -421,6 +455,88 @@ mod tests {
             full = Some(next_full);
             memoed = Some(next_memoed);
         }
+    }
+
+    /// The poller's path on answers that repeat (a still cluster, and between pvestatd's
+    /// broadcasts): an answer byte for byte the last one is read through the remembered
+    /// rows, not scanned again, and gives exactly the view a full decode gives while the
+    /// time goes on (states fall due, backups turn stale) and the slow and agent lanes
+    /// bring news between two identical answers.
+    #[test]
+    fn an_identical_answer_is_not_scanned_again_and_builds_the_view_a_full_decode_builds() {
+        let rules = ReportRules {
+            max_interval: Duration::from_secs(60),
+            backup_stale_after: Duration::from_secs(100),
+            ..ReportRules::default()
+        };
+        let body = |uptime: u64| {
+            let mut rows = vec![json!({"id": "node/pve1", "type": "node", "node": "pve1",
+                "status": "online", "uptime": 99_000, "maxcpu": 8})];
+            for vmid in 100..140u64 {
+                rows.push(
+                    json!({"id": format!("qemu/{vmid}"), "type": "qemu", "vmid": vmid,
+                    "node": "pve1", "name": format!("g{vmid}"), "status": "running",
+                    "maxmem": 4u64 << 30, "mem": 1u64 << 30, "cpu": 0.01, "maxcpu": 2,
+                    "uptime": uptime + vmid, "netin": vmid << 20, "netout": 0,
+                    "diskread": 0, "diskwrite": 0}),
+                );
+            }
+            serde_json::to_vec(&json!({ "data": rows })).unwrap()
+        };
+        let (a, b) = (body(5_000), body(5_010));
+        let mut slow = Arc::new(SlowData::default());
+        let mut agent: Arc<AgentData> = Arc::new(HashMap::new());
+        let (mut rates_full, mut rates_memo) = (RateMemory::default(), RateMemory::default());
+        let mut memo = RowMemo::default();
+        let (mut full, mut memoed): (Option<ClusterView>, Option<ClusterView>) = (None, None);
+        let mut now = 1_765_000_000.0;
+        // Two polls per broadcast, and a long run of the same answer.
+        let answers = [&a, &a, &b, &b, &a, &a]
+            .into_iter()
+            .chain(std::iter::repeat_n(&b, 40));
+        let mut expected_replays = 0;
+        let mut last: Option<&Vec<u8>> = None;
+        for (poll, answer) in answers.enumerate() {
+            now += 5.0;
+            if poll % 7 == 3 {
+                // News from the slow lane between two identical answers.
+                let mut fresh = (*slow).clone();
+                fresh.backups_read = true;
+                fresh.last_backup.insert(100 + poll as u32, now as u64 - 50);
+                slow = Arc::new(fresh);
+            }
+            if poll % 5 == 2 {
+                let mut fresh = (*agent).clone();
+                fresh.entry(100 + poll as u32).or_default().ip_addresses =
+                    vec![format!("10.0.0.{poll}")];
+                agent = Arc::new(fresh);
+            }
+            let mut builder = ViewBuilder::new("c", "", &slow, &mut rates_full, now, full.as_ref())
+                .reporting(rules)
+                .agent(&agent);
+            crate::pve::for_each_cluster_resource(answer, |row| builder.add(&row)).unwrap();
+            let next_full = builder.finish();
+            let mut builder =
+                ViewBuilder::new("c", "", &slow, &mut rates_memo, now, memoed.as_ref())
+                    .reporting(rules)
+                    .agent(&agent)
+                    .memo(&mut memo, &slow, &agent);
+            builder.add_answer(answer, |_, _| Ok(())).unwrap();
+            let next_memoed = builder.finish();
+            assert_eq!(next_full, next_memoed, "poll {poll}");
+            if last == Some(answer) {
+                expected_replays += 1;
+            }
+            assert_eq!(memo.replayed, expected_replays, "poll {poll}");
+            last = Some(answer);
+            full = Some(next_full);
+            memoed = Some(next_memoed);
+        }
+        // Over 200 s of the same answer every guest fell due (max_interval 60 s) and the
+        // backups went stale (after 100 s): the views were rebuilt, not kept.
+        let view = memoed.unwrap();
+        assert!(view.guests.values().all(|g| g.as_of > now - 66.0));
+        assert!(view.guests[&103].backup_stale == Some(true));
     }
 
     #[test]
