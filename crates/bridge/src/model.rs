@@ -269,8 +269,9 @@ pub struct ClusterState {
     pub health_known: HealthKnown,
 }
 
-/// What the slow lane learned; merged into every view until it is read again.
-#[derive(Clone, Debug, Default)]
+/// What the slow lane learned; merged into every view until it is read again. Compared
+/// at the end of each slow round: a round that learned nothing new is not sent.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SlowData {
     /// Cluster name from `/cluster/status` (None = standalone or not read yet).
     pub cluster_name: Option<String>,

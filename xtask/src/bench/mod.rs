@@ -36,7 +36,8 @@ pub const BASE: &str = "pve2mqtt";
 pub const DISCOVERY_PREFIX: &str = "homeassistant";
 /// The cluster id the simulator's generated world gets.
 pub const CLUSTER: &str = "simcluster";
-/// The default fast lane (`poll.interval`) and the slow lane (`poll.slow_interval`), seconds.
+/// The default fast lane (`poll.interval`) and slow lane (`poll.slow_interval`) of the
+/// benchmark, seconds (`--poll-interval`, `--slow-interval`).
 pub const POLL_INTERVAL: f64 = 2.0;
 pub const SLOW_INTERVAL: f64 = 20.0;
 /// The simulator's lifecycle task length.
@@ -100,6 +101,9 @@ pub struct WorldArgs {
     /// The bridge's `poll.interval`, seconds (issue 10's scenario: 5).
     #[arg(long, default_value_t = POLL_INTERVAL)]
     pub poll_interval: f64,
+    /// The bridge's `poll.slow_interval`, seconds (the bridge's own default is 60).
+    #[arg(long, default_value_t = SLOW_INTERVAL)]
+    pub slow_interval: f64,
     /// Percentage of running guests in the generated world (issue 10's scenario: 90).
     #[arg(long, default_value_t = 85)]
     pub running: u32,
@@ -171,9 +175,10 @@ pub async fn main(mut args: BenchArgs) -> anyhow::Result<i32> {
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "pve2mqtt benchmark, {date}, commit {}, {cpus} CPUs, load average {load} at start; poll.interval {} s, poll.slow_interval {SLOW_INTERVAL:.0} s, simulator task length {TASK_DURATION_MS} ms, {} % of guests running, moving world on the simulator's {} cadence",
+        "pve2mqtt benchmark, {date}, commit {}, {cpus} CPUs, load average {load} at start; poll.interval {} s, poll.slow_interval {} s, simulator task length {TASK_DURATION_MS} ms, {} % of guests running, moving world on the simulator's {} cadence",
         if commit.is_empty() { "?" } else { &commit },
         args.world.poll_interval,
+        args.world.slow_interval,
         args.world.running,
         args.world.stats_interval.as_deref().unwrap_or("10s"),
     );
@@ -356,8 +361,10 @@ async fn measure(run: &mut SizeRun, args: &BenchArgs, isolated: bool) -> anyhow:
             "min_gap_s": min_gap,
         }),
     );
-    run.result
-        .insert("agent_lane".into(), agent_lane(&run.timeline.snapshot()));
+    run.result.insert(
+        "agent_lane".into(),
+        agent_lane(&run.timeline.snapshot(), args.world.slow_interval),
+    );
     run.count_retained().await?;
     run.read_logs();
     Ok(Value::Object(run.result.clone()))
@@ -370,7 +377,7 @@ pub fn is_agent_route(route: &str) -> bool {
 
 /// The agent lane's requests (guest agent and container interfaces, issue 12): how
 /// many, by endpoint, and how many per slow-lane interval on average over the run.
-fn agent_lane(entries: &[timeline::Entry]) -> Value {
+fn agent_lane(entries: &[timeline::Entry], slow_interval: f64) -> Value {
     let agent: Vec<&timeline::Entry> = entries
         .iter()
         .filter(|e| is_agent_route(&e.route))
@@ -383,7 +390,7 @@ fn agent_lane(entries: &[timeline::Entry]) -> Value {
         (Some(first), Some(last)) => last.seen - first.seen,
         _ => 0.0,
     };
-    let rounds = (span / SLOW_INTERVAL).max(1.0);
+    let rounds = (span / slow_interval).max(1.0);
     json!({
         "requests": agent.len(),
         "span_s": span,

@@ -205,8 +205,10 @@ pub fn print_tables(r: &Value) {
     } else {
         ends.join(", ")
     };
+    // Results written before `--slow-interval` existed ran at the default.
+    let every = r["slow_interval_s"].as_f64().unwrap_or(SLOW_INTERVAL);
     out.push(format!(
-        "| per slow-lane round ({} complete rounds, every {SLOW_INTERVAL:.0} s) | {counts}: {ends} |",
+        "| per slow-lane round ({} complete rounds, every {every} s) | {counts}: {ends} |",
         slow["rounds"]
     ));
     let durations: Vec<f64> = slow["round_duration_s"]

@@ -15,9 +15,7 @@ use tokio::time::Instant;
 use super::latency::strip_ansi;
 use super::report::{topic_class, Window, STATE_CLASSES};
 use super::timeline::{Entry, Timeline};
-use super::{
-    is_slow_route, log, BASE, DISCOVERY_PREFIX, FAST_ROUTE, SLOW_INTERVAL, TASK_DURATION_MS,
-};
+use super::{is_slow_route, log, BASE, DISCOVERY_PREFIX, FAST_ROUTE, TASK_DURATION_MS};
 use crate::mqtt::{Msg, Recorder};
 use crate::procs::{self, Mosquitto};
 use crate::sim::Simulator;
@@ -58,6 +56,7 @@ impl SizeRun {
         nodelay: bool,
     ) -> anyhow::Result<SizeRun> {
         let poll_interval = world.poll_interval;
+        let slow_interval = world.slow_interval;
         let origin = Instant::now();
         // `max_queued_messages 0`: the default (1000) would make Mosquitto drop messages to
         // *this benchmark's* subscriber when it lags during a discovery burst; it has no
@@ -132,12 +131,14 @@ impl SizeRun {
         result.insert("objects".into(), json!(expected_objects));
         result.insert("running_guests".into(), json!(running));
         result.insert("poll_interval_s".into(), json!(poll_interval));
+        result.insert("slow_interval_s".into(), json!(slow_interval));
         let poll_ms = (poll_interval * 1000.0).round() as u64;
+        let slow_ms = (slow_interval * 1000.0).round() as u64;
         std::fs::write(
             dir.join("pve2mqtt.toml"),
             format!(
                 "[proxmox]\nurl = \"{}\"\ntoken = \"{}\"\nfingerprint = \"{}\"\ntimeout = \"10s\"\n\n\
-                 [poll]\ninterval = \"{poll_ms}ms\"\nslow_interval = \"{SLOW_INTERVAL:.0}s\"\n\n\
+                 [poll]\ninterval = \"{poll_ms}ms\"\nslow_interval = \"{slow_ms}ms\"\n\n\
                  [mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nclient_id = \"pve2mqtt-bench\"\n",
                 sim.base,
                 crate::sim::TOKEN,

@@ -15,7 +15,7 @@ use super::rates::percent;
 use crate::pve::{CephStatus, HaStatusRow, ReplicationJob};
 
 /// What the slow lane learned about the cluster's health; part of `SlowData`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct HealthData {
     pub ceph: Option<CephState>,
     pub ha: Option<HaState>,

@@ -129,7 +129,17 @@ pub(super) async fn agent_lane(
         };
         let round_start = Instant::now();
         let lxc_ok = lxc_unsupported_until.is_none_or(|until| until <= round_start);
-        let visits = plan(&view, &mut memory, &cadence, round_start, lxc_ok);
+        // Whether any guest's info changed this round: only then is `AgentData` (every
+        // guest's info, ~4,500 at 10x5000) built again and compared with what was sent.
+        let mut changed = false;
+        let visits = plan(
+            &view,
+            &mut memory,
+            &cadence,
+            round_start,
+            lxc_ok,
+            &mut changed,
+        );
         drop(view);
         let spacing = (round / (2 * visits.len().max(1) as u32)).min(Duration::from_secs(2));
         for (i, visit) in visits.iter().enumerate() {
@@ -140,10 +150,12 @@ pub(super) async fn agent_lane(
                 }
             }
             let entry = memory.entry(visit.vmid).or_default();
+            let before = entry.info.clone();
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 outcome = visit_guest(&client, visit, entry) => outcome,
             };
+            changed |= entry.info != before;
             let now = Instant::now();
             entry.started = visit.started;
             entry.next = Some(match outcome {
@@ -179,14 +191,16 @@ pub(super) async fn agent_lane(
                 }
             });
         }
-        let data: AgentData = memory
-            .iter()
-            .filter(|(_, m)| m.info != AgentInfo::default())
-            .map(|(vmid, m)| (*vmid, m.info.clone()))
-            .collect();
-        if data != *sent {
-            sent = Arc::new(data);
-            let _ = out.send(sent.clone());
+        if changed {
+            let data: AgentData = memory
+                .iter()
+                .filter(|(_, m)| m.info != AgentInfo::default())
+                .map(|(vmid, m)| (*vmid, m.info.clone()))
+                .collect();
+            if data != *sent {
+                sent = Arc::new(data);
+                let _ = out.send(sent.clone());
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -197,20 +211,27 @@ pub(super) async fn agent_lane(
 
 /// Syncs the memory with the view (guests gone are forgotten; guests not running lose
 /// their addresses and `agent`) and picks this round's visits: running guests that are
-/// due (or restarted), the most overdue first, at most `max_per_round`.
+/// due (or restarted), the most overdue first, at most `max_per_round`. Sets `changed`
+/// when a guest's info was dropped or cleared.
 fn plan(
     view: &ClusterView,
     memory: &mut HashMap<u32, Memory>,
     cadence: &AgentCadence,
     now: Instant,
     lxc_ok: bool,
+    changed: &mut bool,
 ) -> Vec<Visit> {
-    memory.retain(|vmid, _| view.guests.contains_key(vmid));
+    memory.retain(|vmid, m| {
+        let keep = view.guests.contains_key(vmid);
+        *changed |= !keep && m.info != AgentInfo::default();
+        keep
+    });
     let mut due: Vec<(Option<Instant>, Visit)> = Vec::new();
     for guest in view.guests.values() {
         let running = guest.status == "running" && !guest.template;
         if !running {
             if let Some(m) = memory.get_mut(&guest.vmid) {
+                *changed |= m.info.responding.is_some() || !m.info.ip_addresses.is_empty();
                 m.info.responding = None;
                 m.info.ip_addresses.clear();
                 m.next = None;
@@ -385,7 +406,7 @@ mod tests {
         let view = view(50);
         let mut memory = HashMap::new();
         let now = Instant::now();
-        let first = plan(&view, &mut memory, &cadence, now, true);
+        let first = plan(&view, &mut memory, &cadence, now, true, &mut false);
         assert_eq!(first.len(), 20);
         assert!(
             first.iter().all(|v| v.vmid != 999),
@@ -403,6 +424,7 @@ mod tests {
             &cadence,
             now + Duration::from_secs(60),
             true,
+            &mut false,
         );
         assert_eq!(second.len(), 20);
         assert!(second.iter().all(|v| v.vmid >= 120));
@@ -416,6 +438,7 @@ mod tests {
             &cadence,
             now + Duration::from_secs(120),
             true,
+            &mut false,
         );
         assert_eq!(third.len(), 10);
         let fourth = plan(
@@ -424,8 +447,40 @@ mod tests {
             &cadence,
             now + Duration::from_secs(180),
             true,
+            &mut false,
         );
         assert_eq!(fourth.len(), 10, "the last ten were never marked visited");
+    }
+
+    #[test]
+    fn a_plan_says_when_it_dropped_or_cleared_what_a_guest_had_told() {
+        let cadence = AgentCadence::default();
+        let view = view(2);
+        let now = Instant::now();
+        let told = || Memory {
+            info: AgentInfo {
+                responding: Some(true),
+                ip_addresses: vec!["192.0.2.1".into()],
+                ..AgentInfo::default()
+            },
+            next: Some(now + cadence.interval),
+            ..Memory::default()
+        };
+        // Running guests that told something and are not due: nothing changes.
+        let mut memory = HashMap::from([(100, told()), (101, told())]);
+        let mut changed = false;
+        plan(&view, &mut memory, &cadence, now, true, &mut changed);
+        assert!(!changed);
+        // A stopped guest loses its addresses; a gone one is forgotten.
+        for vmid in [999, 5000] {
+            let mut memory = HashMap::from([(vmid, told())]);
+            let mut changed = false;
+            plan(&view, &mut memory, &cadence, now, true, &mut changed);
+            assert!(changed, "guest {vmid}");
+            assert!(memory
+                .get(&vmid)
+                .is_none_or(|m| m.info.ip_addresses.is_empty()));
+        }
     }
 
     #[test]

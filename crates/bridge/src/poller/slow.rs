@@ -261,7 +261,14 @@ pub(super) async fn slow_lane(lane: SlowLane, shutdown: CancellationToken) {
             .map(|(vmid, newest)| (*vmid, newest.ctime))
             .collect();
         snapshots::forget_gone(&mut data, guests.views.borrow().as_deref());
-        let _ = out.send(Arc::new(data.clone()));
+        // Only news is sent: each send makes the poller rebuild the view of the whole
+        // cluster and the publisher compare every object, and most rounds of a quiet
+        // cluster learn nothing new.
+        let sent = out.borrow().clone();
+        if *sent != data {
+            let _ = out.send(Arc::new(data.clone()));
+        }
+        drop(sent);
         schedule.forget_older_than(FORGET_AFTER.max(interval * 4), Instant::now());
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -194,3 +194,89 @@ async fn a_spaced_refresh_polls_once_when_the_spacing_is_up() {
     }
     running.stop().await;
 }
+
+/// A simulated cluster that never moves, and a client for it.
+async fn frozen_cluster() -> (sim::SimHandle, PveClient) {
+    let sim = sim::start(SimOptions {
+        nodes: Some(2),
+        guests: Some(6),
+        frozen: true,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let toml = format!(
+        "[proxmox]\nurl = \"{}\"\ntoken = \"{}\"\nfingerprint = \"{}\"\n",
+        sim.base_url(),
+        sim::DEFAULT_TOKEN,
+        sim.fingerprint().unwrap()
+    );
+    let config = Config::from_toml_str(&toml, &HashMap::new()).unwrap();
+    let client = PveClient::new(&config.clusters[0]).unwrap();
+    (sim, client)
+}
+
+/// A slow round that learns nothing new hands nothing on: every round the poller is
+/// told of rebuilds a view of the whole cluster and the publisher compares every object.
+#[tokio::test]
+async fn a_slow_round_that_learns_nothing_new_sends_no_news() {
+    let (sim, client) = frozen_cluster().await;
+    let rows: Vec<Resource> = client
+        .cluster_resources()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r.kind, ResourceKind::Node | ResourceKind::Storage))
+        .collect();
+    let (_resources_tx, resources) = watch::channel(Arc::new(rows));
+    let (out, mut news) = watch::channel(Arc::new(SlowData::default()));
+    let (_views_tx, views) = watch::channel(None);
+    let (_logs_tx, backup_logs) = mpsc::channel(1);
+    let (_reread_tx, reread) = mpsc::channel(1);
+    let lane = SlowLane {
+        client,
+        interval: Duration::from_millis(500),
+        cadence: Cadence::default(),
+        resources,
+        out,
+        reread: Arc::new(tokio::sync::Notify::new()),
+        backup_logs,
+        guests: snapshots::GuestFeed { views, reread },
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(slow_lane(lane, stop.clone()));
+    // A round asks for the version once; round n has been sent once round n + 1 asks.
+    let rounds_begun = || {
+        sim.world()
+            .counters()
+            .get("GET /version")
+            .copied()
+            .unwrap_or(0)
+    };
+    let wait_for_round = |n: u64| async move {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while rounds_begun() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {n} never began"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The first rounds learn the cluster (the per-node details take two rounds).
+    wait_for_round(5).await;
+    let settled = news.borrow_and_update().clone();
+    assert!(
+        settled.pve_version.is_some(),
+        "the rounds learned the cluster"
+    );
+    wait_for_round(8).await;
+    assert!(
+        !news.has_changed().unwrap(),
+        "two rounds of the same answers were sent again"
+    );
+    assert!(Arc::ptr_eq(&settled, &news.borrow()));
+    stop.cancel();
+    task.await.unwrap();
+    sim.stop().await;
+}
