@@ -296,3 +296,46 @@ async fn a_bridge_started_before_its_broker_keeps_running_unhealthy_until_the_br
     let output = terminate(bridge.child).await;
     assert_eq!(output.status.code(), Some(0));
 }
+
+/// Issue 10: a scheduled slow-lane or agent-lane round's news goes out with the next poll's
+/// view instead of a whole extra view (and publisher pass) of its own. Counted by
+/// `/metrics`: views built against successful polls, in a world whose node figures move
+/// on every slow round (so every round has news).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_rounds_news_rides_with_the_next_poll_instead_of_a_view_of_its_own() {
+    // Given a simulator whose figures change every 500 ms, polls every 1 s and a slow
+    // round every 2 s
+    let broker = Mosquitto::start();
+    let sim = start_sim(pve_sim::SimOptions {
+        frozen: false,
+        stats_interval: Duration::from_millis(500),
+        ..sim_options()
+    })
+    .await;
+    let bridge = start(&sim, broker.port, &[]);
+
+    // When the bridge has polled ten times (five slow rounds, each with news)
+    let metrics = wait_until(&bridge.base, "/metrics", "ten polls", |status, body| {
+        status == 200
+            && sample(body, "pve2mqtt_polls_total{cluster=\"pve\",result=\"ok\"}")
+                .is_some_and(|polls| polls >= 10.0)
+    })
+    .await;
+
+    // Then it built one view per poll, plus at most the first round's (applied at once, so
+    // disks and pools show right after a start) and one a poll may be building right now
+    let polls = sample(
+        &metrics,
+        "pve2mqtt_polls_total{cluster=\"pve\",result=\"ok\"}",
+    )
+    .unwrap();
+    let views = sample(&metrics, "pve2mqtt_views_total{cluster=\"pve\"}").unwrap();
+    assert!(views >= polls, "{metrics}");
+    assert!(
+        views - polls <= 2.0,
+        "views {views} for {polls} polls: {metrics}"
+    );
+
+    let output = terminate(bridge.child).await;
+    assert_eq!(output.status.code(), Some(0));
+}

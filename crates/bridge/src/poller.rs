@@ -85,6 +85,11 @@ pub struct ClusterPoller {
     pub agent_data: Arc<AgentData>,
 }
 
+/// How long after a command asked for a backup or snapshot reread the slow lane's news
+/// is applied at once rather than with the next poll: a backup-only round reads every
+/// backup storage (100 ms apart) and the lane may be in the middle of a scheduled request.
+const REREAD_NEWS: Duration = Duration::from_secs(120);
+
 /// How long a status read from `status/current` after a task overrides the cluster-wide
 /// list, which can lag ~10 s behind on a real Proxmox.
 const OVERRIDE_TTL: Duration = Duration::from_secs(20);
@@ -154,6 +159,12 @@ impl ClusterPoller {
         let mut last_poll: Option<tokio::time::Instant> = None;
         // The last answer lost (almost) everything and was not applied (see `sudden_loss`).
         let mut loss_held = false;
+        // Until when slow-lane news is applied at once: a command asked for a backup or
+        // snapshot reread, and its user waits for that answer (see `slow_rx` below).
+        let mut reread_until: Option<tokio::time::Instant> = None;
+        // The first news after a start is applied at once too: disks, pools and backups
+        // are in Home Assistant within seconds of a (re)start, not a poll later.
+        let mut first_news = true;
         loop {
             tokio::select! {
                 biased;
@@ -172,9 +183,11 @@ impl ClusterPoller {
                         }
                         if refresh.reread_backups {
                             reread.notify_one();
+                            reread_until = Some(tokio::time::Instant::now() + REREAD_NEWS);
                         }
                         if let Some(vmid) = refresh.reread_snapshots {
                             let _ = snapshots_tx.try_send(vmid);
+                            reread_until = Some(tokio::time::Instant::now() + REREAD_NEWS);
                         }
                         coalesced += 1;
                         next = self.refresh.try_recv().ok();
@@ -206,20 +219,28 @@ impl ClusterPoller {
                     }
                 }
                 Ok(()) = slow_rx.changed() => {
-                    // New slow-lane details: rebuild from the last answer, no extra request.
-                    if let Some(body) = &last_body {
-                        let now = clock.now();
-                        if !self.rebuild(body, &mut slow_rx, (&mut rates, &mut memo), &mut overrides, &tasks.facts, now).await { break; }
+                    // New slow-lane details. A scheduled round's news (disks, pools,
+                    // updates, backups read on the lane's own cadence of minutes) goes
+                    // with the next poll, at most one `interval` later: rebuilding the
+                    // whole view for it at once cost a second view and publisher pass per
+                    // round (issue 10). A reread a command asked for is applied at once,
+                    // from the last answer, with no extra request.
+                    let urgent = std::mem::take(&mut first_news)
+                        || reread_until.is_some_and(|until| tokio::time::Instant::now() < until);
+                    match &last_body {
+                        Some(body) if urgent => {
+                            let now = clock.now();
+                            if !self.rebuild(body, &mut slow_rx, (&mut rates, &mut memo), &mut overrides, &tasks.facts, now).await { break; }
+                        }
+                        // Seen: the next poll reads the latest value itself.
+                        _ => { slow_rx.borrow_and_update(); }
                     }
                     continue;
                 }
                 Ok(()) = agent_rx.changed() => {
-                    // New agent data: likewise.
+                    // New agent data (the agent lane's round): kept for the next poll,
+                    // like a scheduled slow round's news.
                     self.agent_data = agent_rx.borrow_and_update().clone();
-                    if let Some(body) = &last_body {
-                        let now = clock.now();
-                        if !self.rebuild(body, &mut slow_rx, (&mut rates, &mut memo), &mut overrides, &tasks.facts, now).await { break; }
-                    }
                     continue;
                 }
             }
@@ -440,6 +461,7 @@ impl ClusterPoller {
     /// Hands a view to the publisher and the command handler; false once the publisher is gone.
     async fn emit(&self, view: ClusterView) -> bool {
         let view = Arc::new(view);
+        self.stats.viewed();
         let _ = self.views.send(Some(view.clone()));
         self.publisher.send(PublisherMsg::View(view)).await.is_ok()
     }

@@ -33,6 +33,8 @@ pub struct PollStats {
     duration_micros: AtomicU64,
     /// Milliseconds after `started` of the last successful poll, plus one; 0 = never.
     last_ok: AtomicU64,
+    /// Cluster views built and handed to the publisher (polls and rebuilds).
+    views: AtomicU64,
 }
 
 /// Proxmox API requests and failed ones, by endpoint (`GET /nodes/{node}/status`).
@@ -171,6 +173,18 @@ impl Metrics {
         }
         header(
             &mut out,
+            "views_total",
+            "counter",
+            "Cluster views built and compared by the publisher: one per successful poll, \
+             plus a rebuild from the last answer for a command's result.",
+        );
+        for stats in &self.clusters {
+            let cluster = escape(&stats.label());
+            let count = stats.views.load(Relaxed);
+            let _ = writeln!(out, "pve2mqtt_views_total{{cluster=\"{cluster}\"}} {count}");
+        }
+        header(
+            &mut out,
             "poll_duration_seconds",
             "summary",
             "Time of a poll: the request and building the view.",
@@ -280,7 +294,13 @@ impl PollStats {
             failed: AtomicU64::new(0),
             duration_micros: AtomicU64::new(0),
             last_ok: AtomicU64::new(0),
+            views: AtomicU64::new(0),
         }
+    }
+
+    /// One cluster view built and handed to the publisher.
+    pub fn viewed(&self) {
+        self.views.fetch_add(1, Relaxed);
     }
 
     pub fn set_label(&self, label: &str) {
