@@ -28,9 +28,12 @@ use crate::pve::GuestKind;
 mod bridge;
 mod last_task;
 mod outbox;
+mod render;
 
 use outbox::Sink;
 pub use outbox::{Outbox, PublishStats};
+use render::availability;
+pub use render::state_json;
 
 /// What other tasks ask the publisher to do.
 #[derive(Debug)]
@@ -681,29 +684,6 @@ impl<O: Outbox> Publisher<O> {
         }
         self.publish_bridge_device(force).await;
     }
-}
-
-fn availability(online: bool) -> Vec<u8> {
-    if online {
-        b"online".to_vec()
-    } else {
-        b"offline".to_vec()
-    }
-}
-
-/// The retained JSON state of one object (SPEC §3).
-pub fn state_json(view: &ClusterView, object: &ObjectRef) -> Option<String> {
-    let json = match object {
-        ObjectRef::Cluster => serde_json::to_string(&view.cluster),
-        ObjectRef::Node(n) => serde_json::to_string(view.nodes.get(n)?),
-        ObjectRef::Guest(_, vmid) => serde_json::to_string(&**view.guests.get(vmid)?),
-        ObjectRef::Storage(n, s) => {
-            serde_json::to_string(view.storages.get(&(n.clone(), s.clone()))?)
-        }
-        ObjectRef::Disk(n, d) => serde_json::to_string(view.disks.get(&(n.clone(), d.clone()))?),
-        ObjectRef::Zfs(n, p) => serde_json::to_string(view.zfs.get(&(n.clone(), p.clone()))?),
-    };
-    json.ok()
 }
 
 #[cfg(test)]
