@@ -26,8 +26,8 @@ scripts/lint-workflows.sh
 
 # --workspace: the simulator's and the test kit's own tests too (crates/). Then the
 # integration tests once more against Mosquitto with persistence on, as the Home Assistant
-# Mosquitto add-on runs: retained messages survive a broker restart there. The two NATS
-# cluster tests are left out of that pass: they start no Mosquitto (JetStream always
+# Mosquitto add-on runs: retained messages survive a broker restart there. The NATS tests
+# are left out of that pass: they start no Mosquitto (JetStream always
 # persists), so a second run would test nothing new (nextest: `not test(/nats/)`).
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --all-targets --no-fail-fast "$@"

@@ -200,7 +200,15 @@ async fn core_behaviour(mut target: Target) {
     let sim = start_sim(sim_options()).await;
     let probe = client(target.client_port()).await;
     let cfg = TestConfig::with_urls(&sim, &target.urls(), "");
-    let bridge = Bridge::start(cfg.config());
+    // On NATS the real binary, its log and the nodes' shown on a failure: a whole-cluster
+    // restart is where the bridge was once seen `online` but deaf (README "Brokers").
+    let bridge = match &target {
+        Target::Nats(cluster) => {
+            let nodes = (1..=3).map(|n| cluster.dir().join(format!("n{n}.log")));
+            Running::Binary(Box::new(LoggedBridge::spawn(&cfg, nodes.collect())))
+        }
+        _ => Running::InProcess(Bridge::start(cfg.config())),
+    };
     probe
         .wait_topic("pve2mqtt/bridge/state", 30 * SECS, |m| m.text() == "online")
         .await;
@@ -231,7 +239,59 @@ async fn core_behaviour(mut target: Target) {
     } else {
         eprintln!("this broker cannot be restarted from the test: reconnect step skipped");
     }
-    bridge.stop().await.unwrap();
+    match bridge {
+        Running::InProcess(bridge) => bridge.stop().await.unwrap(),
+        Running::Binary(bridge) => drop(bridge.stop().await),
+    }
+}
+
+/// The bridge of [`core_behaviour`]: in-process, or the real binary with its log.
+enum Running {
+    InProcess(Bridge),
+    Binary(Box<LoggedBridge>),
+}
+
+/// The real binary at `RUST_LOG=info`, its log in a file that is printed (with the
+/// brokers' logs) when the test fails.
+struct LoggedBridge {
+    child: tokio::process::Child,
+    log: std::path::PathBuf,
+    _show: LogOnFailure,
+}
+
+impl LoggedBridge {
+    fn spawn(cfg: &TestConfig, broker_logs: Vec<std::path::PathBuf>) -> LoggedBridge {
+        let log_path = cfg.dir.path().join("bridge.log");
+        let mut logs = vec![log_path.clone()];
+        logs.extend(broker_logs);
+        let log = std::fs::File::create(&log_path).expect("bridge log");
+        let child = tokio::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(cfg.write())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn pve2mqtt");
+        LoggedBridge {
+            child,
+            log: log_path,
+            _show: LogOnFailure(logs),
+        }
+    }
+
+    /// What the bridge logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the bridge and returns its log.
+    async fn stop(mut self) -> String {
+        self.child.start_kill().expect("stop the bridge");
+        let _ = self.child.wait().await;
+        self.log()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,20 +388,8 @@ async fn losing_the_nats_node_the_bridge_uses_moves_it_to_another_and_commands_s
         "client_id = \"pve2mqtt-test\"",
         &format!("client_id = \"{client_id}\""),
     );
-    let log_path = cfg.dir.path().join("bridge.log");
-    let mut logs = vec![log_path.clone()];
-    logs.extend((1..=3).map(|n| nats.dir().join(format!("n{n}.log"))));
-    let _show = LogOnFailure(logs);
-    let log = std::fs::File::create(&log_path).expect("bridge log");
-    let mut bridge = tokio::process::Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(cfg.write())
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn pve2mqtt");
+    let nodes = (1..=3).map(|n| nats.dir().join(format!("n{n}.log")));
+    let bridge = LoggedBridge::spawn(&cfg, nodes.collect());
     let probe = client(ports[2]).await;
     probe
         .wait_topic(STATE, 30 * SECS, |m| !m.payload.is_empty())
@@ -372,9 +420,7 @@ async fn losing_the_nats_node_the_bridge_uses_moves_it_to_another_and_commands_s
     assert_ne!(now, first);
     // and a command through a surviving node runs exactly once
     a_command_runs_once(&sim, ports[2], "after-node-loss").await;
-    bridge.start_kill().expect("stop the bridge");
-    let _ = bridge.wait().await;
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log = bridge.stop().await;
     // The loss is reported once, naming the node and the next one tried (later rounds
     // may try the dead node again: "Connection refused").
     let switch = format!(
@@ -384,6 +430,68 @@ async fn losing_the_nats_node_the_bridge_uses_moves_it_to_another_and_commands_s
     assert_eq!(log.matches(&switch).count(), 1, "{log}");
     assert!(
         log.contains(&format!("), trying mqtt://127.0.0.1:{}", ports[1])),
+        "{log}"
+    );
+}
+
+/// A broker that refuses the bridge's subscriptions for a while and then takes them: the
+/// bridge keeps asking, spaced out, and commands run once it is subscribed. NATS answers
+/// a refusal at once, as a cluster without JetStream leaders does after a whole-cluster
+/// restart (where the bridge was once seen `online` and deaf: its 8 immediate retries were
+/// used up in milliseconds); a subscribe permission the bridge lacks, granted by a config
+/// reload, stands in for the election. Mosquitto cannot take part: it grants every
+/// subscription and applies its ACL on delivery. The real binary, for its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_a_nats_broker_refuses_are_sent_again_until_it_takes_them() {
+    const PASSWORD: &str = "s3cret-mqtt-Pa55";
+    // Every user with explicit permissions: NATS 2.9.10 dies on a reload (nil pointer in
+    // `mqttCheckPubRetainedPerms`) when a user who published retained messages has none.
+    let users = |subscribe: &str| {
+        format!(
+            "no_auth_user: probe\nauthorization {{\n  users = [\n    \
+             {{ user: probe, password: \"probe-Pa55\", permissions: {{ publish: \">\", subscribe: \">\" }} }}\n    \
+             {{ user: bridge, password: \"{PASSWORD}\", permissions: {{ publish: \">\", subscribe: {subscribe} }} }}\n  ]\n}}\n"
+        )
+    };
+    let refused = users("{ deny: [\"pve2mqtt.>\"] }");
+    let nats = NatsCluster::builder()
+        .nodes(1)
+        .extra_config(&refused)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = nats.mqtt_ports()[0];
+    let sim = start_sim(sim_options()).await;
+    let cfg = TestConfig::with_urls(
+        &sim,
+        &nats.mqtt_urls(),
+        &format!("username = \"bridge\"\npassword = \"{PASSWORD}\""),
+    );
+    let bridge = LoggedBridge::spawn(&cfg, vec![nats.dir().join("n1.log")]);
+    let probe = client(port).await;
+    probe
+        .wait_topic("pve2mqtt/bridge/state", 30 * SECS, |m| m.text() == "online")
+        .await;
+
+    // Given a bridge whose subscriptions the broker refused
+    let deadline = tokio::time::Instant::now() + 30 * SECS;
+    while !bridge.log().contains("the broker refused subscriptions") {
+        assert!(tokio::time::Instant::now() < deadline, "no refusal logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (well past the few milliseconds immediate retries would take)
+    tokio::time::sleep(3 * SECS).await;
+
+    // When the broker takes them again
+    nats.reload(&users("\">\"")).expect("reload nats-server");
+
+    // Then a command runs, once
+    a_command_runs_once(&sim, port, "after-refusals").await;
+    let log = bridge.stop().await;
+    // and the log says so, without a line per refusal
+    let refusals = "the broker refused subscriptions; subscribing again";
+    assert_eq!(log.matches(refusals).count(), 1, "{log}");
+    assert!(
+        log.contains("the broker accepted the subscriptions it had refused"),
         "{log}"
     );
 }

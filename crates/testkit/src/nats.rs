@@ -29,6 +29,7 @@ const LOG_TAIL: usize = 30;
 pub struct NatsClusterBuilder {
     nodes: usize,
     log: Option<PathBuf>,
+    extra: String,
 }
 
 impl NatsClusterBuilder {
@@ -42,6 +43,13 @@ impl NatsClusterBuilder {
     /// cluster's temporary directory, `n1.log`, …).
     pub fn log_to(mut self, path: &Path) -> Self {
         self.log = Some(path.to_path_buf());
+        self
+    }
+
+    /// Appended to every node's config (an `authorization` block, say); see
+    /// [`NatsCluster::reload`] to change it while the cluster runs.
+    pub fn extra_config(mut self, extra: &str) -> Self {
+        self.extra = extra.to_string();
         self
     }
 
@@ -66,32 +74,16 @@ impl NatsClusterBuilder {
         for node in &nodes {
             let store = dir.path().join(&node.name);
             std::fs::create_dir_all(&store)?;
-            let cluster = if self.nodes > 1 {
-                format!(
-                    "cluster {{\n  name: testkit\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
-                    node.cluster_port,
-                    routes.join(", ")
-                )
-            } else {
-                String::new()
-            };
-            let text = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
-                 jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n\
-                 mqtt {{\n  listen: 127.0.0.1:{mqtt}\n}}\n{cluster}",
-                name = node.name,
-                client = node.client_port,
-                http = node.http_port,
-                store = store.display(),
-                mqtt = node.mqtt_port,
-            );
-            std::fs::write(dir.path().join(format!("{}.conf", node.name)), text)?;
         }
         let mut cluster = NatsCluster {
             dir,
             log: self.log,
             nodes: Vec::new(),
+            routes,
         };
+        for node in &nodes {
+            cluster.write_config(node, &self.extra)?;
+        }
         for node in &mut nodes {
             spawn_node(cluster.dir.path(), cluster.log.as_deref(), node)?;
         }
@@ -120,6 +112,8 @@ pub struct NatsCluster {
     dir: tempfile::TempDir,
     log: Option<PathBuf>,
     nodes: Vec<NatsNode>,
+    /// `cluster.routes` of every node (none for a single node).
+    routes: Vec<String>,
 }
 
 /// Where `nats-server` is: on the `PATH`, else Debian's `/usr/sbin/nats-server`.
@@ -141,6 +135,7 @@ impl NatsCluster {
         NatsClusterBuilder {
             nodes: 3,
             log: None,
+            extra: String::new(),
         }
     }
 
@@ -216,6 +211,57 @@ impl NatsCluster {
                     .and_then(|json| json["num_connections"].as_u64())
                     .is_some_and(|count| count > 0)
         })
+    }
+
+    /// Rewrites every node's config with `extra` in place of the builder's
+    /// [`NatsClusterBuilder::extra_config`] and has each running node reload it
+    /// (`nats-server --signal reload=<pid>`): permissions change without a restart.
+    pub fn reload(&self, extra: &str) -> io::Result<()> {
+        for node in &self.nodes {
+            self.write_config(node, extra)?;
+            let Some(pid) = node.child.as_ref().map(Child::id) else {
+                continue;
+            };
+            let status = Command::new(nats_binary())
+                .arg("--signal")
+                .arg(format!("reload={pid}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if !status.success() {
+                return Err(io::Error::other(format!(
+                    "nats-server {} did not take the reload signal ({status})",
+                    node.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `<name>.conf` of `node`: its ports, its JetStream store, the routes to the
+    /// other nodes and `extra`.
+    fn write_config(&self, node: &NatsNode, extra: &str) -> io::Result<()> {
+        let dir = self.dir.path();
+        let cluster = if self.routes.len() > 1 {
+            format!(
+                "cluster {{\n  name: testkit\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                node.cluster_port,
+                self.routes.join(", ")
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{http}\n\
+             jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n\
+             mqtt {{\n  listen: 127.0.0.1:{mqtt}\n}}\n{cluster}{extra}\n",
+            name = node.name,
+            client = node.client_port,
+            http = node.http_port,
+            store = dir.join(&node.name).display(),
+            mqtt = node.mqtt_port,
+        );
+        std::fs::write(dir.join(format!("{}.conf", node.name)), text)
     }
 
     /// The cluster's temporary directory (configs, JetStream stores, logs).

@@ -8,7 +8,8 @@
 //! backoff, and hands inbound messages on with `try_send`, so it can never deadlock
 //! against the publisher (which awaits on the client's request channel).
 //!
-//! The re-subscription (`subscriptions.rs`, which also retries refused ones) goes to the
+//! The re-subscription (`subscriptions.rs`, which also retries refused ones, spaced out,
+//! for as long as the connection lasts) goes to the
 //! front of the event loop's own pending queue, not into the request channel: after a reconnect during a discovery burst that channel is full
 //! of the publisher's messages, and a subscription queued behind them (or refused by
 //! `try_subscribe`) would leave the bridge "online" and deaf.
@@ -24,7 +25,6 @@ mod brokers;
 mod subscriptions;
 
 pub use brokers::Brokers;
-pub use subscriptions::SUBSCRIBE_RETRIES;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,6 +202,11 @@ pub async fn run_event_loop(
     let mut tried: usize = 0;
     let mut connected_at: Option<tokio::time::Instant> = None;
     loop {
+        // Refused subscriptions whose next try is due (checked after every event: the
+        // keep-alive ping makes one at least every 30 s).
+        if connected_at.is_some() {
+            subscriptions.due(tokio::time::Instant::now(), &mut eventloop.pending);
+        }
         let polled = tokio::select! {
             polled = eventloop.poll() => polled,
             _ = hard_stop.cancelled() => return,
@@ -215,7 +220,7 @@ pub async fn run_event_loop(
             }
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => subscriptions.sent(pkid),
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                subscriptions.acknowledged(&ack, &mut eventloop.pending);
+                subscriptions.acknowledged(&ack, tokio::time::Instant::now());
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
                 if publish.payload.len() > MAX_INBOUND_PAYLOAD {
