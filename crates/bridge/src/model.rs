@@ -27,6 +27,7 @@ mod backup;
 mod cluster_health;
 mod guest;
 mod health;
+mod lanes;
 mod memo;
 mod node;
 mod rates;
@@ -46,6 +47,7 @@ pub use guest::GuestState;
 pub use health::{
     certificate_expiry, reboot_required, DiskState, NodeHealthData, UpdatesState, ZfsState,
 };
+pub use lanes::{GuestBackup, GuestLanes};
 pub use memo::RowMemo;
 pub use node::NodeState;
 use node::{node_needs_report, node_state};
@@ -543,7 +545,7 @@ impl<'a> ViewBuilder<'a> {
         }
         let lanes = (!memo.lanes_same()).then(|| {
             let agent = self.agent.and_then(|a| a.get(&row.vmid));
-            guest::LaneDraft::of(row.vmid, state.kind, self.slow, agent)
+            lanes::LaneDraft::of(row.vmid, state.kind, self.slow, agent)
         });
         let remembered = guest::still_reported(
             state,
@@ -646,7 +648,7 @@ impl<'a> ViewBuilder<'a> {
             guests_running: view
                 .guests
                 .values()
-                .filter(|g| g.status == "running")
+                .filter(|g| &*g.status == "running")
                 .count(),
             pve_version: slow.pve_version.clone(),
             ceph: slow.health.ceph.clone(),

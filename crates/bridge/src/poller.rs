@@ -536,20 +536,20 @@ fn apply_overrides(view: &mut ClusterView, overrides: &mut HashMap<u32, (String,
         let Some(guest) = view.guests.get_mut(vmid) else {
             return false;
         };
-        if *until < now || guest.status == *status {
+        if *until < now || *guest.status == **status {
             return false;
         }
         // A new state, never the old one changed in place: it may be shared with the
         // previous view, and the row memory (`RowMemo`) knows states by address.
         let mut changed = GuestState::clone(guest);
-        changed.status = status.clone();
+        changed.status = status.as_str().into();
         *guest = Arc::new(changed);
         true
     });
     view.cluster.guests_running = view
         .guests
         .values()
-        .filter(|g| g.status == "running")
+        .filter(|g| &*g.status == "running")
         .count();
 }
 

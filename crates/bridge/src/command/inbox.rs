@@ -417,7 +417,7 @@ impl CommandHandler {
         let report = TaskReport::new(command.id.clone(), command.action.as_str(), unix_now());
         let job = Job {
             cluster: cluster.to_string(),
-            node: guest.node.clone(),
+            node: guest.node.to_string(),
             command,
             targets: vec![Target { kind, vmid, report }],
             reply,
@@ -587,9 +587,9 @@ impl CommandHandler {
             .map_err(|vmid| Self::busy_rejection(vmid).reason)?;
         let mut per_node: HashMap<String, Job> = HashMap::new();
         for g in guests {
-            let job = per_node.entry(g.node.clone()).or_insert_with(|| Job {
+            let job = per_node.entry(g.node.to_string()).or_insert_with(|| Job {
                 cluster: cluster_id.clone(),
-                node: g.node.clone(),
+                node: g.node.to_string(),
                 command: command.clone(),
                 targets: Vec::new(),
                 // One response per node job; each carries its node and guests.

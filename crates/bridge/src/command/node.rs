@@ -318,7 +318,7 @@ pub fn check_against_view(
     for vmid in &command.vms {
         match view.guests.get(vmid) {
             None => return invalid(format!("'vms': unknown guest {vmid}")),
-            Some(g) if g.node != node => {
+            Some(g) if *g.node != *node => {
                 return invalid(format!(
                     "'vms': guest {vmid} is on node {}, not {node}",
                     g.node

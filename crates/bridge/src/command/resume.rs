@@ -63,7 +63,7 @@ impl CommandHandler {
             // `Some(None)` = polled, and the guest is not in the cluster.
             let polled: Option<Option<String>> = handle.as_ref().and_then(|h| {
                 let view = h.view.borrow().clone()?;
-                Some(view.guests.get(&vmid).map(|g| g.node.clone()))
+                Some(view.guests.get(&vmid).map(|g| g.node.to_string()))
             });
             let ready =
                 handle.is_some() && (upid.is_some() || polled.is_some() || action.is_none());

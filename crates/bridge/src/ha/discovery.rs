@@ -182,21 +182,27 @@ pub fn device_info(
         ObjectRef::Guest(kind, vmid) => {
             let guest = view.guests.get(vmid)?;
             DeviceInfo {
-                name: guest.name.clone().unwrap_or_else(|| match kind {
-                    GuestKind::Qemu => format!("VM {vmid}"),
-                    GuestKind::Lxc => format!("CT {vmid}"),
-                }),
+                name: guest.name.as_deref().map_or_else(
+                    || match kind {
+                        GuestKind::Qemu => format!("VM {vmid}"),
+                        GuestKind::Lxc => format!("CT {vmid}"),
+                    },
+                    str::to_owned,
+                ),
                 model: match kind {
                     GuestKind::Qemu => "QEMU virtual machine".to_string(),
                     GuestKind::Lxc => "LXC container".to_string(),
                 },
-                via_device: Some(Topics::device_id(c, &ObjectRef::Node(guest.node.clone()))),
+                via_device: Some(Topics::device_id(
+                    c,
+                    &ObjectRef::Node(guest.node.to_string()),
+                )),
                 sw_version: None,
                 configuration_url: console(&format!("{}%2F{vmid}", kind.as_str())),
                 controls: ctx.controls.allows(guest) && !guest.template,
                 health: health_entities(view, object),
                 updates: false,
-                disk_used: *kind == GuestKind::Lxc || guest.disk_from_agent,
+                disk_used: *kind == GuestKind::Lxc || guest.lanes.disk_from_agent,
             }
         }
         ObjectRef::Storage(node, storage) => {

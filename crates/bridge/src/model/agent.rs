@@ -76,15 +76,18 @@ mod tests {
         ]);
         let view = build(&agent, None, 0.0);
         let vm = &view.guests[&100];
-        assert_eq!(vm.agent, Some(true));
-        assert_eq!(vm.ip_addresses, vec!["192.0.2.10"]);
-        assert_eq!(vm.os.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(vm.lanes.agent, Some(true));
+        assert_eq!(vm.lanes.ip_addresses, vec!["192.0.2.10"]);
+        assert_eq!(
+            vm.lanes.os.as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
         assert_eq!(vm.disk, Some(5_000_000_000));
-        assert!(vm.disk_from_agent);
+        assert!(vm.lanes.disk_from_agent);
         // A container keeps Proxmox's own disk figure and has no agent.
         let ct = &view.guests[&101];
         assert_eq!(
-            (ct.disk, ct.agent, ct.disk_from_agent),
+            (ct.disk, ct.lanes.agent, ct.lanes.disk_from_agent),
             (Some(1000), None, false)
         );
         let json = serde_json::to_value(&**vm).unwrap();
@@ -105,6 +108,6 @@ mod tests {
         // A new address is reported at once
         let moved = AgentData::from([(100, vm_info("192.0.2.99", 5_000_000_000))]);
         let after = build(&moved, Some(&first), 30.0);
-        assert_eq!(after.guests[&100].ip_addresses, vec!["192.0.2.99"]);
+        assert_eq!(after.guests[&100].lanes.ip_addresses, vec!["192.0.2.99"]);
     }
 }

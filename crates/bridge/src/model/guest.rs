@@ -1,14 +1,15 @@
 //! A guest's state from its `/cluster/resources` row, reusing the state last reported
-//! while nothing changed beyond its reportable change (see `reporting`).
+//! while nothing changed beyond its reportable change (see `reporting`). A new state
+//! shares with the guest's previous one every text that did not change and the lanes'
+//! fields (see `lanes`), so only its numbers are new.
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::lanes::{GuestBackup, GuestLanes, LaneDraft};
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
-use super::{
-    AgentInfo, BackupVerdict, ClusterView, GuestReplication, NewestBackup, SlowData, SnapshotInfo,
-};
+use super::{AgentInfo, ClusterView, SlowData};
 use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
@@ -17,10 +18,13 @@ pub struct GuestState {
     pub vmid: u32,
     #[serde(rename = "type")]
     pub kind: GuestKind,
-    pub name: Option<String>,
-    pub node: String,
+    #[serde(serialize_with = "serialize_shared")]
+    pub name: Option<Arc<str>>,
+    #[serde(serialize_with = "serialize_arc")]
+    pub node: Arc<str>,
     /// running, stopped, paused, suspended or unknown.
-    pub status: String,
+    #[serde(serialize_with = "serialize_arc")]
+    pub status: Arc<str>,
     pub template: bool,
     /// Percent of the guest's own CPUs.
     pub cpu: Option<f64>,
@@ -45,59 +49,56 @@ pub struct GuestState {
     /// Unix time of the boot, on a minute grid, stable while the guest runs: what Home
     /// Assistant shows, as it does not tick. `null` while not running.
     pub started: Option<u64>,
-    pub tags: Vec<String>,
-    pub lock: Option<String>,
-    pub hastate: Option<String>,
-    pub pool: Option<String>,
-    /// Unix time of the newest backup found in storage content.
-    pub last_backup: Option<u64>,
-    /// Size in bytes of that backup.
-    pub last_backup_size: Option<u64>,
-    /// PBS verification of that backup: `ok`, `failed`, or `null` (not verified / not PBS).
-    pub last_backup_verification: Option<String>,
-    /// Verdict of the newest vzdump task (any origin) that backed the guest up, from its
-    /// log: `ok`, `warnings` or `failed`; `null` until such a task was seen.
-    pub last_backup_status: Option<&'static str>,
-    /// Proxmox's error text when `last_backup_status` is `failed`.
-    pub last_backup_error: Option<String>,
+    #[serde(serialize_with = "serialize_arc")]
+    pub tags: Arc<[String]>,
+    #[serde(serialize_with = "serialize_shared")]
+    pub lock: Option<Arc<str>>,
+    #[serde(serialize_with = "serialize_shared")]
+    pub hastate: Option<Arc<str>>,
+    #[serde(serialize_with = "serialize_shared")]
+    pub pool: Option<Arc<str>>,
+    /// `last_backup` … `last_backup_error`, from the slow lane; shared with the guest's
+    /// previous state while the lane says the same.
+    #[serde(flatten, serialize_with = "serialize_arc")]
+    pub backup: Arc<GuestBackup>,
     /// No backup newer than `backup.stale_after` (none at all counts); `null` until the
     /// backup storages were read.
     pub backup_stale: Option<bool>,
-    /// Selected by some backup job (disabled ones too, as Proxmox counts); `null` when
-    /// the token may not ask (`Sys.Audit` on `/`).
-    pub backup_covered: Option<bool>,
-    /// The verbose HA service state (`started`, `error`, …) from the HA manager's
-    /// status; `null` when not HA-managed (`hastate` is the cluster list's short form).
-    pub ha_state: Option<String>,
-    /// The guest's replication jobs; `null` when it has none.
-    #[serde(serialize_with = "serialize_shared")]
-    pub replication: Option<Arc<GuestReplication>>,
-    /// `snapshots`, `snapshot_latest`, `snapshot_latest_time`.
-    #[serde(flatten)]
-    pub snapshots: SnapshotInfo,
-    /// The guest agent answers (`null`: not asked: none configured, not running, a
-    /// container; see `model::agent`).
-    pub agent: Option<bool>,
-    /// From the guest agent (VMs) or the container's interfaces: no loopback, no
-    /// link-local, IPv4 first.
-    pub ip_addresses: Vec<String>,
-    /// The VM's OS from the guest agent (`Ubuntu 24.04.1 LTS`).
-    pub os: Option<String>,
-    /// `disk` of a VM comes from the guest agent's filesystems (Proxmox reports 0):
-    /// discovery then announces the VM's "Disk used".
-    #[serde(skip)]
-    pub disk_from_agent: bool,
+    /// `backup_covered` … `os`, from the slow and agent lanes; shared as `backup`.
+    #[serde(flatten, serialize_with = "serialize_arc")]
+    pub lanes: Arc<GuestLanes>,
     /// Poll time (Unix seconds) of the figures: when this state was reported.
     #[serde(skip)]
     pub as_of: f64,
 }
 
-/// Serialises shared slow-lane data as the value it points to.
-fn serialize_shared<S: serde::Serializer, T: Serialize>(
+/// Serialises shared data as the value it points to (serde's `rc` feature is off).
+pub(super) fn serialize_shared<S: serde::Serializer, T: Serialize + ?Sized>(
     value: &Option<Arc<T>>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     value.as_deref().serialize(serializer)
+}
+
+/// [`serialize_shared`] for a value that is always there.
+fn serialize_arc<S: serde::Serializer, T: Serialize + ?Sized>(
+    value: &Arc<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    (**value).serialize(serializer)
+}
+
+/// `text`, as `before` when equal (the same allocation), else a new one.
+fn share(text: &str, before: Option<&Arc<str>>) -> Arc<str> {
+    match before {
+        Some(before) if **before == *text => Arc::clone(before),
+        _ => Arc::from(text),
+    }
+}
+
+/// [`share`] for a text that may be absent.
+fn share_opt(text: Option<&str>, before: Option<&Option<Arc<str>>>) -> Option<Arc<str>> {
+    text.map(|text| share(text, before.and_then(Option::as_ref)))
 }
 
 /// A guest's state as one row says it, with every text still borrowed from the row.
@@ -130,73 +131,6 @@ struct GuestDraft<'a> {
     backup_stale: Option<bool>,
     /// What the slow and agent lanes say of the guest.
     lanes: LaneDraft<'a>,
-}
-
-/// The fields of a guest's state that the slow and the agent lanes give, not its row,
-/// borrowed from their data.
-#[derive(Clone, Copy)]
-pub(super) struct LaneDraft<'a> {
-    last_backup: Option<u64>,
-    newest: Option<&'a NewestBackup>,
-    verdict: Option<&'a BackupVerdict>,
-    covered: Option<bool>,
-    ha_state: Option<&'a str>,
-    replication: Option<&'a Arc<GuestReplication>>,
-    snapshots: Option<&'a SnapshotInfo>,
-    agent: Option<bool>,
-    ip_addresses: &'a [String],
-    os: Option<&'a str>,
-    /// A VM's disk use from the agent's filesystems (Proxmox reports 0 for a VM): it
-    /// replaces the row's `disk`.
-    agent_disk: Option<u64>,
-}
-
-impl<'a> LaneDraft<'a> {
-    pub(super) fn of(
-        vmid: u32,
-        kind: GuestKind,
-        slow: &'a SlowData,
-        agent: Option<&'a AgentInfo>,
-    ) -> Self {
-        LaneDraft {
-            last_backup: slow.last_backup.get(&vmid).copied(),
-            newest: slow.newest_backup.get(&vmid),
-            verdict: slow.backup_verdicts.get(&vmid),
-            covered: slow
-                .not_backed_up
-                .as_ref()
-                .map(|list| !list.contains(&vmid)),
-            ha_state: slow.health.ha_services.get(&vmid).map(String::as_str),
-            replication: slow.health.replication.get(&vmid),
-            snapshots: slow.snapshots.get(&vmid),
-            agent: agent.and_then(|a| a.responding),
-            ip_addresses: agent.map_or(&[], |a| a.ip_addresses.as_slice()),
-            os: agent.and_then(|a| a.os.as_deref()),
-            agent_disk: agent
-                .and_then(|a| a.disk_used)
-                .filter(|_| kind == GuestKind::Qemu),
-        }
-    }
-
-    /// Equal to what `reported` says? (all "always" fields but `backup_stale`, which
-    /// depends on the time)
-    pub(super) fn same_as(&self, reported: &GuestState) -> bool {
-        reported.last_backup == self.last_backup
-            && reported.last_backup_size == self.newest.and_then(|n| n.size)
-            && reported.last_backup_verification.as_deref()
-                == self.newest.and_then(|n| n.verification.as_deref())
-            && reported.last_backup_status == self.verdict.map(|v| v.status)
-            && reported.last_backup_error.as_deref()
-                == self.verdict.and_then(|v| v.error.as_deref())
-            && reported.backup_covered == self.covered
-            && reported.ha_state.as_deref() == self.ha_state
-            && reported.replication.as_ref() == self.replication
-            && Some(&reported.snapshots) == self.snapshots.or(Some(&SnapshotInfo::default()))
-            && reported.agent == self.agent
-            && reported.ip_addresses.as_slice() == self.ip_addresses
-            && reported.os.as_deref() == self.os
-            && reported.disk_from_agent == self.agent_disk.is_some()
-    }
 }
 
 impl GuestDraft<'_> {
@@ -249,20 +183,9 @@ impl GuestDraft<'_> {
             pool,
             backup_stale,
             // From the slow and agent lanes: all "always", compared by
-            // `LaneDraft::same_as`.
-            last_backup: _,
-            last_backup_size: _,
-            last_backup_verification: _,
-            last_backup_status: _,
-            last_backup_error: _,
-            backup_covered: _,
-            ha_state: _,
-            replication: _,
-            snapshots: _,
-            agent: _,
-            ip_addresses: _,
-            os: _,
-            disk_from_agent: _,
+            // `LaneDraft::same_as` (which destructures them).
+            backup: _,
+            lanes: _,
             as_of: _,
         } = reported;
         // Ride along: sent with every report, never the reason for one.
@@ -270,8 +193,8 @@ impl GuestDraft<'_> {
         let always = *vmid != self.vmid
             || *kind != self.kind
             || name.as_deref() != self.name
-            || node != self.node
-            || status != self.status
+            || **node != *self.node
+            || **status != *self.status
             || *template != self.template
             || *cpus != self.cpus
             || *maxmem != self.maxmem
@@ -291,16 +214,23 @@ impl GuestDraft<'_> {
         (always, Thresholds { rest, disk })
     }
 
-    fn to_state(&self, now: f64) -> GuestState {
-        let lanes = &self.lanes;
+    /// The state the draft says, sharing with `before` (the guest's previous state)
+    /// what did not change: its texts, and the lanes' fields as a whole.
+    fn to_state(&self, now: f64, before: Option<&GuestState>) -> GuestState {
         let [netin, netout, diskread, diskwrite] = self.counters;
         let [netin_rate, netout_rate, diskread_rate, diskwrite_rate] = self.rates;
+        let tags = match before {
+            Some(b) if b.tags.iter().map(String::as_str).eq(tag_iter(self.tags)) => {
+                Arc::clone(&b.tags)
+            }
+            _ => tag_iter(self.tags).map(str::to_owned).collect(),
+        };
         GuestState {
             vmid: self.vmid,
             kind: self.kind,
-            name: self.name.map(str::to_owned),
-            node: self.node.to_owned(),
-            status: self.status.to_owned(),
+            name: share_opt(self.name, before.map(|b| &b.name)),
+            node: share(self.node, before.map(|b| &b.node)),
+            status: share(self.status, before.map(|b| &b.status)),
             template: self.template,
             cpu: self.cpu,
             cpus: self.cpus,
@@ -319,24 +249,13 @@ impl GuestDraft<'_> {
             diskwrite_rate,
             uptime: self.uptime,
             started: self.started,
-            tags: tag_iter(self.tags).map(str::to_owned).collect(),
-            lock: self.lock.map(str::to_owned),
-            hastate: self.hastate.map(str::to_owned),
-            pool: self.pool.map(str::to_owned),
-            last_backup: lanes.last_backup,
-            last_backup_size: lanes.newest.and_then(|n| n.size),
-            last_backup_verification: lanes.newest.and_then(|n| n.verification.clone()),
-            last_backup_status: lanes.verdict.map(|v| v.status),
-            last_backup_error: lanes.verdict.and_then(|v| v.error.clone()),
+            tags,
+            lock: share_opt(self.lock, before.map(|b| &b.lock)),
+            hastate: share_opt(self.hastate, before.map(|b| &b.hastate)),
+            pool: share_opt(self.pool, before.map(|b| &b.pool)),
+            backup: self.lanes.backup(before),
             backup_stale: self.backup_stale,
-            backup_covered: lanes.covered,
-            ha_state: lanes.ha_state.map(str::to_owned),
-            replication: lanes.replication.cloned(),
-            snapshots: lanes.snapshots.cloned().unwrap_or_default(),
-            agent: lanes.agent,
-            ip_addresses: lanes.ip_addresses.to_vec(),
-            os: lanes.os.map(str::to_owned),
-            disk_from_agent: lanes.agent_disk.is_some(),
+            lanes: self.lanes.lanes(before),
             as_of: now,
         }
     }
@@ -392,7 +311,7 @@ pub(super) fn guest_state(
         }
     }
     Some(GuestOutcome {
-        state: Arc::new(draft.to_state(now)),
+        state: Arc::new(draft.to_state(now, before.map(|b| &**b))),
         threshold: false,
         threshold_rest: false,
     })
@@ -463,8 +382,13 @@ pub(super) fn still_reported(
         remembered.uptime,
         Some((reported.started, reported.uptime)),
     ) == reported.started
-        && backup_stale(slow, reported.template, reported.last_backup, rules, now)
-            == reported.backup_stale
+        && backup_stale(
+            slow,
+            reported.template,
+            reported.backup.last_backup,
+            rules,
+            now,
+        ) == reported.backup_stale
         && !rules.threshold_or_due(threshold, reported.as_of, now, phase_of_vmid(reported.vmid));
     kept.then_some(Remembered {
         threshold,

@@ -39,7 +39,7 @@ fn a_recorded_cluster_becomes_nodes_guests_and_storages() {
     assert_eq!(jellyfin.mem_percent, Some(41.8), "5389254656 / 12884901888");
     assert_eq!(jellyfin.cpus, Some(8));
     let ubuntu = &view.guests[&101];
-    assert_eq!(ubuntu.status, "stopped");
+    assert_eq!(&*ubuntu.status, "stopped");
     assert_eq!(
         ubuntu.netin_rate,
         Some(0.0),
@@ -61,7 +61,7 @@ fn four_node_fixture_counts_and_template_flag() {
     assert_eq!(view.nodes.len(), 4);
     assert!(view.guests[&101].template, "template: 1 is a boolean");
     assert!(!view.guests[&100].template);
-    assert_eq!(view.guests[&100].node, "node2");
+    assert_eq!(&*view.guests[&100].node, "node2");
 }
 
 fn guest_row(netin: u64, status: &str) -> Resource {
@@ -111,7 +111,7 @@ fn unchanged_guests_are_shared_with_the_previous_view_and_changed_ones_are_not()
     let row = moved.iter_mut().find(|r| r.vmid == Some(101)).unwrap();
     row.status = Some("running".into());
     let changed = build_view("c", "", &moved, &slow, &mut mem, 20.0, Some(&again));
-    assert_eq!(changed.guests[&101].status, "running");
+    assert_eq!(&*changed.guests[&101].status, "running");
     assert!(!changed.same_state(&again, &ObjectRef::Guest(GuestKind::Qemu, 101)));
     assert!(Arc::ptr_eq(&changed.guests[&100], &again.guests[&100]));
 
@@ -123,8 +123,8 @@ fn unchanged_guests_are_shared_with_the_previous_view_and_changed_ones_are_not()
         ..SlowData::default()
     };
     let later = build_view("c", "", &moved, &backed_up, &mut mem, 30.0, Some(&changed));
-    assert_eq!(later.guests[&100].tags, vec!["media", "new"]);
-    assert_eq!(later.guests[&102].last_backup, Some(1_764_679_463));
+    assert_eq!(*later.guests[&100].tags, ["media", "new"]);
+    assert_eq!(later.guests[&102].backup.last_backup, Some(1_764_679_463));
     assert!(!Arc::ptr_eq(&later.guests[&102], &changed.guests[&102]));
     assert!(Arc::ptr_eq(&later.guests[&101], &changed.guests[&101]));
 }
@@ -166,7 +166,7 @@ fn objects_on_an_offline_node_are_unavailable() {
     assert!(!view.is_available(&ObjectRef::Node("b".into())));
     assert!(!view.is_available(&ObjectRef::Storage("b".into(), "local".into())));
     assert!(view.is_available(&ObjectRef::Cluster));
-    assert_eq!(view.guests[&101].status, "unknown");
+    assert_eq!(&*view.guests[&101].status, "unknown");
     assert_eq!(
         view.guests[&101].name, None,
         "bare rows of an offline node have no name"
@@ -185,9 +185,9 @@ fn hibernated_vm_is_suspended_and_slow_lane_fills_backups() {
     };
     let view = build_view("c", "", &rows, &slow, &mut RateMemory::default(), 0.0, None);
     let vm = &view.guests[&100];
-    assert_eq!(vm.status, "suspended");
-    assert_eq!(vm.last_backup, Some(1_764_679_463));
-    assert_eq!(vm.tags, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(&*vm.status, "suspended");
+    assert_eq!(vm.backup.last_backup, Some(1_764_679_463));
+    assert_eq!(*vm.tags, ["a", "b"]);
 }
 
 /// One running guest, a node and a storage with the given figures.
@@ -284,7 +284,7 @@ fn every_state_is_reported_again_within_max_interval_on_its_own_slot() {
         let rows = moving_rows(0.05, 1_000, 1_000 + 10 * i, 50_000_000_000);
         let view = build_view("c", "", &rows, &slow, &mut mem, t, Some(&previous));
         if !view.same_state(&previous, &guest) {
-            assert_eq!(view.guests[&100].status, "running");
+            assert_eq!(&*view.guests[&100].status, "running");
             refreshed_at.push(t - T0);
         }
         previous = view;
@@ -341,4 +341,99 @@ fn uptime_does_not_change_the_reported_state_but_started_is_there() {
     );
     assert!(rebooted.guests[&100].started.unwrap() > started + 4_000);
     assert!(!rebooted.same_state(&later, &ObjectRef::Node("pve".into())));
+}
+
+/// A running VM with texts, at `cpu`, and what the slow and agent lanes say of it: a
+/// backup at `backup_at` and the agent's address `ip`.
+fn lane_view(
+    cpu: f64,
+    (backup_at, ip): (u64, &str),
+    t: f64,
+    previous: Option<&ClusterView>,
+) -> ClusterView {
+    let rows: Vec<Resource> = serde_json::from_value(serde_json::json!([
+        {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": "running",
+         "name": "web", "tags": "a;b", "pool": "prod", "cpu": cpu, "maxcpu": 2, "uptime": 1_000}
+    ]))
+    .unwrap();
+    let slow = SlowData {
+        last_backup: HashMap::from([(100, backup_at)]),
+        ..SlowData::default()
+    };
+    let agent = AgentData::from([(
+        100,
+        AgentInfo {
+            responding: Some(true),
+            ip_addresses: vec![ip.to_string()],
+            os: Some("Debian GNU/Linux 12 (bookworm)".into()),
+            disk_used: None,
+        },
+    )]);
+    let mut rates = RateMemory::default();
+    let mut builder = ViewBuilder::new("c", "", &slow, &mut rates, t, previous).agent(&agent);
+    for row in &rows {
+        builder.add(row);
+    }
+    builder.finish()
+}
+
+#[test]
+fn a_guest_whose_figures_moved_gets_a_new_state_sharing_its_texts_and_lane_fields() {
+    let lanes = (1_764_679_463, "192.0.2.10");
+    let first = lane_view(0.05, lanes, T0, None);
+    let moved = lane_view(0.50, lanes, T0 + 10.0, Some(&first));
+    let (was, now) = (&first.guests[&100], &moved.guests[&100]);
+    assert!(
+        !Arc::ptr_eq(was, now),
+        "cpu moved by 45 points: a new state"
+    );
+    assert_eq!(now.cpu, Some(50.0));
+    assert!(Arc::ptr_eq(&was.backup, &now.backup));
+    assert!(Arc::ptr_eq(&was.lanes, &now.lanes));
+    assert!(Arc::ptr_eq(&was.node, &now.node));
+    assert!(Arc::ptr_eq(&was.status, &now.status));
+    assert!(Arc::ptr_eq(&was.tags, &now.tags));
+    assert!(Arc::ptr_eq(
+        was.name.as_ref().unwrap(),
+        now.name.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        was.pool.as_ref().unwrap(),
+        now.pool.as_ref().unwrap()
+    ));
+    let json = serde_json::to_value(&**now).unwrap();
+    assert_eq!(
+        (&json["node"], &json["name"], &json["tags"], &json["pool"]),
+        (
+            &serde_json::json!("pve"),
+            &serde_json::json!("web"),
+            &serde_json::json!(["a", "b"]),
+            &serde_json::json!("prod")
+        )
+    );
+}
+
+#[test]
+fn a_lane_change_gives_the_new_state_new_lane_fields_and_keeps_the_others_shared() {
+    let first = lane_view(0.05, (1_764_679_463, "192.0.2.10"), T0, None);
+    let backed_up = lane_view(0.05, (1_764_700_000, "192.0.2.10"), T0 + 10.0, Some(&first));
+    let (was, now) = (&first.guests[&100], &backed_up.guests[&100]);
+    assert!(!Arc::ptr_eq(was, now), "a new backup is reported");
+    assert!(!Arc::ptr_eq(&was.backup, &now.backup));
+    assert_eq!(now.backup.last_backup, Some(1_764_700_000));
+    assert!(
+        Arc::ptr_eq(&was.lanes, &now.lanes),
+        "the agent said the same"
+    );
+    assert!(Arc::ptr_eq(&was.node, &now.node));
+    let readdressed = lane_view(
+        0.05,
+        (1_764_700_000, "192.0.2.99"),
+        T0 + 20.0,
+        Some(&backed_up),
+    );
+    let (was, now) = (now, &readdressed.guests[&100]);
+    assert!(!Arc::ptr_eq(&was.lanes, &now.lanes));
+    assert_eq!(now.lanes.ip_addresses, ["192.0.2.99"]);
+    assert!(Arc::ptr_eq(&was.backup, &now.backup));
 }

@@ -228,7 +228,7 @@ fn plan(
     });
     let mut due: Vec<(Option<Instant>, Visit)> = Vec::new();
     for guest in view.guests.values() {
-        let running = guest.status == "running" && !guest.template;
+        let running = &*guest.status == "running" && !guest.template;
         if !running {
             if let Some(m) = memory.get_mut(&guest.vmid) {
                 *changed |= m.info.responding.is_some() || !m.info.ip_addresses.is_empty();
@@ -251,7 +251,7 @@ fn plan(
                 Visit {
                     vmid: guest.vmid,
                     kind: guest.kind,
-                    node: guest.node.clone(),
+                    node: guest.node.to_string(),
                     started: guest.started,
                 },
             ));

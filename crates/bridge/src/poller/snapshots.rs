@@ -33,10 +33,14 @@ pub(super) fn candidates(view: Option<&ClusterView>) -> Vec<SnapshotRead> {
     };
     view.guests
         .values()
-        .filter(|g| !g.template && g.status != "unknown")
-        .filter(|g| view.nodes.get(&g.node).is_none_or(|n| n.status == "online"))
+        .filter(|g| !g.template && &*g.status != "unknown")
+        .filter(|g| {
+            view.nodes
+                .get(&*g.node)
+                .is_none_or(|n| n.status == "online")
+        })
         .map(|g| SnapshotRead {
-            node: g.node.clone(),
+            node: g.node.to_string(),
             kind: g.kind,
             vmid: g.vmid,
         })
@@ -47,7 +51,7 @@ pub(super) fn candidates(view: Option<&ClusterView>) -> Vec<SnapshotRead> {
 pub(super) fn for_guest(view: Option<&ClusterView>, vmid: u32) -> Option<SnapshotRead> {
     let g = view?.guests.get(&vmid)?;
     Some(SnapshotRead {
-        node: g.node.clone(),
+        node: g.node.to_string(),
         kind: g.kind,
         vmid,
     })

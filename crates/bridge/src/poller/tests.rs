@@ -94,7 +94,7 @@ impl Running {
             .values()
             .take(3)
             .map(|g| {
-                let other = if g.status == "running" {
+                let other = if &*g.status == "running" {
                     "stopped"
                 } else {
                     "running"
@@ -124,7 +124,7 @@ impl Running {
                 view.as_ref().is_some_and(|v| {
                     fresh
                         .iter()
-                        .all(|(vmid, status)| v.guests[vmid].status == *status)
+                        .all(|(vmid, status)| *v.guests[vmid].status == **status)
                 })
             }),
         )
@@ -190,7 +190,7 @@ async fn a_spaced_refresh_polls_once_when_the_spacing_is_up() {
     // The poll's view still carries the statuses read after the tasks.
     let view = running.views.borrow().clone().unwrap();
     for (vmid, status) in &fresh {
-        assert_eq!(&view.guests[vmid].status, status);
+        assert_eq!(&*view.guests[vmid].status, status.as_str());
     }
     running.stop().await;
 }

@@ -30,8 +30,10 @@ pub(super) fn health_entities(view: &ClusterView, object: &ObjectRef) -> HealthE
             Some(guest) => HealthEntities {
                 ceph: None,
                 // The cluster list says which guests are HA-managed: known at once.
-                ha: Some(guest.hastate.is_some() || guest.ha_state.is_some()),
-                replication: known.replication.then_some(guest.replication.is_some()),
+                ha: Some(guest.hastate.is_some() || guest.lanes.ha_state.is_some()),
+                replication: known
+                    .replication
+                    .then_some(guest.lanes.replication.is_some()),
             },
             None => HealthEntities::default(),
         },
@@ -290,7 +292,7 @@ mod tests {
         ))
         .unwrap()]);
         let vm = Arc::make_mut(view.guests.get_mut(&100).unwrap());
-        vm.replication = replicated.get(&100).cloned();
+        Arc::make_mut(&mut vm.lanes).replication = replicated.get(&100).cloned();
         view
     }
 

@@ -445,7 +445,7 @@ fn snapshots_are_a_count_and_a_timestamp_and_no_snapshot_action_gets_a_button() 
 fn the_guest_agent_entities_and_a_vms_disk_used_once_the_agent_reported_it() {
     let mut view = view();
     let vm = std::sync::Arc::make_mut(view.guests.get_mut(&100).unwrap());
-    vm.disk_from_agent = true;
+    std::sync::Arc::make_mut(&mut vm.lanes).disk_from_agent = true;
     let object = ObjectRef::Guest(GuestKind::Qemu, 100);
     let info = device_info(&ctx(), &view, &object).unwrap();
     assert!(
