@@ -305,7 +305,7 @@ pub fn print_tables(r: &Value) {
         classes(&first["messages_by_class"])
     ));
     out.push(format!(
-        "| RSS after discovery / at the end / peak (VmHWM) | {} / {} / {} MB |",
+        "| RSS after discovery / at the end / peak (VmHWM) | {} / {} / {} MiB |",
         fmt(&r["rss_after_discovery_mb"], 1),
         fmt(&r["rss_now_mb"], 1),
         fmt(&r["rss_peak_mb"], 1)
