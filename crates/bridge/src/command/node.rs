@@ -10,7 +10,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::parse::{envelope, id_field, Envelope, Rejection, RejectionKind};
+use super::parse::{
+    bit, boolean, envelope, id_field, option_allowed, reject as invalid, Envelope, Rejection,
+    RejectionKind,
+};
 use super::requests::Vmid;
 use crate::config::CommandsConfig;
 use crate::model::ClusterView;
@@ -137,14 +140,6 @@ impl NodeCommand {
     }
 }
 
-fn bit(b: bool) -> String {
-    if b { "1" } else { "0" }.to_string()
-}
-
-fn invalid<T>(reason: impl Into<String>) -> Result<T, Rejection> {
-    Err(Rejection::invalid(reason))
-}
-
 fn unknown_action(word: &str) -> Rejection {
     let shown: String = word.chars().take(40).collect();
     let all: Vec<&str> = NodeAction::ALL.iter().map(|a| a.as_str()).collect();
@@ -191,24 +186,10 @@ fn parse_object(object: &Map<String, Value>) -> Result<NodeCommand, Rejection> {
         if key == "action" || key == "id" {
             continue;
         }
-        if !allowed.contains(&key.as_str()) {
-            return if allowed.is_empty() {
-                invalid(format!("'{action}' takes no options, got '{key}'"))
-            } else {
-                invalid(format!(
-                    "unknown option '{key}' for '{action}' (allowed: {})",
-                    allowed.join(", ")
-                ))
-            };
-        }
+        option_allowed(action, key, allowed)?;
         match key.as_str() {
             "vms" => command.vms = vms(value)?,
-            "force" => match value {
-                Value::Bool(b) => command.force = Some(*b),
-                Value::Number(n) if n.as_u64() == Some(0) => command.force = Some(false),
-                Value::Number(n) if n.as_u64() == Some(1) => command.force = Some(true),
-                _ => return invalid("'force' must be true or false"),
-            },
+            "force" => command.force = Some(boolean(key, value)?),
             "timeout" => match value.as_u64() {
                 Some(t) if t <= MAX_STOPALL_TIMEOUT => command.timeout = Some(t),
                 _ => {

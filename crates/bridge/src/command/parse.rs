@@ -101,7 +101,8 @@ impl Command {
     }
 }
 
-fn bit(b: bool) -> String {
+/// Proxmox's form value of a boolean.
+pub(super) fn bit(b: bool) -> String {
     if b { "1" } else { "0" }.to_string()
 }
 
@@ -145,7 +146,7 @@ impl Rejection {
     }
 }
 
-fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
+pub(super) fn reject<T>(reason: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection::invalid(reason))
 }
 
@@ -259,16 +260,7 @@ fn parse_object(object: &Map<String, Value>, kind: GuestKind) -> Result<Command,
         if key == "action" || key == "id" {
             continue;
         }
-        if !allowed.contains(&key.as_str()) {
-            return if allowed.is_empty() {
-                reject(format!("'{action}' takes no options, got '{key}'"))
-            } else {
-                reject(format!(
-                    "unknown option '{key}' for '{action}' (allowed: {})",
-                    allowed.join(", ")
-                ))
-            };
-        }
+        option_allowed(action, key, allowed)?;
         match key.as_str() {
             "timeout" => command.timeout = Some(positive_int(key, value, 86_400)?),
             "force_stop" => command.force_stop = Some(boolean(key, value)?),
@@ -315,7 +307,27 @@ fn positive_int(key: &str, value: &Value, max: u64) -> Result<u64, Rejection> {
     }
 }
 
-fn boolean(key: &str, value: &Value) -> Result<bool, Rejection> {
+/// Refuses an option the action does not take, naming the ones it does (guest and node
+/// commands alike).
+pub(super) fn option_allowed(
+    action: impl std::fmt::Display,
+    key: &str,
+    allowed: &[&str],
+) -> Result<(), Rejection> {
+    if allowed.contains(&key) {
+        Ok(())
+    } else if allowed.is_empty() {
+        reject(format!("'{action}' takes no options, got '{key}'"))
+    } else {
+        reject(format!(
+            "unknown option '{key}' for '{action}' (allowed: {})",
+            allowed.join(", ")
+        ))
+    }
+}
+
+/// A JSON boolean, or Proxmox's `0`/`1`.
+pub(super) fn boolean(key: &str, value: &Value) -> Result<bool, Rejection> {
     match value {
         Value::Bool(b) => Ok(*b),
         Value::Number(n) if n.as_u64() == Some(0) => Ok(false),

@@ -255,6 +255,53 @@ mod tests {
         }
     }
 
+    /// The same views built two ways, poll after poll: every row decoded, and through the
+    /// row memory. Each side keeps its own rate memory and previous view.
+    #[derive(Default)]
+    struct Twins {
+        rates_full: RateMemory,
+        rates_memo: RateMemory,
+        memo: RowMemo,
+        full: Option<ClusterView>,
+        memoed: Option<ClusterView>,
+    }
+
+    impl Twins {
+        /// One poll on both sides: `full` adds the rows to a plain builder, `memoed` to one
+        /// with the row memory. Returns both views; [`Twins::keep`] makes them the previous.
+        fn poll(
+            &mut self,
+            (slow, agent, rules, now): (&Arc<SlowData>, &Arc<AgentData>, ReportRules, f64),
+            full: impl FnOnce(&mut ViewBuilder),
+            memoed: impl FnOnce(&mut ViewBuilder),
+        ) -> (ClusterView, ClusterView) {
+            let mut builder =
+                ViewBuilder::new("c", "", slow, &mut self.rates_full, now, self.full.as_ref())
+                    .reporting(rules)
+                    .agent(agent);
+            full(&mut builder);
+            let next_full = builder.finish();
+            let mut builder = ViewBuilder::new(
+                "c",
+                "",
+                slow,
+                &mut self.rates_memo,
+                now,
+                self.memoed.as_ref(),
+            )
+            .reporting(rules)
+            .agent(agent)
+            .memo(&mut self.memo, slow, agent);
+            memoed(&mut builder);
+            (next_full, builder.finish())
+        }
+
+        fn keep(&mut self, full: ClusterView, memoed: ClusterView) {
+            self.full = Some(full);
+            self.memoed = Some(memoed);
+        }
+    }
+
     /// The same view built twice per poll, decoding every row and through the row memory,
     /// with rows, time, slow-lane and agent data changing at random between polls, with
     /// `min_interval` off and on.
@@ -282,9 +329,7 @@ mod tests {
                 .collect();
             let mut slow = Arc::new(SlowData::default());
             let mut agent: Arc<AgentData> = Arc::new(HashMap::new());
-            let (mut rates_full, mut rates_memo) = (RateMemory::default(), RateMemory::default());
-            let mut memo = RowMemo::default();
-            let (mut full, mut memoed): (Option<ClusterView>, Option<ClusterView>) = (None, None);
+            let mut twins = Twins::default();
             let mut now = 1_765_000_000.0;
             let mut reused = 0;
             for poll in 0..150 {
@@ -363,26 +408,22 @@ mod tests {
                     .chain(guests.iter().map(Guest::row))
                     .collect();
 
-                let mut builder =
-                    ViewBuilder::new("c", "", &slow, &mut rates_full, now, full.as_ref())
-                        .reporting(rules)
-                        .agent(&agent);
-                for row in &rows {
-                    builder.add(&RawRow::new(row).decode().unwrap());
-                }
-                let mut next_full = builder.finish();
-
-                let mut builder =
-                    ViewBuilder::new("c", "", &slow, &mut rates_memo, now, memoed.as_ref())
-                        .reporting(rules)
-                        .agent(&agent)
-                        .memo(&mut memo, &slow, &agent);
-                for row in &rows {
-                    if let RowAdded::Reused(_) = builder.add_raw(RawRow::new(row)).unwrap() {
-                        reused += 1;
-                    }
-                }
-                let mut next_memoed = builder.finish();
+                let (mut next_full, mut next_memoed) = twins.poll(
+                    (&slow, &agent, rules, now),
+                    |builder| {
+                        for row in &rows {
+                            builder.add(&RawRow::new(row).decode().unwrap());
+                        }
+                    },
+                    |builder| {
+                        for row in &rows {
+                            if let RowAdded::Reused(_) = builder.add_raw(RawRow::new(row)).unwrap()
+                            {
+                                reused += 1;
+                            }
+                        }
+                    },
+                );
                 if next_full != next_memoed {
                     let differs = next_full
                         .guests
@@ -401,8 +442,7 @@ mod tests {
                         *guest = Arc::new(changed);
                     }
                 }
-                full = Some(next_full);
-                memoed = Some(next_memoed);
+                twins.keep(next_full, next_memoed);
             }
             assert!(reused > 800, "seed {seed}: only {reused} rows reused");
         }
@@ -425,9 +465,7 @@ mod tests {
             data.entry(100).or_default().disk_used = Some(used);
             Arc::new(data)
         };
-        let (mut rates_full, mut rates_memo) = (RateMemory::default(), RateMemory::default());
-        let mut memo = RowMemo::default();
-        let (mut full, mut memoed): (Option<ClusterView>, Option<ClusterView>) = (None, None);
+        let mut twins = Twins::default();
         let gib = 1u64 << 30;
         // At 0 s the disk is reported; at 5 s it moved by 1 GiB (3 % of 32 GiB): held
         // back until 30 s, with the same agent data from 10 s on.
@@ -437,23 +475,17 @@ mod tests {
             .chain((10..=40).step_by(5).map(|t| (f64::from(t), moved.clone())));
         for (t, agent) in steps {
             let now = 1_765_000_000.0 + t;
-            let mut builder = ViewBuilder::new("c", "", &slow, &mut rates_full, now, full.as_ref())
-                .reporting(rules)
-                .agent(&agent);
-            builder.add(&RawRow::new(row).decode().unwrap());
-            let next_full = builder.finish();
-            let mut builder =
-                ViewBuilder::new("c", "", &slow, &mut rates_memo, now, memoed.as_ref())
-                    .reporting(rules)
-                    .agent(&agent)
-                    .memo(&mut memo, &slow, &agent);
-            builder.add_raw(RawRow::new(row)).unwrap();
-            let next_memoed = builder.finish();
+            let (next_full, next_memoed) = twins.poll(
+                (&slow, &agent, rules, now),
+                |builder| builder.add(&RawRow::new(row).decode().unwrap()),
+                |builder| {
+                    builder.add_raw(RawRow::new(row)).unwrap();
+                },
+            );
             assert_eq!(next_full.guests, next_memoed.guests, "at {t} s");
             let expected = if t < 30.0 { 4 * gib } else { 5 * gib };
             assert_eq!(next_memoed.guests[&100].disk, Some(expected), "at {t} s");
-            full = Some(next_full);
-            memoed = Some(next_memoed);
+            twins.keep(next_full, next_memoed);
         }
     }
 
@@ -486,9 +518,7 @@ mod tests {
         let (a, b) = (body(5_000), body(5_010));
         let mut slow = Arc::new(SlowData::default());
         let mut agent: Arc<AgentData> = Arc::new(HashMap::new());
-        let (mut rates_full, mut rates_memo) = (RateMemory::default(), RateMemory::default());
-        let mut memo = RowMemo::default();
-        let (mut full, mut memoed): (Option<ClusterView>, Option<ClusterView>) = (None, None);
+        let mut twins = Twins::default();
         let mut now = 1_765_000_000.0;
         // Two polls per broadcast, and a long run of the same answer.
         let answers = [&a, &a, &b, &b, &a, &a]
@@ -511,30 +541,26 @@ mod tests {
                     vec![format!("10.0.0.{poll}")];
                 agent = Arc::new(fresh);
             }
-            let mut builder = ViewBuilder::new("c", "", &slow, &mut rates_full, now, full.as_ref())
-                .reporting(rules)
-                .agent(&agent);
-            crate::pve::for_each_cluster_resource(answer, |row| builder.add(&row)).unwrap();
-            let next_full = builder.finish();
-            let mut builder =
-                ViewBuilder::new("c", "", &slow, &mut rates_memo, now, memoed.as_ref())
-                    .reporting(rules)
-                    .agent(&agent)
-                    .memo(&mut memo, &slow, &agent);
-            builder.add_answer(answer, |_, _| Ok(())).unwrap();
-            let next_memoed = builder.finish();
+            let (next_full, next_memoed) = twins.poll(
+                (&slow, &agent, rules, now),
+                |builder| {
+                    crate::pve::for_each_cluster_resource(answer, |row| builder.add(&row)).unwrap();
+                },
+                |builder| {
+                    builder.add_answer(answer, |_, _| Ok(())).unwrap();
+                },
+            );
             assert_eq!(next_full, next_memoed, "poll {poll}");
             if last == Some(answer) {
                 expected_replays += 1;
             }
-            assert_eq!(memo.replayed, expected_replays, "poll {poll}");
+            assert_eq!(twins.memo.replayed, expected_replays, "poll {poll}");
             last = Some(answer);
-            full = Some(next_full);
-            memoed = Some(next_memoed);
+            twins.keep(next_full, next_memoed);
         }
         // Over 200 s of the same answer every guest fell due (max_interval 60 s) and the
         // backups went stale (after 100 s): the views were rebuilt, not kept.
-        let view = memoed.unwrap();
+        let view = twins.memoed.unwrap();
         assert!(view.guests.values().all(|g| g.as_of > now - 66.0));
         assert!(view.guests[&103].backup_stale == Some(true));
     }
