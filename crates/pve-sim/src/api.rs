@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use axum::http::header::{
+    ACCEPT_ENCODING, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING,
+};
 use axum::http::{HeaderMap, Request, Response};
 use serde_json::{json, Map, Value};
 
@@ -703,6 +705,11 @@ pub(crate) async fn handle(
         form,
         status: None,
         token_id: None,
+        accept_encoding: parts
+            .headers
+            .get(ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     let authorization = parts
         .headers
@@ -724,8 +731,12 @@ pub(crate) async fn handle(
     )
     .await;
     record.status = result.as_ref().ok().map(|r| r.status().as_u16());
+    let accept = record.accept_encoding.clone();
     sim.lock().record(record);
-    result
+    match result {
+        Ok(response) => Ok(crate::respond::compress(response, accept.as_deref()).await),
+        Err(drop) => Err(drop),
+    }
 }
 
 /// The parts of a request that the stages need.

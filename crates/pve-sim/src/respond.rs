@@ -6,9 +6,16 @@
 //!   `{"data":null}` plus `message` (PVE ≥ 8.3) and `errors` for 400; plain text for
 //!   errors raised outside a handler; an empty body for 401 and the proxy's 595/596.
 //! - Every response with status ≥ 400 carries `Connection: close`.
+//! - A body over 1024 bytes is gzip- or deflate-compressed when the request's
+//!   `Accept-Encoding` allows it ([`compress`]).
 
 use axum::body::Body;
-use axum::http::header::{HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, PRAGMA, SERVER};
+use std::io::Write as _;
+
+use axum::http::header::{
+    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA,
+    SERVER,
+};
 use axum::http::{Response, StatusCode};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
@@ -162,6 +169,52 @@ fn finish(builder: axum::http::response::Builder, body: Body) -> Response<Body> 
         *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         response
     })
+}
+
+/// pveproxy compresses a body of more than this many bytes for a client that accepts it.
+pub const COMPRESS_ABOVE: usize = 1024;
+
+/// As pveproxy answers a request whose `Accept-Encoding` names `gzip` (preferred) or
+/// `deflate`: a body over [`COMPRESS_ABOVE`] bytes goes out compressed with zlib's default
+/// level and a `Content-Encoding` header; anything else goes out as it is.
+pub async fn compress(response: Response<Body>, accept_encoding: Option<&str>) -> Response<Body> {
+    let accepts = |name: &str| {
+        accept_encoding.is_some_and(|header| {
+            header
+                .split(',')
+                .any(|part| part.split(';').next().is_some_and(|n| n.trim() == name))
+        })
+    };
+    let encoding = if accepts("gzip") {
+        "gzip"
+    } else if accepts("deflate") {
+        "deflate"
+    } else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    if bytes.len() <= COMPRESS_ABOVE {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let level = flate2::Compression::default();
+    let packed = if encoding == "gzip" {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), level);
+        encoder.write_all(&bytes).and_then(|()| encoder.finish())
+    } else {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), level);
+        encoder.write_all(&bytes).and_then(|()| encoder.finish())
+    };
+    let Ok(packed) = packed else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
+    Response::from_parts(parts, Body::from(packed))
 }
 
 /// A successful JSON answer.

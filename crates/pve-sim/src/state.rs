@@ -123,6 +123,9 @@ pub struct RecordedRequest {
     pub status: Option<u16>,
     /// `user@realm!tokenid` of a valid token, else `None`.
     pub token_id: Option<String>,
+    /// The request's `Accept-Encoding` header, if any (the answer is compressed as it
+    /// allows; see [`crate::respond::compress`]).
+    pub accept_encoding: Option<String>,
 }
 
 /// Tags given as `"a;b"` or `["a", "b"]`.

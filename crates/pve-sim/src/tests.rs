@@ -208,6 +208,77 @@ async fn responses_have_the_real_envelope_typing_and_random_key_order() {
     harness.sim.stop().await;
 }
 
+/// As pveproxy: an answer over 1 KiB is gzipped (or deflated) for a client that asks,
+/// a small one is not, and a client that does not ask gets plain JSON; the request log
+/// keeps the header, so tests can see what the bridge asked for.
+#[tokio::test]
+async fn answers_over_1_kib_are_compressed_only_for_a_client_that_asks() {
+    use std::io::Read as _;
+    let h = Harness::start(test_options()).await;
+    let ask = |path: &str, encoding: Option<&str>| {
+        let mut request = h.get(path);
+        if let Some(encoding) = encoding {
+            request = request.header("Accept-Encoding", encoding);
+        }
+        request.send()
+    };
+    let plain = ask("/cluster/resources", None).await.expect("request");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.expect("body");
+    assert!(plain.len() > 1024, "the seed's resources are over 1 KiB");
+    let plain: Value = serde_json::from_slice(&plain).expect("plain JSON");
+
+    for (asked, expected) in [
+        ("gzip", "gzip"),
+        ("deflate", "deflate"),
+        ("br, gzip;q=0.8", "gzip"),
+    ] {
+        let response = ask("/cluster/resources", Some(asked))
+            .await
+            .expect("request");
+        assert_eq!(response.headers()["content-encoding"], expected, "{asked}");
+        let packed = response.bytes().await.expect("body");
+        let mut text = String::new();
+        if expected == "gzip" {
+            flate2::read::GzDecoder::new(&packed[..]).read_to_string(&mut text)
+        } else {
+            flate2::read::ZlibDecoder::new(&packed[..]).read_to_string(&mut text)
+        }
+        .expect("inflates");
+        let unpacked: Value = serde_json::from_str(&text).expect("JSON inside");
+        assert_eq!(
+            unpacked["data"].as_array().map(Vec::len),
+            plain["data"].as_array().map(Vec::len)
+        );
+    }
+    let small = ask("/version", Some("gzip")).await.expect("request");
+    assert!(
+        small.headers().get("content-encoding").is_none(),
+        "under 1 KiB"
+    );
+    let unknown = ask("/cluster/resources", Some("br"))
+        .await
+        .expect("request");
+    assert!(
+        unknown.headers().get("content-encoding").is_none(),
+        "no encoding it knows"
+    );
+
+    let log = h.sim.world().requests(0);
+    let asked: Vec<Option<&str>> = log.iter().map(|r| r.accept_encoding.as_deref()).collect();
+    assert_eq!(
+        asked,
+        [
+            None,
+            Some("gzip"),
+            Some("deflate"),
+            Some("br, gzip;q=0.8"),
+            Some("gzip"),
+            Some("br")
+        ]
+    );
+}
+
 #[tokio::test]
 async fn authentication_failures_are_slow_empty_and_close_the_connection() {
     let harness = Harness::start(test_options()).await;
