@@ -6,8 +6,6 @@
 //! as for guest commands:
 //! `{"action": "stopall", "vms": [100, 101], "force": true, "timeout": 60, "id": "x"}`.
 
-use std::fmt;
-
 use serde_json::{Map, Value};
 
 use super::parse::{
@@ -24,72 +22,7 @@ pub const MAX_VMS: usize = 500;
 /// stopall's `timeout` range in Proxmox (`0..7200`).
 pub const MAX_STOPALL_TIMEOUT: u64 = 7200;
 
-/// A node power action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum NodeAction {
-    Reboot,
-    Shutdown,
-    StartAll,
-    StopAll,
-    SuspendAll,
-    WakeOnLan,
-}
-
-impl NodeAction {
-    pub const ALL: [NodeAction; 6] = [
-        NodeAction::Reboot,
-        NodeAction::Shutdown,
-        NodeAction::StartAll,
-        NodeAction::StopAll,
-        NodeAction::SuspendAll,
-        NodeAction::WakeOnLan,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeAction::Reboot => "reboot",
-            NodeAction::Shutdown => "shutdown",
-            NodeAction::StartAll => "startall",
-            NodeAction::StopAll => "stopall",
-            NodeAction::SuspendAll => "suspendall",
-            NodeAction::WakeOnLan => "wakeonlan",
-        }
-    }
-
-    pub fn parse(word: &str) -> Option<NodeAction> {
-        NodeAction::ALL.into_iter().find(|a| a.as_str() == word)
-    }
-
-    /// Options this action accepts in JSON payloads.
-    fn options(self) -> &'static [&'static str] {
-        match self {
-            NodeAction::Reboot | NodeAction::Shutdown => &["force"],
-            NodeAction::StartAll => &["vms", "force"],
-            NodeAction::StopAll => &["vms", "force", "timeout"],
-            NodeAction::SuspendAll => &["vms"],
-            NodeAction::WakeOnLan => &[],
-        }
-    }
-
-    /// Reboot and shutdown take the node itself down.
-    pub fn powers_off(self) -> bool {
-        matches!(self, NodeAction::Reboot | NodeAction::Shutdown)
-    }
-
-    /// The bulk guest actions, each a Proxmox task.
-    pub fn is_bulk(self) -> bool {
-        matches!(
-            self,
-            NodeAction::StartAll | NodeAction::StopAll | NodeAction::SuspendAll
-        )
-    }
-}
-
-impl fmt::Display for NodeAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::pve::NodeAction;
 
 /// A parsed, well-formed node command (not yet authorised).
 #[derive(Clone, Debug, PartialEq, Eq)]

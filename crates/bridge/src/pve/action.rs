@@ -1,4 +1,5 @@
-//! The guest actions the bridge can ask Proxmox for, and which guest types have them.
+//! The guest actions the bridge can ask Proxmox for, and which guest types have them;
+//! the node power actions ([`NodeAction`]).
 //!
 //! Shared vocabulary: the command side parses and POSTs them, Home Assistant discovery
 //! announces one button each. It lives here, at the Proxmox boundary, so neither of those
@@ -97,6 +98,73 @@ impl Action {
 }
 
 impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A node power action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NodeAction {
+    Reboot,
+    Shutdown,
+    StartAll,
+    StopAll,
+    SuspendAll,
+    WakeOnLan,
+}
+
+impl NodeAction {
+    pub const ALL: [NodeAction; 6] = [
+        NodeAction::Reboot,
+        NodeAction::Shutdown,
+        NodeAction::StartAll,
+        NodeAction::StopAll,
+        NodeAction::SuspendAll,
+        NodeAction::WakeOnLan,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Reboot => "reboot",
+            NodeAction::Shutdown => "shutdown",
+            NodeAction::StartAll => "startall",
+            NodeAction::StopAll => "stopall",
+            NodeAction::SuspendAll => "suspendall",
+            NodeAction::WakeOnLan => "wakeonlan",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<NodeAction> {
+        NodeAction::ALL.into_iter().find(|a| a.as_str() == word)
+    }
+
+    /// Options this action accepts in JSON payloads.
+    pub(crate) fn options(self) -> &'static [&'static str] {
+        match self {
+            NodeAction::Reboot | NodeAction::Shutdown => &["force"],
+            NodeAction::StartAll => &["vms", "force"],
+            NodeAction::StopAll => &["vms", "force", "timeout"],
+            NodeAction::SuspendAll => &["vms"],
+            NodeAction::WakeOnLan => &[],
+        }
+    }
+
+    /// Reboot and shutdown take the node itself down.
+    pub fn powers_off(self) -> bool {
+        matches!(self, NodeAction::Reboot | NodeAction::Shutdown)
+    }
+
+    /// The bulk guest actions, each a Proxmox task.
+    pub fn is_bulk(self) -> bool {
+        matches!(
+            self,
+            NodeAction::StartAll | NodeAction::StopAll | NodeAction::SuspendAll
+        )
+    }
+}
+
+impl fmt::Display for NodeAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

@@ -10,7 +10,7 @@
 //! - `types` + `de`: response types and the lenient readers for Proxmox's JSON;
 //! - `error`: [`PveError`] and how an HTTP error answer becomes one;
 //! - `upid`: [`Upid`];
-//! - `action`: [`Action`], the guest actions (lifecycle and backup).
+//! - `action`: [`Action`], the guest actions (lifecycle and backup), and [`NodeAction`].
 mod action;
 pub mod agent;
 mod client;
@@ -21,7 +21,7 @@ mod tls;
 mod types;
 mod upid;
 
-pub use action::Action;
+pub use action::{Action, NodeAction};
 pub use client::SnapshotEntry;
 pub use client::{
     decode_cluster_resources, for_each_cluster_resource, for_each_cluster_row, row_hash,

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::controls::{insert_controls, last_command, Button};
 use super::{bridge_and_api, Component, DiscoveryContext};
-use crate::command::node::NodeAction;
+use crate::pve::NodeAction;
 
 fn name(action: NodeAction) -> &'static str {
     match action {
