@@ -19,7 +19,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::pve::{
-    for_each_cluster_row, row_hash, GuestKind, NodeStatus, PveError, RawRow, Resource, ResourceKind,
+    for_each_cluster_row, row_hash, GuestKind, GuestRow, NodeStatus, PveError, RawRow, Resource,
+    ResourceKind,
 };
 
 mod agent;
@@ -357,6 +358,9 @@ pub struct ViewBuilder<'a> {
 pub enum RowAdded {
     /// A guest row as in the last answer: its state, reused, not decoded.
     Reused(Arc<GuestState>),
+    /// A guest row read by [`RawRow::scan_guest`](crate::pve::RawRow::scan_guest), not
+    /// decoded: its state (the guest's previous one, or a new one).
+    Scanned(Arc<GuestState>),
     /// The row, decoded and added.
     Decoded(Resource),
 }
@@ -520,6 +524,14 @@ impl<'a> ViewBuilder<'a> {
             self.rows += 1;
             return Ok(RowAdded::Reused(state));
         }
+        if let Some(guest) = raw.scan_guest() {
+            let (state, remembered) = self.guest(&guest, Some(hash));
+            if let Some(memo) = self.memo.as_deref_mut() {
+                memo.set(self.rows, remembered);
+            }
+            self.rows += 1;
+            return Ok(RowAdded::Scanned(state));
+        }
         match raw.decode() {
             Ok(row) => {
                 self.add_row(&row, Some(hash));
@@ -566,7 +578,6 @@ impl<'a> ViewBuilder<'a> {
         let index = self.rows;
         self.rows += 1;
         let mut remembered = memo::MemoRow::NONE;
-        let view = &mut self.view;
         let (rules, now) = (&self.rules, self.now);
         match row.kind {
             ResourceKind::Node => {
@@ -580,27 +591,12 @@ impl<'a> ViewBuilder<'a> {
                         Some(b) if !node_needs_report(&fresh, b, rules, now) => b.clone(),
                         _ => fresh,
                     };
-                    view.nodes.insert(node.node.clone(), node);
+                    self.view.nodes.insert(node.node.clone(), node);
                 }
             }
             ResourceKind::Qemu | ResourceKind::Lxc => {
-                let agent = row.vmid.and_then(|vmid| self.agent?.get(&vmid));
-                if let Some(guest) = guest_state(
-                    row,
-                    (self.slow, agent),
-                    self.rates,
-                    (rules, now),
-                    self.previous,
-                ) {
-                    if let Some(hash) = hash {
-                        let kept = guest::Remembered {
-                            uptime: row.uptime,
-                            threshold: guest.threshold,
-                            threshold_rest: guest.threshold_rest,
-                        };
-                        remembered = memo::MemoRow::guest(hash, &guest.state, kept);
-                    }
-                    view.guests.insert(guest.state.vmid, guest.state);
+                if let Some(guest) = GuestRow::of(row) {
+                    remembered = self.guest(&guest, hash).1;
                 }
             }
             ResourceKind::Storage => {
@@ -610,7 +606,7 @@ impl<'a> ViewBuilder<'a> {
                         Some(b) if !storage_needs_report(&fresh, b, rules, now) => b.clone(),
                         _ => fresh,
                     };
-                    view.storages.insert(key, storage);
+                    self.view.storages.insert(key, storage);
                 }
             }
             // pools, SDN zones, PVE 9 network rows and anything newer: not published (yet).
@@ -619,6 +615,34 @@ impl<'a> ViewBuilder<'a> {
         if let Some(memo) = self.memo.as_deref_mut() {
             memo.set(index, remembered);
         }
+    }
+
+    /// Adds a guest's row, scanned or decoded; returns its state and, with the row's
+    /// hash, what the memory keeps of it.
+    fn guest(&mut self, row: &GuestRow<'_>, hash: Option<u64>) -> (Arc<GuestState>, memo::MemoRow) {
+        let agent = self.agent.and_then(|a| a.get(&row.vmid));
+        let guest = guest_state(
+            row,
+            (self.slow, agent),
+            self.rates,
+            (&self.rules, self.now),
+            self.previous,
+        );
+        let remembered = match hash {
+            Some(hash) => {
+                let kept = guest::Remembered {
+                    uptime: row.uptime,
+                    threshold: guest.threshold,
+                    threshold_rest: guest.threshold_rest,
+                };
+                memo::MemoRow::guest(hash, &guest.state, kept)
+            }
+            None => memo::MemoRow::NONE,
+        };
+        self.view
+            .guests
+            .insert(guest.state.vmid, guest.state.clone());
+        (guest.state, remembered)
     }
 
     pub fn finish(self) -> ClusterView {

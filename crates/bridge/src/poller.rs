@@ -381,7 +381,7 @@ impl ClusterPoller {
         let mut managed_sent = false;
         builder.add_answer(body, |raw, added| {
             match added {
-                RowAdded::Reused(guest) => {
+                RowAdded::Reused(guest) | RowAdded::Scanned(guest) => {
                     if guest.hastate.is_some() && !managed_sent {
                         managed_sent = true;
                         plan_rows.push(raw.decode()?);

@@ -10,7 +10,7 @@ use super::lanes::{GuestBackup, GuestLanes, LaneDraft};
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
 use super::{AgentInfo, ClusterView, SlowData};
-use crate::pve::{tag_iter, GuestKind, Resource, ResourceKind};
+use crate::pve::{tag_iter, GuestKind, GuestRow};
 
 /// `{base}/{c}/{qemu|lxc}/{vmid}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -291,30 +291,30 @@ pub(super) struct GuestOutcome {
 
 /// The guest's state: the one last reported while nothing needs reporting, else a new one.
 pub(super) fn guest_state(
-    row: &Resource,
+    row: &GuestRow<'_>,
     (slow, agent): (&SlowData, Option<&AgentInfo>),
     rates: &mut RateMemory,
     (rules, now): (&ReportRules, f64),
     previous: Option<&ClusterView>,
-) -> Option<GuestOutcome> {
-    let before = previous.and_then(|p| p.guests.get(&row.vmid?));
-    let mut draft = guest_draft(row, (slow, agent), rates, now, before.map(|b| &**b))?;
+) -> GuestOutcome {
+    let before = previous.and_then(|p| p.guests.get(&row.vmid));
+    let mut draft = guest_draft(row, (slow, agent), rates, now, before.map(|b| &**b));
     draft.backup_stale = backup_stale(slow, draft.template, draft.lanes.last_backup, rules, now);
     if let Some(before) = before {
         let changes = draft.needs_report(before, rules, now);
         if !changes.report {
-            return Some(GuestOutcome {
+            return GuestOutcome {
                 state: before.clone(),
                 threshold: changes.threshold,
                 threshold_rest: changes.threshold_rest,
-            });
+            };
         }
     }
-    Some(GuestOutcome {
+    GuestOutcome {
         state: Arc::new(draft.to_state(now, before.map(|b| &**b))),
         threshold: false,
         threshold_rest: false,
-    })
+    }
 }
 
 /// `backup_stale`: no backup newer than `backup.stale_after`; `None` until the backup
@@ -397,22 +397,16 @@ pub(super) fn still_reported(
 }
 
 fn guest_draft<'a>(
-    row: &'a Resource,
+    row: &GuestRow<'a>,
     (slow, agent): (&'a SlowData, Option<&'a AgentInfo>),
     rates: &mut RateMemory,
     now: f64,
     before: Option<&GuestState>,
-) -> Option<GuestDraft<'a>> {
-    let vmid = row.vmid?;
-    let node = row.node.as_deref()?;
-    let kind = match row.kind {
-        ResourceKind::Qemu => GuestKind::Qemu,
-        ResourceKind::Lxc => GuestKind::Lxc,
-        _ => return None,
-    };
-    let status = match row.status.as_deref() {
+) -> GuestDraft<'a> {
+    let GuestRow { vmid, kind, .. } = *row;
+    let status = match row.status {
         // Hibernated (suspended to disk) VMs are `stopped` with lock `suspended`.
-        Some("stopped") if row.lock.as_deref() == Some("suspended") => "suspended",
+        Some("stopped") if row.lock == Some("suspended") => "suspended",
         Some(status) => status,
         None => "unknown",
     };
@@ -429,11 +423,11 @@ fn guest_draft<'a>(
         }
     };
     let lanes = LaneDraft::of(vmid, kind, slow, agent);
-    Some(GuestDraft {
+    GuestDraft {
         vmid,
         kind,
-        name: row.name.as_deref(),
-        node,
+        name: row.name,
+        node: row.node,
         status,
         template: row.template,
         cpu: row.cpu.map(|c| round_percent(c * 100.0)),
@@ -448,11 +442,11 @@ fn guest_draft<'a>(
         rates: guest_rates,
         uptime: row.uptime,
         started: started(now, row.uptime, before.map(|b| (b.started, b.uptime))),
-        tags: row.tags_raw.as_deref().unwrap_or(""),
-        lock: row.lock.as_deref(),
-        hastate: row.hastate.as_deref(),
-        pool: row.pool.as_deref(),
+        tags: row.tags.unwrap_or(""),
+        lock: row.lock,
+        hastate: row.hastate,
+        pool: row.pool,
         backup_stale: None,
         lanes,
-    })
+    }
 }

@@ -16,6 +16,7 @@ pub mod agent;
 mod client;
 mod de;
 mod error;
+mod guest_row;
 mod health;
 mod tls;
 mod types;
@@ -31,6 +32,7 @@ pub use client::{
     CephCheck, CephHealth, CephOsdMap, CephPgMap, CephStatus, HaStatusRow, ReplicationJob,
 };
 pub use error::PveError;
+pub use guest_row::GuestRow;
 pub use health::{AptPackage, CertificateInfo, DiskInfo, ZfsPool};
 pub use types::{
     exitstatus_is_success, split_tags, tag_iter, ClusterStatusKind, ClusterStatusRow, CpuInfo,
