@@ -140,35 +140,39 @@ fn split_rows(text: &str) -> Option<Vec<(u32, u32)>> {
     (at == bytes.len()).then_some(rows)
 }
 
-/// The end (one past the closing brace) of the object that starts at `start`: brackets
-/// counted, strings skipped with their escapes.
+/// The end (one past the closing brace) of the object that starts at `start`: braces
+/// counted, strings skipped with their escapes, each found by a SIMD search (`memchr`)
+/// rather than byte by byte (the byte loop was ~7 % of the bridge's CPU in the moving
+/// world at 5,000 guests). Square brackets are not counted: in an object that is JSON they
+/// pair up inside it, and every row is read as JSON before it is used (serde, the guest
+/// scan, or the memory of the very bytes read before), so a row whose brackets do not
+/// pair fails there as it did.
 fn object_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut at = start;
-    while let Some(&byte) = bytes.get(at) {
-        match byte {
+    loop {
+        at += memchr::memchr3(b'"', b'{', b'}', bytes.get(at..)?)?;
+        match bytes[at] {
             b'"' => {
                 at += 1;
                 loop {
-                    match *bytes.get(at)? {
-                        b'"' => break,
-                        b'\\' => at += 2,
-                        _ => at += 1,
+                    at += memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
+                    if bytes[at] == b'"' {
+                        break;
                     }
+                    at += 2;
                 }
             }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
+            b'{' => depth += 1,
+            _ => {
                 depth = depth.checked_sub(1)?;
                 if depth == 0 {
                     return Some(at + 1);
                 }
             }
-            _ => {}
         }
         at += 1;
     }
-    None
 }
 
 /// One row of `/cluster/resources` as Proxmox sent it, not decoded yet.
