@@ -15,7 +15,7 @@
 //! fields are skipped as serde skips them, after the same checks of their JSON.
 use super::client::RawRow;
 use super::de;
-use super::{GuestKind, Resource, ResourceKind};
+use super::{GuestKind, Resource};
 
 /// What the bridge reads of a guest's row: every field [`Resource`] has for a guest, with
 /// its texts borrowed. Made by [`RawRow::scan_guest`] or, from a decoded row, by
@@ -80,7 +80,7 @@ impl<'a> GuestRow<'a> {
             level: _,
         } = row;
         Some(GuestRow {
-            kind: guest_kind(kind)?,
+            kind: GuestKind::of(kind)?,
             vmid: (*vmid)?,
             node: node.as_deref()?,
             name: name.as_deref(),
@@ -102,14 +102,6 @@ impl<'a> GuestRow<'a> {
             hastate: hastate.as_deref(),
             pool: pool.as_deref(),
         })
-    }
-}
-
-fn guest_kind(kind: &ResourceKind) -> Option<GuestKind> {
-    match kind {
-        ResourceKind::Qemu => Some(GuestKind::Qemu),
-        ResourceKind::Lxc => Some(GuestKind::Lxc),
-        _ => None,
     }
 }
 
@@ -215,7 +207,8 @@ impl<'a> Fields<'a> {
         }
         self.seen |= 1 << bit;
         match bit {
-            0 => self.kind = Some(guest_kind_of(scan.string()?)?),
+            // A node's or a storage's row (a few dozen an answer): serde decodes it.
+            0 => self.kind = Some(scan.string()?.parse().ok()?),
             1 => self.node = scan.text_value()?,
             // `de::opt_vmid`: a count that fits a u32 (serde fails on any other).
             2 => self.vmid = scan.count()?.map(u32::try_from).transpose().ok()?,
@@ -267,15 +260,6 @@ impl<'a> Fields<'a> {
             hastate: self.hastate,
             pool: self.pool,
         })
-    }
-}
-
-/// `type` of a guest row; any other kind is decoded by serde.
-fn guest_kind_of(text: &str) -> Option<GuestKind> {
-    match text {
-        "qemu" => Some(GuestKind::Qemu),
-        "lxc" => Some(GuestKind::Lxc),
-        _ => None,
     }
 }
 
