@@ -70,6 +70,7 @@ pub fn commands_possible(policy: &CommandsConfig) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{OptF64, OptU64};
     use crate::pve::GuestKind;
 
     fn guest(vmid: u32, tags: &[&str], pool: Option<&str>) -> GuestState {
@@ -80,23 +81,23 @@ mod tests {
             node: "pve".into(),
             status: "running".into(),
             template: false,
-            cpu: None,
-            cpus: None,
-            mem: None,
-            maxmem: None,
-            mem_percent: None,
-            disk: None,
-            maxdisk: None,
-            netin: None,
-            netout: None,
-            diskread: None,
-            diskwrite: None,
-            netin_rate: None,
-            netout_rate: None,
-            diskread_rate: None,
-            diskwrite_rate: None,
-            uptime: None,
-            started: None,
+            cpu: OptF64::NONE,
+            cpus: OptU64::NONE,
+            mem: OptU64::NONE,
+            maxmem: OptU64::NONE,
+            mem_percent: OptF64::NONE,
+            disk: OptU64::NONE,
+            maxdisk: OptU64::NONE,
+            netin: OptU64::NONE,
+            netout: OptU64::NONE,
+            diskread: OptU64::NONE,
+            diskwrite: OptU64::NONE,
+            netin_rate: OptF64::NONE,
+            netout_rate: OptF64::NONE,
+            diskread_rate: OptF64::NONE,
+            diskwrite_rate: OptF64::NONE,
+            uptime: OptU64::NONE,
+            started: OptU64::NONE,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             lock: None,
             hastate: None,

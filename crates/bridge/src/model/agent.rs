@@ -87,7 +87,7 @@ mod tests {
         // A container keeps Proxmox's own disk figure and has no agent.
         let ct = &view.guests[&101];
         assert_eq!(
-            (ct.disk, ct.lanes.agent, ct.lanes.disk_from_agent),
+            (ct.disk.get(), ct.lanes.agent, ct.lanes.disk_from_agent),
             (Some(1000), None, false)
         );
         let json = serde_json::to_value(&**vm).unwrap();

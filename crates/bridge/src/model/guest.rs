@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::compact::{OptF64, OptU64};
 use super::lanes::{GuestBackup, GuestLanes, LaneDraft};
 use super::rates::{percent, round_percent, RateMemory};
 use super::reporting::{phase_of_vmid, started, ReportRules};
@@ -27,28 +28,28 @@ pub struct GuestState {
     pub status: Arc<str>,
     pub template: bool,
     /// Percent of the guest's own CPUs.
-    pub cpu: Option<f64>,
-    pub cpus: Option<u64>,
-    pub mem: Option<u64>,
-    pub maxmem: Option<u64>,
-    pub mem_percent: Option<f64>,
-    pub disk: Option<u64>,
-    pub maxdisk: Option<u64>,
-    pub netin: Option<u64>,
-    pub netout: Option<u64>,
-    pub diskread: Option<u64>,
-    pub diskwrite: Option<u64>,
+    pub cpu: OptF64,
+    pub cpus: OptU64,
+    pub mem: OptU64,
+    pub maxmem: OptU64,
+    pub mem_percent: OptF64,
+    pub disk: OptU64,
+    pub maxdisk: OptU64,
+    pub netin: OptU64,
+    pub netout: OptU64,
+    pub diskread: OptU64,
+    pub diskwrite: OptU64,
     /// Bytes per second over the last two samples that differed; `null` after a counter
     /// reset (guest restart) or before a second sample exists.
-    pub netin_rate: Option<f64>,
-    pub netout_rate: Option<f64>,
-    pub diskread_rate: Option<f64>,
-    pub diskwrite_rate: Option<f64>,
+    pub netin_rate: OptF64,
+    pub netout_rate: OptF64,
+    pub diskread_rate: OptF64,
+    pub diskwrite_rate: OptF64,
     /// Seconds since boot; rides along, never a reason to publish (see `started`).
-    pub uptime: Option<u64>,
+    pub uptime: OptU64,
     /// Unix time of the boot, on a minute grid, stable while the guest runs: what Home
     /// Assistant shows, as it does not tick. `null` while not running.
-    pub started: Option<u64>,
+    pub started: OptU64,
     #[serde(serialize_with = "serialize_arc")]
     pub tags: Arc<[String]>,
     #[serde(serialize_with = "serialize_shared")]
@@ -206,11 +207,12 @@ impl GuestDraft<'_> {
             || pool.as_deref() != self.pool
             || *backup_stale != self.backup_stale
             || !self.lanes.same_as(reported);
-        let rates = [*netin_rate, *netout_rate, *diskread_rate, *diskwrite_rate];
-        let rest = ReportRules::moved(*cpu, self.cpu, rules.cpu)
-            || ReportRules::share_moved(*mem, self.mem, self.maxmem, rules.mem_percent)
+        let rates = [netin_rate, netout_rate, diskread_rate, diskwrite_rate].map(|r| r.get());
+        let rest = ReportRules::moved(cpu.get(), self.cpu, rules.cpu)
+            || ReportRules::share_moved(mem.get(), self.mem, self.maxmem, rules.mem_percent)
             || rules.rates_moved(rates, self.rates);
-        let disk = ReportRules::share_moved(*disk, self.disk, self.maxdisk, rules.storage_percent);
+        let disk =
+            ReportRules::share_moved(disk.get(), self.disk, self.maxdisk, rules.storage_percent);
         (always, Thresholds { rest, disk })
     }
 
@@ -232,23 +234,23 @@ impl GuestDraft<'_> {
             node: share(self.node, before.map(|b| &b.node)),
             status: share(self.status, before.map(|b| &b.status)),
             template: self.template,
-            cpu: self.cpu,
-            cpus: self.cpus,
-            mem: self.mem,
-            maxmem: self.maxmem,
-            mem_percent: self.mem_percent,
-            disk: self.disk,
-            maxdisk: self.maxdisk,
-            netin,
-            netout,
-            diskread,
-            diskwrite,
-            netin_rate,
-            netout_rate,
-            diskread_rate,
-            diskwrite_rate,
-            uptime: self.uptime,
-            started: self.started,
+            cpu: self.cpu.into(),
+            cpus: self.cpus.into(),
+            mem: self.mem.into(),
+            maxmem: self.maxmem.into(),
+            mem_percent: self.mem_percent.into(),
+            disk: self.disk.into(),
+            maxdisk: self.maxdisk.into(),
+            netin: netin.into(),
+            netout: netout.into(),
+            diskread: diskread.into(),
+            diskwrite: diskwrite.into(),
+            netin_rate: netin_rate.into(),
+            netout_rate: netout_rate.into(),
+            diskread_rate: diskread_rate.into(),
+            diskwrite_rate: diskwrite_rate.into(),
+            uptime: self.uptime.into(),
+            started: self.started.into(),
             tags,
             lock: share_opt(self.lock, before.map(|b| &b.lock)),
             hastate: share_opt(self.hastate, before.map(|b| &b.hastate)),
@@ -370,9 +372,9 @@ pub(super) fn still_reported(
         if let Some(disk) = lanes.agent_disk {
             threshold = remembered.threshold_rest
                 || ReportRules::share_moved(
-                    reported.disk,
+                    reported.disk.get(),
                     Some(disk),
-                    reported.maxdisk,
+                    reported.maxdisk.get(),
                     rules.storage_percent,
                 );
         }
@@ -380,7 +382,7 @@ pub(super) fn still_reported(
     let kept = started(
         now,
         remembered.uptime,
-        Some((reported.started, reported.uptime)),
+        Some((reported.started.get(), reported.uptime.get())),
     ) == reported.started
         && backup_stale(
             slow,
@@ -441,7 +443,11 @@ fn guest_draft<'a>(
         counters,
         rates: guest_rates,
         uptime: row.uptime,
-        started: started(now, row.uptime, before.map(|b| (b.started, b.uptime))),
+        started: started(
+            now,
+            row.uptime,
+            before.map(|b| (b.started.get(), b.uptime.get())),
+        ),
         tags: row.tags.unwrap_or(""),
         lock: row.lock,
         hastate: row.hastate,

@@ -2,6 +2,8 @@
 //! from republishing.
 use std::collections::HashMap;
 
+use super::compact::{OptF64, OptU64};
+
 /// The previous counter samples of each guest, kept by the poller between polls so
 /// rates can be computed from deltas.
 #[derive(Clone, Debug, Default)]
@@ -9,15 +11,16 @@ pub struct RateMemory {
     samples: HashMap<u32, CounterSample>,
 }
 
+/// 80 bytes a guest with its key, not 144: the numbers are compact (see `compact`).
 #[derive(Clone, Debug, PartialEq)]
 struct CounterSample {
     /// The counters netin, netout, diskread, diskwrite.
-    counters: [Option<u64>; 4],
+    counters: [OptU64; 4],
     /// Poll time (seconds) when these counters were first seen.
     at: f64,
     /// Rates computed when these counters arrived; kept while the counters stay the same
     /// (Proxmox refreshes them only every ~10 s, so a faster poll sees repeats).
-    rates: [Option<f64>; 4],
+    rates: [OptF64; 4],
 }
 
 impl RateMemory {
@@ -29,12 +32,14 @@ impl RateMemory {
         now: f64,
     ) -> [Option<f64>; 4] {
         let rates = match self.samples.get(&vmid) {
-            Some(prev) if prev.counters == counters => return prev.rates,
+            Some(prev) if prev.counters == counters.map(OptU64::new) => {
+                return prev.rates.map(OptF64::get);
+            }
             Some(prev) if now > prev.at => {
                 let dt = now - prev.at;
                 let mut rates = [None; 4];
                 for i in 0..4 {
-                    rates[i] = match (prev.counters[i], counters[i]) {
+                    rates[i] = match (prev.counters[i].get(), counters[i]) {
                         // A counter that went down was reset (guest restarted): no honest rate.
                         (Some(a), Some(b)) if b >= a => Some(round_rate((b - a) as f64 / dt)),
                         _ => None,
@@ -47,9 +52,9 @@ impl RateMemory {
         self.samples.insert(
             vmid,
             CounterSample {
-                counters,
+                counters: counters.map(OptU64::new),
                 at: now,
-                rates,
+                rates: rates.map(OptF64::new),
             },
         );
         rates

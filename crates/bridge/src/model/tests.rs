@@ -1,5 +1,6 @@
 use super::node::short_pve_version;
 use super::*;
+use crate::pve::Resource;
 
 /// The view a first poll builds from `rows`: no slow-lane data, no earlier samples.
 pub(crate) fn first_view(id: &str, console_url: &str, rows: &[Resource]) -> ClusterView {
@@ -261,7 +262,7 @@ fn sub_threshold_moves_keep_the_reported_state_and_bigger_ones_replace_it() {
     }
     let vm = &drifted.guests[&100];
     assert_eq!(
-        (vm.cpu, vm.netin, vm.uptime),
+        (vm.cpu.get(), vm.netin.get(), vm.uptime.get()),
         (Some(7.2), Some(4_000), Some(1_030))
     );
     assert_eq!(
@@ -312,7 +313,7 @@ fn uptime_does_not_change_the_reported_state_but_started_is_there() {
         T0,
         None,
     );
-    let started = first.guests[&100].started.unwrap();
+    let started = first.guests[&100].started.get().unwrap();
     assert!((started as f64 - (T0 - 5_000.0)).abs() <= 30.0);
     assert_eq!(first.nodes["pve"].started, Some(started));
     let later = build_view(
@@ -339,7 +340,7 @@ fn uptime_does_not_change_the_reported_state_but_started_is_there() {
         T0 + 120.0,
         Some(&later),
     );
-    assert!(rebooted.guests[&100].started.unwrap() > started + 4_000);
+    assert!(rebooted.guests[&100].started.get().unwrap() > started + 4_000);
     assert!(!rebooted.same_state(&later, &ObjectRef::Node("pve".into())));
 }
 

@@ -252,7 +252,7 @@ fn plan(
                     vmid: guest.vmid,
                     kind: guest.kind,
                     node: guest.node.to_string(),
-                    started: guest.started,
+                    started: guest.started.get(),
                 },
             ));
         }
