@@ -135,27 +135,29 @@ mod tests {
         assert_eq!(OptF64::new(Some(f64::NAN)), OptF64::NONE);
     }
 
+    /// `compact` prints, serialises and compares as `value`, the `Option` it stands for.
+    fn like<C, T>(compact: C, value: Option<T>)
+    where
+        C: std::fmt::Debug + serde::Serialize + PartialEq<Option<T>>,
+        T: std::fmt::Debug + serde::Serialize,
+    {
+        assert_eq!(format!("{compact:?}"), format!("{value:?}"));
+        assert_eq!(
+            serde_json::to_string(&compact).unwrap(),
+            serde_json::to_string(&value).unwrap()
+        );
+        assert!(compact == value, "compact == option");
+    }
+
     #[test]
     fn they_print_compare_and_serialise_as_the_option_they_replace() {
         for value in [None, Some(7u64)] {
-            let compact = OptU64::new(value);
-            assert_eq!(format!("{compact:?}"), format!("{value:?}"));
-            assert_eq!(
-                serde_json::to_string(&compact).unwrap(),
-                serde_json::to_string(&value).unwrap()
-            );
-            assert!(compact == value, "compact == option");
-            assert!(value == compact, "option == compact");
+            like(OptU64::new(value), value);
+            assert!(value == OptU64::new(value), "option == compact");
         }
         for value in [None, Some(0.25f64)] {
-            let compact = OptF64::new(value);
-            assert_eq!(format!("{compact:?}"), format!("{value:?}"));
-            assert_eq!(
-                serde_json::to_string(&compact).unwrap(),
-                serde_json::to_string(&value).unwrap()
-            );
-            assert!(compact == value, "compact == option");
-            assert!(value == compact, "option == compact");
+            like(OptF64::new(value), value);
+            assert!(value == OptF64::new(value), "option == compact");
         }
         assert_ne!(OptF64::new(Some(1.0)), OptF64::NONE);
         assert_ne!(OptU64::new(Some(1)), OptU64::NONE);
