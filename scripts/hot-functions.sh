@@ -7,7 +7,8 @@
 # commands and their tasks. Re-run it after a change that adds or renames much of what
 # runs in the steady state, or after a toolchain or Cargo.lock update (symbol names change
 # with them; names the linker does not find are skipped, and that code is laid out as
-# without the list). Needs valgrind and mosquitto (apt-get install valgrind mosquitto).
+# without the list). Needs valgrind, mosquitto and mosquitto_pub (apt-get install valgrind
+# mosquitto mosquitto-clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
