@@ -41,6 +41,29 @@ fn main() {
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
+    if wanted && release && gnu_x86_64 && !own_linker && lld_by_default() && relr_runs_here() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
+}
+
+/// Does this machine's glibc read packed relative relocations (`DT_RELR`, glibc 2.36
+/// and later)? The binary links the build machine's glibc, and one built with them
+/// asks its loader for `GLIBC_ABI_DT_RELR`, so it would not start on an older one.
+fn relr_runs_here() -> bool {
+    if env::var("HOST").ok() != env::var("TARGET").ok() {
+        return false;
+    }
+    let Ok(output) = std::process::Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+    else {
+        return false;
+    };
+    // "glibc 2.36"
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text.trim().strip_prefix("glibc ").unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(major)), Some(Some(minor))) if (major, minor) >= (2, 36))
 }
 
 /// Does this rustc link x86_64 Linux (glibc) with rust-lld by default (1.90 and later)?

@@ -56,6 +56,8 @@ pub struct ViewBuilder<'a> {
     answer: Option<memo::Answer>,
     /// Rows added so far.
     rows: usize,
+    /// The texts the new guest states of this view share.
+    texts: guest::Texts,
 }
 
 /// What [`ViewBuilder::add_raw`] did with a row.
@@ -98,6 +100,7 @@ impl<'a> ViewBuilder<'a> {
             memo: None,
             answer: None,
             rows: 0,
+            texts: guest::Texts::default(),
         }
     }
 
@@ -199,7 +202,8 @@ impl<'a> ViewBuilder<'a> {
             let added = self.add_raw(raw)?;
             each(raw, added)
         })?;
-        if let (Some(ranges), Some(memo)) = (ranges, self.memo.as_deref_mut()) {
+        if let (Some(mut ranges), Some(memo)) = (ranges, self.memo.as_deref_mut()) {
+            ranges.shrink_to_fit();
             memo.set_answer(memo::Answer { len, hash, ranges });
         }
         Ok(rows)
@@ -334,7 +338,7 @@ impl<'a> ViewBuilder<'a> {
             (self.slow, agent),
             self.rates,
             (&self.rules, self.now),
-            self.previous,
+            (self.previous, &mut self.texts),
         );
         let remembered = match hash {
             Some(hash) => {

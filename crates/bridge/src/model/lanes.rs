@@ -89,7 +89,7 @@ impl<'a> LaneDraft<'a> {
         agent: Option<&'a AgentInfo>,
     ) -> Self {
         LaneDraft {
-            last_backup: slow.last_backup.get(&vmid).copied(),
+            last_backup: slow.last_backup(vmid),
             newest: slow.newest_backup.get(&vmid),
             verdict: slow.backup_verdicts.get(&vmid),
             covered: slow

@@ -119,15 +119,52 @@ fn unchanged_guests_are_shared_with_the_previous_view_and_changed_ones_are_not()
     // Text and slow-lane inputs count too: new tags, a new backup.
     let row = moved.iter_mut().find(|r| r.vmid == Some(100)).unwrap();
     row.tags_raw = Some("media;new".into());
-    let backed_up = SlowData {
-        last_backup: HashMap::from([(102, 1_764_679_463)]),
-        ..SlowData::default()
-    };
+    let backed_up = SlowData::with_backup(102, 1_764_679_463);
     let later = build_view("c", "", &moved, &backed_up, &mut mem, 30.0, Some(&changed));
     assert_eq!(*later.guests[&100].tags, ["media", "new"]);
     assert_eq!(later.guests[&102].backup.last_backup, Some(1_764_679_463));
     assert!(!Arc::ptr_eq(&later.guests[&102], &changed.guests[&102]));
     assert!(Arc::ptr_eq(&later.guests[&101], &changed.guests[&101]));
+}
+
+#[test]
+fn new_guest_states_of_one_view_share_their_node_status_and_tag_list() {
+    let rows: Vec<Resource> = serde_json::from_value(serde_json::json!([
+        {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "pve", "status": "running", "name": "a", "tags": "web;prod", "pool": "p"},
+        {"id": "qemu/101", "type": "qemu", "vmid": 101, "node": "pve", "status": "running", "name": "b", "tags": "web;prod", "pool": "p"},
+        {"id": "lxc/102", "type": "lxc", "vmid": 102, "node": "pve", "status": "stopped", "name": "c", "tags": "db"}
+    ]))
+    .unwrap();
+    let view = first_view("c", "", &rows);
+    let [a, b, c] = [100, 101, 102].map(|vmid| view.guests[&vmid].clone());
+    // One copy of each text for the whole view, not one per guest.
+    assert!(Arc::ptr_eq(&a.node, &b.node) && Arc::ptr_eq(&a.node, &c.node));
+    assert!(Arc::ptr_eq(&a.status, &b.status));
+    assert!(Arc::ptr_eq(&a.tags, &b.tags));
+    assert!(Arc::ptr_eq(
+        a.pool.as_ref().unwrap(),
+        b.pool.as_ref().unwrap()
+    ));
+    // Equal texts only: each guest still says what its row says.
+    assert_eq!((&*c.status, &*c.tags), ("stopped", &["db".to_string()][..]));
+    assert_eq!(*a.tags, ["web", "prod"]);
+    assert!(!Arc::ptr_eq(
+        &a.name.clone().unwrap(),
+        &b.name.clone().unwrap()
+    ));
+}
+
+#[test]
+fn a_guests_last_backup_is_its_newest_backup_and_the_sent_copy_shares_the_map() {
+    let mut slow = SlowData::with_backup(100, 1_000);
+    slow.set_backup(101, 2_000);
+    assert_eq!(
+        [100, 101, 102].map(|vmid| slow.last_backup(vmid)),
+        [Some(1_000), Some(2_000), None]
+    );
+    // The slow lane keeps its data and sends a clone each round: one map for both.
+    let sent = slow.clone();
+    assert!(Arc::ptr_eq(&sent.newest_backup, &slow.newest_backup));
 }
 
 #[test]
@@ -180,10 +217,7 @@ fn hibernated_vm_is_suspended_and_slow_lane_fills_backups() {
         {"id": "qemu/100", "type": "qemu", "vmid": 100, "node": "a", "status": "stopped", "lock": "suspended", "tags": "a;b"}
     ]))
     .unwrap();
-    let slow = SlowData {
-        last_backup: HashMap::from([(100, 1_764_679_463)]),
-        ..SlowData::default()
-    };
+    let slow = SlowData::with_backup(100, 1_764_679_463);
     let view = build_view("c", "", &rows, &slow, &mut RateMemory::default(), 0.0, None);
     let vm = &view.guests[&100];
     assert_eq!(&*vm.status, "suspended");
@@ -357,10 +391,7 @@ fn lane_view(
          "name": "web", "tags": "a;b", "pool": "prod", "cpu": cpu, "maxcpu": 2, "uptime": 1_000}
     ]))
     .unwrap();
-    let slow = SlowData {
-        last_backup: HashMap::from([(100, backup_at)]),
-        ..SlowData::default()
-    };
+    let slow = SlowData::with_backup(100, backup_at);
     let agent = AgentData::from([(
         100,
         AgentInfo {

@@ -88,7 +88,8 @@ struct Memory {
 struct Visit {
     vmid: u32,
     kind: GuestKind,
-    node: String,
+    /// The view's own text: planning a round allocates nothing per guest.
+    node: Arc<str>,
     started: Option<u64>,
 }
 
@@ -251,7 +252,7 @@ fn plan(
                 Visit {
                     vmid: guest.vmid,
                     kind: guest.kind,
-                    node: guest.node.to_string(),
+                    node: Arc::clone(&guest.node),
                     started: guest.started.get(),
                 },
             ));
@@ -298,7 +299,7 @@ fn classify(err: &PveError) -> Outcome {
 }
 
 async fn visit_guest(client: &PveClient, visit: &Visit, memory: &mut Memory) -> Outcome {
-    let (node, vmid) = (visit.node.as_str(), visit.vmid);
+    let (node, vmid) = (&*visit.node, visit.vmid);
     let info = &mut memory.info;
     if visit.kind == GuestKind::Lxc {
         return match bounded(client.lxc_interfaces(node, vmid)).await {

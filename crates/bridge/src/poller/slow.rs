@@ -248,18 +248,14 @@ pub(super) async fn slow_lane(lane: SlowLane, shutdown: CancellationToken) {
         }
         // Keep older backup times for storages we could not read this round.
         if backups_complete && reads_backups {
-            data.newest_backup = backups;
+            data.newest_backup = Arc::new(backups);
             data.backups_read = true;
-        } else {
+        } else if !backups.is_empty() {
+            let kept = Arc::make_mut(&mut data.newest_backup);
             for (vmid, newest) in backups {
-                data.newest_backup.entry(vmid).or_default().merge(newest);
+                kept.entry(vmid).or_default().merge(newest);
             }
         }
-        data.last_backup = data
-            .newest_backup
-            .iter()
-            .map(|(vmid, newest)| (*vmid, newest.ctime))
-            .collect();
         snapshots::forget_gone(&mut data, guests.views.borrow().as_deref());
         // Only news is sent: each send makes the poller rebuild the view of the whole
         // cluster and the publisher compare every object, and most rounds of a quiet

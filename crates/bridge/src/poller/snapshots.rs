@@ -64,8 +64,11 @@ pub(super) async fn read(
     data: &mut SlowData,
 ) -> Result<(), PveError> {
     let rows = client.snapshots(&read.node, read.kind, read.vmid).await?;
-    data.snapshots
-        .insert(read.vmid, SnapshotInfo::from_list(&rows));
+    let info = SnapshotInfo::from_list(&rows);
+    // The map is shared with the data last sent: copied only for news.
+    if data.snapshots.get(&read.vmid) != Some(&info) {
+        Arc::make_mut(&mut data.snapshots).insert(read.vmid, info);
+    }
     Ok(())
 }
 
@@ -88,7 +91,12 @@ pub(super) async fn reread(
 /// Drops the summaries of guests that are gone.
 pub(super) fn forget_gone(data: &mut SlowData, view: Option<&ClusterView>) {
     if let Some(view) = view {
-        data.snapshots
-            .retain(|vmid, _| view.guests.contains_key(vmid));
+        if data
+            .snapshots
+            .keys()
+            .any(|vmid| !view.guests.contains_key(vmid))
+        {
+            Arc::make_mut(&mut data.snapshots).retain(|vmid, _| view.guests.contains_key(vmid));
+        }
     }
 }
