@@ -15,6 +15,11 @@
 //! the default was the system's `ld`), and no linker set in a `linker` setting or in
 //! RUSTFLAGS. `PVE2MQTT_LINK_ORDER=off` leaves it out too. Other targets (the released
 //! musl binaries, which cargo-zigbuild links) are laid out as before.
+//!
+//! Under the same conditions, and when the build machine's glibc is 2.36 or later (the
+//! binary links that glibc, and needs one as new), the linker packs the relative
+//! relocations (`-z pack-relative-relocs`, `DT_RELR`): the loader reads all of them at
+//! start, and as `.rela.dyn` they were 405 KB that stayed resident; packed they are 8 KB.
 use std::env;
 use std::path::Path;
 

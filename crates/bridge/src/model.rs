@@ -287,7 +287,8 @@ pub struct SlowData {
     /// issue 10).
     pub newest_backup: Arc<HashMap<u32, NewestBackup>>,
     /// vmid -> verdict of the newest vzdump task that logged the guest (`model::backup`).
-    pub backup_verdicts: HashMap<u32, BackupVerdict>,
+    /// Shared like `newest_backup`: changed (copied) only by a log with news.
+    pub backup_verdicts: Arc<HashMap<u32, BackupVerdict>>,
     /// Guests in no backup job (`/cluster/backup-info/not-backed-up`); `None` = not
     /// read (the token lacks `Sys.Audit` on `/`).
     pub not_backed_up: Option<std::collections::HashSet<u32>>,

@@ -1,6 +1,8 @@
 //! Reads a finished vzdump task's log once, page by page, and keeps each guest's
 //! verdict (`model::backup`) when the task is the newest that backed the guest up.
 
+use std::sync::Arc;
+
 use crate::model::{parse_vzdump_log, SlowData};
 use crate::pve::{PveClient, PveError, Upid};
 
@@ -33,12 +35,11 @@ pub(super) async fn read_verdicts(
     }
     let task_start = upid.starttime;
     for (vmid, verdict) in parse_vzdump_log(lines.iter().map(String::as_str), task_start) {
-        let newer = data
-            .backup_verdicts
-            .get(&vmid)
-            .is_none_or(|old| old.task_start <= task_start);
-        if newer {
-            data.backup_verdicts.insert(vmid, verdict);
+        let old = data.backup_verdicts.get(&vmid);
+        let newer = old.is_none_or(|old| old.task_start <= task_start);
+        // The map is shared with the data last sent: copied only for news.
+        if newer && old != Some(&verdict) {
+            Arc::make_mut(&mut data.backup_verdicts).insert(vmid, verdict);
         }
     }
     Ok(())

@@ -219,6 +219,53 @@ async fn frozen_cluster() -> (sim::SimHandle, PveClient) {
 /// A slow round that learns nothing new hands nothing on: every round the poller is
 /// told of rebuilds a view of the whole cluster and the publisher compares every object.
 #[tokio::test]
+async fn the_first_slow_round_sends_nodes_and_backups_before_it_reads_snapshot_lists() {
+    let (sim, client) = frozen_cluster().await;
+    let all = client.cluster_resources().await.unwrap();
+    let view = crate::model::tests::first_view("c", "", &all);
+    let rows: Vec<Resource> = all
+        .into_iter()
+        .filter(|r| matches!(r.kind, ResourceKind::Node | ResourceKind::Storage))
+        .collect();
+    let (_resources_tx, resources) = watch::channel(Arc::new(rows));
+    let (out, mut news) = watch::channel(Arc::new(SlowData::default()));
+    // A view is there: the first round has a snapshot list to read per guest.
+    let (_views_tx, views) = watch::channel(Some(Arc::new(view)));
+    let (_logs_tx, backup_logs) = mpsc::channel(1);
+    let (_reread_tx, reread) = mpsc::channel(1);
+    let lane = SlowLane {
+        client,
+        interval: Duration::from_secs(600),
+        cadence: Cadence::default(),
+        resources,
+        out,
+        reread: Arc::new(tokio::sync::Notify::new()),
+        backup_logs,
+        guests: snapshots::GuestFeed { views, reread },
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(slow_lane(lane, stop.clone()));
+    tokio::time::timeout(WAIT, news.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let first = news.borrow_and_update().clone();
+    assert!(first.pve_version.is_some() && !first.node_status.is_empty());
+    assert!(first.backups_read, "the backup storages were read");
+    assert!(first.snapshots.is_empty(), "sent before any snapshot list");
+    // The rest of the round follows: every guest's list.
+    tokio::time::timeout(WAIT, news.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!news.borrow().snapshots.is_empty());
+    assert_eq!(news.borrow().newest_backup, first.newest_backup);
+    stop.cancel();
+    task.await.unwrap();
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn a_slow_round_that_learns_nothing_new_sends_no_news() {
     let (sim, client) = frozen_cluster().await;
     let rows: Vec<Resource> = client
