@@ -218,24 +218,37 @@ async fn frozen_cluster() -> (sim::SimHandle, PveClient) {
 
 /// A slow round that learns nothing new hands nothing on: every round the poller is
 /// told of rebuilds a view of the whole cluster and the publisher compares every object.
-#[tokio::test]
-async fn the_first_slow_round_sends_nodes_and_backups_before_it_reads_snapshot_lists() {
-    let (sim, client) = frozen_cluster().await;
-    let all = client.cluster_resources().await.unwrap();
-    let view = crate::model::tests::first_view("c", "", &all);
+/// The slow lane alone on `client`, planning from the node and storage rows of `all`,
+/// with `view` as the published view; its news, and what stops it.
+struct LaneRun {
+    news: watch::Receiver<Arc<SlowData>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    // Kept open: the lane reads them.
+    _resources: watch::Sender<Arc<Vec<Resource>>>,
+    _views: watch::Sender<Option<Arc<ClusterView>>>,
+    _backup_logs: mpsc::Sender<(String, String)>,
+    _reread: mpsc::Sender<u32>,
+}
+
+fn run_slow_lane(
+    client: PveClient,
+    all: Vec<Resource>,
+    view: Option<ClusterView>,
+    interval: Duration,
+) -> LaneRun {
     let rows: Vec<Resource> = all
         .into_iter()
         .filter(|r| matches!(r.kind, ResourceKind::Node | ResourceKind::Storage))
         .collect();
-    let (_resources_tx, resources) = watch::channel(Arc::new(rows));
-    let (out, mut news) = watch::channel(Arc::new(SlowData::default()));
-    // A view is there: the first round has a snapshot list to read per guest.
-    let (_views_tx, views) = watch::channel(Some(Arc::new(view)));
-    let (_logs_tx, backup_logs) = mpsc::channel(1);
-    let (_reread_tx, reread) = mpsc::channel(1);
+    let (resources_tx, resources) = watch::channel(Arc::new(rows));
+    let (out, news) = watch::channel(Arc::new(SlowData::default()));
+    let (views_tx, views) = watch::channel(view.map(Arc::new));
+    let (logs_tx, backup_logs) = mpsc::channel(1);
+    let (reread_tx, reread) = mpsc::channel(1);
     let lane = SlowLane {
         client,
-        interval: Duration::from_secs(600),
+        interval,
         cadence: Cadence::default(),
         resources,
         out,
@@ -245,6 +258,29 @@ async fn the_first_slow_round_sends_nodes_and_backups_before_it_reads_snapshot_l
     };
     let stop = CancellationToken::new();
     let task = tokio::spawn(slow_lane(lane, stop.clone()));
+    LaneRun {
+        news,
+        stop,
+        task,
+        _resources: resources_tx,
+        _views: views_tx,
+        _backup_logs: logs_tx,
+        _reread: reread_tx,
+    }
+}
+
+#[tokio::test]
+async fn the_first_slow_round_sends_nodes_and_backups_before_it_reads_snapshot_lists() {
+    let (sim, client) = frozen_cluster().await;
+    let all = client.cluster_resources().await.unwrap();
+    // A view is there: the first round has a snapshot list to read per guest.
+    let view = crate::model::tests::first_view("c", "", &all);
+    let LaneRun {
+        mut news,
+        stop,
+        task,
+        ..
+    } = run_slow_lane(client, all, Some(view), Duration::from_secs(600));
     tokio::time::timeout(WAIT, news.changed())
         .await
         .unwrap()
@@ -268,30 +304,13 @@ async fn the_first_slow_round_sends_nodes_and_backups_before_it_reads_snapshot_l
 #[tokio::test]
 async fn a_slow_round_that_learns_nothing_new_sends_no_news() {
     let (sim, client) = frozen_cluster().await;
-    let rows: Vec<Resource> = client
-        .cluster_resources()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|r| matches!(r.kind, ResourceKind::Node | ResourceKind::Storage))
-        .collect();
-    let (_resources_tx, resources) = watch::channel(Arc::new(rows));
-    let (out, mut news) = watch::channel(Arc::new(SlowData::default()));
-    let (_views_tx, views) = watch::channel(None);
-    let (_logs_tx, backup_logs) = mpsc::channel(1);
-    let (_reread_tx, reread) = mpsc::channel(1);
-    let lane = SlowLane {
-        client,
-        interval: Duration::from_millis(500),
-        cadence: Cadence::default(),
-        resources,
-        out,
-        reread: Arc::new(tokio::sync::Notify::new()),
-        backup_logs,
-        guests: snapshots::GuestFeed { views, reread },
-    };
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(slow_lane(lane, stop.clone()));
+    let all = client.cluster_resources().await.unwrap();
+    let LaneRun {
+        mut news,
+        stop,
+        task,
+        ..
+    } = run_slow_lane(client, all, None, Duration::from_millis(500));
     // A round asks for the version once; round n has been sent once round n + 1 asks.
     let rounds_begun = || {
         sim.world()
