@@ -155,16 +155,20 @@ fn new_guest_states_of_one_view_share_their_node_status_and_tag_list() {
 }
 
 #[test]
-fn a_guests_last_backup_is_its_newest_backup_and_the_sent_copy_shares_the_map() {
+fn a_guests_last_backup_is_the_time_of_its_newest_backup() {
     let mut slow = SlowData::with_backup(100, 1_000);
     slow.set_backup(101, 2_000);
     assert_eq!(
         [100, 101, 102].map(|vmid| slow.last_backup(vmid)),
         [Some(1_000), Some(2_000), None]
     );
-    // The slow lane keeps its data and sends a clone each round: one map for both.
-    let sent = slow.clone();
-    assert!(Arc::ptr_eq(&sent.newest_backup, &slow.newest_backup));
+    // What a guest's state says (the view reads the same map).
+    let rows: Vec<Resource> = serde_json::from_value(serde_json::json!([
+        {"id": "qemu/101", "type": "qemu", "vmid": 101, "node": "pve", "status": "running"}
+    ]))
+    .unwrap();
+    let view = build_view("c", "", &rows, &slow, &mut RateMemory::default(), 0.0, None);
+    assert_eq!(view.guests[&101].backup.last_backup, Some(2_000));
 }
 
 #[test]
