@@ -30,6 +30,7 @@ const REQUIRED: &[&str] = &[
     "/slow_lane/by_endpoint",
     "/agent_lane/requests",
     "/commands/burst/sent",
+    "/commands/burst/bridge_cpu_s",
     "/commands/isolated/sent",
     "/discovery_retained",
     "/state_retained",
@@ -99,7 +100,7 @@ mod tests {
             "idle": {}, "changed": {}, "frozen": {}, "moving": {},
             "fast_lane": {"polls": 5, "requests_per_poll": {"GET /cluster/resources": 1.0, "GET /cluster/tasks": 0.4}},
             "slow_lane": {"by_endpoint": {}}, "agent_lane": {"requests": 3},
-            "commands": {"burst": {"sent": 10, "finals": {"ok": 10}}, "isolated": {"sent": 10, "finals": {"ok": 10}}},
+            "commands": {"burst": {"sent": 10, "finals": {"ok": 10}, "bridge_cpu_s": 0.1}, "isolated": {"sent": 10, "finals": {"ok": 10}}},
             "discovery_retained": 20, "state_retained": 40, "rss_peak_mb": 12.0, "total_cpu_s": 0.5,
             "bridge_connections": 1, "lost_mqtt_connection": 0,
         })

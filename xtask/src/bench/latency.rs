@@ -27,6 +27,7 @@ impl SizeRun {
         gap: f64,
     ) -> anyhow::Result<()> {
         self.timeline.set_period(Duration::from_millis(1)); // tight while commands run
+        let (started, cpu_before) = (self.now(), self.cpu());
         let world = self.sim.get("/_sim/world").await?;
         let guests: Vec<Value> = world["guests"]
             .as_array()
@@ -142,7 +143,12 @@ impl SizeRun {
         }
         self.timeline.set_period(Duration::from_millis(20));
         self.match_answered_posts(&mut records);
-        let summary = summarise_commands(&records);
+        let mut summary = summarise_commands(&records);
+        // What the phase cost the bridge (the bench's own polling of the simulator and the
+        // broker is not in it), and its peak RSS by the end of the phase.
+        summary["seconds"] = json!(self.now() - started);
+        summary["bridge_cpu_s"] = json!(self.cpu() - cpu_before);
+        summary["rss_peak_mb"] = json!(self.status_mb("VmHWM"));
         let commands = self.result.entry("commands").or_insert_with(|| json!({}));
         commands[mode] = summary;
         Ok(())

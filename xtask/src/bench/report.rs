@@ -295,6 +295,11 @@ pub fn print_tables(r: &Value) {
         f(&r["discovery_bytes"]) / 1024.0
     ));
     out.push(format!(
+        "| discovery messages in the whole run (resends included) / per object | {} / {:.2} |",
+        r["discovery_messages"],
+        f(&r["discovery_messages"]) / f(&r["objects"]).max(1.0)
+    ));
+    out.push(format!(
         "| bridge CPU from start to discovery done | {} s |",
         fmt(&r["startup_cpu_s"], 2)
     ));
@@ -322,8 +327,13 @@ pub fn print_tables(r: &Value) {
         };
         out.push(String::new());
         out.push(format!(
-            "| commands: {} on {} guests, {what}; results {} | n | p50 ms | p99 ms | max ms |",
-            c["sent"], c["distinct_guests"], c["finals"]
+            "| commands: {} on {} guests, {what}; results {}; bridge CPU {} s in {} s, peak RSS by the end {} MiB | n | p50 ms | p99 ms | max ms |",
+            c["sent"],
+            c["distinct_guests"],
+            c["finals"],
+            fmt(&c["bridge_cpu_s"], 2),
+            fmt(&c["seconds"], 1),
+            fmt(&c["rss_peak_mb"], 1)
         ));
         out.push("|---|---|---|---|---|".into());
         for (label, key) in [

@@ -482,6 +482,15 @@ impl SizeRun {
             "discovery_bytes".into(),
             json!(discovery.iter().map(|m| m.payload.len()).sum::<usize>()),
         );
+        // Every discovery payload the live probe got over the whole run, resends included:
+        // what Home Assistant had to process.
+        let sent = self
+            .probe
+            .all()
+            .into_iter()
+            .filter(|m| topic_class(&m.topic) == "discovery" && !m.payload.is_empty())
+            .count();
+        self.result.insert("discovery_messages".into(), json!(sent));
         Ok(())
     }
 

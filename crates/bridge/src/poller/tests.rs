@@ -8,6 +8,8 @@ const RESOURCES: &str = "GET /cluster/resources";
 
 struct Running {
     sim: sim::SimHandle,
+    /// Views the poller sent to the publisher.
+    views_sent: Arc<std::sync::atomic::AtomicUsize>,
     refresh: mpsc::Sender<Refresh>,
     views: watch::Receiver<Option<Arc<ClusterView>>>,
     stop: CancellationToken,
@@ -38,7 +40,15 @@ async fn start(refresh_spacing: Duration) -> Running {
     let config = Config::from_toml_str(&toml, &HashMap::new()).unwrap();
     let client = PveClient::new(&config.clusters[0]).unwrap();
     let (publisher, mut published) = mpsc::channel(64);
-    tokio::spawn(async move { while published.recv().await.is_some() {} });
+    let views_sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = views_sent.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = published.recv().await {
+            if matches!(msg, PublisherMsg::View(_)) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
     let (refresh, refresh_rx) = mpsc::channel(16);
     let refresh_self = refresh.clone();
     let (views_tx, views) = watch::channel(None);
@@ -67,6 +77,7 @@ async fn start(refresh_spacing: Duration) -> Running {
     let task = tokio::spawn(poller.run(stop.clone()));
     Running {
         sim,
+        views_sent,
         refresh,
         views,
         stop,
@@ -104,6 +115,10 @@ impl Running {
             .collect();
         assert_eq!(fresh.len(), 3);
         fresh
+    }
+
+    fn views_sent(&self) -> usize {
+        self.views_sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn send(&self, fresh: &[(u32, String)]) {
@@ -192,6 +207,35 @@ async fn a_spaced_refresh_polls_once_when_the_spacing_is_up() {
     for (vmid, status) in &fresh {
         assert_eq!(&*view.guests[vmid].status, status.as_str());
     }
+    running.stop().await;
+}
+
+/// A burst of task ends soon after a poll (200 commands one every 50 ms, each task
+/// ending on its own): their statuses are published by a rebuild at most every
+/// `REBUILD_GAP`, not a whole view each, and the last view carries every one of them.
+#[tokio::test]
+async fn a_burst_of_task_ends_is_published_by_one_rebuild_per_gap_not_one_each() {
+    let mut running = start(Duration::from_secs(3600)).await;
+    let fresh = running.refresh_three_after_first_poll().await;
+    let views_before = running.views_sent();
+    let started = Instant::now();
+    for i in 0..20 {
+        running.send(&fresh[i % 3..i % 3 + 1]);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sending = started.elapsed();
+    running.wait_for_statuses(&fresh).await;
+    // (a rebuild still due goes out meanwhile)
+    tokio::time::sleep(REBUILD_GAP + Duration::from_millis(100)).await;
+    let views = running.views_sent() - views_before;
+    // One at once, then one per gap while they keep coming (and one due at the end).
+    let most = (sending.as_millis() / REBUILD_GAP.as_millis()) as usize + 2;
+    assert!(
+        views <= most,
+        "20 task ends in {sending:?} made {views} views (at most {most})"
+    );
+    assert!(views >= 1);
+    assert_eq!(running.polls(), 1, "the refreshes polled");
     running.stop().await;
 }
 
