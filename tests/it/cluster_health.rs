@@ -15,6 +15,27 @@ fn fast_slow_lane() -> WorldBuilder {
     World::builder().replace("slow_interval = \"2s\"", "slow_interval = \"1s\"")
 }
 
+/// A two-node cluster of four guests, not started yet, where VM 100 replicates to pve2
+/// every minute.
+async fn vm_100_replicating_to_pve2() -> Stage {
+    let stage = fast_slow_lane()
+        .sim(SimOptions {
+            nodes: Some(2),
+            guests: Some(4),
+            ..sim_options()
+        })
+        .prepare()
+        .await;
+    sim_send(
+        &stage.sim,
+        "POST",
+        "/_sim/replication",
+        json!({"guest": 100, "target": "pve2", "every_minutes": 1}),
+    )
+    .await;
+    stage
+}
+
 async fn counters(sim: &SimHandle) -> BTreeMap<String, u64> {
     serde_json::from_value(sim_get(sim, "/_sim/counters").await).expect("counters")
 }
@@ -248,21 +269,7 @@ async fn hastate_and_lock_reach_the_guests_without_any_extra_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_replication_job_turns_the_guests_replication_problem_on() {
     // Given a two-node cluster where VM 100 replicates to pve2
-    let stage = fast_slow_lane()
-        .sim(SimOptions {
-            nodes: Some(2),
-            guests: Some(4),
-            ..sim_options()
-        })
-        .prepare()
-        .await;
-    sim_send(
-        &stage.sim,
-        "POST",
-        "/_sim/replication",
-        json!({"guest": 100, "target": "pve2", "every_minutes": 1}),
-    )
-    .await;
+    let stage = vm_100_replicating_to_pve2().await;
     let w = stage.start().await;
     let (sim, probe) = (&w.sim, &w.probe);
     let topic = "pve2mqtt/simcluster/qemu/100";
@@ -449,5 +456,64 @@ async fn once_replication_is_known_every_guest_is_told_at_once_not_at_its_next_c
         .filter(|m| m.topic == device)
         .collect();
     assert!(again.is_empty(), "discovery sent again: {:?}", again.len());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_start_each_guest_is_announced_once_with_its_replication_settled() {
+    // Given a two-node cluster where VM 100 replicates to pve2 and the other guests do not
+    let stage = vm_100_replicating_to_pve2().await;
+    let guests: Vec<(u64, String)> = sim_get(&stage.sim, "/_sim/world").await["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["vmid"].as_u64().unwrap(),
+                g["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(guests.len(), 4);
+
+    // When the bridge starts and its slow lane has gone round three times
+    let w = stage.start().await;
+    let (sim, probe) = (&w.sim, &w.probe);
+    probe
+        .wait_topic("pve2mqtt/simcluster/qemu/100", 20 * SECS, |m| {
+            !m.json()["replication"].is_null()
+        })
+        .await;
+    wait_count(sim, "GET /nodes/{node}/replication", 6).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Then Home Assistant was told about each guest's replication in every discovery
+    // message it got, the first included: VM 100's entities, every other guest's removal
+    // (a restart must not leave stale ones). A container's discovery went out once; a
+    // VM's may once more when its agent first reports filesystems ("Disk used").
+    let messages = probe.messages();
+    for (vmid, kind) in guests {
+        let topic = format!("homeassistant/device/pve2mqtt_simcluster_{vmid}/config");
+        let sent: Vec<Value> = messages
+            .iter()
+            .filter(|m| m.topic == topic && !m.payload.is_empty())
+            .map(|m| m.json())
+            .collect();
+        assert!(!sent.is_empty(), "{topic}: never announced");
+        for (i, payload) in sent.iter().enumerate() {
+            let replication = &payload["cmps"]["replication"];
+            if vmid == 100 {
+                assert_eq!(
+                    replication["dev_cla"], "problem",
+                    "{topic} #{i}: {replication}"
+                );
+            } else {
+                assert_eq!(replication, &json!({"p": "binary_sensor"}), "{topic} #{i}");
+            }
+        }
+        if kind == "lxc" {
+            assert_eq!(sent.len(), 1, "{topic}: {} discovery messages", sent.len());
+        }
+    }
     w.stop().await;
 }

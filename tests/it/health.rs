@@ -322,8 +322,9 @@ async fn a_slow_rounds_news_rides_with_the_next_poll_instead_of_a_view_of_its_ow
     })
     .await;
 
-    // Then it built one view per poll, plus at most the first round's (applied at once, so
-    // disks and pools show right after a start) and one a poll may be building right now
+    // Then it built one view per poll, plus at most the first round's two (applied at
+    // once: its health requests, which guests' discovery waits for, then disks, pools and
+    // backups) and one a poll may be building right now
     let polls = sample(
         &metrics,
         "pve2mqtt_polls_total{cluster=\"pve\",result=\"ok\"}",
@@ -332,7 +333,7 @@ async fn a_slow_rounds_news_rides_with_the_next_poll_instead_of_a_view_of_its_ow
     let views = sample(&metrics, "pve2mqtt_views_total{cluster=\"pve\"}").unwrap();
     assert!(views >= polls, "{metrics}");
     assert!(
-        views - polls <= 2.0,
+        views - polls <= 3.0,
         "views {views} for {polls} polls: {metrics}"
     );
 

@@ -268,6 +268,10 @@ pub struct ClusterState {
     /// Whether the slow lane has asked for Ceph, HA and replication yet.
     #[serde(skip)]
     pub health_known: HealthKnown,
+    /// The slow lane has not run its first health requests yet (`HealthData::pending`):
+    /// the publisher holds guests' discovery back meanwhile.
+    #[serde(skip)]
+    pub health_pending: bool,
 }
 
 /// What the slow lane learned; merged into every view until it is read again. Compared
@@ -305,9 +309,20 @@ pub struct SlowData {
     pub snapshots: Arc<HashMap<u32, SnapshotInfo>>,
     /// Node name -> disks, pools, updates, certificate (the detail requests of issue 11).
     pub node_health: HashMap<String, NodeHealthData>,
+    /// The slow lane's first round after a start has ended: until then its news is
+    /// applied at once (the poller rebuilds the view), after that with the next poll.
+    pub first_round_done: bool,
 }
 
 impl SlowData {
+    /// What the poller and the slow lane start from: nothing read, and the first health
+    /// requests still to come (`HealthData::pending`).
+    pub fn at_start() -> SlowData {
+        let mut data = SlowData::default();
+        data.health.pending = true;
+        data
+    }
+
     /// When the guest's newest backup in storage content was taken (Unix seconds).
     pub fn last_backup(&self, vmid: u32) -> Option<u64> {
         self.newest_backup.get(&vmid).map(|newest| newest.ctime)

@@ -119,7 +119,7 @@ fn backoff_interval(base: Duration, failures: u32) -> Duration {
 
 impl ClusterPoller {
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let (slow_tx, mut slow_rx) = watch::channel(Arc::new(SlowData::default()));
+        let (slow_tx, mut slow_rx) = watch::channel(Arc::new(SlowData::at_start()));
         let (resources_tx, resources_rx) = watch::channel(Arc::new(Vec::<Resource>::new()));
         let reread = Arc::new(tokio::sync::Notify::new());
         // Finished vzdump tasks (node, UPID) whose log the slow lane reads once.
@@ -171,9 +171,7 @@ impl ClusterPoller {
         // Until when slow-lane news is applied at once: a command asked for a backup or
         // snapshot reread, and its user waits for that answer (see `slow_rx` below).
         let mut reread_until: Option<tokio::time::Instant> = None;
-        // The first news after a start is applied at once too: disks, pools and backups
-        // are in Home Assistant within seconds of a (re)start, not a poll later.
-        let mut first_news = true;
+
         // When a view was last rebuilt for refreshes, and when the next such rebuild is
         // due: refreshes within `REBUILD_GAP` of the last one wait for it, together.
         let mut last_rebuild: Option<tokio::time::Instant> = None;
@@ -256,8 +254,12 @@ impl ClusterPoller {
                     // with the next poll, at most one `interval` later: rebuilding the
                     // whole view for it at once cost a second view and publisher pass per
                     // round (issue 10). A reread a command asked for is applied at once,
-                    // from the last answer, with no extra request.
-                    let urgent = std::mem::take(&mut first_news)
+                    // from the last answer, with no extra request. The first round's
+                    // news before its end (its health requests, then disks, pools and
+                    // backups) is applied at once too: it is in Home Assistant within
+                    // seconds of a (re)start, not a poll later, and guests' discovery
+                    // waits for the first (`HealthData::pending`).
+                    let urgent = !slow_rx.borrow().first_round_done
                         || reread_until.is_some_and(|until| tokio::time::Instant::now() < until);
                     match &last_body {
                         Some(body) if urgent => {

@@ -390,6 +390,7 @@ impl<'a> ViewBuilder<'a> {
             ceph: slow.health.ceph.clone(),
             ha: slow.health.ha.clone(),
             health_known: slow.health.known,
+            health_pending: slow.health.pending,
         };
         view
     }

@@ -24,6 +24,11 @@ pub struct HealthData {
     /// vmid → the guest's replication jobs.
     pub replication: HashMap<u32, Arc<GuestReplication>>,
     pub known: HealthKnown,
+    /// Right after a start, until the slow lane's first round has run its health requests
+    /// (see [`SlowData::at_start`](super::SlowData::at_start)): guests' discovery waits
+    /// for them, so Home Assistant is told about a guest's replication entities (or their
+    /// removal) with its first discovery, not in a second one for every guest.
+    pub pending: bool,
 }
 
 /// Whether each part has been asked for (with an answer) since the bridge started.

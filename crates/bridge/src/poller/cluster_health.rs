@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | Ceph | `GET /cluster/ceph/status` | every round | asked again hourly |
 //! | HA | `GET /cluster/ha/status/current` | every round | hourly, or at once when a guest row gains `hastate` |
-//! | replication | `GET /cluster/replication` (probe), then `GET /nodes/{n}/replication` per online node | the per-node list every round (a node's detail budget) | the probe hourly |
+//! | replication | `GET /cluster/replication` (probe), and when it lists jobs `GET /nodes/{n}/replication` per online node at once | the per-node list every round (a node's detail budget) | the probe hourly |
 //!
 //! "Absent" is Proxmox's own answer: Ceph's 500 `binary not installed: /usr/bin/ceph-mon`
 //! or `pveceph configuration not initialized`, an HA status without service rows, an
@@ -156,30 +156,47 @@ impl HealthProbes {
                     data.replication.clear();
                     data.known.replication = true;
                 } else {
-                    // The per-node lists, which carry the state, follow from the next round.
+                    // The per-node lists carry the state: read now, one node after the
+                    // other, so that this round knows each guest's replication (right
+                    // after a start, guests' discovery waits for it); from the next round
+                    // on they are the round's own requests.
                     self.replication = Probe::Present;
+                    for node in self.online.clone() {
+                        let jobs = client.node_replication(&node).await?;
+                        self.node_answered(node, jobs, data, now);
+                    }
                 }
             }
             SlowRequest::ReplicationStatus(node) => {
                 let jobs = client.node_replication(node).await?;
-                self.replication_by_node.insert(node.clone(), jobs);
-                let answered = self
-                    .online
-                    .iter()
-                    .all(|n| self.replication_by_node.contains_key(n));
-                if answered && self.replication_by_node.values().all(Vec::is_empty) {
-                    self.absent(Part::Replication, "no replication job left", now);
-                    self.replication_by_node.clear();
-                }
-                data.replication =
-                    replication_by_guest(self.replication_by_node.values().flatten());
-                // Known once every online node answered: before, a guest's jobs may only
-                // be missing because its node was not asked yet.
-                data.known.replication = answered;
+                self.node_answered(node.clone(), jobs, data, now);
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Records one online node's `/nodes/{n}/replication` answer.
+    fn node_answered(
+        &mut self,
+        node: String,
+        jobs: Vec<ReplicationJob>,
+        data: &mut HealthData,
+        now: Instant,
+    ) {
+        self.replication_by_node.insert(node, jobs);
+        let answered = self
+            .online
+            .iter()
+            .all(|n| self.replication_by_node.contains_key(n));
+        if answered && self.replication_by_node.values().all(Vec::is_empty) {
+            self.absent(Part::Replication, "no replication job left", now);
+            self.replication_by_node.clear();
+        }
+        data.replication = replication_by_guest(self.replication_by_node.values().flatten());
+        // Known once every online node answered: before, a guest's jobs may only be
+        // missing because its node was not asked yet.
+        data.known.replication = answered;
     }
 
     /// Marks `part` absent; says so in the log when it was not already.

@@ -134,7 +134,7 @@ pub(super) async fn slow_lane(lane: SlowLane, shutdown: CancellationToken) {
             changed = resources.changed() => if changed.is_err() { return },
         }
     }
-    let mut data = SlowData::default();
+    let mut data = SlowData::at_start();
     let mut schedule = Schedule::default();
     let mut first_round = true;
     let mut health = HealthProbes::default();
@@ -151,11 +151,14 @@ pub(super) async fn slow_lane(lane: SlowLane, shutdown: CancellationToken) {
         // Plan from the node and storage rows of the latest answer (the fast lane sends
         // only those: the guest rows are thousands and not needed here).
         let rows = resources.borrow_and_update().clone();
-        let mut candidates = plan(&rows);
-        // Not in a backups-only round: the probes' hints would be used up unasked.
+        // The cluster-health requests first: right after a start, guests' discovery waits
+        // for what they say of replication (`HealthData::pending`). Not in a backups-only
+        // round: the probes' hints would be used up unasked.
+        let mut candidates = Vec::new();
         if !only_backups {
             candidates.extend(health.requests(&rows, Instant::now()));
         }
+        candidates.extend(plan(&rows));
         candidates.extend(
             node_health::plan(&rows, &cadence.health)
                 .into_iter()
@@ -210,10 +213,18 @@ pub(super) async fn slow_lane(lane: SlowLane, shutdown: CancellationToken) {
         // pools and backups are not held back by them (issue 10: 8.8 s after a start,
         // not 16.3 s, at 10x5000).
         let mut early_news = std::mem::take(&mut first_round);
+        // … and first of all, what its health requests said: the guests' discovery is
+        // waiting for it.
+        let mut health_news = early_news;
         let mut backups: HashMap<u32, NewestBackup> = HashMap::new();
         let mut backups_complete = true;
         let mut backups_kept = false;
         for (i, request) in requests.iter().enumerate() {
+            if health_news && !request.is_cluster_health() {
+                health_news = false;
+                data.health.pending = false;
+                send_news(&out, &data);
+            }
             if early_news && matches!(request, SlowRequest::Snapshots(_)) {
                 early_news = false;
                 keep_backups(
@@ -264,6 +275,9 @@ pub(super) async fn slow_lane(lane: SlowLane, shutdown: CancellationToken) {
         if !backups_kept {
             keep_backups(&mut data, backups, backups_complete && reads_backups);
         }
+        // (a first round of health requests only)
+        data.health.pending = false;
+        data.first_round_done = true;
         snapshots::forget_gone(&mut data, guests.views.borrow().as_deref());
         send_news(&out, &data);
         schedule.forget_older_than(FORGET_AFTER.max(interval * 4), Instant::now());
@@ -343,6 +357,17 @@ impl SlowRequest {
             | SlowRequest::ReplicationStatus(_) => Duration::ZERO,
             SlowRequest::Health(request) => request.every(&cadence.health),
         }
+    }
+
+    /// One of `cluster_health`'s requests.
+    fn is_cluster_health(&self) -> bool {
+        matches!(
+            self,
+            SlowRequest::CephStatus
+                | SlowRequest::HaStatus
+                | SlowRequest::ReplicationConfig
+                | SlowRequest::ReplicationStatus(_)
+        )
     }
 
     fn budget(&self) -> Budget<'_> {

@@ -117,6 +117,15 @@ impl Running {
         fresh
     }
 
+    /// Until no view came for a second: the slow lane's first round has applied its
+    /// news (at once, until its end; its end's news waits for a poll, here never).
+    async fn settled(&mut self) {
+        while tokio::time::timeout(Duration::from_secs(1), self.views.changed())
+            .await
+            .is_ok()
+        {}
+    }
+
     fn views_sent(&self) -> usize {
         self.views_sent.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -217,6 +226,7 @@ async fn a_spaced_refresh_polls_once_when_the_spacing_is_up() {
 async fn a_burst_of_task_ends_is_published_by_one_rebuild_per_gap_not_one_each() {
     let mut running = start(Duration::from_secs(3600)).await;
     let fresh = running.refresh_three_after_first_poll().await;
+    running.settled().await;
     let views_before = running.views_sent();
     let started = Instant::now();
     for i in 0..20 {
@@ -325,6 +335,15 @@ async fn the_first_slow_round_sends_nodes_and_backups_before_it_reads_snapshot_l
         task,
         ..
     } = run_slow_lane(client, all, Some(view), Duration::from_secs(600));
+    // First what its health requests said (guests' discovery waits for it), before
+    // anything else
+    tokio::time::timeout(WAIT, news.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let health = news.borrow_and_update().clone();
+    assert!(!health.health.pending && health.health.known.replication);
+    assert!(health.pve_version.is_none() && health.node_status.is_empty());
     tokio::time::timeout(WAIT, news.changed())
         .await
         .unwrap()
