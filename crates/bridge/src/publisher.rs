@@ -134,6 +134,13 @@ struct ObjectRecord {
     seen: u64,
 }
 
+/// The longest a guest's discovery waits after the cluster's first view for the slow
+/// lane's first health requests (`ClusterState::health_pending`): Proxmox may be slow to
+/// answer them (10 s each before a timeout), and meanwhile Home Assistant has the guest's
+/// state but no entity for it. After that the guest is announced as it is, and again once
+/// its replication is known.
+const DISCOVERY_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn hash_of<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
     use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -160,6 +167,9 @@ struct ClusterRecord {
     /// A guest's discovery was held back in the last view's pass (`health_pending`): the
     /// next pass walks every object, so that each is announced then.
     discovery_held: bool,
+    /// When the cluster's first view came: guests' discovery is held at most
+    /// [`DISCOVERY_HOLD`] after it.
+    first_view: Option<tokio::time::Instant>,
     /// Objects the last view's pass looked at (tests).
     #[cfg(test)]
     examined: usize,
@@ -437,7 +447,12 @@ impl<O: Outbox> Publisher<O> {
         // or their removal, not once without and again for every guest when they are known
         // (10,131 discovery messages for 5,078 objects at 10 nodes / 5,000 guests). Its
         // state goes out meanwhile.
-        let hold_guests = view.cluster.health_pending && self.discovery.is_some();
+        let first_view = *record
+            .first_view
+            .get_or_insert_with(tokio::time::Instant::now);
+        let hold_guests = view.cluster.health_pending
+            && self.discovery.is_some()
+            && first_view.elapsed() < DISCOVERY_HOLD;
         let was_held = std::mem::take(&mut record.discovery_held);
         let mut held = false;
         // A guest whose state is the very state (`Arc`) of the last view needs nothing
@@ -845,6 +860,60 @@ mod tests {
                 .any(|t| t.contains("lxc/101") || t.contains("config")),
             "only the guest's state (and the cluster's counts) change: {changed:?}"
         );
+    }
+
+    /// `msg`'s view as built before the slow lane's first health requests ran.
+    fn pending(msg: PublisherMsg) -> PublisherMsg {
+        let PublisherMsg::View(view) = msg else {
+            panic!("not a view")
+        };
+        let mut view = (*view).clone();
+        view.cluster.health_pending = true;
+        PublisherMsg::View(Arc::new(view))
+    }
+
+    const VM_100_DEVICE: &str = "homeassistant/device/pve2mqtt_home_100/config";
+
+    #[tokio::test]
+    async fn a_guests_discovery_waits_for_the_first_health_answers_and_its_state_does_not() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(pending(view(RUNNING))).await;
+        let first = out.take();
+        assert!(
+            topics_of(&first).contains(&"pve2mqtt/home/qemu/100"),
+            "{first:?}"
+        );
+        assert!(!topics_of(&first).contains(&VM_100_DEVICE), "{first:?}");
+        // Still waiting: a poll that changed nothing sends nothing
+        p.handle(pending(view(RUNNING))).await;
+        assert_eq!(out.take(), vec![]);
+        // The answers are in: the unchanged guest is announced now, once
+        p.handle(view(RUNNING)).await;
+        let announced = out.take();
+        assert_eq!(
+            topics_of(&announced)
+                .iter()
+                .filter(|t| **t == VM_100_DEVICE)
+                .count(),
+            1,
+            "{announced:?}"
+        );
+        p.handle(view(RUNNING)).await;
+        assert_eq!(out.take(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_guests_discovery_waits_no_longer_than_the_hold() {
+        let (mut p, out) = publisher();
+        p.handle(PublisherMsg::Link(LinkEvent::Connected)).await;
+        p.handle(pending(view(RUNNING))).await;
+        assert!(!topics_of(&out.take()).contains(&VM_100_DEVICE));
+        // (the cluster's first view as long ago as the hold lasts)
+        let record = p.clusters.get_mut("home").unwrap();
+        record.first_view = tokio::time::Instant::now().checked_sub(DISCOVERY_HOLD);
+        p.handle(pending(view(RUNNING))).await;
+        assert!(topics_of(&out.take()).contains(&VM_100_DEVICE));
     }
 
     /// A one-node cluster `home` with one VM, 100, of the given name and status.
