@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use rumqttc::AsyncClient;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -173,22 +172,6 @@ struct ClusterRecord {
     /// Objects the last view's pass looked at (tests).
     #[cfg(test)]
     examined: usize,
-}
-
-#[derive(Serialize, PartialEq)]
-struct BridgeInfo<'a> {
-    version: &'a str,
-    clusters: Vec<ClusterInfo<'a>>,
-}
-
-#[derive(Serialize, PartialEq)]
-struct ClusterInfo<'a> {
-    id: &'a str,
-    name: Option<&'a str>,
-    reachable: bool,
-    pve_version: Option<&'a str>,
-    nodes: usize,
-    guests: usize,
 }
 
 /// A guest's `…/task` topic, by (cluster, kind, vmid).
@@ -690,31 +673,6 @@ impl<O: Outbox> Publisher<O> {
             self.sink.send(&topic, payload.clone(), true).await;
         }
         self.publish_bridge_info(true).await;
-    }
-
-    async fn publish_bridge_info(&mut self, force: bool) {
-        let info = BridgeInfo {
-            version: env!("CARGO_PKG_VERSION"),
-            clusters: self
-                .clusters
-                .iter()
-                .map(|(id, r)| ClusterInfo {
-                    id,
-                    name: r.name.as_deref(),
-                    reachable: r.reachable,
-                    pve_version: r.pve_version.as_deref(),
-                    nodes: r.nodes,
-                    guests: r.guests,
-                })
-                .collect(),
-        };
-        let payload = serde_json::to_string(&info).unwrap_or_default();
-        if force || payload != self.bridge_info {
-            self.bridge_info = payload.clone();
-            let topic = self.topics.bridge_info();
-            self.sink.send(&topic, payload, true).await;
-        }
-        self.publish_bridge_device(force).await;
     }
 }
 

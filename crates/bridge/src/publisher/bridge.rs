@@ -1,7 +1,10 @@
-//! The bridge's own device: its Home Assistant discovery (version, one "Proxmox API"
-//! sensor per cluster, Refresh) and the retained `{base}/bridge/proxmox/{c}` states
-//! behind those sensors. Kept apart from the per-object publishing it rides along with.
+//! The bridge's own device: the retained `{base}/bridge/info`, its Home Assistant
+//! discovery (version, one "Proxmox API" sensor per cluster, Refresh) and the retained
+//! `{base}/bridge/proxmox/{c}` states behind those sensors. Kept apart from the
+//! per-object publishing it rides along with.
 use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use super::{Outbox, Publisher};
 use crate::ha::discovery::bridge_config;
@@ -15,7 +18,50 @@ pub(super) struct BridgeDeviceRecord {
     proxmox: BTreeMap<String, bool>,
 }
 
+#[derive(Serialize, PartialEq)]
+struct BridgeInfo<'a> {
+    version: &'a str,
+    clusters: Vec<ClusterInfo<'a>>,
+}
+
+#[derive(Serialize, PartialEq)]
+struct ClusterInfo<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    reachable: bool,
+    pve_version: Option<&'a str>,
+    nodes: usize,
+    guests: usize,
+}
+
 impl<O: Outbox> Publisher<O> {
+    /// Publishes `bridge/info` when it changed (always when `force`), then the bridge
+    /// device.
+    pub(super) async fn publish_bridge_info(&mut self, force: bool) {
+        let info = BridgeInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            clusters: self
+                .clusters
+                .iter()
+                .map(|(id, r)| ClusterInfo {
+                    id,
+                    name: r.name.as_deref(),
+                    reachable: r.reachable,
+                    pve_version: r.pve_version.as_deref(),
+                    nodes: r.nodes,
+                    guests: r.guests,
+                })
+                .collect(),
+        };
+        let payload = serde_json::to_string(&info).unwrap_or_default();
+        if force || payload != self.bridge_info {
+            self.bridge_info = payload.clone();
+            let topic = self.topics.bridge_info();
+            self.sink.send(&topic, payload, true).await;
+        }
+        self.publish_bridge_device(force).await;
+    }
+
     /// Publishes what changed about the bridge device (everything when `force`, after a
     /// reconnect or HA's birth): its discovery when the set of clusters changed, and
     /// each cluster's Proxmox API state when it flipped. Called wherever `bridge/info`
