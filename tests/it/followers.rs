@@ -68,7 +68,12 @@ async fn a_broker_restart_during_a_backup_gives_one_final_result_and_nothing_aft
         .expect("broker");
     let sim = start_sim(sim_options()).await;
     set_task_duration(&sim, 1500).await;
-    let cfg = TestConfig::new(&sim, broker.port, "");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let cfg = TestConfig::new(
+        &sim,
+        broker.port,
+        &format!("\n[http]\nlisten = \"{listen}\"\n"),
+    );
     let bridge = Bridge::start(cfg.config());
     {
         let probe = Probe::connect(broker.port, &["pve2mqtt/#"]).await;
@@ -87,6 +92,17 @@ async fn a_broker_restart_during_a_backup_gives_one_final_result_and_nothing_aft
     // The broker goes away (saving `running`), and the backup ends meanwhile
     broker.stop();
     wait_tasks_done(&sim, "vzdump").await;
+    // ... and the bridge has seen it end (its follower reads the status every 250 ms;
+    // `/metrics` counts the result as it is stored): a reconnect before that would
+    // rightly republish the last report it had, `running`, before the result.
+    let result = r#"pve2mqtt_commands_total{action="backup",result="ok"}"#;
+    wait_until(
+        &format!("http://{listen}"),
+        "/metrics",
+        result,
+        |_, body| sample(body, result) == Some(1.0),
+    )
+    .await;
     broker.restart();
 
     let probe = Probe::connect(broker.port, &[TASK_100]).await;

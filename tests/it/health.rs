@@ -2,7 +2,7 @@
 //! with the broker down and with Proxmox down, `/metrics` counting what happened, and
 //! `PVE2MQTT_LOG_FORMAT=json`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -37,43 +37,6 @@ async fn health_command(base: &str) -> Option<i32> {
         .await
         .expect("run pve2mqtt health");
     output.status.code()
-}
-
-/// GET `path`: status and body; `None` while nothing listens yet.
-async fn get(base: &str, path: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("{base}{path}")).await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.text().await.unwrap_or_default()))
-}
-
-/// Polls `path` until `done` holds for its answer; panics with the last answer after 30 s.
-async fn wait_until(
-    base: &str,
-    path: &str,
-    what: &str,
-    done: impl Fn(u16, &str) -> bool,
-) -> String {
-    let deadline = Instant::now() + 30 * SECS;
-    let mut last = None;
-    while Instant::now() < deadline {
-        if let Some((status, body)) = get(base, path).await {
-            if done(status, &body) {
-                return body;
-            }
-            last = Some((status, body));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{path} never showed {what}; last answer: {last:?}");
-}
-
-/// The value of the first sample line of `metrics` that starts with `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

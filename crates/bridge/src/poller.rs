@@ -415,15 +415,20 @@ impl ClusterPoller {
         let mut plan_rows = Vec::new();
         // One HA-managed guest row tells the slow lane that HA is configured.
         let mut managed_sent = false;
+        // Guest rows reused from the last answer, and read again.
+        let mut guest_rows = [0usize; 2];
         builder.add_answer(body, |raw, added| {
+            let read = !matches!(added, RowAdded::Reused(_));
             match added {
                 RowAdded::Reused(guest) | RowAdded::Scanned(guest) => {
+                    guest_rows[usize::from(read)] += 1;
                     if guest.hastate.is_some() && !managed_sent {
                         managed_sent = true;
                         plan_rows.push(raw.decode()?);
                     }
                 }
                 RowAdded::Decoded(row) => {
+                    guest_rows[1] += usize::from(row.is_guest());
                     let managed = row.is_guest() && row.hastate.is_some() && !managed_sent;
                     managed_sent |= managed;
                     if managed || matches!(row.kind, ResourceKind::Node | ResourceKind::Storage) {
@@ -433,6 +438,9 @@ impl ClusterPoller {
             }
             Ok(())
         })?;
+        let [reused, read] = guest_rows;
+        self.stats.guest_rows(reused, read);
+        debug!(cluster = %self.id, guest_rows_reused = reused, guest_rows_read = read, "view built");
         Ok((builder.finish(), plan_rows))
     }
 

@@ -165,13 +165,17 @@ fn a_frozen_world_never_changes_on_any_endpoint() {
 #[tokio::test]
 async fn the_api_moves_by_default_and_stands_still_when_frozen() {
     use crate::{start, SimOptions};
+    // By vmid: the guests come in another order on every call, as from Proxmox.
     let uptimes = |rows: &Value| -> Vec<u64> {
-        rows.as_array()
+        let mut running: Vec<(u64, u64)> = rows
+            .as_array()
             .expect("rows")
             .iter()
             .filter(|row| row["status"] == "running")
-            .filter_map(|row| row["uptime"].as_u64())
-            .collect()
+            .filter_map(|row| Some((row["vmid"].as_u64()?, row["uptime"].as_u64()?)))
+            .collect();
+        running.sort_unstable();
+        running.into_iter().map(|(_, uptime)| uptime).collect()
     };
     for frozen in [false, true] {
         let sim = start(SimOptions {

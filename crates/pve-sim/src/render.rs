@@ -443,7 +443,8 @@ fn pool_resources<'a>(world: &'a World, token: &Token, t: f64) -> Vec<FlatRow<'a
         .collect()
 }
 
-/// `GET /cluster/resources`, filtered silently by the token's privileges.
+/// `GET /cluster/resources`, filtered silently by the token's privileges; the guests in
+/// another order on every call, as the fields of every row (`FlatRow::write_shuffled`).
 pub fn cluster_resources<'a>(
     world: &'a World,
     version: PveVersion,
@@ -458,6 +459,7 @@ pub fn cluster_resources<'a>(
         rows.extend(pool_resources(world, token, t));
     }
     if wants("vm") {
+        let first_guest = rows.len();
         let online: std::collections::HashSet<&str> = world
             .nodes
             .iter()
@@ -474,6 +476,9 @@ pub fn cluster_resources<'a>(
                 ));
             }
         }
+        // Proxmox lists the guests in the order of a Perl hash (its vmlist), which
+        // differs between its API worker processes: another order from call to call.
+        fastrand::shuffle(&mut rows[first_guest..]);
     }
     if wants("node") {
         for node in &world.nodes {

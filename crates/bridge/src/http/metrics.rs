@@ -35,6 +35,9 @@ pub struct PollStats {
     last_ok: AtomicU64,
     /// Cluster views built and handed to the publisher (polls and rebuilds).
     views: AtomicU64,
+    /// Guest rows of the answers built into views: reused from the last answer (the
+    /// same row, not read again), and read (scanned or decoded).
+    guest_rows: [AtomicU64; 2],
 }
 
 /// Proxmox API requests and failed ones, by endpoint (`GET /nodes/{node}/status`).
@@ -185,6 +188,23 @@ impl Metrics {
         }
         header(
             &mut out,
+            "guest_rows_total",
+            "counter",
+            "Guest rows of /cluster/resources built into views: reused (the same row as in \
+             the last answer, whatever the order of its fields) or read.",
+        );
+        for stats in &self.clusters {
+            let cluster = escape(&stats.label());
+            for (outcome, count) in ["reused", "read"].iter().zip(&stats.guest_rows) {
+                let count = count.load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "pve2mqtt_guest_rows_total{{cluster=\"{cluster}\",outcome=\"{outcome}\"}} {count}"
+                );
+            }
+        }
+        header(
+            &mut out,
             "poll_duration_seconds",
             "summary",
             "Time of a poll: the request and building the view.",
@@ -295,12 +315,24 @@ impl PollStats {
             duration_micros: AtomicU64::new(0),
             last_ok: AtomicU64::new(0),
             views: AtomicU64::new(0),
+            guest_rows: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
     /// One cluster view built and handed to the publisher.
     pub fn viewed(&self) {
         self.views.fetch_add(1, Relaxed);
+    }
+
+    /// The guest rows of one view: `reused` from the last answer, `read` again.
+    pub fn guest_rows(&self, reused: usize, read: usize) {
+        self.guest_rows[0].fetch_add(reused as u64, Relaxed);
+        self.guest_rows[1].fetch_add(read as u64, Relaxed);
+    }
+
+    /// Guest rows reused and read so far (see [`PollStats::guest_rows`]).
+    pub fn guest_rows_seen(&self) -> [u64; 2] {
+        [0, 1].map(|i| self.guest_rows[i].load(Relaxed))
     }
 
     pub fn set_label(&self, label: &str) {

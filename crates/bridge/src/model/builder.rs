@@ -54,8 +54,6 @@ pub struct ViewBuilder<'a> {
     /// The answer the memory's rows are of, if it was read whole (see
     /// [`ViewBuilder::add_answer`]).
     answer: Option<memo::Answer>,
-    /// Rows added so far.
-    rows: usize,
     /// The texts the new guest states of this view share.
     texts: guest::Texts,
 }
@@ -99,7 +97,6 @@ impl<'a> ViewBuilder<'a> {
             agent: None,
             memo: None,
             answer: None,
-            rows: 0,
             texts: guest::Texts::default(),
         }
     }
@@ -145,11 +142,11 @@ impl<'a> ViewBuilder<'a> {
     /// answer, as one from [`for_each_cluster_row`]); returns how many rows there were.
     ///
     /// With the memory (see [`ViewBuilder::memo`]), an answer byte for byte the one it
-    /// remembers (the same length and the same hash of all its bytes: between two of
-    /// pvestatd's broadcasts, and always in a still cluster) is not scanned for its rows
-    /// again, nor is each row hashed again: its rows are where they were, with the hashes
-    /// they had. Each row is then added exactly as on any other answer (so what depends
-    /// on the time, the slow lane or the agents is evaluated as always).
+    /// remembers (the same length and the same hash of all its bytes: a view rebuilt from
+    /// the last answer) is not scanned for its rows again, nor is each row hashed again:
+    /// its rows are where they were, with the hashes they had. Each row is then added
+    /// exactly as on any other answer (so what depends on the time, the slow lane or the
+    /// agents is evaluated as always).
     pub fn add_answer(
         &mut self,
         body: &[u8],
@@ -163,20 +160,19 @@ impl<'a> ViewBuilder<'a> {
             .filter(|a| a.len == len && a.hash == hash);
         let text = std::str::from_utf8(body).ok();
         if let (Some(answer), Some(text)) = (known, text) {
-            for (index, &(start, end)) in answer.ranges.iter().enumerate() {
-                let Some(row) = text.get(start as usize..end as usize) else {
+            for (index, row) in answer.rows.iter().enumerate() {
+                let Some(text) = text.get(row.start as usize..row.end as usize) else {
                     return Err(answer_error(body, index));
                 };
-                let raw = RawRow::new(row);
-                let hash = self.memo.as_deref().and_then(|m| m.hash_at(index));
+                let raw = RawRow::new(text);
                 let added = self
-                    .add_raw_hashed(raw, hash.unwrap_or_else(|| raw.hash()))
+                    .add_raw_hashed(raw, row.hash)
                     .and_then(|added| each(raw, added));
                 if added.is_err() {
                     return Err(answer_error(body, index));
                 }
             }
-            let rows = answer.ranges.len();
+            let rows = answer.rows.len();
             if let Some(memo) = self.memo.as_deref_mut() {
                 memo.set_answer(answer);
                 #[cfg(test)]
@@ -186,33 +182,46 @@ impl<'a> ViewBuilder<'a> {
             }
             return Ok(rows);
         }
-        // Where each row is, as an offset into `body` (a row the decoder copied, which
-        // Proxmox's plain shape never makes it do, leaves the answer unremembered).
+        if !remembering {
+            return for_each_cluster_row(body, |raw| {
+                let added = self.add_raw(raw)?;
+                each(raw, added)
+            });
+        }
+        // Where each row is, as an offset into `body`, and its hash (a row the decoder
+        // copied, which Proxmox's plain shape never makes it do, leaves the answer
+        // unremembered).
         let base = body.as_ptr() as usize;
-        let mut ranges = Some(Vec::new());
-        let rows = for_each_cluster_row(body, |raw| {
+        let mut rows = Some(Vec::new());
+        let count = for_each_cluster_row(body, |raw| {
             let start = (raw.text().as_ptr() as usize).wrapping_sub(base);
             let end = start.wrapping_add(raw.text().len());
-            match ranges.as_mut() {
-                Some(ranges) if remembering && start <= end && end <= len => {
-                    ranges.push((start as u32, end as u32));
+            let hash = raw.hash();
+            match rows.as_mut() {
+                Some(rows) if start <= end && end <= len => {
+                    rows.push(memo::AnswerRow {
+                        start: start as u32,
+                        end: end as u32,
+                        hash,
+                    });
                 }
-                _ => ranges = None,
+                _ => rows = None,
             }
-            let added = self.add_raw(raw)?;
+            let added = self.add_raw_hashed(raw, hash)?;
             each(raw, added)
         })?;
-        if let (Some(mut ranges), Some(memo)) = (ranges, self.memo.as_deref_mut()) {
-            ranges.shrink_to_fit();
-            memo.set_answer(memo::Answer { len, hash, ranges });
+        if let (Some(mut rows), Some(memo)) = (rows, self.memo.as_deref_mut()) {
+            rows.shrink_to_fit();
+            memo.set_answer(memo::Answer { len, hash, rows });
         }
-        Ok(rows)
+        Ok(count)
     }
 
-    /// Adds one undecoded row. A guest row with the same bytes at the same place as in
-    /// the last answer, whose state the previous view still reports, is not decoded
-    /// (see [`RowMemo`]); any other row is decoded and added as by [`ViewBuilder::add`].
-    /// A row that cannot be decoded is an error, and the memory is cleared.
+    /// Adds one undecoded row. A guest row with the same members as one of the last
+    /// answer (in any order, anywhere in it), whose state the previous view still
+    /// reports, is not decoded (see [`RowMemo`]); any other row is decoded and added as
+    /// by [`ViewBuilder::add`]. A row that cannot be decoded is an error, and the memory
+    /// is cleared.
     pub fn add_raw(&mut self, raw: RawRow<'_>) -> Result<RowAdded, serde_json::Error> {
         if self.memo.is_none() {
             let row = raw.decode()?;
@@ -228,20 +237,18 @@ impl<'a> ViewBuilder<'a> {
         raw: RawRow<'_>,
         hash: u64,
     ) -> Result<RowAdded, serde_json::Error> {
-        if let Some((state, remembered)) = self.reusable(self.rows, hash) {
+        if let Some((state, remembered)) = self.reusable(hash) {
             if let Some(memo) = self.memo.as_deref_mut() {
-                memo.set(self.rows, memo::MemoRow::guest(hash, &state, remembered));
+                memo.keep(memo::MemoRow::guest(hash, &state, remembered));
             }
             self.view.guests.insert(state.vmid, state.clone());
-            self.rows += 1;
             return Ok(RowAdded::Reused(state));
         }
         if let Some(guest) = raw.scan_guest() {
             let (state, remembered) = self.guest(&guest, Some(hash));
             if let Some(memo) = self.memo.as_deref_mut() {
-                memo.set(self.rows, remembered);
+                memo.keep(remembered);
             }
-            self.rows += 1;
             return Ok(RowAdded::Scanned(state));
         }
         match raw.decode() {
@@ -258,11 +265,11 @@ impl<'a> ViewBuilder<'a> {
         }
     }
 
-    /// The previous view's state of row `index`, if the memory says it stands, and what
-    /// to remember of it now.
-    fn reusable(&self, index: usize, hash: u64) -> Option<(Arc<GuestState>, guest::Remembered)> {
+    /// The previous view's state of the guest row with this hash, if the memory says it
+    /// stands, and what to remember of it now.
+    fn reusable(&self, hash: u64) -> Option<(Arc<GuestState>, guest::Remembered)> {
         let memo = self.memo.as_deref()?;
-        let row = memo.get(index, hash)?;
+        let row = memo.get(hash)?;
         let state = self.previous?.guests.get(&row.vmid)?;
         if Arc::as_ptr(state) as usize != row.state {
             return None;
@@ -287,8 +294,6 @@ impl<'a> ViewBuilder<'a> {
 
     /// Adds a decoded row; with its hash, remembers it in the memory.
     fn add_row(&mut self, row: &Resource, hash: Option<u64>) {
-        let index = self.rows;
-        self.rows += 1;
         let mut remembered = memo::MemoRow::NONE;
         let (rules, now) = (&self.rules, self.now);
         match row.kind {
@@ -325,7 +330,7 @@ impl<'a> ViewBuilder<'a> {
             _ => {}
         }
         if let Some(memo) = self.memo.as_deref_mut() {
-            memo.set(index, remembered);
+            memo.keep(remembered);
         }
     }
 
@@ -366,11 +371,10 @@ impl<'a> ViewBuilder<'a> {
             rules,
             now,
             memo,
-            rows,
             ..
         } = self;
         if let Some(memo) = memo {
-            memo.finish(rows);
+            memo.finish();
         }
         health::add_health_objects(&mut view, &slow.node_health, previous, &rules, now);
         rates.retain(|vmid| view.guests.contains_key(&vmid));

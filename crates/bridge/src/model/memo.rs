@@ -2,15 +2,18 @@
 //! not change is not decoded again.
 //!
 //! Between two of pvestatd's broadcasts (every ~10 s) Proxmox answers
-//! `/cluster/resources` with the same bytes for every guest; in a still cluster, always.
-//! Decoding a row costs more than anything else the fast lane does with it, so the
-//! builder keeps, per row position, a hash of the row's bytes and what it decided, and
-//! reuses the state it reported when the same bytes come again at the same place.
+//! `/cluster/resources` with the same rows for every guest; in a still cluster, always.
+//! Not with the same bytes, though: it writes each row's keys, and the guest rows, in Perl
+//! hash order, another one on every call. Decoding a row costs more than anything else
+//! the fast lane does with it, so the builder keeps, for each guest row, a hash of its
+//! members that does not depend on their order (`pve::RawRow::hash`) and what it decided,
+//! and reuses the state it reported when a row with the same members comes again,
+//! wherever it is in the answer.
 //!
 //! The reuse gives exactly the state a full decode would give:
-//! - the row's bytes are the same (a keyed 64-bit hash, see `pve::row_hash`), and so are
-//!   the reporting rules (others clear the memory) and the rates (the same counters give
-//!   the same rates, see `RateMemory`);
+//! - the row's members are the same (a keyed 64-bit hash, see `pve::RawRow::hash`), and
+//!   so are the reporting rules (others clear the memory) and the rates (the same
+//!   counters give the same rates, see `RateMemory`);
 //! - the previous view still holds the very state decided then (the same `Arc`, which
 //!   that view keeps alive: no other state can sit at its address);
 //! - what the slow and agent lanes say of the guest is compared with that state as a
@@ -26,11 +29,14 @@ use std::sync::{Arc, Weak};
 use super::guest::Remembered;
 use super::{AgentData, GuestState, ReportRules, SlowData};
 
-/// Per row of the last answer: what the builder decided (see the module doc). Kept by the
-/// poller between polls; 32 bytes a row.
+/// The guest rows of the last answer: what the builder decided (see the module doc).
+/// Kept by the poller between polls; 32 bytes a guest.
 #[derive(Debug, Default)]
 pub struct RowMemo {
+    /// The last build's guest rows, by hash (looked up by the build that runs).
     rows: Vec<MemoRow>,
+    /// The guest rows of the build that runs; its `rows` when it finishes.
+    next: Vec<MemoRow>,
     /// The slow-lane and agent data of the last build. Weak: the memory keeps no data
     /// alive, and the address of an old `Arc` cannot be taken by a new one while this
     /// points to it.
@@ -50,14 +56,22 @@ pub struct RowMemo {
 }
 
 /// One `/cluster/resources` answer, by its length and a hash of all its bytes, with
-/// where its rows are: the same answer again need not be scanned for them (8 bytes a
-/// row).
+/// where its rows are and their hashes: the same answer again (a view rebuilt from it)
+/// need not be scanned for them (16 bytes a row).
 #[derive(Debug)]
 pub(super) struct Answer {
     pub len: usize,
     pub hash: u64,
-    /// Byte ranges of the rows, in order.
-    pub ranges: Vec<(u32, u32)>,
+    /// The rows, in order.
+    pub rows: Vec<AnswerRow>,
+}
+
+/// Where one row of an [`Answer`] is, and its `pve::RawRow::hash`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AnswerRow {
+    pub start: u32,
+    pub end: u32,
+    pub hash: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -124,6 +138,8 @@ impl RowMemo {
             self.rows.clear();
             self.rules = Some(*rules);
         }
+        // A build that failed left its rows half made.
+        self.next.clear();
         self.lanes_same =
             self.slow.as_ptr() == Arc::as_ptr(slow) && self.agent.as_ptr() == Arc::as_ptr(agent);
         if !self.lanes_same {
@@ -142,52 +158,48 @@ impl RowMemo {
         self.answer = Some(answer);
     }
 
-    /// The hash row `index` had, if remembered.
-    pub(super) fn hash_at(&self, index: usize) -> Option<u64> {
-        self.rows.get(index).map(|row| row.hash).filter(|h| *h != 0)
-    }
-
     /// Does this build have the very slow-lane and agent data of the last one? Then
     /// what they say of a remembered guest was compared already.
     pub(super) fn lanes_same(&self) -> bool {
         self.lanes_same
     }
 
-    /// The memory of row `index` when it had this hash.
-    pub(super) fn get(&self, index: usize, hash: u64) -> Option<&MemoRow> {
-        self.rows
-            .get(index)
-            .filter(|row| row.hash == hash && row.state != 0)
+    /// What the last build decided on a guest row with this hash, wherever it was.
+    pub(super) fn get(&self, hash: u64) -> Option<&MemoRow> {
+        let at = self.rows.binary_search_by_key(&hash, |row| row.hash).ok()?;
+        Some(&self.rows[at])
     }
 
-    /// Remembers row `index` (rows come in order, from 0).
-    pub(super) fn set(&mut self, index: usize, row: MemoRow) {
-        match self.rows.get_mut(index) {
-            Some(slot) => *slot = row,
-            None => {
-                debug_assert_eq!(index, self.rows.len());
-                self.rows.push(row);
+    /// Remembers a row of this build (one the memory does not reuse is left out).
+    pub(super) fn keep(&mut self, row: MemoRow) {
+        if row.state != 0 {
+            self.next.push(row);
+        }
+    }
+
+    /// The build is done: its rows are the ones remembered.
+    pub(super) fn finish(&mut self) {
+        self.next.sort_unstable_by_key(|row| row.hash);
+        std::mem::swap(&mut self.rows, &mut self.next);
+        // Both lists are kept, so the same count next time allocates nothing; but not
+        // with room for far more guests than there are now.
+        let rows = self.rows.len();
+        for list in [&mut self.rows, &mut self.next] {
+            if list.capacity() > rows + rows / 8 + 16 {
+                list.shrink_to(rows);
             }
         }
-    }
-
-    /// The answer had `rows` rows.
-    pub(super) fn finish(&mut self, rows: usize) {
-        self.rows.truncate(rows);
-        // Grown by doubling, the rows of 5,000 guests kept room for 8,192 (~100 KB
-        // unused for good); the same count next time reallocates nothing.
-        if self.rows.capacity() > rows + rows / 8 {
-            self.rows.shrink_to_fit();
-        }
+        self.next.clear();
     }
 
     /// Forgets every row (an answer that could not be read).
     pub fn clear(&mut self) {
         self.rows.clear();
+        self.next.clear();
         self.answer = None;
     }
 
-    /// How many rows are remembered (tests).
+    /// How many guest rows are remembered (tests).
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -258,6 +270,26 @@ mod tests {
             }
             row.to_string()
         }
+
+        /// [`Guest::row`] with its members in an order the dice choose, as Proxmox writes
+        /// them (Perl hash order, another on every call).
+        fn row_shuffled(&self, dice: &mut Dice) -> String {
+            let row: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&self.row()).unwrap();
+            let mut members: Vec<String> = row
+                .iter()
+                .map(|(key, value)| format!("{}:{value}", json!(key)))
+                .collect();
+            shuffle(&mut members, dice);
+            format!("{{{}}}", members.join(","))
+        }
+    }
+
+    /// Fisher-Yates with the dice.
+    fn shuffle<T>(items: &mut [T], dice: &mut Dice) {
+        for at in (1..items.len()).rev() {
+            items.swap(at, dice.below(at as u64 + 1) as usize);
+        }
     }
 
     /// The same views built two ways, poll after poll: every row decoded, and through the
@@ -309,7 +341,8 @@ mod tests {
 
     /// The same view built twice per poll, decoding every row and through the row memory,
     /// with rows, time, slow-lane and agent data changing at random between polls, with
-    /// `min_interval` off and on.
+    /// `min_interval` off and on; the rows' members and the guest rows in another order
+    /// from poll to poll, as Proxmox writes them.
     #[test]
     fn the_row_memory_builds_exactly_the_view_a_full_decode_builds() {
         for (seed, min_interval) in [(1u64, 0u64), (2, 30), (3, 45)] {
@@ -409,8 +442,13 @@ mod tests {
                 let node = json!({"id": "node/pve1", "type": "node", "node": "pve1",
                     "status": "online", "uptime": 99_000, "maxcpu": 8})
                 .to_string();
+                // Proxmox writes the guests in Perl hash order too: often another one.
+                let mut listed: Vec<&Guest> = guests.iter().collect();
+                if dice.chance(50) {
+                    shuffle(&mut listed, &mut dice);
+                }
                 let rows: Vec<String> = std::iter::once(node)
-                    .chain(guests.iter().map(Guest::row))
+                    .chain(listed.iter().map(|guest| guest.row_shuffled(&mut dice)))
                     .collect();
 
                 let (mut next_full, mut next_memoed) = twins.poll(
