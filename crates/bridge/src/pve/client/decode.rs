@@ -270,6 +270,7 @@ fn members_hash(bytes: &[u8]) -> Option<u64> {
         bits
     }
     let inner = bytes.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    let keys = row_hash_keys();
     let (mut sum, mut members) = (0u64, 1u64);
     let mut start = 0usize;
     // All ones while the last block ended inside a string.
@@ -295,7 +296,7 @@ fn members_hash(bytes: &[u8]) -> Option<u64> {
         let mut commas = masks.commas & !inside;
         while commas != 0 {
             let comma = at + commas.trailing_zeros() as usize;
-            sum = sum.wrapping_add(row_hash(&inner[start..comma]));
+            sum = sum.wrapping_add(member_hash(&inner[start..comma], keys));
             members += 1;
             start = comma + 1;
             commas &= commas - 1;
@@ -306,9 +307,41 @@ fn members_hash(bytes: &[u8]) -> Option<u64> {
     if carry != 0 {
         return None;
     }
-    sum = sum.wrapping_add(row_hash(&inner[start..]));
-    let keys = row_hash_keys();
+    sum = sum.wrapping_add(member_hash(&inner[start..], keys));
     Some(fold(sum ^ keys[1], members ^ keys[2]))
+}
+
+/// A hash of one member (`"key":value`, mostly 10 to 40 bytes) with [`row_hash`]'s keys:
+/// wyhash's way with short inputs, two words read from both ends (overlapping when
+/// shorter than 16 bytes), no copy; the length is mixed in.
+fn member_hash(bytes: &[u8], keys: &[u64; 5]) -> u64 {
+    let len = bytes.len();
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            bytes[at..at + 4].try_into().expect("4 bytes"),
+        ))
+    };
+    let mut h = keys[4] ^ (len as u64).wrapping_mul(keys[0]);
+    let (a, b) = match len {
+        0 => (0, 0),
+        1..=3 => (
+            u64::from(bytes[0]) << 16 | u64::from(bytes[len / 2]) << 8 | u64::from(bytes[len - 1]),
+            0,
+        ),
+        4..=7 => (half(0), half(len - 4)),
+        8..=16 => (word(0), word(len - 8)),
+        _ => {
+            let mut at = 0;
+            while len - at > 16 {
+                h = fold(word(at) ^ keys[1], word(at + 8) ^ h);
+                at += 16;
+            }
+            (word(len - 16), word(len - 8))
+        }
+    };
+    h = fold(a ^ keys[2], b ^ h);
+    fold(h, keys[3] ^ keys[4])
 }
 
 /// Where the bytes [`members_hash`] looks for are in a block of 64: bit `i` for byte `i`.
@@ -498,7 +531,7 @@ pub(super) fn decode<T: DeserializeOwned>(label: &str, body: &[u8]) -> Result<T,
 
 #[cfg(test)]
 mod tests {
-    use super::{row_hash, split_rows, BlockMasks, RawRow};
+    use super::{member_hash, row_hash, row_hash_keys, split_rows, BlockMasks, RawRow};
 
     fn rows(text: &str) -> Option<Vec<&str>> {
         let ranges = split_rows(text)?;
@@ -668,5 +701,31 @@ mod tests {
         assert_eq!(hash(&nested), row_hash(nested.as_bytes()));
         let escaped = row(&order).replace("xxxx", r#"x\"xx"#);
         assert_eq!(hash(&escaped), row_hash(escaped.as_bytes()));
+    }
+
+    #[test]
+    fn a_member_hash_changes_with_any_one_byte_and_with_the_length() {
+        // Every length across the short forms (1-3, 4-7, 8-16 bytes) and the 16-byte loop.
+        let keys = row_hash_keys();
+        let member: Vec<u8> = (0..70u32).map(|i| b' ' + (i * 7 % 90) as u8).collect();
+        let mut seen = std::collections::HashSet::new();
+        for len in 0..=member.len() {
+            assert!(
+                seen.insert(member_hash(&member[..len], keys)),
+                "length {len}"
+            );
+        }
+        for len in [1, 2, 3, 5, 8, 12, 16, 17, 31, 33, 70] {
+            for at in 0..len {
+                for flip in [1u8, 0x80] {
+                    let mut changed = member[..len].to_vec();
+                    changed[at] ^= flip;
+                    assert!(
+                        seen.insert(member_hash(&changed, keys)),
+                        "byte {at} of {len}"
+                    );
+                }
+            }
+        }
     }
 }
