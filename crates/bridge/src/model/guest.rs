@@ -389,7 +389,7 @@ pub(super) struct Remembered {
     pub threshold_rest: bool,
 }
 
-/// Would [`guest_state`] keep `reported` at `now` for a row with the same bytes as the
+/// Would [`guest_state`] keep `reported` at `now` for a row with the same members as the
 /// one it last decided on? `reported` must be the state it returned for that row (or
 /// that this function kept since), `remembered` what the row memory kept. `lanes` is
 /// what the slow and agent lanes say of the guest now; `None` when their data is the

@@ -532,8 +532,8 @@ mod tests {
         }
     }
 
-    /// The poller's path on answers that repeat (a still cluster, and between pvestatd's
-    /// broadcasts): an answer byte for byte the last one is read through the remembered
+    /// The poller's path on an answer that repeats (a view rebuilt from the last answer):
+    /// an answer byte for byte the last one is read through the remembered
     /// rows, not scanned again, and gives exactly the view a full decode gives while the
     /// time goes on (states fall due, backups turn stale) and the slow and agent lanes
     /// bring news between two identical answers.

@@ -43,7 +43,8 @@ pub fn for_each_cluster_row(
     let text = std::str::from_utf8(body).ok();
     // Proxmox's shape, `{"data":[{…},…]}`: its rows are found by a plain scan, far
     // cheaper than serde_json's (which validates every byte; a row is validated when it
-    // is decoded, and a row is reused only when its bytes are the ones decoded before).
+    // is decoded, and a row is reused only when its members are the ones of a row
+    // decoded before, so it is valid JSON too).
     if let Some((text, rows)) = text.and_then(|text| Some((text, split_rows(text)?))) {
         for (at, (start, end)) in rows.iter().enumerate() {
             let row = RawRow {
