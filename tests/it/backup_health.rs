@@ -138,11 +138,7 @@ async fn a_pbs_backup_brings_its_verification_state_and_size_to_the_guest() {
     // Proxmox Backup Server storage, verified: VM/CT 115 failed, 105 ok
     let stage = World::builder()
         .probe(STATES)
-        .sim(pve_sim::SimOptions {
-            nodes: Some(2),
-            guests: Some(20),
-            ..sim_options()
-        })
+        .sim(sim_generated(2, 20))
         .prepare()
         .await;
     let sim = &stage.sim;

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pve_sim::{SimHandle, SimOptions};
+use pve_sim::SimHandle;
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -18,14 +18,7 @@ fn fast_slow_lane() -> WorldBuilder {
 /// A two-node cluster of four guests, not started yet, where VM 100 replicates to pve2
 /// every minute.
 async fn vm_100_replicating_to_pve2() -> Stage {
-    let stage = fast_slow_lane()
-        .sim(SimOptions {
-            nodes: Some(2),
-            guests: Some(4),
-            ..sim_options()
-        })
-        .prepare()
-        .await;
+    let stage = fast_slow_lane().sim(sim_generated(2, 4)).prepare().await;
     sim_send(
         &stage.sim,
         "POST",

@@ -561,14 +561,7 @@ async fn a_retained_command_published_before_the_bridge_starts_is_never_executed
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node() {
-    let w = World::builder()
-        .sim(SimOptions {
-            nodes: Some(2),
-            guests: Some(6),
-            ..sim_options()
-        })
-        .start()
-        .await;
+    let w = World::builder().sim(sim_generated(2, 6)).start().await;
     let (sim, probe) = (&w.sim, &w.probe);
     let resources = pve_get(sim, "/cluster/resources").await;
     let guests: Vec<(u64, String, String)> = resources
@@ -689,11 +682,7 @@ async fn bridge_requests_answer_with_the_transaction_and_group_backups_per_node(
 async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
     // A long poll interval: the bridge still thinks the guest is on its old node.
     let w = World::builder()
-        .sim(SimOptions {
-            nodes: Some(2),
-            guests: Some(4),
-            ..sim_options()
-        })
+        .sim(sim_generated(2, 4))
         .replace("interval = \"1s\"", "interval = \"300s\"")
         .replace("slow_interval = \"2s\"", "slow_interval = \"300s\"")
         .start()
@@ -729,8 +718,6 @@ async fn vzdump_answering_ok_for_a_guest_that_moved_is_reported_not_hung() {
     assert!(result["error"].as_str().unwrap().contains("OK"), "{result}");
     w.stop().await;
 }
-
-use pve_sim::SimOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_commands_is_rate_limited_and_never_floods_proxmox() {

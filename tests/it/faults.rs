@@ -255,11 +255,7 @@ async fn a_task_running_at_sigterm_is_reported_running_and_finished_after_the_re
 async fn a_guest_migrating_or_deleted_while_its_task_runs_gets_one_result() {
     let stage = World::builder()
         .probe(&["pve2mqtt/#"])
-        .sim(pve_sim::SimOptions {
-            nodes: Some(2),
-            guests: Some(6),
-            ..sim_options()
-        })
+        .sim(sim_generated(2, 6))
         .prepare()
         .await;
     sim_send(

@@ -237,11 +237,7 @@ async fn a_forged_running_report_with_an_unknown_upid_ends_failed_and_frees_the_
 async fn a_restart_during_a_node_backup_resumes_one_follower_for_all_its_guests() {
     let stage = World::builder()
         .probe(STATES)
-        .sim(pve_sim::SimOptions {
-            nodes: Some(1),
-            guests: Some(50),
-            ..sim_options()
-        })
+        .sim(sim_generated(1, 50))
         .prepare()
         .await;
     set_task_duration(&stage.sim, 150).await;

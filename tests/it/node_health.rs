@@ -314,11 +314,7 @@ async fn a_node_without_zfs_has_no_pools_and_is_not_asked_again_every_round() {
     // The default cadences (15 min and more) and updates on: five
     // requests per node that the schedule must spread (at most 3 per node and round).
     let w = world("updates = true")
-        .sim(pve_sim::SimOptions {
-            nodes: Some(3),
-            guests: Some(6),
-            ..sim_options()
-        })
+        .sim(sim_generated(3, 6))
         .start()
         .await;
     let (sim, probe) = (&w.sim, &w.probe);

@@ -392,14 +392,7 @@ async fn objects_that_vanished_while_the_bridge_was_down_are_cleaned_up_at_start
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_node_takes_its_objects_offline_while_the_other_node_keeps_updating() {
-    let stage = World::builder()
-        .sim(SimOptions {
-            nodes: Some(2),
-            guests: Some(6),
-            ..sim_options()
-        })
-        .prepare()
-        .await;
+    let stage = World::builder().sim(sim_generated(2, 6)).prepare().await;
     let sim = &stage.sim;
     // Live figures, so the healthy node's guests visibly keep updating.
     sim_send(
@@ -554,8 +547,6 @@ async fn poll_count(sim: &pve_sim::SimHandle) -> u64 {
         .as_u64()
         .unwrap_or(0)
 }
-
-use pve_sim::SimOptions;
 
 /// pveproxy gzips every answer over 1 KiB for a client that accepts it: at 5,000 guests
 /// that is ~58 ms of zlib on Proxmox and ~5 ms of inflating in the bridge per poll, for

@@ -29,6 +29,15 @@ pub fn sim_options() -> SimOptions {
     }
 }
 
+/// [`sim_options`] with a generated cluster of `nodes` nodes and `guests` guests.
+pub fn sim_generated(nodes: usize, guests: usize) -> SimOptions {
+    SimOptions {
+        nodes: Some(nodes),
+        guests: Some(guests),
+        ..sim_options()
+    }
+}
+
 pub async fn start_sim(opts: SimOptions) -> SimHandle {
     sim::start(opts).await.expect("start the simulator")
 }
