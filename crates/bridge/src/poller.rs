@@ -237,6 +237,11 @@ impl ClusterPoller {
                                     rebuild_due.get_or_insert(end);
                                 }
                                 (Some(body), _) => {
+                                    // The gap is over, but its timer may not have fired
+                                    // yet (the timer wheel ticks in milliseconds, later
+                                    // under load): this view carries what the pending
+                                    // rebuild would have, so that one is not built too.
+                                    rebuild_due = None;
                                     let now = clock.now();
                                     if !self.rebuild(body, &mut slow_rx, (&mut rates, &mut memo), &mut overrides, &tasks.facts, now).await { break; }
                                     last_rebuild = Some(tokio::time::Instant::now());
