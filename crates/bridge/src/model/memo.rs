@@ -165,9 +165,26 @@ impl RowMemo {
     }
 
     /// What the last build decided on a guest row with this hash, wherever it was.
+    ///
+    /// Hashes are spread evenly over `u64`, so a row sits near `hash / 2^64` of the way
+    /// down the sorted list (within ~35 places at 5,000 rows): the search starts in a
+    /// window there, a few neighbouring cache lines, rather than binary search's ~13
+    /// probes across the list (3 % of the bridge's CPU in the moving world, issue 10).
+    /// A row outside the window is still found by a search of the whole list.
     pub(super) fn get(&self, hash: u64) -> Option<&MemoRow> {
-        let at = self.rows.binary_search_by_key(&hash, |row| row.hash).ok()?;
-        Some(&self.rows[at])
+        const WINDOW: usize = 128;
+        let rows = &self.rows;
+        let guess = ((u128::from(hash) * rows.len() as u128) >> 64) as usize;
+        let low = guess.saturating_sub(WINDOW);
+        let high = (guess + WINDOW).min(rows.len());
+        let window = low < high && rows[low].hash <= hash && hash <= rows[high - 1].hash;
+        let (start, search) = if window {
+            (low, &rows[low..high])
+        } else {
+            (0, &rows[..])
+        };
+        let at = search.binary_search_by_key(&hash, |row| row.hash).ok()?;
+        Some(&rows[start + at])
     }
 
     /// Remembers a row of this build (one the memory does not reuse is left out).
@@ -336,6 +353,39 @@ mod tests {
         fn keep(&mut self, full: ClusterView, memoed: ClusterView) {
             self.full = Some(full);
             self.memoed = Some(memoed);
+        }
+    }
+
+    /// Every remembered row is found by its hash and no other hash is, whether the hashes
+    /// are spread as real ones are (found in the window around their place) or bunched
+    /// at one end (found by the search of the whole list), at the list's ends too.
+    #[test]
+    fn a_remembered_row_is_found_by_its_hash_wherever_the_hashes_lie() {
+        let mut dice = Dice(0x2545_f491_4f6c_dd1d);
+        let spread: Vec<u64> = (0..5000).map(|_| dice.next()).collect();
+        let bunched: Vec<u64> = (0..5000).map(|i| i * 7 + 3).collect();
+        for hashes in [spread, bunched, vec![u64::MAX], vec![0, u64::MAX]] {
+            let mut memo = RowMemo::default();
+            for (i, &hash) in hashes.iter().enumerate() {
+                memo.keep(super::MemoRow {
+                    hash,
+                    state: 1,
+                    vmid: i as u32,
+                    ..super::MemoRow::NONE
+                });
+            }
+            memo.finish();
+            for (i, &hash) in hashes.iter().enumerate() {
+                let found = memo.get(hash).map(|row| row.vmid);
+                assert_eq!(found, Some(i as u32), "hash {hash:#x}");
+            }
+            let absent = (0..2000)
+                .map(|_| dice.next())
+                .chain([1, 2, u64::MAX - 1])
+                .filter(|hash| !hashes.contains(hash));
+            for hash in absent {
+                assert!(memo.get(hash).is_none(), "hash {hash:#x} was never kept");
+            }
         }
     }
 
