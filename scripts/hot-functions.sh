@@ -68,6 +68,21 @@ for vmid in 100 101 102; do
     done
 done
 mosquitto_pub -p "$mqtt_port" -t "pve2mqtt/simcluster/qemu/999999/set" -m start || true
+# … and a burst of JSON commands with ids on 40 guests, one every 50 ms, as `cargo xtask
+# bench` sends them: without it the burst's code (busy guards, reports with ids, rebuilds
+# per gap) was laid out cold, and a burst of 200 commands grew the bridge's resident code
+# by ~1.5 MiB.
+timeout 10 mosquitto_sub -p "$mqtt_port" -t 'pve2mqtt/simcluster/+/+' -W 5 -F '%t' 2>/dev/null |
+    grep -E '/(qemu|lxc)/[0-9]+$' | head -n 40 >"$work/guests" || true
+n=0
+for action in reboot shutdown start stop; do
+    while read -r topic; do
+        n=$((n + 1))
+        mosquitto_pub -p "$mqtt_port" -t "$topic/set" -m "{\"action\":\"$action\",\"id\":\"hot-$n\"}" || true &
+        sleep 0.05
+    done <"$work/guests"
+    sleep 5
+done
 mosquitto_pub -p "$mqtt_port" -t "pve2mqtt/bridge/request/refresh" -m "" || true
 sleep $((SECONDS_RUN / 2))
 kill -INT "$bridge"
